@@ -1,0 +1,20 @@
+"""LoRA adapters as data: manifests, a versioned registry over a directory store, validation.
+
+Public surface: :class:`AdapterManifest`, :class:`AdapterRegistry`, :class:`AdapterError`,
+:func:`validate_adapter_id`. Imports nothing from the rest of rmn-lora.
+"""
+
+from adapters.errors import AdapterError, AdapterNotFound, InvalidAdapter
+from adapters.manifest import AdapterKind, AdapterManifest, Visibility, validate_adapter_id
+from adapters.registry import AdapterRegistry
+
+__all__ = [
+    "AdapterError",
+    "AdapterKind",
+    "AdapterManifest",
+    "AdapterNotFound",
+    "AdapterRegistry",
+    "InvalidAdapter",
+    "Visibility",
+    "validate_adapter_id",
+]

@@ -1,0 +1,13 @@
+"""Errors raised by the adapter registry; each carries a human-readable reason."""
+
+
+class AdapterError(Exception):
+    """Base class for adapter errors."""
+
+
+class AdapterNotFound(AdapterError):
+    """The requested adapter id (or version) is not in the registry."""
+
+
+class InvalidAdapter(AdapterError):
+    """An adapter (or an id naming one) failed validation; nothing was registered."""

@@ -1,0 +1,1 @@
+"""Ray Serve deployments of rmn-lora. Importing this package imports neither Ray nor vLLM."""
