@@ -1,0 +1,30 @@
+"""The app builder: binds the deployments from one :class:`AppConfig`.
+
+``build_app(config)`` for Python; ``app_builder({"config": path})`` for ``serve run``/``serve build``
+(``serve run serving.app:app_builder config=deploy/serve-cpu.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serving.config import AppConfig, load_config
+from serving.engine import EngineDeployment
+from serving.router import Router
+
+
+def build_app(config: AppConfig) -> Application:
+    """Router (ingress) → engine deployment, each with its configured Serve options."""
+    engine = serve.deployment(EngineDeployment, name="engine", **config.engine_deployment.serve_options())
+    router = serve.deployment(Router, name="router", **config.router_deployment.serve_options())
+    return router.bind(engine.bind(config), config)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Ray Serve application builder: ``args["config"]`` is the path of an rmn YAML config."""
+    if "config" not in args:
+        raise ValueError("app_builder needs the argument config=<path to rmn config YAML>")
+    return build_app(load_config(args["config"]))

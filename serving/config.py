@@ -1,0 +1,178 @@
+"""The application config: one pydantic model, loaded from YAML at the edge.
+
+Contract: :func:`load_config` returns a validated :class:`AppConfig` or raises :class:`ConfigError` whose
+message names the file and the offending field. Relative paths are resolved against the current
+directory at load time, so Ray workers on the same node see absolute paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file is missing, unreadable or invalid; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """The base model every adapter applies to."""
+
+    path: Path = Field(description="Local directory of the Hugging Face model (config, safetensors, tokenizer).")
+    served_name: str = Field(
+        default="base",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="Name clients use for the base model; adapters are '<served_name>:<adapter>'.",
+    )
+
+
+class EngineConfig(_Strict):
+    """vLLM engine arguments that matter here; anything else goes in ``extra``."""
+
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="Where vLLM runs; same code either way.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(default="bfloat16", description="Weights dtype.")
+    max_model_len: int | None = Field(
+        default=None, gt=0, description="Maximum prompt + completion tokens; null takes the model's own limit."
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        default=256 << 20, gt=0, description="KV-cache size in bytes (always set it on CPU); null lets vLLM size it."
+    )
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU only: fraction of memory to use.")
+    max_num_seqs: int = Field(default=64, gt=0, description="Maximum sequences batched together.")
+    max_loras: int = Field(default=4, gt=0, description="Adapters active in one batch (slots).")
+    max_cpu_loras: int = Field(default=16, gt=0, description="Adapters resident per replica (LRU beyond).")
+    max_lora_rank: int = Field(default=64, gt=0, description="Largest adapter rank accepted; slots are this size.")
+    enforce_eager: bool = Field(default=True, description="Skip CUDA graphs (faster start; needed on CPU).")
+    seed: int = Field(default=0, description="Engine seed.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="More vLLM engine args, passed through verbatim.")
+
+    @model_validator(mode="after")
+    def _slots(self) -> EngineConfig:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError("max_cpu_loras must be >= max_loras")
+        return self
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling for one deployment."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Lower bound of replicas.")
+    max_replicas: int = Field(default=2, ge=1, description="Upper bound of replicas.")
+    target_ongoing_requests: float = Field(default=8, gt=0, description="Ongoing requests per replica to aim for.")
+    upscale_delay_s: float = Field(default=5, ge=0, description="Seconds of high load before adding replicas.")
+    downscale_delay_s: float = Field(default=30, ge=0, description="Seconds of low load before removing replicas.")
+
+
+class DeploymentConfig(_Strict):
+    """Ray Serve options for one deployment."""
+
+    num_replicas: int = Field(default=1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: AutoscalingConfig | None = Field(default=None, description="Autoscaling; null for fixed replicas.")
+    max_ongoing_requests: int = Field(default=32, gt=0, description="Concurrent requests per replica.")
+    max_queued_requests: int = Field(
+        default=64, ge=-1, description="Requests queued per caller before it answers 503 at once; -1 unbounded."
+    )
+    num_cpus: float = Field(default=1, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
+    graceful_shutdown_timeout_s: float = Field(default=30, ge=0, description="Time to finish in-flight requests.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the replica processes.")
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``serve.deployment(...)``/``.options(...)``."""
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "ray_actor_options": {
+                "num_cpus": self.num_cpus,
+                "num_gpus": self.num_gpus,
+                "runtime_env": {"env_vars": dict(self.env)},
+            },
+            "logging_config": {"encoding": "JSON", "log_level": "INFO"},
+        }
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+_CPU_ENGINE_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "auto",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+class HttpConfig(_Strict):
+    """Where the OpenAI-compatible API listens."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address (0.0.0.0 in containers).")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port; 0 picks a free one.")
+    request_timeout_s: float = Field(default=120, gt=0, description="Per-request deadline; past it, 504.")
+
+
+class AdaptersConfig(_Strict):
+    """Where adapters are registered (shared storage in a multi-node cluster)."""
+
+    root: Path = Field(description="Adapter registry directory.")
+
+
+class AppConfig(_Strict):
+    """Everything ``rmn serve`` needs."""
+
+    model: ModelConfig = Field(description="Base model.")
+    adapters: AdaptersConfig = Field(description="Adapter registry.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine arguments.")
+    engine_deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(env=dict(_CPU_ENGINE_ENV)),
+        description="Ray Serve options of the engine deployment.",
+    )
+    router_deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(max_ongoing_requests=256, max_queued_requests=256, num_cpus=0.1),
+        description="Ray Serve options of the OpenAI-compatible router (ingress).",
+    )
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")
+
+    @field_validator("model", "adapters", mode="after")
+    @classmethod
+    def _absolute(cls, v: Any) -> Any:
+        for name in ("path", "root"):
+            if hasattr(v, name):
+                setattr(v, name, Path(getattr(v, name)).expanduser().resolve())
+        return v
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> AppConfig:
+    """Read, validate and return the YAML config at ``path`` (with optional top-level overrides)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping, got {type(raw).__name__}")
+    raw.update(overrides or {})
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config in {path}:\n{_format_errors(e)}") from e

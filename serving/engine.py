@@ -1,0 +1,129 @@
+"""The engine deployment: one vLLM engine per replica, adapters hot-swapped by multiplexed model id.
+
+A request's multiplexed model id is a versioned LoRA name ``<base>:<adapter>@<version>``. Ray Serve
+routes it to a replica that already holds it (``serve.multiplexed`` affinity); the replica's loader
+resolves the id through the adapter registry ON ITS OWN NODE (a request never carries a path) and
+loads it into vLLM. Residency per replica is bounded by ``max_cpu_loras`` with LRU eviction; an
+evicted adapter is removed from vLLM once its in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ray import serve
+
+from adapters import AdapterError, AdapterNotFound, AdapterRegistry
+from serving.config import AppConfig
+from serving.model_names import ModelNameError, parse_model_name
+from serving.vllm_engine import Kind, VLLMEngine, error_body
+
+log = logging.getLogger("ray.serve")
+
+
+class _Resident:
+    """What the multiplexed loader caches: a loaded adapter; Ray calls ``__del__`` when evicting it."""
+
+    def __init__(self, lora_name: str, on_evict: Callable[[str], None]) -> None:
+        self.lora_name = lora_name
+        self._on_evict: Callable[[str], None] | None = on_evict
+
+    def __del__(self) -> None:
+        cb, self._on_evict = self._on_evict, None
+        if cb is not None:
+            cb(self.lora_name)
+
+
+class EngineDeployment:
+    """Ray Serve deployment class (bound by :func:`serving.app.build_app`)."""
+
+    async def __init__(self, config: AppConfig) -> None:
+        self._cfg = config
+        self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
+        self._engine = VLLMEngine(config.model, config.engine)
+        await self._engine.start()
+        self._loop = asyncio.get_running_loop()
+        self._inflight: collections.Counter[str] = collections.Counter()
+        self._loads = 0
+        self._evictions = 0
+        try:
+            self._replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # constructed outside Serve (unit use)
+            self._replica = "local"
+
+        async def load(lora_name: str) -> _Resident:  # a plain function: Serve sets attributes on it
+            return await self._load_adapter(lora_name)
+
+        self._load = serve.multiplexed(max_num_models_per_replica=config.engine.max_cpu_loras)(load)
+
+    async def _load_adapter(self, lora_name: str) -> _Resident:
+        ref = parse_model_name(lora_name, self._cfg.model.served_name)
+        if ref.adapter is None or ref.version is None:
+            raise ModelNameError(f"multiplexed model id {lora_name!r} names no adapter version", 400)
+        path = self._registry.path(ref.adapter, ref.version)
+        await self._engine.add_adapter(lora_name, str(path))
+        self._loads += 1
+        log.info("adapter loaded", extra={"lora_name": lora_name, "replica": self._replica})
+        return _Resident(lora_name, self._schedule_evict)
+
+    def _schedule_evict(self, lora_name: str) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._evict(lora_name)))
+
+    async def _evict(self, lora_name: str) -> None:
+        while self._inflight[lora_name] > 0:
+            await asyncio.sleep(0.05)
+        await self._engine.remove_adapter(lora_name)
+        self._evictions += 1
+        log.info("adapter evicted", extra={"lora_name": lora_name, "replica": self._replica})
+
+    async def generate(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """Serve one OpenAI request (protocol of :meth:`VLLMEngine.handle`, first item + ``replica``)."""
+        lora_name = serve.get_multiplexed_model_id()
+        meta = {"replica": self._replica, "lora_name": lora_name or None}
+        if lora_name:
+            try:
+                await self._load(lora_name)
+            except (AdapterNotFound, ModelNameError) as e:
+                status = getattr(e, "status", 404)
+                yield {"status": status, "stream": False, **meta}
+                yield {"body": error_body(str(e), status, "not_found_error" if status == 404 else "invalid_request_error")}
+                return
+            except (AdapterError, RuntimeError) as e:
+                yield {"status": 500, "stream": False, **meta}
+                yield {"body": error_body(f"adapter {lora_name!r} could not be loaded: {e}", 500, "server_error")}
+                return
+            body = {**body, "model": lora_name}
+        self._inflight[lora_name] += 1
+        try:
+            first = True
+            async for item in self._engine.handle(kind, body):
+                if first and isinstance(item, dict):
+                    item = {**item, **meta}
+                    first = False
+                yield item
+        finally:
+            self._inflight[lora_name] -= 1
+
+    async def stats(self) -> dict[str, Any]:
+        """Replica id, adapters resident in vLLM, loads and evictions so far."""
+        return {
+            "replica": self._replica,
+            "adapters": self._engine.loaded_adapters(),
+            "loads": self._loads,
+            "evictions": self._evictions,
+        }
+
+    async def check_health(self) -> None:
+        """Ray Serve health check: raises when the engine core is dead (Serve then replaces the replica)."""
+        await self._engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,170 @@
+"""vLLM behind a small async interface: OpenAI chat/completions with an optional LoRA, no Ray.
+
+This is the only serving module that imports vLLM. It reuses vLLM's own OpenAI layer
+(``init_app_state``: request models, chat templates, sampling parameters, SSE streaming), so the API
+behaves exactly like ``vllm serve``. Contract of :meth:`VLLMEngine.handle`: an async iterator whose
+first item is ``{"status": int, "stream": bool}``; then either one ``{"body": dict}`` (non-streaming
+and errors, errors in OpenAI's shape) or the SSE ``str`` chunks ending with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from serving.config import EngineConfig, ModelConfig
+
+log = logging.getLogger("rmn.engine")
+
+Kind = Literal["chat", "completion"]
+
+
+def error_body(message: str, status: int, err_type: str = "invalid_request_error",
+               param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape."""
+    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", str(model.path)])
+    settings: dict[str, Any] = {
+        "served_model_name": [model.served_name],
+        "dtype": engine.dtype,
+        "max_num_seqs": engine.max_num_seqs,
+        "enable_lora": True,
+        "max_loras": engine.max_loras,
+        "max_cpu_loras": engine.max_cpu_loras,
+        "max_lora_rank": engine.max_lora_rank,
+        "enforce_eager": engine.enforce_eager,
+        "seed": engine.seed,
+        "disable_log_stats": False,
+        "enable_log_requests": False,
+    }
+    if engine.max_model_len is not None:
+        settings["max_model_len"] = engine.max_model_len
+    if engine.kv_cache_memory_bytes is not None:
+        settings["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
+    if engine.device == "cuda":
+        settings["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    settings.update(engine.extra)
+    for key, value in settings.items():
+        if not hasattr(args, key):
+            raise ValueError(f"engine.extra: {key!r} is not a vLLM engine argument")
+        setattr(args, key, value)
+    return args
+
+
+class VLLMEngine:
+    """One vLLM ``AsyncLLM`` with vLLM's OpenAI serving objects and runtime LoRA add/remove."""
+
+    def __init__(self, model: ModelConfig, engine: EngineConfig) -> None:
+        self.model_cfg = model
+        self.engine_cfg = engine
+        self._client: Any = None
+        self._state: Any = None
+
+    async def start(self) -> None:
+        """Start the engine (seconds on CPU) and build vLLM's OpenAI handlers."""
+        if self.engine_cfg.device == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        import serving.vllm_lora_fix as fix
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        fix.register()  # the entry point does this too; explicit for editable installs without metadata
+        args = _vllm_args(self.model_cfg, self.engine_cfg)
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        self._client = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=False,
+            disable_log_stats=False,
+        )
+        self._state = State()
+        tasks = await self._client.get_supported_tasks()
+        await init_app_state(self._client, self._state, args, tasks)
+        log.info("vLLM engine ready: model=%s", self.model_cfg.path)
+
+    # ---- adapters -------------------------------------------------------------------------
+    def loaded_adapters(self) -> list[str]:
+        """LoRA names currently registered with the engine."""
+        return sorted(self._state.openai_serving_models.lora_requests)
+
+    async def add_adapter(self, lora_name: str, path: str) -> None:
+        """Load a PEFT adapter directory into the engine under ``lora_name`` (idempotent)."""
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        models = self._state.openai_serving_models
+        if lora_name in models.lora_requests:
+            return
+        result = await models.load_lora_adapter(LoadLoRAAdapterRequest(lora_name=lora_name, lora_path=path))
+        if isinstance(result, ErrorResponse):
+            raise RuntimeError(f"loading adapter {lora_name!r} failed: {result.error.message}")
+
+    async def remove_adapter(self, lora_name: str) -> None:
+        """Forget ``lora_name`` and free its engine slot (no-op when absent)."""
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        models = self._state.openai_serving_models
+        req = models.lora_requests.get(lora_name)
+        if req is None:
+            return
+        await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=lora_name))
+        await self._client.remove_lora(req.lora_int_id)
+
+    # ---- requests -------------------------------------------------------------------------
+    async def handle(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        """Run one OpenAI request; see the module docstring for the item protocol."""
+        from pydantic import ValidationError
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            if kind == "chat":
+                req: Any = ChatCompletionRequest.model_validate(body)
+                result = await self._state.openai_serving_chat.create_chat_completion(req, None)
+            else:
+                req = CompletionRequest.model_validate(body)
+                result = await self._state.openai_serving_completion.create_completion(req, None)
+        except ValidationError as e:
+            first = e.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            yield {"status": 400, "stream": False}
+            yield {"body": error_body(f"invalid request: {param}: {first['msg']}", 400, param=param)}
+            return
+        except (VLLMClientError, ValueError, TypeError) as e:
+            yield {"status": 400, "stream": False}
+            yield {"body": error_body(str(e), 400, param=getattr(e, "parameter", None))}
+            return
+        if isinstance(result, ErrorResponse):
+            yield {"status": result.error.code, "stream": False}
+            yield {"body": result.model_dump()}
+        elif hasattr(result, "model_dump"):
+            yield {"status": 200, "stream": False}
+            yield {"body": result.model_dump(exclude_none=True)}
+        else:
+            yield {"status": 200, "stream": True}
+            async for chunk in result:
+                yield chunk
+
+    async def check_health(self) -> None:
+        """Raise if the engine core died."""
+        await self._client.check_health()
+
+    def shutdown(self) -> None:
+        """Stop the engine core process."""
+        if self._client is not None:
+            self._client.shutdown()
+            self._client = None
