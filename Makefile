@@ -1,0 +1,43 @@
+# rmn-lora — every target sets up .venv itself (idempotent; quick when already done).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRA ?= cpu
+STAMP := $(VENV)/.installed-$(EXTRA)
+export RAY_AUTH_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo serve test test-fast lint bench clean help
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml scripts/setup-venv.sh
+	EXTRA=$(EXTRA) PY=$(PY) bash scripts/setup-venv.sh
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv with the project, vLLM (CPU) and dev tools
+
+demo: setup ## prepare demo model + adapters, serve them, print each adapter's answer
+	$(BIN)/rmn demo $(DEMO_ARGS)
+
+serve: setup ## serve on 127.0.0.1:8000 with the embedded defaults
+	$(BIN)/rmn model prepare && $(BIN)/rmn serve
+
+test: setup ## unit + integration tests (real Ray Serve, real vLLM on CPU)
+	bash scripts/run-tests.sh $(PYTEST_ARGS)
+
+test-fast: setup ## unit tests only (no Ray, no vLLM engine)
+	bash scripts/run-tests.sh -m "not slow" $(PYTEST_ARGS)
+
+lint: setup ## ruff + mypy
+	$(BIN)/ruff check serving adapters federation cleanroom tests bench
+	$(BIN)/mypy
+
+bench: setup ## serving benchmark -> bench/results/*.json
+	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+clean: ## remove build leftovers (keeps .venv and artifacts/)
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

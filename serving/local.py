@@ -1,0 +1,44 @@
+"""Run the app on a local Ray cluster that this process starts and, on exit, stops (only that one)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from serving.config import AppConfig
+
+APP_NAME = "rmn"
+
+
+@contextlib.contextmanager
+def local_app(config: AppConfig, num_cpus: int | None = None) -> Iterator[str]:
+    """Start Ray (unless ``RAY_ADDRESS`` names a cluster) and the app; yield the base URL.
+
+    On exit: with a cluster we started, shut Serve and Ray down (in-flight requests drain first,
+    within ``graceful_shutdown_timeout_s``); with an existing cluster, delete only our app.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    own_cluster = not os.environ.get("RAY_ADDRESS")
+    if own_cluster:
+        ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 2), include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING")
+    else:
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    try:
+        serve.start(http_options={"host": config.http.host, "port": config.http.port,
+                                  "request_timeout_s": config.http.request_timeout_s + 5})
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+        host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+        yield f"http://{host}:{config.http.port}"
+    finally:
+        if own_cluster:
+            serve.shutdown()
+            ray.shutdown()
+        else:
+            serve.delete(APP_NAME)

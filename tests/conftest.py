@@ -1,0 +1,92 @@
+"""Shared fixtures: one tiny model, random adapters, one in-process vLLM engine and one Ray Serve app
+per test session (they are expensive: seconds each)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ADAPTERS = {"alpha": 1, "beta": 2, "gamma": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from serving.modelprep.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random PEFT adapters (unregistered), by name; 'delta' is kept for runtime registration."""
+    from adapters.synthetic import make_random_adapter
+
+    root = tmp_path_factory.mktemp("adapter-src")
+    seeds = {**ADAPTERS, "delta": 4}
+    return {name: make_random_adapter(tiny_model, root / name, seed=seed) for name, seed in seeds.items()}
+
+
+@pytest.fixture(scope="session")
+def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from adapters import AdapterRegistry
+
+    root = tmp_path_factory.mktemp("registry")
+    reg = AdapterRegistry(root, max_rank=16)
+    for name in ADAPTERS:
+        reg.register(adapter_dirs[name], id=name, kind="retailer", owner=name, base_model="tiny",
+                     base_model_revision="test")
+    return root
+
+
+@pytest.fixture(scope="session")
+def llm(tiny_model: Path) -> Iterator[object]:
+    """One in-process vLLM ``LLM`` (no engine subprocess) with LoRA enabled, 2 slots."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM
+
+    engine = LLM(model=str(tiny_model), dtype="bfloat16", enable_lora=True, max_loras=2, max_lora_rank=16,
+                 kv_cache_memory_bytes=256 << 20, max_model_len=512, seed=0, enforce_eager=True)
+    yield engine
+    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+
+
+@pytest.fixture(scope="session")
+def app_config(tiny_model: Path, registry_root: Path) -> object:
+    from serving.config import AppConfig
+
+    return AppConfig.model_validate({
+        "model": {"path": str(tiny_model)},
+        "adapters": {"root": str(registry_root)},
+        "engine": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512},
+        "engine_deployment": {
+            "num_replicas": 2, "num_cpus": 0.5, "max_ongoing_requests": 4, "max_queued_requests": 4,
+            "graceful_shutdown_timeout_s": 5,
+            "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        },
+        "router_deployment": {"num_cpus": 0.1, "max_ongoing_requests": 256, "max_queued_requests": 256},
+        "http": {"port": _free_port(), "request_timeout_s": 60},
+    })
+
+
+@pytest.fixture(scope="session")
+def serve_url(app_config: object) -> Iterator[str]:
+    """The app on a Ray cluster owned by this test session (shut down at the end, nothing else)."""
+    from serving.local import local_app
+
+    os.environ.pop("RAY_ADDRESS", None)
+    with local_app(app_config, num_cpus=4) as url:  # type: ignore[arg-type]
+        yield url

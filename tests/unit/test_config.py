@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from serving.config import AppConfig, ConfigError, load_config
+
+GOOD = "model: {path: /m}\nadapters: {root: /r}\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "rmn.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_config_fills_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.model.served_name == "base"
+    assert cfg.engine.kv_cache_memory_bytes == 256 << 20
+    assert cfg.http.host == "127.0.0.1" and cfg.http.port == 8000
+
+
+def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write(tmp_path, "model: {path: m}\nadapters: {root: r}\n"))
+    assert cfg.model.path == tmp_path / "m" and cfg.adapters.root == tmp_path / "r"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (GOOD + "engine: {max_lora_rank: 0}\n", "engine.max_lora_rank"),
+        (GOOD + "engine: {dtype: int3}\n", "engine.dtype"),
+        (GOOD + "engine: {max_loras: 8, max_cpu_loras: 2}\n", "engine"),
+        (GOOD + "engine: {unknown_knob: 1}\n", "engine.unknown_knob"),
+        (GOOD + "http: {port: 70000}\n", "http.port"),
+        (GOOD + "engine_deployment: {num_replicas: 0}\n", "engine_deployment.num_replicas"),
+        ("adapters: {root: /r}\n", "model"),
+        ("model: {path: /m, served_name: 'a:b'}\nadapters: {root: /r}\n", "model.served_name"),
+    ],
+)
+def test_invalid_config_names_field_and_file(tmp_path: Path, text: str, field: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+    assert field in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n"])
+def test_unparseable_config(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="rmn.yaml"):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_serve_options_autoscaling_replaces_num_replicas() -> None:
+    cfg = AppConfig.model_validate({
+        "model": {"path": "/m"}, "adapters": {"root": "/r"},
+        "engine_deployment": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}},
+    })
+    opts = cfg.engine_deployment.serve_options()
+    assert "num_replicas" not in opts
+    assert opts["autoscaling_config"]["max_replicas"] == 3
+    assert opts["max_queued_requests"] == 64
+
+
+def test_deploy_examples_validate() -> None:
+    root = Path(__file__).resolve().parents[2] / "deploy"
+    files = sorted(root.glob("rmn-*.yaml"))
+    assert files, "deploy/ has no rmn-*.yaml examples"
+    for f in files:
+        load_config(f)

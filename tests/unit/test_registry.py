@@ -1,0 +1,131 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from adapters import AdapterNotFound, AdapterRegistry, InvalidAdapter
+
+META = {"kind": "retailer", "owner": "acme", "base_model": "tiny", "base_model_revision": "abc"}
+
+
+def peft_dir(path: Path, rank: int = 4, value: float = 0.1, modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for m in modules:
+        tensors[f"base_model.model.model.layers.0.self_attn.{m}.lora_A.weight"] = torch.full((rank, 8), value)
+        tensors[f"base_model.model.model.layers.0.self_attn.{m}.lora_B.weight"] = torch.full((8, rank), value)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps(
+        {"r": rank, "lora_alpha": 2 * rank, "target_modules": list(modules), "peft_type": "LORA"}))
+    return path
+
+
+def test_register_reads_rank_alpha_modules_and_hash(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    m = reg.register(peft_dir(tmp_path / "a"), id="acme", **META)
+    assert (m.rank, m.alpha, m.target_modules) == (4, 8.0, ["q_proj", "v_proj"])
+    assert len(m.sha256) == 64
+    assert reg.get("acme") == m
+    assert reg.path("acme") == tmp_path / "reg" / "acme" / "1"
+    assert [x.id for x in reg.list()] == ["acme"]
+
+
+def test_versions_never_overwrite_and_latest_wins(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    v1 = reg.register(peft_dir(tmp_path / "a", value=0.1), id="acme", **META)
+    v2 = reg.register(peft_dir(tmp_path / "b", value=0.2), id="acme", version="2", **META)
+    v10 = reg.register(peft_dir(tmp_path / "c", value=0.3), id="acme", version="10", **META)
+    assert reg.versions("acme") == ["1", "2", "10"]
+    assert reg.get("acme") == v10
+    assert reg.get("acme", "1") == v1 and v1.sha256 != v2.sha256
+    with pytest.raises(InvalidAdapter, match="already exists"):
+        reg.register(peft_dir(tmp_path / "d"), id="acme", version="2", **META)
+    assert reg.get("acme", "2") == v2
+
+
+def test_remove_and_not_found(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    reg.register(peft_dir(tmp_path / "a"), id="acme", **META)
+    reg.remove("acme", "1")
+    with pytest.raises(AdapterNotFound):
+        reg.get("acme")
+    with pytest.raises(AdapterNotFound, match="no version"):
+        reg.register(peft_dir(tmp_path / "b"), id="acme", **META) and reg.get("acme", "7")
+
+
+def _bin(p: Path) -> Path:
+    d = peft_dir(p)
+    (d / "adapter_model.bin").write_bytes(b"pickle")
+    return d
+
+
+def _nan(p: Path) -> Path:
+    return peft_dir(p, value=float("nan"))
+
+
+def _inf(p: Path) -> Path:
+    return peft_dir(p, value=float("inf"))
+
+
+def _no_weights(p: Path) -> Path:
+    d = peft_dir(p)
+    (d / "adapter_model.safetensors").unlink()
+    return d
+
+
+def _regex_modules(p: Path) -> Path:
+    d = peft_dir(p)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg["target_modules"] = ".*proj"
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def _bad_json(p: Path) -> Path:
+    d = peft_dir(p)
+    (d / "adapter_config.json").write_text("{not json")
+    return d
+
+
+@pytest.mark.parametrize(
+    ("make", "fields", "reason"),
+    [
+        (_bin, {}, "pickle"),
+        (_nan, {}, "NaN or Inf"),
+        (_inf, {}, "NaN or Inf"),
+        (_no_weights, {}, "lacks adapter_model.safetensors"),
+        (_regex_modules, {}, "explicit list"),
+        (_bad_json, {}, "not valid JSON"),
+        (lambda p: peft_dir(p, rank=32), {}, "above the configured maximum"),
+        (peft_dir, {"id": "../evil"}, "invalid adapter id"),
+        (peft_dir, {"id": "a/b"}, "invalid adapter id"),
+        (peft_dir, {"id": "Ünï"}, "invalid adapter id"),
+        (peft_dir, {"id": "x" * 65}, "invalid adapter id"),
+        (peft_dir, {"version": "v1"}, "invalid adapter version"),
+        (peft_dir, {"sha256": "0" * 64}, "disagrees with the files"),
+        (peft_dir, {"rank": 8}, "disagrees with the files"),
+    ],
+)
+def test_invalid_adapters_are_refused_and_nothing_is_left(tmp_path: Path, make, fields, reason) -> None:  # type: ignore[no-untyped-def]
+    reg = AdapterRegistry(tmp_path / "reg", max_rank=16)
+    src = make(tmp_path / "src")
+    with pytest.raises(InvalidAdapter, match=reason):
+        reg.register(src, **{"id": "acme", **META, **fields})
+    assert reg.list() == []
+    assert not any((tmp_path / "reg").rglob("*.safetensors"))
+
+
+def test_size_limit(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg", max_bytes=100)
+    with pytest.raises(InvalidAdapter, match="over the 100 limit"):
+        reg.register(peft_dir(tmp_path / "a"), id="acme", **META)
+
+
+def test_gc_removes_interrupted_registrations(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    (tmp_path / "reg" / "acme" / ".tmp-crashed").mkdir(parents=True)
+    assert reg.list() == []
+    assert reg.gc() == 1
+    assert not (tmp_path / "reg" / "acme" / ".tmp-crashed").exists()
