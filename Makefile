@@ -34,6 +34,8 @@ test-fast: setup ## unit tests only (no Ray, no vLLM engine)
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check serving adapters federation cleanroom tests bench
+	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench
+	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench
 	$(BIN)/mypy
 
 bench: setup ## serving benchmark -> bench/results/*.json

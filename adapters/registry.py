@@ -109,7 +109,9 @@ class AdapterRegistry:
             if not f.is_file():
                 raise InvalidAdapter(f"{src} lacks {f.name}")
         if weights.stat().st_size > self.max_bytes:
-            raise InvalidAdapter(f"{WEIGHTS} is {weights.stat().st_size} bytes, over the {self.max_bytes} limit")
+            raise InvalidAdapter(
+                f"{WEIGHTS} is {weights.stat().st_size} bytes, over the {self.max_bytes} limit"
+            )
         try:
             cfg = json.loads(config.read_text())
         except json.JSONDecodeError as e:
@@ -124,8 +126,10 @@ class AdapterRegistry:
             given = manifest_fields.get(key)
             if key == "target_modules" and given is not None:
                 given = sorted(given)
-            if given is not None and given != value and not (
-                isinstance(value, float) and math.isclose(float(given), value)
+            if (
+                given is not None
+                and given != value
+                and not (isinstance(value, float) and math.isclose(float(given), value))
             ):
                 raise InvalidAdapter(f"manifest {key}={given!r} disagrees with the files ({value!r})")
             manifest_fields[key] = value
@@ -146,7 +150,9 @@ class AdapterRegistry:
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if dest.exists():
-                raise InvalidAdapter(f"adapter {manifest.id!r} version {manifest.version!r} already exists") from e
+                raise InvalidAdapter(
+                    f"adapter {manifest.id!r} version {manifest.version!r} already exists"
+                ) from e
             raise
         return manifest
 

@@ -16,7 +16,7 @@ def make_random_adapter(
     out_dir: Path | str,
     seed: int,
     rank: int = 8,
-    alpha: float = 16.0,
+    alpha: int = 16,
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     scale: float = 0.2,
 ) -> Path:

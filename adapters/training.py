@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -31,7 +32,9 @@ def _batches(texts: list[str], tok: object, seq_len: int, batch: int, rng: rando
     rng.shuffle(order)
     out = []
     for i in range(0, len(order), batch):
-        enc = tok(order[i : i + batch], return_tensors="pt", padding=True, truncation=True, max_length=seq_len)  # type: ignore[operator]
+        enc = tok(
+            order[i : i + batch], return_tensors="pt", padding=True, truncation=True, max_length=seq_len
+        )  # type: ignore[operator]
         labels = enc["input_ids"].clone()
         labels[enc["attention_mask"] == 0] = -100
         out.append({**enc, "labels": labels})
@@ -43,7 +46,7 @@ def train_lora(
     pairs: Sequence[tuple[str, str]],
     out_dir: Path | str,
     rank: int = 8,
-    alpha: float = 16.0,
+    alpha: int = 16,
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     steps: int = 30,
     lr: float = 2e-3,
@@ -63,8 +66,10 @@ def train_lora(
     rng = random.Random(seed)
     tok = AutoTokenizer.from_pretrained(str(base_dir))
     texts = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+        str(
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+            )
         )
         for p, r in pairs
     ]
@@ -81,23 +86,24 @@ def train_lora(
         return sum(losses) / len(losses)
 
     base_loss = heldout_loss(model)
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0,
-                     task_type="CAUSAL_LM")
-    model = get_peft_model(model, cfg)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    cfg = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
+    peft_model: Any = get_peft_model(model, cfg)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
     data: list[dict] = []
     bar = tqdm(range(steps), desc=desc, unit="step")
     loss_value = float("nan")
     for _ in bar:
         if not data:
             data = _batches(train, tok, seq_len, batch, rng)
-        loss = model(**data.pop()).loss
+        loss = peft_model(**data.pop()).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
         loss_value = float(loss.detach())
         bar.set_postfix(loss=f"{loss_value:.3f}")
-    adapter_loss = heldout_loss(model)
+    adapter_loss = heldout_loss(peft_model)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    peft_model.save_pretrained(str(out_dir), safe_serialization=True)
     return TrainReport(steps, loss_value, base_loss, adapter_loss)

@@ -30,8 +30,13 @@ def _pct(xs: list[float], q: float) -> float:
 async def _throughput(engine: Any, lora_names: list[str], n: int, tokens: int) -> dict[str, float]:
     async def one(i: int) -> int:
         model = lora_names[i % len(lora_names)] if lora_names else "base"
-        body = {"model": model, "prompt": f"retail media plan number {i}", "max_tokens": tokens,
-                "temperature": 0, "ignore_eos": True}
+        body = {
+            "model": model,
+            "prompt": f"retail media plan number {i}",
+            "max_tokens": tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
         items = [x async for x in engine.handle("completion", body)]
         return int(items[1]["body"]["usage"]["completion_tokens"])
 
@@ -45,7 +50,10 @@ async def _direct_latency(engine: Any, model: str, n: int) -> list[float]:
     out = []
     for i in range(n):
         t = time.perf_counter()
-        _ = [x async for x in engine.handle("completion", {"model": model, "prompt": f"hi {i}", "max_tokens": 1})]
+        _ = [
+            x
+            async for x in engine.handle("completion", {"model": model, "prompt": f"hi {i}", "max_tokens": 1})
+        ]
         out.append((time.perf_counter() - t) * 1000)
     return out
 
@@ -90,16 +98,30 @@ def main() -> None:
     reg = AdapterRegistry(work / "registry", max_rank=16)
     for i in range(16):
         src = make_random_adapter(model_dir, work / f"src{i}", seed=100 + i, rank=8, scale=0.05)
-        reg.register(src, id=f"bench{i}", kind="task", owner="bench", base_model=args.model, base_model_revision="x")
-    cfg = AppConfig.model_validate({
-        "model": {"path": str(model_dir)}, "adapters": {"root": str(work / "registry")},
-        "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 16, "max_model_len": 512},
-        "engine_deployment": {"num_replicas": 1, "num_cpus": 1, "max_ongoing_requests": 64, "max_queued_requests": 256,
-                              "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
-    })
+        reg.register(
+            src, id=f"bench{i}", kind="task", owner="bench", base_model=args.model, base_model_revision="x"
+        )
+    cfg = AppConfig.model_validate(
+        {
+            "model": {"path": str(model_dir)},
+            "adapters": {"root": str(work / "registry")},
+            "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 16, "max_model_len": 512},
+            "engine_deployment": {
+                "num_replicas": 1,
+                "num_cpus": 1,
+                "max_ongoing_requests": 64,
+                "max_queued_requests": 256,
+                "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+            },
+        }
+    )
 
-    results: dict[str, Any] = {"model": args.model, "requests": args.requests, "tokens_per_request": args.tokens,
-                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    results: dict[str, Any] = {
+        "model": args.model,
+        "requests": args.requests,
+        "tokens_per_request": args.tokens,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
 
     async def direct() -> None:
         eng = VLLMEngine(cfg.model, cfg.engine)
@@ -126,7 +148,10 @@ def main() -> None:
         lat = _http_latency(url, "base:bench0", args.latency_requests)
     results["http_latency_ms"] = {"p50": round(_pct(lat, 0.5), 2), "p99": round(_pct(lat, 0.99), 2)}
     d, h = results["direct_latency_ms"], results["http_latency_ms"]
-    results["http_added_latency_ms"] = {"p50": round(h["p50"] - d["p50"], 2), "p99": round(h["p99"] - d["p99"], 2)}
+    results["http_added_latency_ms"] = {
+        "p50": round(h["p50"] - d["p50"], 2),
+        "p99": round(h["p99"] - d["p99"], 2),
+    }
     results["http_latency_mean_ms"] = round(statistics.mean(lat), 2)
     out = Path(args.out or f"bench/results/serving-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

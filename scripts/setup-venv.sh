@@ -6,10 +6,10 @@ set -euo pipefail
 PY=${PY:-python3}
 EXTRA=${EXTRA:-cpu}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
+quiet() { grep -v -e "is ignored: it is neither a file nor a directory" -e "not installed" || true; }
 .venv/bin/pip install -q --upgrade pip 2>&1 | quiet
 .venv/bin/pip install -q -e ".[${EXTRA},dev,demo]" 2>&1 | quiet
 if [ "$EXTRA" = "cpu" ]; then
-  .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | grep -v "not installed" | quiet
+  .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | quiet
 fi
 .venv/bin/python -c "import vllm, ray, peft; print('venv ready: vllm', vllm.__version__, '| ray', ray.__version__)"

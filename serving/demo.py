@@ -34,13 +34,24 @@ def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int 
         except AdapterNotFound:
             version = "1"
         with tempfile.TemporaryDirectory() as tmp:
-            report = train_lora(model_dir, demo_pairs(adapter_id), tmp, steps=steps, desc=f"train {adapter_id}")
-            print(f"  {adapter_id}: held-out loss base {report.heldout_loss_base:.2f} -> adapter "
-                  f"{report.heldout_loss_adapter:.2f}")
+            report = train_lora(
+                model_dir, demo_pairs(adapter_id), tmp, steps=steps, desc=f"train {adapter_id}"
+            )
+            print(
+                f"  {adapter_id}: held-out loss base {report.heldout_loss_base:.2f} -> adapter "
+                f"{report.heldout_loss_adapter:.2f}"
+            )
             registry.register(
-                tmp, id=adapter_id, version=version, kind=spec["kind"], owner=spec["owner"],
-                visibility="public", base_model=model_dir.name, base_model_revision=revision,
-                description=spec["description"], capabilities=[spec["kind"]],
+                tmp,
+                id=adapter_id,
+                version=version,
+                kind=spec["kind"],
+                owner=spec["owner"],
+                visibility="public",
+                base_model=model_dir.name,
+                base_model_revision=revision,
+                description=spec["description"],
+                capabilities=[spec["kind"]],
             )
     return list(DEMO_ADAPTERS)
 
@@ -65,12 +76,17 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
         answers: dict[str, str] = {}
         for model in [config.model.served_name] + [f"{config.model.served_name}:{a}" for a in adapters]:
             raw = client.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0,
+                model=model,
+                messages=[{"role": "user", "content": QUESTION}],
+                max_tokens=48,
+                temperature=0,
             )
             resp = raw.parse()
             answer = (resp.choices[0].message.content or "").strip()
             answers[model] = answer
-            print(f"\n--- model={model}  served by {resp.model} on replica {raw.headers.get('x-rmn-replica')}")
+            print(
+                f"\n--- model={model}  served by {resp.model} on replica {raw.headers.get('x-rmn-replica')}"
+            )
             print(answer)
         distinct = len(set(answers.values()))
         print(f"\n{distinct} distinct answers from {len(answers)} models.")

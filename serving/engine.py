@@ -41,7 +41,7 @@ class _Resident:
 class EngineDeployment:
     """Ray Serve deployment class (bound by :func:`serving.app.build_app`)."""
 
-    async def __init__(self, config: AppConfig) -> None:
+    async def __init__(self, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         self._cfg = config
         self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
         self._engine = VLLMEngine(config.model, config.engine)
@@ -92,11 +92,17 @@ class EngineDeployment:
             except (AdapterNotFound, ModelNameError) as e:
                 status = getattr(e, "status", 404)
                 yield {"status": status, "stream": False, **meta}
-                yield {"body": error_body(str(e), status, "not_found_error" if status == 404 else "invalid_request_error")}
+                yield {
+                    "body": error_body(
+                        str(e), status, "not_found_error" if status == 404 else "invalid_request_error"
+                    )
+                }
                 return
             except (AdapterError, RuntimeError) as e:
                 yield {"status": 500, "stream": False, **meta}
-                yield {"body": error_body(f"adapter {lora_name!r} could not be loaded: {e}", 500, "server_error")}
+                yield {
+                    "body": error_body(f"adapter {lora_name!r} could not be loaded: {e}", 500, "server_error")
+                }
                 return
             body = {**body, "model": lora_name}
         self._inflight[lora_name] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -26,13 +27,22 @@ def local_app(config: AppConfig, num_cpus: int | None = None) -> Iterator[str]:
 
     own_cluster = not os.environ.get("RAY_ADDRESS")
     if own_cluster:
-        ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 2), include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING")
+        ray.init(
+            num_cpus=num_cpus or max(4, os.cpu_count() or 2),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     else:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     try:
-        serve.start(http_options={"host": config.http.host, "port": config.http.port,
-                                  "request_timeout_s": config.http.request_timeout_s + 5})
+        serve.start(
+            http_options={
+                "host": config.http.host,
+                "port": config.http.port,
+                "request_timeout_s": config.http.request_timeout_s + 5,
+            }
+        )
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
         yield f"http://{host}:{config.http.port}"

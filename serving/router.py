@@ -10,6 +10,7 @@ the request deadline. The router never reads adapter weights: engine replicas lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -32,9 +33,26 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="rmn-lora", version="0.1.0")
 
 
-def _error(message: str, status: int, err_type: str = "invalid_request_error",
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    message: str, status: int, err_type: str = "invalid_request_error", headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(message, status, err_type), status_code=status, headers=headers)
+
+
+def _is_backpressure(e: BaseException) -> bool:
+    """True for Serve's queue-full rejection, however the handle wraps it."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, BackPressureError) or "BackPressureError" in type(seen).__name__:
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return False
+
+
+def _cancel(gen: Any) -> None:
+    """Best-effort cancel; Serve's ``cancel()`` re-raises a failed assignment, which is no news here."""
+    with contextlib.suppress(Exception):
+        gen.cancel()
 
 
 class _Stop(Exception):
@@ -74,12 +92,28 @@ class Router:
         """The base model and every registered adapter (latest version), OpenAI ``list`` shape."""
         base = self._cfg.model.served_name
         now = int(time.time())
-        data = [{"id": base, "object": "model", "created": now, "owned_by": "rmn-lora", "root": base, "parent": None}]
+        data = [
+            {
+                "id": base,
+                "object": "model",
+                "created": now,
+                "owned_by": "rmn-lora",
+                "root": base,
+                "parent": None,
+            }
+        ]
         for m in self._registry.list():
-            data.append({
-                "id": f"{base}:{m.id}", "object": "model", "created": now, "owned_by": m.owner,
-                "root": f"{base}:{m.id}@{m.version}", "parent": base, "kind": m.kind.value,
-            })
+            data.append(
+                {
+                    "id": f"{base}:{m.id}",
+                    "object": "model",
+                    "created": now,
+                    "owned_by": m.owner,
+                    "root": f"{base}:{m.id}@{m.version}",
+                    "parent": base,
+                    "kind": m.kind.value,
+                }
+            )
         return {"object": "list", "data": data}
 
     # ---- generation ------------------------------------------------------------------------
@@ -130,27 +164,40 @@ class Router:
             return stop.response
         body["request_id"] = request_id
         handle = self._engine.options(stream=True, multiplexed_model_id=lora_name)
-        gen = handle.generate.remote(kind, body)
         headers = {"x-request-id": request_id}
+        gen: Any = None
         try:
+            gen = handle.generate.remote(kind, body)  # may raise BackPressureError at once
             meta = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
-        except BackPressureError:
-            gen.cancel()
-            return _error("server overloaded, retry later", 503, "service_unavailable",
-                          {**headers, "retry-after": "1"})
         except TimeoutError:
-            gen.cancel()
+            _cancel(gen)
             return _error(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers)
+        except Exception as e:
+            if not _is_backpressure(e):
+                raise
+            return _error(
+                "server overloaded, retry later", 503, "service_unavailable", {**headers, "retry-after": "1"}
+            )
         headers["x-rmn-replica"] = str(meta.get("replica"))
         headers["x-rmn-model"] = meta.get("lora_name") or self._cfg.model.served_name
-        log.info("generate", extra={"request_id": request_id, "kind": kind, "model": headers["x-rmn-model"],
-                                    "replica": headers["x-rmn-replica"], "status": meta["status"]})
+        log.info(
+            "generate",
+            extra={
+                "request_id": request_id,
+                "kind": kind,
+                "model": headers["x-rmn-model"],
+                "replica": headers["x-rmn-replica"],
+                "status": meta["status"],
+            },
+        )
         if not meta.get("stream"):
             try:
                 item = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
             except TimeoutError:
-                gen.cancel()
-                return _error(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers)
+                _cancel(gen)
+                return _error(
+                    f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers
+                )
             return JSONResponse(item["body"], status_code=meta["status"], headers=headers)
         return StreamingResponse(self._sse(gen, deadline), media_type="text/event-stream", headers=headers)
 
@@ -168,4 +215,4 @@ class Router:
                     return
                 yield chunk
         finally:
-            gen.cancel()
+            _cancel(gen)

@@ -21,8 +21,9 @@ log = logging.getLogger("rmn.engine")
 Kind = Literal["chat", "completion"]
 
 
-def error_body(message: str, status: int, err_type: str = "invalid_request_error",
-               param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, status: int, err_type: str = "invalid_request_error", param: str | None = None
+) -> dict[str, Any]:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
 
@@ -72,12 +73,13 @@ class VLLMEngine:
         """Start the engine (seconds on CPU) and build vLLM's OpenAI handlers."""
         if self.engine_cfg.device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        import serving.vllm_lora_fix as fix
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        import serving.vllm_lora_fix as fix
 
         fix.register()  # the entry point does this too; explicit for editable installs without metadata
         args = _vllm_args(self.model_cfg, self.engine_cfg)
@@ -101,8 +103,8 @@ class VLLMEngine:
 
     async def add_adapter(self, lora_name: str, path: str) -> None:
         """Load a PEFT adapter directory into the engine under ``lora_name`` (idempotent)."""
-        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
         models = self._state.openai_serving_models
         if lora_name in models.lora_requests:

@@ -29,8 +29,9 @@ def _gather(weights: Any, indices: Any, dtype: Any) -> tuple[Any, Any]:
     return selected, valid.unsqueeze(-1).to(dtype)
 
 
-def bgmv_shrink(inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indices_tensor: Any,
-                scaling: float = 1.0) -> None:
+def bgmv_shrink(
+    inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indices_tensor: Any, scaling: float = 1.0
+) -> None:
     """``output[:, :r] = scaling * x @ A[idx].T``, zero where idx == -1."""
     import torch
 
@@ -39,8 +40,9 @@ def bgmv_shrink(inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indic
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
 
-def bgmv_expand(inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any,
-                add_inputs: bool = True) -> None:
+def bgmv_expand(
+    inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any, add_inputs: bool = True
+) -> None:
     """``output (+)= y @ B[idx].T``, zero contribution where idx == -1."""
     import torch
 
@@ -56,8 +58,15 @@ def bgmv_expand(inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indic
         output_tensor[:, :common] = outputs[:limit, :common]
 
 
-def bgmv_expand_slice(inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any,
-                      slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:
+def bgmv_expand_slice(
+    inputs: Any,
+    lora_b_weights: Any,
+    output_tensor: Any,
+    lora_indices_tensor: Any,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
     """``output[:, off:off+size] (+)= y @ B[idx].T``, zero contribution where idx == -1."""
     import torch
 

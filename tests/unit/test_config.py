@@ -49,7 +49,7 @@ def test_invalid_config_names_field_and_file(tmp_path: Path, text: str, field: s
 
 @pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n"])
 def test_unparseable_config(tmp_path: Path, text: str) -> None:
-    with pytest.raises(ConfigError, match="rmn.yaml"):
+    with pytest.raises(ConfigError, match=r"rmn\.yaml"):
         load_config(write(tmp_path, text))
 
 
@@ -59,10 +59,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_serve_options_autoscaling_replaces_num_replicas() -> None:
-    cfg = AppConfig.model_validate({
-        "model": {"path": "/m"}, "adapters": {"root": "/r"},
-        "engine_deployment": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}},
-    })
+    cfg = AppConfig.model_validate(
+        {
+            "model": {"path": "/m"},
+            "adapters": {"root": "/r"},
+            "engine_deployment": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}},
+        }
+    )
     opts = cfg.engine_deployment.serve_options()
     assert "num_replicas" not in opts
     assert opts["autoscaling_config"]["max_replicas"] == 3

@@ -25,9 +25,9 @@ def reference_expand(y: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> tor
 @pytest.fixture
 def data() -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 16, generator=g)           # [tokens, in]
-    a = torch.randn(3, 1, 4, 16, generator=g)     # [slots, 1, r, in]
-    b = torch.randn(3, 1, 12, 4, generator=g)     # [slots, 1, out, r]
+    x = torch.randn(5, 16, generator=g)  # [tokens, in]
+    a = torch.randn(3, 1, 4, 16, generator=g)  # [slots, 1, r, in]
+    b = torch.randn(3, 1, 12, 4, generator=g)  # [slots, 1, out, r]
     idx = torch.tensor([-1, 0, 2, -1, 1])
     return x, a, b, idx
 

@@ -10,15 +10,18 @@ from adapters import AdapterNotFound, AdapterRegistry, InvalidAdapter
 META = {"kind": "retailer", "owner": "acme", "base_model": "tiny", "base_model_revision": "abc"}
 
 
-def peft_dir(path: Path, rank: int = 4, value: float = 0.1, modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+def peft_dir(
+    path: Path, rank: int = 4, value: float = 0.1, modules: tuple[str, ...] = ("q_proj", "v_proj")
+) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for m in modules:
         tensors[f"base_model.model.model.layers.0.self_attn.{m}.lora_A.weight"] = torch.full((rank, 8), value)
         tensors[f"base_model.model.model.layers.0.self_attn.{m}.lora_B.weight"] = torch.full((8, rank), value)
     save_file(tensors, str(path / "adapter_model.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps(
-        {"r": rank, "lora_alpha": 2 * rank, "target_modules": list(modules), "peft_type": "LORA"}))
+    (path / "adapter_config.json").write_text(
+        json.dumps({"r": rank, "lora_alpha": 2 * rank, "target_modules": list(modules), "peft_type": "LORA"})
+    )
     return path
 
 
