@@ -165,3 +165,38 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
             assert r.headers.get("retry-after") and r.json()["error"]["code"] == 503, (r.headers, r.text)
         else:
             assert r.json()["usage"]["completion_tokens"] == 200
+
+
+def test_residency_is_bounded_with_lru_eviction(
+    serve_url: str, registry_root: Path, adapter_dirs: dict[str, Path]
+) -> None:
+    """12 adapters, more than 2 replicas x max_cpu_loras=4 hold: all served, residency stays <= 4."""
+    from ray import serve
+
+    from adapters import AdapterRegistry
+    from serving.local import APP_NAME
+
+    reg = AdapterRegistry(registry_root, max_rank=16)
+    names = [f"lru{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        reg.register(
+            adapter_dirs[list(adapter_dirs)[i % 4]],
+            id=name,
+            kind="task",
+            owner="t",
+            base_model="tiny",
+            base_model_revision="test",
+        )
+    for _ in range(2):
+        for name in names:
+            r = chat(serve_url, f"base:{name}", max_tokens=1)
+            assert r.status_code == 200 and r.headers["x-rmn-model"] == f"base:{name}@1"
+    engine = serve.get_deployment_handle("engine", APP_NAME)
+    stats = {}
+    for _ in range(20):
+        s = engine.stats.remote().result(timeout_s=30)
+        stats[s["replica"]] = s
+    assert stats
+    for s in stats.values():
+        assert len(s["adapters"]) <= 4, s
+    assert sum(s["evictions"] for s in stats.values()) > 0, stats

@@ -1,0 +1,72 @@
+"""`rmn serve` as a user runs it: starts its own Ray cluster, answers, and Ctrl-C stops only that."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_rmn_serve_answers_and_stops_on_ctrl_c(
+    tiny_model: Path, registry_root: Path, tmp_path: Path, serve_url: str
+) -> None:
+    port = _free_port()
+    cfg = tmp_path / "rmn.yaml"
+    cfg.write_text(
+        f"model: {{path: {tiny_model}}}\nadapters: {{root: {registry_root}}}\n"
+        "engine: {max_lora_rank: 16, max_model_len: 512}\n"
+        "engine_deployment: {num_cpus: 0.5, env: {VLLM_ENABLE_V1_MULTIPROCESSING: '1'}}\n"
+        f"http: {{port: {port}}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--config", str(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready:
+                break
+            time.sleep(1)
+        assert ready, "rmn serve did not become ready"
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=60,
+            json={"model": "base:alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        )
+        assert r.status_code == 200 and r.headers["x-rmn-model"] == "base:alpha@1"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert f"http://127.0.0.1:{port}/v1" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=3)
+    # the test session's own cluster was not touched
+    assert httpx.get(f"{serve_url}/healthz", timeout=10).status_code == 200
