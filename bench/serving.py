@@ -138,6 +138,7 @@ def main() -> None:
         results["throughput"] = tp
         base = tp["base_only"]["tokens_per_s"]
         results["throughput_ratio_vs_base"] = {k: round(v["tokens_per_s"] / base, 3) for k, v in tp.items()}
+        await _direct_latency(eng, "base:bench0@1", 5)  # warm-up, as for the HTTP path
         lat = await _direct_latency(eng, "base:bench0@1", args.latency_requests)
         results["direct_latency_ms"] = {"p50": round(_pct(lat, 0.5), 2), "p99": round(_pct(lat, 0.99), 2)}
         eng.shutdown()

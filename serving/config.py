@@ -149,7 +149,7 @@ class HttpConfig(_Strict):
     """Where the OpenAI-compatible API listens."""
 
     host: str = Field(default="127.0.0.1", description="Bind address (0.0.0.0 in containers).")
-    port: int = Field(default=8000, ge=0, le=65535, description="Port; 0 picks a free one.")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     request_timeout_s: float = Field(default=120, gt=0, description="Per-request deadline; past it, 504.")
 
 
