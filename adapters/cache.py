@@ -1,0 +1,208 @@
+"""A node-local, size-bounded, content-addressed cache of composite adapters.
+
+Contract: :meth:`CompositeCache.get_or_build` returns the directory of the composite for a resolved
+stack, building it at most once per node even under concurrent callers (a thread lock plus an
+``flock`` across processes), publishing by atomic rename (a crash mid-build leaves only a
+``.tmp-*`` directory that :meth:`gc` removes) and evicting least-recently-used entries beyond
+``max_bytes``. A stack whose total rank exceeds ``max_rank`` is refused, unless ``compress`` is set:
+then the summed delta of each module is truncated by SVD to ``max_rank`` and the measured relative
+error is recorded in the entry's ``composite.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.compose import compose_tensors, load_lora, write_peft_dir
+from adapters.errors import InvalidAdapter
+from adapters.registry import AdapterRegistry
+from adapters.stack import METHOD, StackPart, composite_id, stack_text
+
+INFO = "composite.json"
+
+
+@dataclass
+class CacheStats:
+    """Counters since the cache object was created."""
+
+    hits: int = 0
+    misses: int = 0
+    build_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResolvedStack:
+    """A stack with versions pinned, its composite id and total rank."""
+
+    parts: tuple[StackPart, ...]
+    composite_id: str
+    base_revision: str
+    rank: int
+
+    @property
+    def text(self) -> str:
+        """Canonical text (``id@v[*w]+...``)."""
+        return stack_text(self.parts)
+
+
+def resolve(registry: AdapterRegistry, parts: tuple[StackPart, ...]) -> ResolvedStack:
+    """Pin versions (latest when absent) and compute the composite id; raises AdapterError."""
+    manifests = [registry.get(p.id, p.version) for p in parts]
+    revisions = {m.base_model_revision for m in manifests}
+    if len(revisions) != 1:
+        raise InvalidAdapter(
+            f"components were trained on different base model revisions: {sorted(revisions)}"
+        )
+    pinned = tuple(StackPart(p.id, m.version, p.weight) for p, m in zip(parts, manifests, strict=True))
+    (revision,) = revisions
+    cid = composite_id(revision, [(m.sha256, p.weight) for p, m in zip(parts, manifests, strict=True)])
+    return ResolvedStack(pinned, cid, revision, sum(m.rank for m in manifests))
+
+
+def _svd_truncate(state: dict[str, Any], rank: int) -> tuple[dict[str, Any], float]:
+    """Per module: best rank-``rank`` approximation of B@A; returns (state, max relative error)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    worst = 0.0
+    for key in [k for k in state if k.endswith(".lora_A.weight")]:
+        module = key[: -len(".lora_A.weight")]
+        a, b = state[key], state[f"{module}.lora_B.weight"]
+        delta = b @ a  # [out, in]
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        k = min(rank, s.shape[0])
+        b_new = torch.zeros(b.shape[0], rank)
+        a_new = torch.zeros(rank, a.shape[1])
+        b_new[:, :k] = u[:, :k] * s[:k]
+        a_new[:k] = vh[:k]
+        norm = float(torch.linalg.norm(delta))
+        err = float(torch.linalg.norm(delta - b_new @ a_new)) / norm if norm > 0 else 0.0
+        worst = max(worst, err)
+        out[key], out[f"{module}.lora_B.weight"] = a_new.contiguous(), b_new.contiguous()
+    return out, worst
+
+
+class CompositeCache:
+    """Composite adapters under ``root/<composite id>/`` (PEFT layout + ``composite.json``)."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        registry: AdapterRegistry,
+        max_bytes: int = 2 << 30,
+        max_rank: int = 64,
+        compress: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry = registry
+        self.max_bytes = max_bytes
+        self.max_rank = max_rank
+        self.compress = compress
+        self.stats = CacheStats()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def _lock(self, cid: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(cid, threading.Lock())
+        with lock:
+            (self.root / ".locks").mkdir(exist_ok=True)
+            with open(self.root / ".locks" / f"{cid}.lock", "w") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def path(self, cid: str) -> Path:
+        """Where composite ``cid`` lives (it may not exist yet)."""
+        return self.root / cid
+
+    def get_or_build(self, stack: ResolvedStack) -> Path:
+        """The composite's directory, built now if absent (see the module contract)."""
+        dest = self.path(stack.composite_id)
+        if (dest / INFO).is_file():
+            os.utime(dest)
+            self.stats.hits += 1
+            return dest
+        if stack.rank > self.max_rank and not self.compress:
+            raise InvalidAdapter(
+                f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {self.max_rank}; "
+                "use fewer or smaller adapters, raise max_lora_rank, or enable adapters.compress_overflow"
+            )
+        with self._lock(stack.composite_id):
+            if (dest / INFO).is_file():  # built by a concurrent caller while we waited
+                self.stats.hits += 1
+                return dest
+            started = time.perf_counter()
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            try:
+                self._build(stack, tmp)
+                os.rename(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self.stats.misses += 1
+            self.stats.build_seconds.append(time.perf_counter() - started)
+        self.gc(keep={stack.composite_id})
+        return dest
+
+    def _build(self, stack: ResolvedStack, out: Path) -> None:
+        loras = [(load_lora(self.registry.path(p.id, p.version)), p.weight) for p in stack.parts]
+        state, rank = compose_tensors(loras)
+        rel_error = 0.0
+        method = METHOD
+        if rank > self.max_rank:
+            state, rel_error = _svd_truncate(state, self.max_rank)
+            rank, method = self.max_rank, f"{METHOD}+svd{self.max_rank}"
+        write_peft_dir(state, rank, {t for lora, _ in loras for t in lora.target_modules}, out)
+        info = {
+            "composite_id": stack.composite_id,
+            "stack": stack.text,
+            "base_revision": stack.base_revision,
+            "rank": rank,
+            "method": method,
+            "relative_error": rel_error,
+            "built_at": time.time(),
+        }
+        (out / INFO).write_text(json.dumps(info, indent=2))
+
+    def info(self, cid: str) -> dict[str, Any]:
+        """The ``composite.json`` of a built composite."""
+        return dict(json.loads((self.path(cid) / INFO).read_text()))
+
+    def gc(self, keep: set[str] | None = None) -> int:
+        """Drop interrupted builds, then LRU entries until the cache fits ``max_bytes``; returns removals."""
+        keep = keep or set()
+        removed = 0
+        for tmp in self.root.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += 1
+        entries = []
+        for d in self.root.iterdir():
+            if d.is_dir() and not d.name.startswith(".") and (d / INFO).is_file():
+                size = sum(f.stat().st_size for f in d.iterdir())
+                entries.append((d.stat().st_mtime, size, d))
+        total = sum(e[1] for e in entries)
+        for _, size, d in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if d.name in keep:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            total -= size
+            removed += 1
+        return removed

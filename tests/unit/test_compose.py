@@ -1,0 +1,187 @@
+"""Exact composition, proved numerically on the tiny model (fp32, PEFT/transformers) + cache behaviour."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters import AdapterRegistry, InvalidAdapter
+from adapters.cache import CompositeCache, resolve
+from adapters.compose import Component, compose_to_dir, load_lora
+from adapters.stack import StackPart, parse_stack, stack_text
+
+SPECS = {  # name: (seed, rank, alpha, modules) — mixed ranks, partial module overlap
+    "qv4": (11, 4, 8, ("q_proj", "v_proj")),
+    "ko8": (12, 8, 8, ("k_proj", "o_proj")),
+    "qup16": (13, 16, 32, ("q_proj", "up_proj", "gate_proj")),
+}
+META = {"kind": "task", "owner": "t", "base_model": "tiny", "base_model_revision": "rev"}
+
+
+@pytest.fixture(scope="module")
+def comps(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from adapters.synthetic import make_random_adapter
+
+    root = tmp_path_factory.mktemp("compose-src")
+    return {
+        n: make_random_adapter(tiny_model, root / n, seed=s, rank=r, alpha=a, target_modules=m, scale=0.1)
+        for n, (s, r, a, m) in SPECS.items()
+    }
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _reference_model(tiny_model: Path, parts: list[tuple[Path, float]]) -> torch.nn.Module:
+    """Base weights + sum_i w_i * (alpha_i/r_i) * B_i @ A_i, merged by hand."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for path, weight in parts:
+            lora = load_lora(path)
+            for module, (a, b) in lora.modules.items():
+                name = module.removeprefix("base_model.model.") + ".weight"
+                params[name] += weight * lora.alpha / lora.rank * (b.float() @ a.float())
+    return model
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [
+        [("qv4", 1.0)],
+        [("qv4", 1.0), ("ko8", 1.0)],
+        [("qv4", 0.5), ("ko8", 2.0), ("qup16", 0.25)],
+        [("qup16", 1.0), ("qv4", 1.0)],
+    ],
+    ids=["single", "disjoint-modules", "weighted-mixed-ranks", "overlapping-q"],
+)
+def test_composite_equals_base_plus_sum_of_deltas(
+    tiny_model: Path, comps: dict[str, Path], tmp_path: Path, stack: list[tuple[str, float]]
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    parts = [(comps[n], w) for n, w in stack]
+    rank = compose_to_dir([Component(p, w) for p, w in parts], tmp_path / "composite")
+    assert rank == sum(SPECS[n][1] for n, _ in stack)
+    ids = torch.tensor([[1, 5, 42, 77, 100, 200, 300, 17]])
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    composed = PeftModel.from_pretrained(base, str(tmp_path / "composite"))
+    got = _logits(composed, ids)
+    want = _logits(_reference_model(tiny_model, parts), ids)
+    plain = _logits(AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32), ids)
+    assert (want - plain).abs().max() > 1e-2, (
+        "the adapters must move the logits for the test to mean anything"
+    )
+    assert (got - want).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("a+a", "once"),
+        ("a*0", "weight"),
+        ("a*11", "weight"),
+        ("a@x", "malformed"),
+        ("A", "malformed"),
+        ("a+" * 8 + "z", "at most"),
+        ("a*nan", "malformed"),
+        ("", "malformed"),
+    ],
+)
+def test_stack_grammar_rejects(text: str, reason: str) -> None:
+    with pytest.raises(InvalidAdapter, match=reason):
+        parse_stack(text)
+
+
+def test_stack_text_round_trip() -> None:
+    parts = parse_stack("acme@1+brand_x*0.5+planning@2*1")
+    assert parts[1] == StackPart("brand_x", None, 0.5)
+    assert stack_text(parts) == "acme@1+brand_x*0.5+planning@2"
+
+
+@pytest.fixture
+def registry(tmp_path: Path, comps: dict[str, Path]) -> AdapterRegistry:
+    reg = AdapterRegistry(tmp_path / "reg", max_rank=64)
+    for name, path in comps.items():
+        reg.register(path, id=name, **META)
+    return reg
+
+
+def test_composite_id_is_content_addressed(registry: AdapterRegistry, comps: dict[str, Path]) -> None:
+    a = resolve(registry, parse_stack("qv4+ko8"))
+    assert a == resolve(registry, parse_stack("qv4@1+ko8@1"))
+    assert a.composite_id != resolve(registry, parse_stack("ko8+qv4")).composite_id  # order is part of it
+    assert a.composite_id != resolve(registry, parse_stack("qv4+ko8*0.5")).composite_id
+    registry.register(comps["qup16"], id="qv4", version="2", **META)  # changed component -> new composite
+    b = resolve(registry, parse_stack("qv4+ko8"))
+    assert b.composite_id != a.composite_id and b.parts[0].version == "2"
+
+
+def test_components_on_different_base_revisions_are_refused(
+    registry: AdapterRegistry, comps: dict[str, Path]
+) -> None:
+    registry.register(comps["qv4"], id="other", **{**META, "base_model_revision": "different"})
+    with pytest.raises(InvalidAdapter, match="different base model revisions"):
+        resolve(registry, parse_stack("qv4+other"))
+
+
+def test_cache_builds_once_under_concurrency(registry: AdapterRegistry, tmp_path: Path) -> None:
+    cache = CompositeCache(tmp_path / "cache", registry)
+    stack = resolve(registry, parse_stack("qv4+ko8+qup16"))
+    paths: list[Path] = []
+    threads = [threading.Thread(target=lambda: paths.append(cache.get_or_build(stack))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(paths)) == 1 and cache.stats.misses == 1 and cache.stats.hits == 7
+    assert cache.info(stack.composite_id)["rank"] == 28
+
+
+def test_crash_mid_build_leaves_no_entry(
+    registry: AdapterRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = CompositeCache(tmp_path / "cache", registry)
+    stack = resolve(registry, parse_stack("qv4+ko8"))
+    real_build = cache._build
+
+    def crashing(s, out):  # type: ignore[no-untyped-def]
+        real_build(s, out)
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(cache, "_build", crashing)
+    with pytest.raises(RuntimeError):
+        cache.get_or_build(stack)
+    assert not cache.path(stack.composite_id).exists()
+    assert not list((tmp_path / "cache").glob(".tmp-*"))
+    monkeypatch.undo()
+    assert (cache.get_or_build(stack) / "adapter_model.safetensors").is_file()
+
+
+def test_lru_gc_keeps_the_cache_under_its_size(registry: AdapterRegistry, tmp_path: Path) -> None:
+    cache = CompositeCache(tmp_path / "cache", registry, max_bytes=1)  # every older entry must go
+    first = cache.get_or_build(resolve(registry, parse_stack("qv4+ko8")))
+    second = cache.get_or_build(resolve(registry, parse_stack("ko8+qv4")))
+    assert second.exists() and not first.exists()
+
+
+def test_rank_overflow_is_an_error_unless_compression_is_opted_in(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    stack = resolve(registry, parse_stack("qv4+ko8+qup16"))  # rank 28
+    with pytest.raises(InvalidAdapter, match="above max_lora_rank 16"):
+        CompositeCache(tmp_path / "strict", registry, max_rank=16).get_or_build(stack)
+    cache = CompositeCache(tmp_path / "svd", registry, max_rank=16, compress=True)
+    info = cache.info(cache.get_or_build(stack).name)
+    assert info["rank"] == 16 and info["method"] == "cat+svd16"
+    assert 0 < info["relative_error"] < 1
+    exact = CompositeCache(tmp_path / "svd-wide", registry, max_rank=64, compress=True)
+    assert exact.info(exact.get_or_build(stack).name)["relative_error"] == 0.0
