@@ -157,6 +157,24 @@ class AdaptersConfig(_Strict):
     """Where adapters are registered (shared storage in a multi-node cluster)."""
 
     root: Path = Field(description="Adapter registry directory.")
+    cache_root: Path | None = Field(
+        default=None,
+        description="Node-local cache of composed stacks; null: <system temp dir>/rmn-composites.",
+    )
+    cache_max_bytes: int = Field(
+        default=2 << 30, gt=0, description="Composite cache size bound (LRU beyond)."
+    )
+    compress_overflow: bool = Field(
+        default=False,
+        description="When a stack's total rank exceeds engine.max_lora_rank: false refuses it (400); "
+        "true compresses it by truncated SVD to max_lora_rank (approximate; error recorded).",
+    )
+
+    def cache_dir(self) -> Path:
+        """The composite cache directory on this node."""
+        import tempfile
+
+        return self.cache_root or Path(tempfile.gettempdir()) / "rmn-composites"
 
 
 class AppConfig(_Strict):
@@ -180,8 +198,8 @@ class AppConfig(_Strict):
     @field_validator("model", "adapters", mode="after")
     @classmethod
     def _absolute(cls, v: Any) -> Any:
-        for name in ("path", "root"):
-            if hasattr(v, name):
+        for name in ("path", "root", "cache_root"):
+            if getattr(v, name, None) is not None:
                 setattr(v, name, Path(getattr(v, name)).expanduser().resolve())
         return v
 

@@ -1,9 +1,10 @@
 """The engine deployment: one vLLM engine per replica, adapters hot-swapped by multiplexed model id.
 
-A request's multiplexed model id is a versioned LoRA name ``<base>:<adapter>@<version>``. Ray Serve
-routes it to a replica that already holds it (``serve.multiplexed`` affinity); the replica's loader
-resolves the id through the adapter registry ON ITS OWN NODE (a request never carries a path) and
-loads it into vLLM. Residency per replica is bounded by ``max_cpu_loras`` with LRU eviction; an
+A request's multiplexed model id is a version-pinned stack ``<base>:<a>@<v>[+<b>@<v>[*w]...]`` — the
+recipe itself, since Serve hands the loader nothing but the id. Ray Serve routes it to a replica that
+already holds it (``serve.multiplexed`` affinity); the replica's loader resolves it through the adapter
+registry ON ITS OWN NODE (a request never carries a path), composes a multi-adapter stack exactly into
+its node-local composite cache, and loads the result into vLLM. Residency per replica is bounded by ``max_cpu_loras`` with LRU eviction; an
 evicted adapter is removed from vLLM once its in-flight requests finish.
 """
 
@@ -17,7 +18,8 @@ from typing import Any
 
 from ray import serve
 
-from adapters import AdapterError, AdapterNotFound, AdapterRegistry
+from adapters import AdapterError, AdapterNotFound, AdapterRegistry, InvalidAdapter
+from adapters.cache import CompositeCache, resolve
 from serving.config import AppConfig
 from serving.model_names import ModelNameError, parse_model_name
 from serving.vllm_engine import Kind, VLLMEngine, error_body
@@ -44,6 +46,13 @@ class EngineDeployment:
     async def __init__(self, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         self._cfg = config
         self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
+        self._cache = CompositeCache(
+            config.adapters.cache_dir(),
+            self._registry,
+            max_bytes=config.adapters.cache_max_bytes,
+            max_rank=config.engine.max_lora_rank,
+            compress=config.adapters.compress_overflow,
+        )
         self._engine = VLLMEngine(config.model, config.engine)
         await self._engine.start()
         self._loop = asyncio.get_running_loop()
@@ -62,9 +71,12 @@ class EngineDeployment:
 
     async def _load_adapter(self, lora_name: str) -> _Resident:
         ref = parse_model_name(lora_name, self._cfg.model.served_name)
-        if ref.adapter is None or ref.version is None:
-            raise ModelNameError(f"multiplexed model id {lora_name!r} names no adapter version", 400)
-        path = self._registry.path(ref.adapter, ref.version)
+        if ref.is_base or any(p.version is None for p in ref.parts):
+            raise ModelNameError(f"multiplexed model id {lora_name!r} is not a version-pinned stack", 400)
+        if len(ref.parts) == 1 and ref.parts[0].weight == 1.0:
+            path = self._registry.path(ref.parts[0].id, ref.parts[0].version)  # no composition needed
+        else:  # compose on THIS node from the registry (cache hit is the normal case)
+            path = await asyncio.to_thread(self._cache.get_or_build, resolve(self._registry, ref.parts))
         await self._engine.add_adapter(lora_name, str(path))
         self._loads += 1
         log.info("adapter loaded", extra={"lora_name": lora_name, "replica": self._replica})
@@ -89,8 +101,8 @@ class EngineDeployment:
         if lora_name:
             try:
                 await self._load(lora_name)
-            except (AdapterNotFound, ModelNameError) as e:
-                status = getattr(e, "status", 404)
+            except (AdapterNotFound, InvalidAdapter, ModelNameError) as e:
+                status = getattr(e, "status", 404 if isinstance(e, AdapterNotFound) else 400)
                 yield {"status": status, "stream": False, **meta}
                 yield {
                     "body": error_body(
@@ -123,6 +135,11 @@ class EngineDeployment:
             "adapters": self._engine.loaded_adapters(),
             "loads": self._loads,
             "evictions": self._evictions,
+            "composite_cache": {
+                "hits": self._cache.stats.hits,
+                "misses": self._cache.stats.misses,
+                "build_seconds": self._cache.stats.build_seconds[-20:],
+            },
         }
 
     async def check_health(self) -> None:

@@ -1,8 +1,9 @@
-"""The OpenAI-compatible ingress: parse the model name, resolve the adapter version, route, stream.
+"""The OpenAI-compatible ingress: parse the model name, pin the adapter stack, route, stream.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /healthz``
 (liveness), ``GET /readyz`` (an engine replica answers). Every answer carries ``x-request-id``;
-generations also ``x-rmn-model`` (the versioned adapter that served it) and ``x-rmn-replica``.
+generations also ``x-rmn-model`` (the version-pinned stack that served it), ``x-rmn-composite`` (its
+content-addressed composite id) and ``x-rmn-replica``.
 Errors use OpenAI's shape: 400 malformed, 404 unknown model, 503 overloaded (with Retry-After), 504 past
 the request deadline. The router never reads adapter weights: engine replicas load them on their node.
 """
@@ -25,6 +26,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from adapters import AdapterNotFound, AdapterRegistry, InvalidAdapter
+from adapters.cache import ResolvedStack, resolve
 from serving.config import AppConfig
 from serving.model_names import ModelNameError, parse_model_name
 from serving.vllm_engine import error_body
@@ -136,13 +138,13 @@ class Router:
             raise _Stop(_error("request body must be a JSON object", 400))
         return body
 
-    def _lora_name(self, model: object) -> str:
-        """Versioned LoRA name for an adapter model, '' for the base model."""
+    def _resolve(self, model: object) -> ResolvedStack | None:
+        """The version-pinned stack a model name asks for; None for the base model."""
         try:
             ref = parse_model_name(model, self._cfg.model.served_name)
-            if ref.adapter is None:
-                return ""
-            version = self._registry.get(ref.adapter, ref.version).version
+            if ref.is_base:
+                return None
+            stack = resolve(self._registry, ref.parts)
         except ModelNameError as e:
             err_type = "not_found_error" if e.status == 404 else "invalid_request_error"
             raise _Stop(_error(str(e), e.status, err_type)) from e
@@ -150,7 +152,16 @@ class Router:
             raise _Stop(_error(f"model {model!r} does not exist: {e}", 404, "not_found_error")) from e
         except InvalidAdapter as e:
             raise _Stop(_error(str(e), 400)) from e
-        return ref.lora_name(version)
+        limit = self._cfg.engine.max_lora_rank
+        if stack.rank > limit and not self._cfg.adapters.compress_overflow:
+            raise _Stop(
+                _error(
+                    f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {limit} "
+                    "(use fewer or smaller adapters, or enable adapters.compress_overflow)",
+                    400,
+                )
+            )
+        return stack
 
     async def _generate(self, kind: str, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -158,13 +169,16 @@ class Router:
         deadline = started + self._cfg.http.request_timeout_s
         try:
             body = await self._read_body(request)
-            lora_name = self._lora_name(body.get("model"))
+            stack = self._resolve(body.get("model"))
         except _Stop as stop:
             stop.response.headers["x-request-id"] = request_id
             return stop.response
         body["request_id"] = request_id
+        lora_name = "" if stack is None else f"{self._cfg.model.served_name}:{stack.text}"
         handle = self._engine.options(stream=True, multiplexed_model_id=lora_name)
         headers = {"x-request-id": request_id}
+        if stack is not None:
+            headers["x-rmn-composite"] = stack.composite_id
         gen: Any = None
         try:
             gen = handle.generate.remote(kind, body)  # may raise BackPressureError at once

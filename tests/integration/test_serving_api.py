@@ -200,3 +200,35 @@ def test_residency_is_bounded_with_lru_eviction(
     for s in stats.values():
         assert len(s["adapters"]) <= 4, s
     assert sum(s["evictions"] for s in stats.values()) > 0, stats
+
+
+def test_stack_is_composed_and_served(serve_url: str) -> None:
+    alone = {
+        m: chat(serve_url, f"base:{m}").json()["choices"][0]["message"]["content"] for m in ("alpha", "beta")
+    }
+    r = chat(serve_url, "base:alpha+beta*0.5")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-rmn-model"] == "base:alpha@1+beta@1*0.5"
+    assert r.headers["x-rmn-composite"].startswith("c") and len(r.headers["x-rmn-composite"]) == 25
+    text = r.json()["choices"][0]["message"]["content"]
+    assert text not in alone.values()
+    again = chat(serve_url, "base:alpha@1+beta*0.5")
+    assert again.headers["x-rmn-composite"] == r.headers["x-rmn-composite"]
+    assert again.json()["choices"][0]["message"]["content"] == text
+    order = chat(serve_url, "base:beta*0.5+alpha")
+    assert order.headers["x-rmn-composite"] != r.headers["x-rmn-composite"]
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "needle"),
+    [
+        ("base:alpha+beta+gamma", 400, "above max_lora_rank 16"),
+        ("base:alpha+nope", 404, "not registered"),
+        ("base:alpha+alpha", 400, "once"),
+        ("base:alpha*99", 400, "weight"),
+    ],
+)
+def test_bad_stacks(serve_url: str, model: str, status: int, needle: str) -> None:
+    r = chat(serve_url, model)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]

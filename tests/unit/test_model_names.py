@@ -1,5 +1,6 @@
 import pytest
 
+from adapters.stack import StackPart
 from serving.model_names import ModelNameError, ModelRef, parse_model_name
 
 
@@ -7,9 +8,13 @@ from serving.model_names import ModelNameError, ModelRef, parse_model_name
     ("name", "expected"),
     [
         ("base", ModelRef("base")),
-        ("base:acme", ModelRef("base", "acme")),
-        ("base:brand_x-2@3", ModelRef("base", "brand_x-2", "3")),
-        ("base:acme@1.2.3", ModelRef("base", "acme", "1.2.3")),
+        ("base:acme", ModelRef("base", (StackPart("acme"),))),
+        ("base:brand_x-2@3", ModelRef("base", (StackPart("brand_x-2", "3"),))),
+        ("base:acme@1.2.3", ModelRef("base", (StackPart("acme", "1.2.3"),))),
+        (
+            "base:rm+acme@2+bx*0.5",
+            ModelRef("base", (StackPart("rm"), StackPart("acme", "2"), StackPart("bx", None, 0.5))),
+        ),
     ],
 )
 def test_valid_names(name: str, expected: ModelRef) -> None:
@@ -30,10 +35,14 @@ def test_valid_names(name: str, expected: ModelRef) -> None:
         ("base:a:b", 400),
         ("base:" + "a" * 65, 400),
         ("base:acme\n", 400),
+        ("base:a+a", 400),
+        ("base:a+", 400),
+        ("base:a*-1", 400),
+        ("base:a*0", 400),
         ("", 400),
         (None, 400),
         (42, 400),
-        ("base:" + "x" * 300, 400),
+        ("base:" + "x" * 700, 400),
     ],
 )
 def test_invalid_names(name: object, status: int) -> None:
@@ -42,7 +51,6 @@ def test_invalid_names(name: object, status: int) -> None:
     assert e.value.status == status
 
 
-def test_lora_name_is_versioned() -> None:
-    assert ModelRef("base", "acme").lora_name("2") == "base:acme@2"
-    with pytest.raises(ValueError):
-        ModelRef("base").lora_name("1")
+def test_canonical_name() -> None:
+    assert parse_model_name("base:a*1+b@2*0.50", "base").name() == "base:a+b@2*0.5"
+    assert parse_model_name("base", "base").name() == "base"
