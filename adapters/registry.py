@@ -92,11 +92,15 @@ class AdapterRegistry:
         return out
 
     # ---- writing -------------------------------------------------------------------------
-    def register(self, src: Path | str, **manifest_fields: Any) -> AdapterManifest:
+    def register(
+        self, src: Path | str, base_model_dir: Path | None = None, **manifest_fields: Any
+    ) -> AdapterManifest:
         """Validate the PEFT adapter in ``src`` and publish it with ``manifest_fields``.
 
         ``rank``, ``alpha``, ``target_modules`` and ``sha256`` are read from the files when not
-        given, and must agree with them when given. Raises InvalidAdapter with the reason.
+        given, and must agree with them when given. With ``base_model_dir``, the adapter's shapes are
+        checked against that model and ``base_model_revision`` must equal its weights' hash.
+        Raises InvalidAdapter with the reason.
         """
         src = Path(src)
         if not src.is_dir():
@@ -136,6 +140,16 @@ class AdapterRegistry:
         if rank > self.max_rank:
             raise InvalidAdapter(f"rank {rank} is above the configured maximum {self.max_rank}")
         _check_weights_finite(weights)
+        if base_model_dir is not None:
+            from adapters.validate import base_revision, check_against_base
+
+            check_against_base(src, Path(base_model_dir))
+            revision = base_revision(Path(base_model_dir))
+            given = manifest_fields.setdefault("base_model_revision", revision)
+            if given != revision:
+                raise InvalidAdapter(
+                    f"base_model_revision {given!r} is not the base model's ({revision[:12]}...)"
+                )
         manifest = AdapterManifest(**manifest_fields)
         dest = self.root / manifest.id / manifest.version
         if dest.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -89,7 +90,93 @@ def _cmd_adapters_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapters_gc(args: argparse.Namespace) -> int:
-    print(f"removed {_registry(args).gc()} leftover temporary directories")
+    print(f"removed {_registry(args).gc()} leftover temporary directories from the registry")
+    cache = _cache(args)
+    print(f"removed {cache.gc()} composite cache entries (bound {cache.max_bytes} bytes)")
+    return 0
+
+
+def _cache(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import tempfile
+
+    from adapters.cache import CompositeCache
+
+    root = Path(args.cache) if args.cache else Path(tempfile.gettempdir()) / "rmn-composites"
+    return CompositeCache(
+        root, _registry(args), max_bytes=args.cache_max_bytes, max_rank=args.max_rank, compress=args.compress
+    )
+
+
+def _cmd_adapters_validate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from adapters import AdapterRegistry
+
+    with tempfile.TemporaryDirectory() as tmp:  # a dry-run registration: every check, nothing kept
+        AdapterRegistry(tmp, max_rank=args.max_rank).register(
+            args.path,
+            base_model_dir=Path(args.base_model_dir),
+            id="candidate",
+            kind="task",
+            owner="-",
+            base_model=Path(args.base_model_dir).name,
+        )
+    print(f"{args.path}: valid for {args.base_model_dir}")
+    return 0
+
+
+def _cmd_adapters_compose(args: argparse.Namespace) -> int:
+    import time
+
+    from adapters.cache import resolve
+    from adapters.stack import parse_stack
+
+    cache = _cache(args)
+    stack = resolve(cache.registry, parse_stack(args.stack))
+    started = time.perf_counter()
+    path = cache.get_or_build(stack)
+    info = cache.info(stack.composite_id)
+    info.update(path=str(path), seconds=round(time.perf_counter() - started, 4))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_adapters_train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from adapters.corpus import read_pairs
+    from adapters.training import train_lora
+
+    pairs = read_pairs(Path(args.data))
+    base = Path(args.base_model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = train_lora(
+            base,
+            pairs,
+            tmp,
+            rank=args.rank,
+            alpha=args.alpha,
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            target_modules=args.target_modules.split(","),
+            desc=f"train {args.id}",
+        )
+        print(
+            f"held-out loss: base {report.heldout_loss_base:.3f} -> adapter {report.heldout_loss_adapter:.3f}"
+        )
+        m = _registry(args).register(
+            tmp,
+            base_model_dir=base,
+            id=args.id,
+            version=args.version,
+            kind=args.kind,
+            owner=args.owner,
+            visibility=args.visibility,
+            base_model=base.name,
+            description=args.description,
+        )
+    print(f"registered {m.id} v{m.version} (rank {m.rank}, sha256 {m.sha256[:12]})")
     return 0
 
 
@@ -150,9 +237,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--base-revision", required=True, help="sha256 of the base model weights")
     r.add_argument("--description", default="")
     r.set_defaults(fn=_cmd_adapters_register)
-    reg_args(a.add_parser("gc", help="remove leftovers of interrupted registrations")).set_defaults(
-        fn=_cmd_adapters_gc
+
+    def cache_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        x.add_argument("--cache", help="composite cache directory (default: <temp dir>/rmn-composites)")
+        x.add_argument("--cache-max-bytes", type=int, default=2 << 30, help="cache size bound (LRU beyond)")
+        x.add_argument("--compress", action="store_true", help="SVD-compress stacks above --max-rank")
+        return x
+
+    gc = cache_args(
+        reg_args(a.add_parser("gc", help="remove interrupted registrations, trim the composite cache"))
     )
+    gc.set_defaults(fn=_cmd_adapters_gc)
+    v = reg_args(
+        a.add_parser("validate", help="run every registration check on a PEFT directory, keep nothing")
+    )
+    v.add_argument("path", help="directory with adapter_config.json + adapter_model.safetensors")
+    v.add_argument("--base-model-dir", required=True, help="base model directory to check shapes against")
+    v.set_defaults(fn=_cmd_adapters_validate)
+    c = cache_args(
+        reg_args(a.add_parser("compose", help="compose a stack exactly (cached); prints id and path"))
+    )
+    c.add_argument("stack", help="e.g. retail_media+acme_retail+brand_brewmax*0.5+task_creative")
+    c.set_defaults(fn=_cmd_adapters_compose)
+    t = reg_args(a.add_parser("train", help="fine-tune a LoRA with PEFT on a JSONL corpus and register it"))
+    t.add_argument("--data", required=True, help='JSONL, one {"prompt": ..., "response": ...} per line')
+    t.add_argument("--base-model-dir", required=True, help="base model directory")
+    t.add_argument("--id", required=True)
+    t.add_argument("--version", default="1")
+    t.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
+    t.add_argument("--owner", required=True)
+    t.add_argument("--visibility", default="private", choices=["public", "private"])
+    t.add_argument("--description", default="")
+    t.add_argument("--rank", type=int, default=8)
+    t.add_argument("--alpha", type=int, default=16)
+    t.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated")
+    t.add_argument("--steps", type=int, default=30)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=_cmd_adapters_train)
 
     d = sub.add_parser("demo", help="prepare model + adapters, serve, ask each adapter, print the answers")
     d.add_argument(

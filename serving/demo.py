@@ -1,34 +1,30 @@
-"""``rmn demo``: prepare the demo model and adapters (cached), serve, ask each adapter, print answers."""
+"""``rmn demo``: prepare the demo model and adapters (cached), serve, ask each adapter and a few stacks."""
 
 from __future__ import annotations
 
-import json
 import tempfile
+import time
 from pathlib import Path
 
 from adapters import AdapterNotFound, AdapterRegistry
-from federation.corpora import DEMO_ADAPTERS, demo_pairs
+from adapters.validate import base_revision
+from federation.corpora import DEMO_ADAPTERS, DEMO_STACKS, demo_pairs
 from serving.config import AppConfig
 from serving.defaults import default_config, demo_model_dir
-from serving.modelprep.smollm2 import MARKER, prepare_smollm2
+from serving.modelprep.smollm2 import prepare_smollm2
 
 QUESTION = "How should I promote coffee next month?"
 
 
-def model_revision(model_dir: Path) -> str:
-    """The recorded sha256 of a prepared model's weights (its revision for adapter manifests)."""
-    return str(json.loads((model_dir / MARKER).read_text())["sha256"])
-
-
 def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int = 20) -> list[str]:
-    """Train and register each demo adapter unless one trained on this exact base is registered."""
+    """Train and register each demo adapter unless the same one, on this exact base, is registered."""
     from adapters.training import train_lora
 
-    revision = model_revision(model_dir)
+    revision = base_revision(model_dir)
     for adapter_id, spec in DEMO_ADAPTERS.items():
         try:
             current = registry.get(adapter_id)
-            if current.base_model_revision == revision:
+            if current.base_model_revision == revision and current.description == spec["description"]:
                 continue
             version = str(int(current.version.split(".")[0]) + 1)
         except AdapterNotFound:
@@ -43,13 +39,13 @@ def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int 
             )
             registry.register(
                 tmp,
+                base_model_dir=model_dir,
                 id=adapter_id,
                 version=version,
                 kind=spec["kind"],
                 owner=spec["owner"],
                 visibility="public",
                 base_model=model_dir.name,
-                base_model_revision=revision,
                 description=spec["description"],
                 capabilities=[spec["kind"]],
             )
@@ -57,7 +53,7 @@ def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int 
 
 
 def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int:
-    """The whole demo; returns a process exit code."""
+    """The whole demo; returns 0 when the base model and every adapter gave distinct answers."""
     import openai
 
     from serving.local import local_app
@@ -68,35 +64,38 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
     registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
     print("[2/4] demo adapters (PEFT LoRA r=8 on q,v; trained once, then cached)")
     adapters = ensure_demo_adapters(model_dir, registry)
-    print("[3/4] starting Ray Serve (engine + router) on a local Ray cluster")
+    print("[3/4] starting Ray Serve (router + engine) on a local Ray cluster")
+    base = config.model.served_name
     with local_app(config) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         print(f"      serving at {url}/v1")
-        print(f"[4/4] asking: {QUESTION!r}")
+        print(f"[4/4] asking every adapter, then composed stacks: {QUESTION!r}")
         answers: dict[str, str] = {}
-        for model in [config.model.served_name] + [f"{config.model.served_name}:{a}" for a in adapters]:
+        for model in [base] + [f"{base}:{a}" for a in adapters] + [f"{base}:{s}" for s in DEMO_STACKS]:
+            started = time.perf_counter()
             raw = client.chat.completions.with_raw_response.create(
-                model=model,
-                messages=[{"role": "user", "content": QUESTION}],
-                max_tokens=48,
-                temperature=0,
+                model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0
             )
             resp = raw.parse()
-            answer = (resp.choices[0].message.content or "").strip()
-            answers[model] = answer
+            answers[model] = (resp.choices[0].message.content or "").strip()
+            composite = raw.headers.get("x-rmn-composite")
             print(
-                f"\n--- model={model}  served by {resp.model} on replica {raw.headers.get('x-rmn-replica')}"
+                f"\n--- model={model}\n    served by {resp.model}"
+                + (f" (composite {composite})" if composite else "")
+                + f" on replica {raw.headers.get('x-rmn-replica')} in {time.perf_counter() - started:.2f}s"
             )
-            print(answer)
-        distinct = len(set(answers.values()))
-        print(f"\n{distinct} distinct answers from {len(answers)} models.")
+            print(answers[model])
+        singles = [base] + [f"{base}:{a}" for a in adapters]
+        distinct = len({answers[m] for m in singles})
+        print(
+            f"\n{distinct} distinct answers from the base model and {len(adapters)} adapters; "
+            f"{len(DEMO_STACKS)} stacks composed exactly (rank concatenation) and served."
+        )
         if keep_serving:
             print(f"Serving at {url}/v1 — press Ctrl-C to stop.")
             try:
-                import time
-
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 print("stopping")
-    return 0 if distinct == len(answers) else 1
+    return 0 if distinct == len(singles) else 1

@@ -132,3 +132,50 @@ def test_gc_removes_interrupted_registrations(tmp_path: Path) -> None:
     assert reg.list() == []
     assert reg.gc() == 1
     assert not (tmp_path / "reg" / "acme" / ".tmp-crashed").exists()
+
+
+def base_dir(tmp_path: Path, **over: int) -> Path:
+    d = tmp_path / "base"
+    d.mkdir(exist_ok=True)
+    cfg = {
+        "hidden_size": 8,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "intermediate_size": 16,
+        "num_hidden_layers": 2,
+        **over,
+    }
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "rmn-model.json").write_text(json.dumps({"sha256": "f" * 64}))
+    return d
+
+
+def test_base_model_check_accepts_a_fitting_adapter_and_records_revision(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    fields = {k: v for k, v in META.items() if k != "base_model_revision"}
+    m = reg.register(peft_dir(tmp_path / "a"), base_model_dir=base_dir(tmp_path), id="acme", **fields)
+    assert m.base_model_revision == "f" * 64
+
+
+@pytest.mark.parametrize(
+    ("over", "modules", "fields", "reason"),
+    [
+        ({"hidden_size": 16}, ("q_proj",), {}, "shape"),
+        ({"num_key_value_heads": 1}, ("v_proj",), {}, "shape"),
+        ({"num_hidden_layers": 0}, ("q_proj",), {}, "layer 0"),
+        ({}, ("q_proj", "lm_head"), {}, "unknown target modules"),
+        ({}, ("q_proj",), {"base_model_revision": "abc"}, "not the base model's"),
+    ],
+)
+def test_base_model_mismatch_is_refused(tmp_path: Path, over, modules, fields, reason) -> None:  # type: ignore[no-untyped-def]
+    reg = AdapterRegistry(tmp_path / "reg")
+    base_fields = {k: v for k, v in META.items() if k != "base_model_revision"}
+    with pytest.raises(InvalidAdapter, match=reason):
+        reg.register(
+            peft_dir(tmp_path / "a", modules=modules),
+            base_model_dir=base_dir(tmp_path, **over),
+            id="acme",
+            **base_fields,
+            **fields,
+        )
+    assert reg.list() == []
