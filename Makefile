@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRA ?= cpu
+BENCH_MODEL ?= tiny
 STAMP := $(VENV)/.installed-$(EXTRA)
 export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
@@ -35,11 +36,12 @@ test-fast: setup ## unit tests only (no Ray, no vLLM engine)
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check serving adapters federation cleanroom tests bench
 	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench
-	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench
 	$(BIN)/mypy
 
-bench: setup ## serving benchmark -> bench/results/*.json
-	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+bench: setup ## serving + adapter benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
+	$(BIN)/rmn model prepare
+	$(BIN)/python -m bench.serving --model $(BENCH_MODEL)
+	$(BIN)/python -m bench.adapters --model demo
 
 clean: ## remove build leftovers (keeps .venv and artifacts/)
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -73,20 +73,19 @@ def _cmd_adapters_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_adapters_register(args: argparse.Namespace) -> int:
-    m = _registry(args).register(
-        args.path,
-        id=args.id,
-        version=args.version,
-        kind=args.kind,
-        owner=args.owner,
-        visibility=args.visibility,
-        base_model=args.base_model,
-        base_model_revision=args.base_revision,
-        description=args.description,
-    )
-    print(f"registered {m.id} v{m.version} (sha256 {m.sha256[:12]})")
+_MANIFEST_ARGS = ("id", "version", "kind", "owner", "visibility", "description")
+
+
+def _register(args: argparse.Namespace, src: Path | str, base: Path) -> int:
+    """Register ``src`` checked against the base model in ``base``, manifest fields from ``args``."""
+    fields = {k: getattr(args, k) for k in _MANIFEST_ARGS}
+    m = _registry(args).register(src, base_model_dir=base, base_model=base.name, **fields)
+    print(f"registered {m.id} v{m.version} (rank {m.rank}, sha256 {m.sha256[:12]})")
     return 0
+
+
+def _cmd_adapters_register(args: argparse.Namespace) -> int:
+    return _register(args, args.path, Path(args.base_model_dir))
 
 
 def _cmd_adapters_gc(args: argparse.Namespace) -> int:
@@ -165,19 +164,7 @@ def _cmd_adapters_train(args: argparse.Namespace) -> int:
         print(
             f"held-out loss: base {report.heldout_loss_base:.3f} -> adapter {report.heldout_loss_adapter:.3f}"
         )
-        m = _registry(args).register(
-            tmp,
-            base_model_dir=base,
-            id=args.id,
-            version=args.version,
-            kind=args.kind,
-            owner=args.owner,
-            visibility=args.visibility,
-            base_model=base.name,
-            description=args.description,
-        )
-    print(f"registered {m.id} v{m.version} (rank {m.rank}, sha256 {m.sha256[:12]})")
-    return 0
+        return _register(args, tmp, base)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -221,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--max-rank", type=int, default=64, help="largest rank accepted")
         return x
 
+    def manifest_args(x: argparse.ArgumentParser) -> None:
+        x.add_argument(
+            "--base-model-dir", required=True, help="base model directory (shapes and revision are checked)"
+        )
+        x.add_argument("--id", required=True, help="adapter id, [a-z0-9_-]")
+        x.add_argument("--version", default="1", help="version; never overwrites an existing one")
+        x.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
+        x.add_argument("--owner", required=True, help="owning tenant")
+        x.add_argument("--visibility", default="private", choices=["public", "private"])
+        x.add_argument("--description", default="")
+
     reg_args(a.add_parser("list", help="latest version of every adapter")).set_defaults(fn=_cmd_adapters_list)
     sh = reg_args(a.add_parser("show", help="one adapter's manifest"))
     sh.add_argument("id")
@@ -228,14 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(fn=_cmd_adapters_show)
     r = reg_args(a.add_parser("register", help="validate a PEFT adapter directory and register it"))
     r.add_argument("path", help="directory with adapter_config.json + adapter_model.safetensors")
-    r.add_argument("--id", required=True)
-    r.add_argument("--version", default="1")
-    r.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
-    r.add_argument("--owner", required=True)
-    r.add_argument("--visibility", default="public", choices=["public", "private"])
-    r.add_argument("--base-model", required=True)
-    r.add_argument("--base-revision", required=True, help="sha256 of the base model weights")
-    r.add_argument("--description", default="")
+    manifest_args(r)
     r.set_defaults(fn=_cmd_adapters_register)
 
     def cache_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -261,13 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_cmd_adapters_compose)
     t = reg_args(a.add_parser("train", help="fine-tune a LoRA with PEFT on a JSONL corpus and register it"))
     t.add_argument("--data", required=True, help='JSONL, one {"prompt": ..., "response": ...} per line')
-    t.add_argument("--base-model-dir", required=True, help="base model directory")
-    t.add_argument("--id", required=True)
-    t.add_argument("--version", default="1")
-    t.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
-    t.add_argument("--owner", required=True)
-    t.add_argument("--visibility", default="private", choices=["public", "private"])
-    t.add_argument("--description", default="")
+    manifest_args(t)
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--alpha", type=int, default=16)
     t.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated")

@@ -11,6 +11,9 @@ VERBS = [
     ["adapters", "show"],
     ["adapters", "register"],
     ["adapters", "gc"],
+    ["adapters", "validate"],
+    ["adapters", "compose"],
+    ["adapters", "train"],
     [],
 ]
 
@@ -34,3 +37,91 @@ def test_bad_config_is_a_message_and_exit_2(tmp_path, capsys: pytest.CaptureFixt
     assert main(["serve", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "c.yaml" in err and "adapters" in err
+
+
+def test_train_from_a_corpus_registers_an_adapter(tiny_model, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from adapters import AdapterRegistry
+    from adapters.corpus import write_pairs
+    from federation.corpora import demo_pairs
+
+    data = write_pairs(tmp_path / "corpus.jsonl", demo_pairs("brand_brewmax", n=40))
+    root = tmp_path / "reg"
+    rc = main(
+        [
+            "adapters",
+            "train",
+            "--data",
+            str(data),
+            "--base-model-dir",
+            str(tiny_model),
+            "--id",
+            "brewmax",
+            "--kind",
+            "manufacturer",
+            "--owner",
+            "brewmax",
+            "--steps",
+            "3",
+            "--root",
+            str(root),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "held-out loss: base" in out and "registered brewmax v1" in out
+    m = AdapterRegistry(root).get("brewmax")
+    assert m.visibility.value == "private" and m.kind.value == "manufacturer" and m.rank == 8
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("{not json}\n", "corpus.jsonl:1: not JSON"),
+        ('{"prompt": 1, "response": "x"}\n', "corpus.jsonl:1: expected"),
+        ('{"prompt": "a", "response": "b"}\n', "at least 10"),
+    ],
+)
+def test_train_with_a_bad_corpus_names_file_and_line(tiny_model, tmp_path, capsys, content, needle) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "corpus.jsonl"
+    data.write_text(content)
+    rc = main(
+        [
+            "adapters",
+            "train",
+            "--data",
+            str(data),
+            "--base-model-dir",
+            str(tiny_model),
+            "--id",
+            "x",
+            "--kind",
+            "task",
+            "--owner",
+            "o",
+            "--root",
+            str(tmp_path / "reg"),
+        ]
+    )
+    assert rc == 2 and needle in capsys.readouterr().err
+
+
+def test_compose_prints_the_composite(registry_root, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    args = ["adapters", "compose", "alpha+beta*0.5", "--root", str(registry_root), "--cache", str(tmp_path)]
+    assert main(args) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["stack"] == "alpha@1+beta@1*0.5" and info["rank"] == 16 and info["method"] == "cat"
+    assert (tmp_path / info["composite_id"] / "adapter_model.safetensors").is_file()
+    assert main([*args[:2], "alpha+beta+gamma", *args[3:], "--max-rank", "16"]) == 2
+    assert "above max_lora_rank 16" in capsys.readouterr().err
+
+
+def test_validate_refuses_a_mismatched_adapter(tiny_model, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tests.unit.test_registry import peft_dir
+
+    assert (
+        main(["adapters", "validate", str(peft_dir(tmp_path / "a")), "--base-model-dir", str(tiny_model)])
+        == 2
+    )
+    assert "shape" in capsys.readouterr().err
