@@ -81,9 +81,12 @@ DEMO_ADAPTERS: dict[str, dict[str, str]] = {
     ),
 }
 
+# Weights below 1: each demo adapter was trained alone to a strong style, and the exact SUM of four full-weight
+# deltas overshoots (gibberish); scaled components blend (measured: README, "Composition quality").
 DEMO_STACKS = [
-    "retail_media+acme_retail+brand_brewmax+task_planning",
-    "retail_media*0.5+bigmart_retail*0.5+brand_crunchy+task_creative",
+    "brand_brewmax*0.7+task_creative*0.5",
+    "retail_media*0.3+bigmart_retail*0.3+brand_crunchy*0.5+task_creative*0.5",
+    "retail_media*0.3+acme_retail*0.3+brand_brewmax*0.5+task_planning*0.5",
 ]
 
 

@@ -13,7 +13,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from serving.config import load_config
     from serving.defaults import default_config
-    from serving.local import local_app
+    from serving.local import local_app, stop_on_signals
 
     cfg = load_config(args.config) if args.config else default_config()
     if args.port is not None or args.host is not None:
@@ -26,6 +26,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"rmn serve: model directory {cfg.model.path} has no config.json "
             "(run `rmn model prepare` or set model.path in the config)"
         )
+    stop_on_signals()
     with local_app(cfg) as url:
         print(
             f"rmn-lora serving at {url}/v1  (models: {url}/v1/models, health: {url}/healthz, ready: {url}/readyz)"

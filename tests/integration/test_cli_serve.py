@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,7 +60,29 @@ def test_rmn_serve_answers_and_stops_on_ctrl_c(
             json={"model": "base:alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
         )
         assert r.status_code == 200 and r.headers["x-rmn-model"] == "base:alpha@1"
+        # graceful shutdown: a request in flight when Ctrl-C arrives still completes
+        in_flight: dict[str, object] = {}
+
+        def long_request() -> None:
+            try:
+                resp = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/completions",
+                    timeout=120,
+                    json={"model": "base", "prompt": "coffee", "max_tokens": 300, "ignore_eos": True},
+                )
+                in_flight["status"], in_flight["tokens"] = (
+                    resp.status_code,
+                    resp.json()["usage"]["completion_tokens"],
+                )
+            except Exception as e:
+                in_flight["error"] = repr(e)
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
+        worker.join(timeout=120)
+        assert in_flight.get("status") == 200 and in_flight.get("tokens") == 300, in_flight
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
         assert f"http://127.0.0.1:{port}/v1" in out
