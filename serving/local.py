@@ -61,8 +61,11 @@ def local_app(config: AppConfig, num_cpus: int | None = None) -> Iterator[str]:
         host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
         yield f"http://{host}:{config.http.port}"
     finally:
+        # Deleting the app first lets every replica finish its in-flight requests (within
+        # graceful_shutdown_timeout_s) while the proxy still relays their responses;
+        # serve.shutdown() alone would drop them with the proxy.
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME, _blocking=True)
         if own_cluster:
             serve.shutdown()
             ray.shutdown()
-        else:
-            serve.delete(APP_NAME)
