@@ -26,6 +26,7 @@ from typing import Any
 
 from adapters.compose import compose_tensors, load_lora, write_peft_dir
 from adapters.errors import InvalidAdapter
+from adapters.manifest import AdapterManifest
 from adapters.registry import AdapterRegistry
 from adapters.stack import METHOD, StackPart, composite_id, stack_text
 
@@ -49,6 +50,7 @@ class ResolvedStack:
     composite_id: str
     base_revision: str
     rank: int
+    manifests: tuple[AdapterManifest, ...] = ()
 
     @property
     def text(self) -> str:
@@ -67,7 +69,7 @@ def resolve(registry: AdapterRegistry, parts: tuple[StackPart, ...]) -> Resolved
     pinned = tuple(StackPart(p.id, m.version, p.weight) for p, m in zip(parts, manifests, strict=True))
     (revision,) = revisions
     cid = composite_id(revision, [(m.sha256, p.weight) for p, m in zip(parts, manifests, strict=True)])
-    return ResolvedStack(pinned, cid, revision, sum(m.rank for m in manifests))
+    return ResolvedStack(pinned, cid, revision, sum(m.rank for m in manifests), tuple(manifests))
 
 
 def _svd_truncate(state: dict[str, Any], rank: int) -> tuple[dict[str, Any], float]:

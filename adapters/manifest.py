@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.errors import InvalidAdapter
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+RESERVED_IDS = frozenset({"auto"})
 _VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,2}$")
 
 
@@ -23,6 +24,8 @@ def validate_adapter_id(adapter_id: str) -> str:
             f"invalid adapter id {adapter_id!r}: use 1-64 characters of a-z, 0-9, '_' or '-', "
             "starting with a letter or digit"
         )
+    if adapter_id in RESERVED_IDS:
+        raise InvalidAdapter(f"adapter id {adapter_id!r} is reserved (model 'base:auto' asks for an implicit stack)")
     return adapter_id
 
 

@@ -21,13 +21,13 @@ def rows(model: type[BaseModel], prefix: str = "", instance: Any = None) -> list
         if sub is not None:
             out += rows(sub, f"{prefix}{name}.", value)
             continue
-        if field.is_required() and prefix in ("model.", "adapters."):
+        if field.is_required():
             default = "required"
         elif instance is not None:
             default = repr(value)
         else:
             default = repr(field.get_default(call_default_factory=True))
-        out.append((f"{prefix}{name}", default, field.description or ""))
+        out.append((f"{prefix}{name}", default, (field.description or "").replace("|", "\\|")))
     return out
 
 

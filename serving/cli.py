@@ -168,6 +168,16 @@ def _cmd_adapters_train(args: argparse.Namespace) -> int:
         return _register(args, tmp, base)
 
 
+def _cmd_tenants_hash_key(args: argparse.Namespace) -> int:
+    from federation.tenants import hash_key
+
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        raise ValueError("empty API key")
+    print(hash_key(key))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
@@ -261,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_cmd_adapters_train)
+
+    tn = sub.add_parser("tenants", help="tenant helpers").add_subparsers(dest="tenants_verb", required=True)
+    hk = tn.add_parser("hash-key", help="print the sha256 to put in federation.tenants[].api_key_sha256")
+    hk.add_argument("key", nargs="?", help="the API key (default: read one line from stdin)")
+    hk.set_defaults(fn=_cmd_tenants_hash_key)
 
     d = sub.add_parser("demo", help="prepare model + adapters, serve, ask each adapter, print the answers")
     d.add_argument(

@@ -13,6 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from federation.policy import FederationPolicy
+from federation.tenants import Tenant
+
 
 class ConfigError(ValueError):
     """A config file is missing, unreadable or invalid; the message names file and field."""
@@ -151,6 +154,12 @@ class HttpConfig(_Strict):
     host: str = Field(default="127.0.0.1", description="Bind address (0.0.0.0 in containers).")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     request_timeout_s: float = Field(default=120, gt=0, description="Per-request deadline; past it, 504.")
+    metrics_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Prometheus scrape port of the Ray node `rmn serve` starts (/metrics; every process on the node).",
+    )
 
 
 class AdaptersConfig(_Strict):
@@ -177,6 +186,22 @@ class AdaptersConfig(_Strict):
         return self.cache_root or Path(tempfile.gettempdir()) / "rmn-composites"
 
 
+class FederationConfig(_Strict):
+    """Tenants, API keys (hashes), grants and the stack policy. Absent: an open API without tenants."""
+
+    tenants: list[Tenant] = Field(
+        min_length=1, description="Who may call the API, with what key hash and grants."
+    )
+    policy: FederationPolicy = Field(default_factory=FederationPolicy, description="How stacks are built.")
+    audit_log: Path | None = Field(
+        default=None,
+        description="JSON-lines file of composition decisions (per router node); null: logs only.",
+    )
+    metrics_top_n: int = Field(
+        default=20, gt=0, description="Compositions with their own metrics label; later ones are 'other'."
+    )
+
+
 class AppConfig(_Strict):
     """Everything ``rmn serve`` needs."""
 
@@ -194,6 +219,9 @@ class AppConfig(_Strict):
         description="Ray Serve options of the OpenAI-compatible router (ingress).",
     )
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP listener.")
+    federation: FederationConfig | None = Field(
+        default=None, description="Tenants and stack policy; null serves without authentication."
+    )
 
     @field_validator("model", "adapters", mode="after")
     @classmethod

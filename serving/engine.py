@@ -21,6 +21,7 @@ from ray import serve
 from adapters import AdapterError, AdapterNotFound, AdapterRegistry, InvalidAdapter
 from adapters.cache import CompositeCache, resolve
 from serving.config import AppConfig
+from serving.metrics import EngineMetrics
 from serving.model_names import ModelNameError, parse_model_name
 from serving.vllm_engine import Kind, VLLMEngine, error_body
 
@@ -58,6 +59,7 @@ class EngineDeployment:
         self._loop = asyncio.get_running_loop()
         self._inflight: collections.Counter[str] = collections.Counter()
         self._loads = 0
+        self._metrics = EngineMetrics()
         self._evictions = 0
         try:
             self._replica = serve.get_replica_context().replica_id.unique_id
@@ -76,9 +78,16 @@ class EngineDeployment:
         if len(ref.parts) == 1 and ref.parts[0].weight == 1.0:
             path = self._registry.path(ref.parts[0].id, ref.parts[0].version)  # no composition needed
         else:  # compose on THIS node from the registry (cache hit is the normal case)
+            before = self._cache.stats.misses
             path = await asyncio.to_thread(self._cache.get_or_build, resolve(self._registry, ref.parts))
+            if self._cache.stats.misses > before:
+                self._metrics.cache_misses.inc()
+                self._metrics.build_seconds.observe(self._cache.stats.build_seconds[-1])
+            else:
+                self._metrics.cache_hits.inc()
         await self._engine.add_adapter(lora_name, str(path))
         self._loads += 1
+        self._metrics.loads.inc()
         log.info("adapter loaded", extra={"lora_name": lora_name, "replica": self._replica})
         return _Resident(lora_name, self._schedule_evict)
 
@@ -92,6 +101,7 @@ class EngineDeployment:
             await asyncio.sleep(0.05)
         await self._engine.remove_adapter(lora_name)
         self._evictions += 1
+        self._metrics.evictions.inc()
         log.info("adapter evicted", extra={"lora_name": lora_name, "replica": self._replica})
 
     async def generate(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:

@@ -42,6 +42,7 @@ def local_app(config: AppConfig, num_cpus: int | None = None) -> Iterator[str]:
     own_cluster = not os.environ.get("RAY_ADDRESS")
     if own_cluster:
         ray.init(
+            _metrics_export_port=config.http.metrics_port,
             num_cpus=num_cpus or max(4, os.cpu_count() or 2),
             include_dashboard=False,
             log_to_driver=False,

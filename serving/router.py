@@ -1,11 +1,12 @@
-"""The OpenAI-compatible ingress: parse the model name, pin the adapter stack, route, stream.
+"""The OpenAI-compatible ingress (federation router): authenticate, pick the stack, route, stream.
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /healthz``
-(liveness), ``GET /readyz`` (an engine replica answers). Every answer carries ``x-request-id``;
-generations also ``x-rmn-model`` (the version-pinned stack that served it), ``x-rmn-composite`` (its
-content-addressed composite id) and ``x-rmn-replica``.
-Errors use OpenAI's shape: 400 malformed, 404 unknown model, 503 overloaded (with Retry-After), 504 past
-the request deadline. The router never reads adapter weights: engine replicas load them on their node.
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
+``POST /v1/federation/resolve``, ``GET /healthz`` (liveness), ``GET /readyz`` (an engine replica answers).
+Every answer carries ``x-request-id``; generations also ``x-rmn-model`` (the version-pinned stack that
+served it), ``x-rmn-composite`` (its content-addressed id) and ``x-rmn-replica``. Errors use OpenAI's
+shape: 400 malformed, 401 no/invalid key, 403 forbidden component, 404 unknown model, 429 rate limit,
+503 overloaded (both with Retry-After), 504 past the deadline. The router never reads adapter weights:
+engine replicas compose and load them on their own node.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from adapters import AdapterNotFound, AdapterRegistry, InvalidAdapter
-from adapters.cache import ResolvedStack, resolve
+from adapters import AdapterRegistry
+from serving.access import Gate, GateError
 from serving.config import AppConfig
-from serving.model_names import ModelNameError, parse_model_name
+from serving.graph import composition_graph
+from serving.metrics import RouterMetrics
 from serving.vllm_engine import error_body
 
 log = logging.getLogger("ray.serve")
@@ -57,11 +59,14 @@ def _cancel(gen: Any) -> None:
         gen.cancel()
 
 
-class _Stop(Exception):
-    """Raised inside the router to answer with an error response."""
-
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
+async def _read_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GateError(400, f"request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise GateError(400, "request body must be a JSON object")
+    return body
 
 
 @serve.ingress(api)
@@ -72,6 +77,8 @@ class Router:
         self._engine = engine
         self._cfg = config
         self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
+        self._gate = Gate(config, self._registry)
+        self._metrics = RouterMetrics(config.federation.metrics_top_n if config.federation else 20)
 
     # ---- probes ----------------------------------------------------------------------------
     @api.get("/healthz")
@@ -88,12 +95,15 @@ class Router:
             return _error(f"engine not ready: {type(e).__name__}", 503, "service_unavailable")
         return JSONResponse({"status": "ready"})
 
-    # ---- models ----------------------------------------------------------------------------
+    # ---- models and resolution --------------------------------------------------------------
     @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        """The base model and every registered adapter (latest version), OpenAI ``list`` shape."""
-        base = self._cfg.model.served_name
-        now = int(time.time())
+    async def models(self, request: Request) -> Response:
+        """The base model and the adapters this caller may use (latest version), OpenAI ``list`` shape."""
+        try:
+            tenant = self._gate.admit(request.headers.get("authorization"))
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        base, now = self._cfg.model.served_name, int(time.time())
         data = [
             {
                 "id": base,
@@ -104,24 +114,51 @@ class Router:
                 "parent": None,
             }
         ]
-        for m in self._registry.list():
+        if tenant is not None:
             data.append(
                 {
-                    "id": f"{base}:{m.id}",
+                    "id": f"{base}:auto",
                     "object": "model",
                     "created": now,
-                    "owned_by": m.owner,
-                    "root": f"{base}:{m.id}@{m.version}",
+                    "owned_by": "rmn-lora",
+                    "root": f"{base}:auto",
                     "parent": base,
-                    "kind": m.kind.value,
+                    "kind": "federated",
                 }
             )
-        return {"object": "list", "data": data}
+        for m in self._registry.list():
+            if self._gate.visible(tenant, m):
+                data.append(
+                    {
+                        "id": f"{base}:{m.id}",
+                        "object": "model",
+                        "created": now,
+                        "owned_by": m.owner,
+                        "root": f"{base}:{m.id}@{m.version}",
+                        "parent": base,
+                        "kind": m.kind.value,
+                    }
+                )
+        return JSONResponse({"object": "list", "data": data})
+
+    @api.post("/v1/federation/resolve")
+    async def resolve(self, request: Request) -> Response:
+        """The stack, composite id and composition graph (JSON + Graphviz DOT) a request would get."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            tenant = self._gate.admit(request.headers.get("authorization"))
+            body = await _read_body(request)
+            res = self._gate.resolve(tenant, body, request_id)
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, {**e.headers, "x-request-id": request_id})
+        return JSONResponse(
+            composition_graph(self._cfg.model.served_name, res, tenant), headers={"x-request-id": request_id}
+        )
 
     # ---- generation ------------------------------------------------------------------------
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Response:
-        """OpenAI chat completions (stream or not) for ``base`` or ``base:adapter[@version]``."""
+        """OpenAI chat completions (stream or not)."""
         return await self._generate("chat", request)
 
     @api.post("/v1/completions")
@@ -129,68 +166,54 @@ class Router:
         """OpenAI completions (stream or not)."""
         return await self._generate("completion", request)
 
-    async def _read_body(self, request: Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise _Stop(_error(f"request body is not valid JSON: {e}", 400)) from e
-        if not isinstance(body, dict):
-            raise _Stop(_error("request body must be a JSON object", 400))
-        return body
-
-    def _resolve(self, model: object) -> ResolvedStack | None:
-        """The version-pinned stack a model name asks for; None for the base model."""
-        try:
-            ref = parse_model_name(model, self._cfg.model.served_name)
-            if ref.is_base:
-                return None
-            stack = resolve(self._registry, ref.parts)
-        except ModelNameError as e:
-            err_type = "not_found_error" if e.status == 404 else "invalid_request_error"
-            raise _Stop(_error(str(e), e.status, err_type)) from e
-        except AdapterNotFound as e:
-            raise _Stop(_error(f"model {model!r} does not exist: {e}", 404, "not_found_error")) from e
-        except InvalidAdapter as e:
-            raise _Stop(_error(str(e), 400)) from e
-        limit = self._cfg.engine.max_lora_rank
-        if stack.rank > limit and not self._cfg.adapters.compress_overflow:
-            raise _Stop(
-                _error(
-                    f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {limit} "
-                    "(use fewer or smaller adapters, or enable adapters.compress_overflow)",
-                    400,
-                )
-            )
-        return stack
-
     async def _generate(self, kind: str, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.monotonic()
         deadline = started + self._cfg.http.request_timeout_s
-        try:
-            body = await self._read_body(request)
-            stack = self._resolve(body.get("model"))
-        except _Stop as stop:
-            stop.response.headers["x-request-id"] = request_id
-            return stop.response
-        body["request_id"] = request_id
-        lora_name = "" if stack is None else f"{self._cfg.model.served_name}:{stack.text}"
-        handle = self._engine.options(stream=True, multiplexed_model_id=lora_name)
         headers = {"x-request-id": request_id}
+        try:
+            tenant = self._gate.admit(request.headers.get("authorization"))
+            body = await _read_body(request)
+            res = self._gate.resolve(tenant, body, request_id)
+        except GateError as e:
+            self._metrics.requests.inc(tags={"composition": "none", "status": str(e.status)})
+            return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
+        body.pop("federation", None)
+        body["request_id"] = request_id
+        stack = res.stack
+        label = self._metrics.label(stack.composite_id if stack else None)
+        lora_name = "" if stack is None else f"{self._cfg.model.served_name}:{stack.text}"
         if stack is not None:
             headers["x-rmn-composite"] = stack.composite_id
+        client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if body.get("stream"):  # ask for usage (token metrics); hidden again unless the client asked
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        handle = self._engine.options(stream=True, multiplexed_model_id=lora_name)
         gen: Any = None
         try:
             gen = handle.generate.remote(kind, body)  # may raise BackPressureError at once
             meta = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
         except TimeoutError:
             _cancel(gen)
-            return _error(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers)
+            return self._finish(
+                label,
+                504,
+                started,
+                _error(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers),
+            )
         except Exception as e:
             if not _is_backpressure(e):
                 raise
-            return _error(
-                "server overloaded, retry later", 503, "service_unavailable", {**headers, "retry-after": "1"}
+            return self._finish(
+                label,
+                503,
+                started,
+                _error(
+                    "server overloaded, retry later",
+                    503,
+                    "service_unavailable",
+                    {**headers, "retry-after": "1"},
+                ),
             )
         headers["x-rmn-replica"] = str(meta.get("replica"))
         headers["x-rmn-model"] = meta.get("lora_name") or self._cfg.model.served_name
@@ -204,19 +227,53 @@ class Router:
                 "status": meta["status"],
             },
         )
+        if meta["status"] == 200 and stack is not None:
+            for part in stack.parts:
+                self._metrics.components.inc(tags={"component": part.id})
         if not meta.get("stream"):
             try:
                 item = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
             except TimeoutError:
                 _cancel(gen)
-                return _error(
-                    f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers
+                return self._finish(
+                    label,
+                    504,
+                    started,
+                    _error(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers),
                 )
-            return JSONResponse(item["body"], status_code=meta["status"], headers=headers)
-        return StreamingResponse(self._sse(gen, deadline), media_type="text/event-stream", headers=headers)
+            self._count_tokens(label, item["body"].get("usage"))
+            self._metrics.ttft.observe(time.monotonic() - started, tags={"composition": label})
+            return self._finish(
+                label,
+                meta["status"],
+                started,
+                JSONResponse(item["body"], status_code=meta["status"], headers=headers),
+            )
+        return StreamingResponse(
+            self._sse(gen, deadline, started, label, client_usage),
+            media_type="text/event-stream",
+            headers=headers,
+        )
 
-    async def _sse(self, gen: Any, deadline: float) -> AsyncIterator[str]:
-        """Relay SSE chunks; past the deadline, end the stream with an error event."""
+    def _finish(self, label: str, status: int, started: float, response: Response) -> Response:
+        self._metrics.requests.inc(tags={"composition": label, "status": str(status)})
+        self._metrics.latency.observe(time.monotonic() - started, tags={"composition": label})
+        return response
+
+    def _count_tokens(self, label: str, usage: dict[str, Any] | None) -> None:
+        if usage:
+            self._metrics.tokens.inc(
+                usage.get("prompt_tokens", 0), tags={"composition": label, "direction": "in"}
+            )
+            self._metrics.tokens.inc(
+                usage.get("completion_tokens", 0), tags={"composition": label, "direction": "out"}
+            )
+
+    async def _sse(
+        self, gen: Any, deadline: float, started: float, label: str, client_usage: bool
+    ) -> AsyncIterator[str]:
+        """Relay SSE chunks (recording TTFT and usage); past the deadline, end with an error event."""
+        status, first = 200, True
         try:
             while True:
                 try:
@@ -224,9 +281,19 @@ class Router:
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
+                    status = 504
                     err = error_body(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout")
                     yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n"
                     return
+                if first:
+                    self._metrics.ttft.observe(time.monotonic() - started, tags={"composition": label})
+                    first = False
+                if '"choices":[]' in chunk and '"usage"' in chunk:  # the final usage-only chunk
+                    with contextlib.suppress(ValueError, KeyError):
+                        self._count_tokens(label, json.loads(chunk.removeprefix("data: "))["usage"])
+                    if not client_usage:
+                        continue
                 yield chunk
         finally:
             _cancel(gen)
+            self._finish(label, status, started, Response())

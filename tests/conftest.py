@@ -36,8 +36,13 @@ def adapter_dirs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from adapters.synthetic import make_random_adapter
 
     root = tmp_path_factory.mktemp("adapter-src")
+    from tests.integration.tenants import FED_ADAPTERS
+
     seeds = {**ADAPTERS, "delta": 4}
-    return {name: make_random_adapter(tiny_model, root / name, seed=seed) for name, seed in seeds.items()}
+    dirs = {name: make_random_adapter(tiny_model, root / name, seed=seed) for name, seed in seeds.items()}
+    for i, name in enumerate(FED_ADAPTERS):
+        dirs[name] = make_random_adapter(tiny_model, root / name, seed=50 + i, rank=4, alpha=8, scale=0.1)
+    return dirs
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +51,18 @@ def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPa
 
     root = tmp_path_factory.mktemp("registry")
     reg = AdapterRegistry(root, max_rank=16)
+    from tests.integration.tenants import FED_ADAPTERS
+
+    for name, (kind, owner, visibility) in FED_ADAPTERS.items():
+        reg.register(
+            adapter_dirs[name],
+            id=name,
+            kind=kind,
+            owner=owner,
+            visibility=visibility,
+            base_model="tiny",
+            base_model_revision="test",
+        )
     for name in ADAPTERS:
         reg.register(
             adapter_dirs[name],
@@ -80,8 +97,9 @@ def llm(tiny_model: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def app_config(tiny_model: Path, registry_root: Path) -> object:
+def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
     from serving.config import AppConfig
+    from tests.integration.tenants import tenants_config
 
     return AppConfig.model_validate(
         {
@@ -97,7 +115,12 @@ def app_config(tiny_model: Path, registry_root: Path) -> object:
                 "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
             },
             "router_deployment": {"num_cpus": 0.1, "max_ongoing_requests": 256, "max_queued_requests": 256},
-            "http": {"port": _free_port(), "request_timeout_s": 60},
+            "http": {"port": _free_port(), "request_timeout_s": 60, "metrics_port": _free_port()},
+            "federation": {
+                "tenants": tenants_config(),
+                "policy": {"industry_adapter": "rm"},
+                "audit_log": str(tmp_path_factory.mktemp("audit") / "decisions.jsonl"),
+            },
         }
     )
 

@@ -11,6 +11,8 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.tenants import ADMIN, ADMIN_KEY
+
 pytestmark = pytest.mark.slow
 
 MSG = [{"role": "user", "content": "plan a coffee campaign"}]
@@ -18,7 +20,7 @@ MSG = [{"role": "user", "content": "plan a coffee campaign"}]
 
 def chat(url: str, model: str, **kw: object) -> httpx.Response:
     body = {"model": model, "messages": MSG, "max_tokens": 8, "temperature": 0, **kw}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60, headers=ADMIN)
 
 
 def test_probes(serve_url: str) -> None:
@@ -40,7 +42,7 @@ def test_each_adapter_changes_the_output(serve_url: str) -> None:
 
 
 def test_openai_client_models_chat_and_stream(serve_url: str) -> None:
-    client = openai.OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{serve_url}/v1", api_key=ADMIN_KEY, max_retries=0)
     ids = {m.id for m in client.models.list()}
     assert {"base", "base:alpha", "base:beta", "base:gamma"} <= ids
     resp = client.chat.completions.create(model="base:beta", messages=MSG, max_tokens=6, temperature=0)  # type: ignore[arg-type]
@@ -54,8 +56,12 @@ def test_openai_client_models_chat_and_stream(serve_url: str) -> None:
 
 def test_completions_stream_and_non_stream(serve_url: str) -> None:
     body = {"model": "base:gamma", "prompt": "coffee ads", "max_tokens": 5, "temperature": 0}
-    full = httpx.post(f"{serve_url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
-    with httpx.stream("POST", f"{serve_url}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+    full = httpx.post(f"{serve_url}/v1/completions", json=body, timeout=60, headers=ADMIN).json()["choices"][
+        0
+    ]["text"]
+    with httpx.stream(
+        "POST", f"{serve_url}/v1/completions", json={**body, "stream": True}, timeout=60, headers=ADMIN
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
     assert lines[-1] == "[DONE]"
@@ -77,7 +83,7 @@ def test_completions_stream_and_non_stream(serve_url: str) -> None:
     ],
 )
 def test_bad_requests_get_openai_errors(serve_url: str, body: dict, status: int, needle: str) -> None:
-    r = httpx.post(f"{serve_url}/v1/chat/completions", json=body, timeout=60)
+    r = httpx.post(f"{serve_url}/v1/chat/completions", json=body, timeout=60, headers=ADMIN)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == status and needle in err["message"]
@@ -89,7 +95,7 @@ def test_non_json_bodies_are_400(serve_url: str, raw: bytes) -> None:
         f"{serve_url}/v1/chat/completions",
         content=raw,
         timeout=30,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **ADMIN},
     )
     assert r.status_code == 400 and "error" in r.json()
 
@@ -111,7 +117,9 @@ def test_adapter_registered_at_runtime_is_served_without_restart(
     )
     r = chat(serve_url, "base:delta")
     assert r.status_code == 200 and r.headers["x-rmn-model"] == "base:delta@1"
-    assert "base:delta" in {m["id"] for m in httpx.get(f"{serve_url}/v1/models").json()["data"]}
+    assert "base:delta" in {
+        m["id"] for m in httpx.get(f"{serve_url}/v1/models", headers=ADMIN).json()["data"]
+    }
     # a new version is hot-swapped in: the same name now serves v2 (different weights, different text)
     v1_text = r.json()["choices"][0]["message"]["content"]
     reg.register(
@@ -150,7 +158,7 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
     """2 replicas x (4 ongoing) + 4 queued: a burst of 40 long requests must see 503s, never a hang."""
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=120) as c:
+        async with httpx.AsyncClient(timeout=120, headers=ADMIN) as c:
             body = {"model": "base", "messages": MSG, "max_tokens": 200, "temperature": 0, "ignore_eos": True}
             return await asyncio.gather(
                 *[c.post(f"{serve_url}/v1/chat/completions", json=body) for _ in range(40)]

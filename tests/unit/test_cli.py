@@ -14,6 +14,7 @@ VERBS = [
     ["adapters", "validate"],
     ["adapters", "compose"],
     ["adapters", "train"],
+    ["tenants", "hash-key"],
     [],
 ]
 
@@ -125,3 +126,10 @@ def test_validate_refuses_a_mismatched_adapter(tiny_model, tmp_path, capsys) -> 
         == 2
     )
     assert "shape" in capsys.readouterr().err
+
+
+def test_hash_key(capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    assert main(["tenants", "hash-key", "s3cret"]) == 0
+    assert capsys.readouterr().out.strip() == hashlib.sha256(b"s3cret").hexdigest()

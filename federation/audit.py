@@ -1,0 +1,37 @@
+"""Append-only audit log of composition decisions: one JSON object per line.
+
+Each record is also emitted on the ``rmn.audit`` logger (Ray Serve's JSON logs collect it per node);
+with a path, lines are appended and flushed before the request proceeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rmn.audit")
+
+
+class AuditLog:
+    """Writes decision records; thread-safe."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """Append one record (``ts`` added) and return it."""
+        entry = {"ts": round(time.time(), 3), **fields}
+        line = json.dumps(entry, sort_keys=True, default=str)
+        log.info(line)
+        if self.path is not None:
+            with self._lock, open(self.path, "a") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+        return entry

@@ -1,0 +1,177 @@
+"""The federation gate of the router: who is calling, may they, and which stack serves them.
+
+Contract: :meth:`Gate.admit` authenticates (401) and rate-limits (429) a request; :meth:`Gate.resolve`
+turns (model name, ``federation`` object, prompt) into a version-pinned stack or None for the base
+model, raising :class:`GateError` with the HTTP status and reason (400/403/404). Without a federation
+config the gate is open: no tenant, explicit stacks only. Every decision is audited.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from adapters import AdapterManifest, AdapterNotFound, AdapterRegistry, InvalidAdapter
+from adapters.cache import ResolvedStack, resolve
+from federation.audit import AuditLog
+from federation.policy import Decision, FederationRequest, PolicyError, check_access, decide
+from federation.ratelimit import RateLimiter
+from federation.tenants import AuthError, Forbidden, Tenant, TenantDirectory
+from serving.config import AppConfig
+from serving.model_names import ModelNameError, parse_model_name
+
+
+class GateError(Exception):
+    """An HTTP error answer: status, OpenAI error type, message, extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        err_type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.err_type, self.headers = status, err_type, headers or {}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What serves a request."""
+
+    decision: Decision
+    stack: ResolvedStack | None
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The user's text in a chat or completion body (for the task classifier)."""
+    if isinstance(body.get("prompt"), str):
+        return str(body["prompt"])
+    texts = []
+    for msg in body.get("messages") or []:
+        if isinstance(msg, dict) and msg.get("role") == "user" and isinstance(msg.get("content"), str):
+            texts.append(msg["content"])
+    return "\n".join(texts)
+
+
+class Gate:
+    """Authentication, rate limits, stack resolution and access control for one router replica."""
+
+    def __init__(self, config: AppConfig, registry: AdapterRegistry) -> None:
+        self._cfg = config
+        self._registry = registry
+        fed = config.federation
+        self.enabled = fed is not None
+        self._tenants = TenantDirectory(fed.tenants) if fed else None
+        self._limiter = RateLimiter()
+        self._audit = AuditLog(fed.audit_log if fed else None)
+
+    def admit(self, authorization: str | None) -> Tenant | None:
+        """The calling tenant (None when the gate is open); raises GateError 401/429."""
+        if self._tenants is None:
+            return None
+        try:
+            tenant = self._tenants.authenticate(authorization)
+        except AuthError as e:
+            raise GateError(401, str(e), "authentication_error", {"www-authenticate": "Bearer"}) from e
+        wait = self._limiter.acquire(tenant.id, tenant.rate_limit_per_minute)
+        if wait > 0:
+            raise GateError(
+                429,
+                f"rate limit of {tenant.rate_limit_per_minute} requests/minute exceeded for "
+                f"tenant {tenant.id!r}",
+                "rate_limit_error",
+                {"retry-after": str(math.ceil(wait))},
+            )
+        return tenant
+
+    def visible(self, tenant: Tenant | None, manifest: AdapterManifest) -> bool:
+        """Whether ``tenant`` may see (and use) an adapter; private ones stay invisible to others."""
+        return tenant is None or tenant.may_use(
+            manifest.id, manifest.owner, manifest.visibility.value == "private"
+        )
+
+    def _kind(self, adapter_id: str) -> str:
+        return self._registry.get(adapter_id).kind.value
+
+    def resolve(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Resolution:
+        """The stack for this request (see the module contract); audited whether allowed or not."""
+        model = body.get("model")
+        try:
+            ref = parse_model_name(model, self._cfg.model.served_name)
+            fed_raw = body.get("federation")
+            federation = FederationRequest.model_validate(fed_raw) if fed_raw is not None else None
+            if tenant is None and (federation is not None or [p.id for p in ref.parts] == ["auto"]):
+                raise GateError(400, "'federation' and model 'base:auto' need tenants (federation config)")
+            if tenant is None:
+                decision = Decision(ref.parts, (), "explicit" if ref.parts else "base")
+            else:
+                decision = decide(
+                    tenant,
+                    ref.parts,
+                    federation,
+                    prompt_text(body),
+                    self._cfg.federation.policy,  # type: ignore[union-attr]
+                    self._kind,
+                )
+            stack = resolve(self._registry, decision.parts) if decision.parts else None
+            if tenant is not None and stack is not None:
+                check_access(tenant, stack.manifests)
+            limit = self._cfg.engine.max_lora_rank
+            if stack is not None and stack.rank > limit and not self._cfg.adapters.compress_overflow:
+                raise GateError(
+                    400,
+                    f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {limit} "
+                    "(use fewer or smaller adapters, or enable adapters.compress_overflow)",
+                )
+        except GateError as e:
+            self._audit_denied(tenant, model, request_id, e.status, str(e))
+            raise
+        except ModelNameError as e:
+            err = GateError(
+                e.status, str(e), "not_found_error" if e.status == 404 else "invalid_request_error"
+            )
+            self._audit_denied(tenant, model, request_id, err.status, str(err))
+            raise err from e
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            self._audit_denied(tenant, model, request_id, 400, f"federation.{loc}: {first['msg']}")
+            raise GateError(400, f"invalid 'federation' object: {loc}: {first['msg']}") from e
+        except AdapterNotFound as e:
+            self._audit_denied(tenant, model, request_id, 404, str(e))
+            raise GateError(404, f"model {model!r} does not exist: {e}", "not_found_error") from e
+        except (InvalidAdapter, PolicyError) as e:
+            self._audit_denied(tenant, model, request_id, 400, str(e))
+            raise GateError(400, str(e)) from e
+        except Forbidden as e:
+            self._audit_denied(tenant, model, request_id, 403, str(e))
+            raise GateError(403, str(e), "permission_error") from e
+        self._audit.record(
+            event="compose",
+            decision="allowed",
+            request_id=request_id,
+            tenant=tenant.id if tenant else None,
+            model=model,
+            source=decision.source,
+            task_source=decision.task_source,
+            stack=stack.text if stack else None,
+            composite_id=stack.composite_id if stack else None,
+        )
+        return Resolution(decision, stack)
+
+    def _audit_denied(
+        self, tenant: Tenant | None, model: object, request_id: str, status: int, reason: str
+    ) -> None:
+        self._audit.record(
+            event="compose",
+            decision="denied",
+            request_id=request_id,
+            tenant=tenant.id if tenant else None,
+            model=model,
+            status=status,
+            reason=reason,
+        )

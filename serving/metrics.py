@@ -1,0 +1,81 @@
+"""Prometheus metrics (Ray Serve metrics API; scraped from each Ray node's metrics export port).
+
+Names carry Ray's ``ray_`` prefix in the scrape: ``ray_rmn_requests_total`` etc. The ``composition`` label
+is bounded: the first ``top_n`` compositions a router replica sees keep their own label, later ones
+are ``other`` (plus ``base`` for the base model); ``component`` is bounded by the registry's size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.metrics import Counter, Histogram
+
+
+def _keys(*names: str) -> Any:
+    """Tag keys (Ray annotates ``tag_keys`` as ``Tuple[str]``, a one-element tuple, though it takes any)."""
+    return names
+
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+
+class RouterMetrics:
+    """Request, latency and token metrics by composition and component."""
+
+    def __init__(self, top_n: int = 20) -> None:
+        self.top_n = top_n
+        self._seen: set[str] = set()
+        self.requests = Counter(
+            "rmn_requests_total",
+            description="Requests by composition and HTTP status.",
+            tag_keys=_keys("composition", "status"),
+        )
+        self.latency = Histogram(
+            "rmn_request_latency_seconds",
+            description="Total request latency.",
+            boundaries=LATENCY_BUCKETS,
+            tag_keys=("composition",),
+        )
+        self.ttft = Histogram(
+            "rmn_time_to_first_token_seconds",
+            description="Time to the first streamed token (non-streaming: to the full answer).",
+            boundaries=LATENCY_BUCKETS,
+            tag_keys=("composition",),
+        )
+        self.tokens = Counter(
+            "rmn_tokens_total",
+            description="Prompt (in) and completion (out) tokens.",
+            tag_keys=_keys("composition", "direction"),
+        )
+        self.components = Counter(
+            "rmn_component_requests_total",
+            description="Requests served per adapter.",
+            tag_keys=("component",),
+        )
+
+    def label(self, composition: str | None) -> str:
+        """Bounded label for a composite id (None: the base model)."""
+        if composition is None:
+            return "base"
+        if composition in self._seen or len(self._seen) < self.top_n:
+            self._seen.add(composition)
+            return composition
+        return "other"
+
+
+class EngineMetrics:
+    """Adapter residency and composite-cache metrics of one engine replica."""
+
+    def __init__(self) -> None:
+        self.loads = Counter(
+            "rmn_adapter_loads_total", description="Adapters (or composites) loaded into vLLM."
+        )
+        self.evictions = Counter("rmn_adapter_evictions_total", description="Adapters evicted (LRU).")
+        self.cache_hits = Counter("rmn_composite_cache_hits_total", description="Composite cache hits.")
+        self.cache_misses = Counter("rmn_composite_cache_misses_total", description="Composites built.")
+        self.build_seconds = Histogram(
+            "rmn_composite_build_seconds",
+            description="Composite build time.",
+            boundaries=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+        )
