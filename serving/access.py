@@ -47,14 +47,15 @@ class Resolution:
 
 
 def prompt_text(body: dict[str, Any]) -> str:
-    """The user's text in a chat or completion body (for the task classifier)."""
+    """The text the task classifier reads: a completion's prompt, or a chat's LAST user message (in a
+    multi-turn agent conversation the current ask decides the task)."""
     if isinstance(body.get("prompt"), str):
         return str(body["prompt"])
-    texts = []
-    for msg in body.get("messages") or []:
+    messages = body.get("messages")
+    for msg in reversed(messages if isinstance(messages, list) else []):
         if isinstance(msg, dict) and msg.get("role") == "user" and isinstance(msg.get("content"), str):
-            texts.append(msg["content"])
-    return "\n".join(texts)
+            return str(msg["content"])
+    return ""
 
 
 class Gate:

@@ -22,13 +22,33 @@ def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int 
 
     revision = base_revision(model_dir)
     for adapter_id, spec in DEMO_ADAPTERS.items():
+        # a brand adapter carries its owner's private data: private to that brand (and its grantees)
+        visibility = "private" if spec["kind"] == "manufacturer" else "public"
+        meta = {
+            "kind": spec["kind"],
+            "owner": spec["owner"],
+            "visibility": visibility,
+            "base_model": model_dir.name,
+            "description": spec["description"],
+            "capabilities": [spec["kind"]],
+        }
         try:
             current = registry.get(adapter_id)
-            if current.base_model_revision == revision and current.description == spec["description"]:
-                continue
-            version = str(int(current.version.split(".")[0]) + 1)
         except AdapterNotFound:
-            version = "1"
+            current = None
+        version = str(int(current.version.split(".")[0]) + 1) if current else "1"
+        if (
+            current is not None
+            and current.base_model_revision == revision
+            and current.description == spec["description"]
+        ):
+            if current.visibility.value == visibility:
+                continue
+            # same weights, new metadata: a new version from the registered files, no retraining
+            registry.register(
+                registry.path(adapter_id), base_model_dir=model_dir, id=adapter_id, version=version, **meta
+            )
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             report = train_lora(
                 model_dir, demo_pairs(adapter_id), tmp, steps=steps, desc=f"train {adapter_id}"
@@ -37,18 +57,7 @@ def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int 
                 f"  {adapter_id}: held-out loss base {report.heldout_loss_base:.2f} -> adapter "
                 f"{report.heldout_loss_adapter:.2f}"
             )
-            registry.register(
-                tmp,
-                base_model_dir=model_dir,
-                id=adapter_id,
-                version=version,
-                kind=spec["kind"],
-                owner=spec["owner"],
-                visibility="public",
-                base_model=model_dir.name,
-                description=spec["description"],
-                capabilities=[spec["kind"]],
-            )
+            registry.register(tmp, base_model_dir=model_dir, id=adapter_id, version=version, **meta)
     return list(DEMO_ADAPTERS)
 
 

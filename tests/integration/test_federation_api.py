@@ -188,3 +188,48 @@ def test_metrics_are_scraped_after_traffic(serve_url: str, app_config) -> None: 
             break
         time.sleep(2)
     assert not missing, missing
+
+
+def test_agent_style_openai_client_against_the_router(serve_url: str) -> None:
+    """What CrewAI/LangChain do through the OpenAI API: base_url + api_key, system prompt, multi-turn,
+    stop sequences, streaming, tenant-implicit stack (``base:auto``)."""
+    import openai
+
+    from tests.integration.tenants import KEYS
+
+    client = openai.OpenAI(base_url=f"{serve_url}/v1", api_key=KEYS["brand_x"], max_retries=0)
+    assert "base:auto" in {m.id for m in client.models.list()}
+    messages = [
+        {"role": "system", "content": "You are a retail media planner agent."},
+        {"role": "user", "content": "Plan the budget for our coffee campaign."},
+    ]
+    first = client.chat.completions.create(
+        model="base:auto",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,  # type: ignore[arg-type]
+        stop=["\nObservation:"],
+    )
+    assert first.model == "base:rm@1+acme@1+brand_x@1+task_planning@1"
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "Now write a headline for it."},
+    ]
+    second = client.chat.completions.create(model="base:auto", messages=messages, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+    assert second.model == "base:rm@1+acme@1+brand_x@1+task_creative@1"  # the last user turn decides the task
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="base:auto",
+            messages=messages,
+            max_tokens=8,
+            temperature=0,  # type: ignore[arg-type]
+            stream=True,
+        )
+        if c.choices
+    )
+    assert streamed
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="base:brand_y", messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{serve_url}/v1", api_key="nope", max_retries=0).models.list()

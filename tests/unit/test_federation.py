@@ -244,3 +244,28 @@ def test_auto_is_a_reserved_adapter_id() -> None:
     with pytest.raises(InvalidAdapter, match="reserved"):
         validate_adapter_id("auto")
     assert StackPart("auto").id == "auto"  # but it parses in a model name (base:auto)
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"prompt": "plan it"}, "plan it"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "plan"},
+                    {"role": "assistant", "content": "ok"},
+                    {"role": "user", "content": "now a headline"},
+                ]
+            },
+            "now a headline",
+        ),
+        ({"messages": [{"role": "system", "content": "x"}]}, ""),
+        ({"messages": "not a list"}, ""),
+        ({}, ""),
+    ],
+)
+def test_classifier_reads_the_last_user_turn(body: dict, text: str) -> None:
+    from serving.access import prompt_text
+
+    assert prompt_text(body) == text
