@@ -25,7 +25,9 @@ def validate_adapter_id(adapter_id: str) -> str:
             "starting with a letter or digit"
         )
     if adapter_id in RESERVED_IDS:
-        raise InvalidAdapter(f"adapter id {adapter_id!r} is reserved (model 'base:auto' asks for an implicit stack)")
+        raise InvalidAdapter(
+            f"adapter id {adapter_id!r} is reserved (model 'base:auto' asks for an implicit stack)"
+        )
     return adapter_id
 
 

@@ -104,7 +104,10 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
     return AppConfig.model_validate(
         {
             "model": {"path": str(tiny_model)},
-            "adapters": {"root": str(registry_root)},
+            "adapters": {
+                "root": str(registry_root),
+                "cache_root": str(tmp_path_factory.mktemp("composites")),
+            },
             "engine": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512},
             "engine_deployment": {
                 "num_replicas": 2,

@@ -21,6 +21,7 @@ FED_ADAPTERS = {
     "brand_x": ("manufacturer", "brand_x", "private"),
     "brand_y": ("manufacturer", "brand_y", "private"),
     "task_planning": ("task", "rmn", "public"),
+    "task_creative": ("task", "rmn", "public"),
 }
 
 
