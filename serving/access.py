@@ -58,6 +58,24 @@ def prompt_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def _as_gate_error(e: Exception, model: object) -> GateError:
+    """The HTTP answer for a resolution failure."""
+    if isinstance(e, GateError):
+        return e
+    if isinstance(e, ModelNameError):
+        return GateError(e.status, str(e), "not_found_error" if e.status == 404 else "invalid_request_error")
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        return GateError(
+            400, f"invalid 'federation' object: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        )
+    if isinstance(e, AdapterNotFound):
+        return GateError(404, f"model {model!r} does not exist: {e}", "not_found_error")
+    if isinstance(e, Forbidden):
+        return GateError(403, str(e), "permission_error")
+    return GateError(400, str(e))  # InvalidAdapter, PolicyError
+
+
 class Gate:
     """Authentication, rate limits, stack resolution and access control for one router replica."""
 
@@ -128,29 +146,28 @@ class Gate:
                     f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {limit} "
                     "(use fewer or smaller adapters, or enable adapters.compress_overflow)",
                 )
-        except GateError as e:
-            self._audit_denied(tenant, model, request_id, e.status, str(e))
-            raise
-        except ModelNameError as e:
-            err = GateError(
-                e.status, str(e), "not_found_error" if e.status == 404 else "invalid_request_error"
+        except (
+            GateError,
+            ModelNameError,
+            ValidationError,
+            AdapterNotFound,
+            InvalidAdapter,
+            PolicyError,
+            Forbidden,
+        ) as e:
+            err = _as_gate_error(e, model)
+            self._audit.record(
+                event="compose",
+                decision="denied",
+                request_id=request_id,
+                tenant=tenant.id if tenant else None,
+                model=model,
+                status=err.status,
+                reason=str(err),
             )
-            self._audit_denied(tenant, model, request_id, err.status, str(err))
+            if err is e:
+                raise
             raise err from e
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            self._audit_denied(tenant, model, request_id, 400, f"federation.{loc}: {first['msg']}")
-            raise GateError(400, f"invalid 'federation' object: {loc}: {first['msg']}") from e
-        except AdapterNotFound as e:
-            self._audit_denied(tenant, model, request_id, 404, str(e))
-            raise GateError(404, f"model {model!r} does not exist: {e}", "not_found_error") from e
-        except (InvalidAdapter, PolicyError) as e:
-            self._audit_denied(tenant, model, request_id, 400, str(e))
-            raise GateError(400, str(e)) from e
-        except Forbidden as e:
-            self._audit_denied(tenant, model, request_id, 403, str(e))
-            raise GateError(403, str(e), "permission_error") from e
         self._audit.record(
             event="compose",
             decision="allowed",
@@ -163,16 +180,3 @@ class Gate:
             composite_id=stack.composite_id if stack else None,
         )
         return Resolution(decision, stack)
-
-    def _audit_denied(
-        self, tenant: Tenant | None, model: object, request_id: str, status: int, reason: str
-    ) -> None:
-        self._audit.record(
-            event="compose",
-            decision="denied",
-            request_id=request_id,
-            tenant=tenant.id if tenant else None,
-            model=model,
-            status=status,
-            reason=reason,
-        )

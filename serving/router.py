@@ -194,13 +194,7 @@ class Router:
             gen = handle.generate.remote(kind, body)  # may raise BackPressureError at once
             meta = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
         except TimeoutError:
-            _cancel(gen)
-            return self._finish(
-                label,
-                504,
-                started,
-                _error(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers),
-            )
+            return self._deadline_exceeded(gen, label, started, headers)
         except Exception as e:
             if not _is_backpressure(e):
                 raise
@@ -234,13 +228,7 @@ class Router:
             try:
                 item = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
             except TimeoutError:
-                _cancel(gen)
-                return self._finish(
-                    label,
-                    504,
-                    started,
-                    _error(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout", headers),
-                )
+                return self._deadline_exceeded(gen, label, started, headers)
             self._count_tokens(label, item["body"].get("usage"))
             self._metrics.ttft.observe(time.monotonic() - started, tags={"composition": label})
             return self._finish(
@@ -254,6 +242,11 @@ class Router:
             media_type="text/event-stream",
             headers=headers,
         )
+
+    def _deadline_exceeded(self, gen: Any, label: str, started: float, headers: dict[str, str]) -> Response:
+        _cancel(gen)
+        message = f"request exceeded {self._cfg.http.request_timeout_s}s"
+        return self._finish(label, 504, started, _error(message, 504, "timeout", headers))
 
     def _finish(self, label: str, status: int, started: float, response: Response) -> Response:
         self._metrics.requests.inc(tags={"composition": label, "status": str(status)})
