@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,24 +77,35 @@ def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
-def llm(tiny_model: Path) -> Iterator[object]:
-    """One in-process vLLM ``LLM`` (no engine subprocess) with LoRA enabled, 2 slots."""
+def make_llm(tiny_model: Path) -> Iterator[Callable[..., Any]]:
+    """Factory of in-process vLLM ``LLM`` engines (no engine subprocess; the 2nd one starts in ~0.2 s)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from vllm import LLM
 
-    engine = LLM(
-        model=str(tiny_model),
-        dtype="bfloat16",
-        enable_lora=True,
-        max_loras=2,
-        max_lora_rank=16,
-        kv_cache_memory_bytes=256 << 20,
-        max_model_len=512,
-        seed=0,
-        enforce_eager=True,
-    )
-    yield engine
+    def make(
+        dtype: str = "bfloat16", max_loras: int = 2, kv_bytes: int = 256 << 20, max_model_len: int = 512
+    ) -> Any:
+        from vllm import LLM
+
+        return LLM(
+            model=str(tiny_model),
+            dtype=dtype,
+            enable_lora=True,
+            max_loras=max_loras,
+            max_lora_rank=16,
+            kv_cache_memory_bytes=kv_bytes,
+            max_model_len=max_model_len,
+            seed=0,
+            enforce_eager=True,
+        )
+
+    yield make
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+
+
+@pytest.fixture(scope="session")
+def llm(make_llm: Callable[..., Any]) -> Any:
+    """One in-process bf16 engine with LoRA enabled, 2 slots, shared by the session."""
+    return make_llm()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,11 +15,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_vllm_composite_greedy_tokens_match_transformers(
-    llm: object, tiny_model: Path, adapter_dirs: dict[str, Path], tmp_path: Path
+    make_llm: Callable[..., Any], tiny_model: Path, adapter_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
     composite = tmp_path / "composite"
@@ -30,17 +32,7 @@ def test_vllm_composite_greedy_tokens_match_transformers(
     with torch.no_grad():
         hf = peft_model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :].tolist()
 
-    engine = LLM(
-        model=str(tiny_model),
-        dtype="float32",
-        enable_lora=True,
-        max_loras=1,
-        max_lora_rank=16,
-        kv_cache_memory_bytes=128 << 20,
-        max_model_len=256,
-        seed=0,
-        enforce_eager=True,
-    )
+    engine = make_llm(dtype="float32", max_loras=1, kv_bytes=128 << 20, max_model_len=256)
     out = engine.generate(
         [prompt],
         SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),

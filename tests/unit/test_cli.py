@@ -40,6 +40,26 @@ def test_bad_config_is_a_message_and_exit_2(tmp_path, capsys: pytest.CaptureFixt
     assert "c.yaml" in err and "adapters" in err
 
 
+def train_argv(data, model, root, adapter_id: str, kind: str, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        "adapters",
+        "train",
+        "--data",
+        str(data),
+        "--base-model-dir",
+        str(model),
+        "--id",
+        adapter_id,
+        "--kind",
+        kind,
+        "--owner",
+        adapter_id,
+        "--root",
+        str(root),
+        *extra,
+    ]
+
+
 def test_train_from_a_corpus_registers_an_adapter(tiny_model, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     from adapters import AdapterRegistry
     from adapters.corpus import write_pairs
@@ -47,26 +67,7 @@ def test_train_from_a_corpus_registers_an_adapter(tiny_model, tmp_path, capsys) 
 
     data = write_pairs(tmp_path / "corpus.jsonl", demo_pairs("brand_brewmax", n=40))
     root = tmp_path / "reg"
-    rc = main(
-        [
-            "adapters",
-            "train",
-            "--data",
-            str(data),
-            "--base-model-dir",
-            str(tiny_model),
-            "--id",
-            "brewmax",
-            "--kind",
-            "manufacturer",
-            "--owner",
-            "brewmax",
-            "--steps",
-            "3",
-            "--root",
-            str(root),
-        ]
-    )
+    rc = main(train_argv(data, tiny_model, root, "brewmax", "manufacturer", "--steps", "3"))
     assert rc == 0
     out = capsys.readouterr().out
     assert "held-out loss: base" in out and "registered brewmax v1" in out
@@ -85,24 +86,7 @@ def test_train_from_a_corpus_registers_an_adapter(tiny_model, tmp_path, capsys) 
 def test_train_with_a_bad_corpus_names_file_and_line(tiny_model, tmp_path, capsys, content, needle) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "corpus.jsonl"
     data.write_text(content)
-    rc = main(
-        [
-            "adapters",
-            "train",
-            "--data",
-            str(data),
-            "--base-model-dir",
-            str(tiny_model),
-            "--id",
-            "x",
-            "--kind",
-            "task",
-            "--owner",
-            "o",
-            "--root",
-            str(tmp_path / "reg"),
-        ]
-    )
+    rc = main(train_argv(data, tiny_model, tmp_path / "reg", "x", "task"))
     assert rc == 2 and needle in capsys.readouterr().err
 
 
