@@ -1,9 +1,11 @@
 """Router benchmark: latency the federation router adds, and a new composition's first request.
 
-1. Warm composition, 1-token completions, sequential: (a) the engine deployment called through a Ray
-   Serve handle from the driver — what the router itself does — vs (b) HTTP through proxy → router →
-   engine with tenant auth and stack resolution. Added = (b) - (a). Also the router's own CPU work
-   (authenticate + resolve + access check), timed in-process.
+1. Warm composition, 1-token completions, sequential, interleaved: (a) HTTP through the Serve proxy
+   straight to an engine deployment (a second app whose ingress is the engine itself, adapter picked by
+   the ``serve_multiplexed_model_id`` header) vs (b) HTTP through proxy → router → engine with tenant
+   auth and stack resolution. Added = (b) - (a): the router hop plus its work. Also (c) the engine called
+   through a Serve handle from the driver (no HTTP at all), and the router's own CPU work (authenticate +
+   resolve + access check) timed in-process.
 2. Time to first token (streaming) of the first request on a never-seen composition (compose + load
    into vLLM) vs the same composition warm.
 Writes ``bench/results/router-<model>.json``. Usage: ``python -m bench.router [--model tiny|demo]``.
@@ -45,6 +47,21 @@ def _ttft_ms(url: str, model: str, headers: dict[str, str]) -> float:
             if line.startswith("data: ") and '"text"' in line:
                 return (time.perf_counter() - t) * 1000
     raise RuntimeError("no token streamed")
+
+
+def _http_engine_class() -> Any:
+    """The engine deployment with an HTTP ``__call__`` (benchmark baseline only)."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from serving.engine import EngineDeployment
+
+    class HttpEngine(EngineDeployment):
+        async def __call__(self, request: Request) -> JSONResponse:
+            items = [x async for x in self.generate("completion", await request.json())]
+            return JSONResponse(items[1]["body"], status_code=items[0]["status"])
+
+    return HttpEngine
 
 
 def main() -> None:
@@ -133,15 +150,36 @@ def main() -> None:
             r.raise_for_status()
             return (time.perf_counter() - t) * 1000
 
+        serve.run(
+            serve.deployment(name="engine_direct", **cfg.engine_deployment.serve_options())(
+                _http_engine_class()
+            ).bind(cfg),
+            name="direct",
+            route_prefix="/direct",
+        )
+
+        def http_engine() -> float:
+            t = time.perf_counter()
+            r = c.post(f"{url}/direct", json=req, headers={"serve_multiplexed_model_id": pinned})
+            r.raise_for_status()
+            return (time.perf_counter() - t) * 1000
+
         for _ in range(5):
-            direct(), http()
-        d_times, h_times = [], []
-        for _ in range(args.requests):  # interleaved, so drift hits both alike
+            direct(), http(), http_engine()
+        d_times, h_times, e_times = [], [], []
+        for _ in range(args.requests):  # interleaved, so drift hits all alike
             d_times.append(direct())
             h_times.append(http())
+            e_times.append(http_engine())
+        serve.delete("direct")
         results["engine_handle_ms"] = {"p50": _pct(d_times, 0.5), "p99": _pct(d_times, 0.99)}
+        results["http_engine_direct_ms"] = {"p50": _pct(e_times, 0.5), "p99": _pct(e_times, 0.99)}
         results["http_router_ms"] = {"p50": _pct(h_times, 0.5), "p99": _pct(h_times, 0.99)}
         results["router_added_ms"] = {
+            k: round(results["http_router_ms"][k] - results["http_engine_direct_ms"][k], 3)
+            for k in ("p50", "p99")
+        }
+        results["http_and_router_added_vs_handle_ms"] = {
             k: round(results["http_router_ms"][k] - results["engine_handle_ms"][k], 3) for k in ("p50", "p99")
         }
         cold, warm = [], []
