@@ -1,0 +1,94 @@
+"""The clean room over one retailer's DuckDB file: load data, answer structured queries under policy.
+
+Contract of :meth:`CleanRoom.query`: returns only cells with at least ``policy.k`` DISTINCT shoppers;
+reports how many cells were suppressed and why; releases the combined remainder of the suppressed cells
+only when it, too, has at least ``k`` distinct shoppers; lists requested fields the policy blocked.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cleanroom.errors import CleanRoomError, PolicyViolation
+from cleanroom.policy import CleanRoomPolicy
+from cleanroom.query import Query, compile_query
+from cleanroom.schema import EVENT_COLUMNS
+
+
+@dataclass
+class QueryResult:
+    """What a query releases."""
+
+    cells: list[dict[str, Any]]
+    suppressed_cells: int
+    suppression_reason: str | None
+    remainder: dict[str, Any] | None
+    remainder_released: bool
+    blocked_fields: list[str] = field(default_factory=list)
+
+
+class CleanRoom:
+    """One retailer's events in a file-backed DuckDB database, queried under its policy."""
+
+    def __init__(self, db_path: Path | str, policy: CleanRoomPolicy) -> None:
+        import duckdb
+
+        self.policy = policy
+        self._con = duckdb.connect(str(db_path))
+        self._lock = threading.Lock()
+        cols = ", ".join(f'"{c}" {t}' for c, t in EVENT_COLUMNS.items())
+        self._con.execute(f"CREATE TABLE IF NOT EXISTS events ({cols})")
+
+    def load(self, path: Path | str) -> int:
+        """Append a CSV or Parquet file in the documented schema; returns rows loaded."""
+        path = Path(path)
+        reader = {".csv": "read_csv_auto", ".parquet": "read_parquet"}.get(path.suffix)
+        if reader is None:
+            raise CleanRoomError(f"{path.name}: expected a .csv or .parquet file")
+        with self._lock:
+            probe = self._con.execute(f"SELECT * FROM {reader}(?) LIMIT 0", [str(path)])
+            got = {d[0] for d in probe.description}
+            missing = sorted(set(EVENT_COLUMNS) - got)
+            if missing:
+                raise CleanRoomError(f"{path.name}: missing columns {missing}")
+            before = self._count()
+            cols = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+            self._con.execute(f"INSERT INTO events SELECT {cols} FROM {reader}(?)", [str(path)])
+            return self._count() - before
+
+    def _count(self) -> int:
+        row = self._con.execute("SELECT COUNT(*) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+    def query(self, q: Query) -> QueryResult:
+        """Answer ``q`` under the policy (see the module contract)."""
+        c = compile_query(q, self.policy)
+        k = self.policy.k
+        with self._lock:
+            cur = self._con.cursor()
+            rows = cur.execute(c.cells_sql, c.params).fetchall()
+            names = [d[0] for d in cur.description]
+            if len(rows) > self.policy.max_groups:
+                raise PolicyViolation(
+                    f"the query produces {len(rows)} cells, above the policy's {self.policy.max_groups}"
+                )
+            cells, suppressed = [], 0
+            for row in rows:
+                rec = dict(zip(names, row, strict=True))
+                if rec.pop("__n") >= k:
+                    cells.append(rec)
+                else:
+                    suppressed += 1
+            remainder, released = None, False
+            if suppressed and c.remainder_sql:
+                rrow = cur.execute(c.remainder_sql, [*c.params, k]).fetchone()
+                rnames = [d[0] for d in cur.description]
+                rec = dict(zip(rnames, rrow, strict=True)) if rrow else {}
+                if rec.get("__n", 0) >= k:
+                    released = True
+                    remainder = {m: rec[m] for m in c.metrics}
+        reason = f"fewer than {k} distinct shoppers" if suppressed else None
+        return QueryResult(cells, suppressed, reason, remainder, released, c.blocked_fields)

@@ -1,0 +1,182 @@
+"""Clean room core: k DISTINCT shoppers per released cell, remainder rows, allowlists, injection."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cleanroom import CleanRoom, CleanRoomError, CleanRoomPolicy, PolicyViolation, Query
+from cleanroom.schema import EVENT_COLUMNS
+
+K = 5
+
+
+def _row(shopper: str, sku: str, event: str = "purchase", day: str = "2026-01-05") -> dict[str, object]:
+    return {
+        "shopper_id": shopper,
+        "event_date": day,
+        "event_type": event,
+        "sku": sku,
+        "brand": "brewmax",
+        "category": "coffee",
+        "placement": "search",
+        "quantity": 1,
+        "revenue": 10.0,
+        "cost": 0.5,
+        "margin": 3.0,
+        "stock_level": 40,
+        "promo_flag": False,
+    }
+
+
+@pytest.fixture
+def room(tmp_path: Path) -> CleanRoom:
+    rows = []
+    rows += [_row(f"a{i}", "at_k") for i in range(K)]  # exactly k shoppers: released
+    rows += [_row(f"b{i}", "below_k") for i in range(K - 1)]  # k-1: suppressed
+    rows += [_row(f"c{i}", "above_k") for i in range(K + 1)]  # k+1: released
+    rows += [_row("whale", "one_shopper") for _ in range(500)]  # 500 rows, ONE shopper: suppressed
+    path = tmp_path / "events.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(EVENT_COLUMNS))
+        w.writeheader()
+        w.writerows(rows)
+    r = CleanRoom(tmp_path / "acme.duckdb", CleanRoomPolicy(retailer="acme", k=K))
+    assert r.load(path) == len(rows)
+    return r
+
+
+def test_cells_need_k_distinct_shoppers_not_k_rows(room: CleanRoom) -> None:
+    res = room.query(Query(dimensions=["sku"], metrics=["purchases", "revenue"]))
+    released = {c["sku"]: c for c in res.cells}
+    assert set(released) == {"at_k", "above_k"}
+    assert released["at_k"]["purchases"] == K and released["above_k"]["revenue"] == 10.0 * (K + 1)
+    assert res.suppressed_cells == 2 and res.suppression_reason == f"fewer than {K} distinct shoppers"
+    # remainder = below_k (k-1 shoppers) + one_shopper (1) = k distinct shoppers -> released
+    assert res.remainder_released and res.remainder == {
+        "purchases": (K - 1) + 500,
+        "revenue": 10.0 * (K - 1 + 500),
+    }
+
+
+def test_remainder_below_k_is_suppressed_too(room: CleanRoom) -> None:
+    from cleanroom.query import Filter
+
+    q = Query(
+        dimensions=["sku"],
+        metrics=["purchases"],
+        filters=[Filter(column="sku", op="in", value=["at_k", "one_shopper"])],
+    )
+    res = room.query(q)
+    assert [c["sku"] for c in res.cells] == ["at_k"]
+    assert res.suppressed_cells == 1 and not res.remainder_released and res.remainder is None
+
+
+def test_whole_table_aggregate_obeys_k(room: CleanRoom) -> None:
+    from cleanroom.query import Filter
+
+    alone = room.query(
+        Query(metrics=["revenue"], filters=[Filter(column="sku", op="eq", value="one_shopper")])
+    )
+    assert alone.cells == [] and alone.suppressed_cells == 1
+    everyone = room.query(Query(metrics=["purchases"]))
+    assert everyone.cells == [{"purchases": K + (K - 1) + (K + 1) + 500}]
+
+
+def test_blocked_dimensions_are_dropped_and_reported(room: CleanRoom) -> None:
+    res = room.query(Query(dimensions=["sku", "margin", "shopper_id"], metrics=["purchases"]))
+    assert res.blocked_fields == ["margin", "shopper_id"]
+    assert all(set(c) == {"sku", "purchases"} for c in res.cells)
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ({"dimensions": ['sku" FROM events; --'], "metrics": ["purchases"]}, "unknown dimension"),
+        ({"dimensions": ["sku/*x*/"], "metrics": ["purchases"]}, "unknown dimension"),
+        ({"dimensions": ["ｓｋｕ"], "metrics": ["purchases"]}, "unknown dimension"),
+        ({"dimensions": ["quantity"], "metrics": ["purchases"]}, "not allowed"),
+        ({"metrics": ["max_revenue"]}, "not allowed"),
+        ({"metrics": ["shoppers"]}, "not allowed"),
+        (
+            {"metrics": ["purchases"], "filters": [{"column": "shopper_id", "op": "eq", "value": "whale"}]},
+            "identity or blocked",
+        ),
+        (
+            {"metrics": ["purchases"], "filters": [{"column": "margin", "op": "eq", "value": "3"}]},
+            "identity or blocked",
+        ),
+        (
+            {"metrics": ["purchases"], "filters": [{"column": "event_type", "op": "eq", "value": "click"}]},
+            "not allowed",
+        ),
+        (
+            {"metrics": ["purchases"], "filters": [{"column": "sku", "op": "eq", "value": ["a", "b"]}]},
+            "one value",
+        ),
+        ({"metrics": ["purchases"], "date_from": "2026-02-01", "date_to": "2026-01-01"}, "after"),
+        ({"dimensions": ["sku", "sku"], "metrics": ["purchases"]}, "twice"),
+    ],
+)
+def test_policy_violations(room: CleanRoom, query: dict, reason: str) -> None:
+    with pytest.raises(PolicyViolation, match=reason):
+        room.query(Query.model_validate(query))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"metrics": ["purchases"], "sql": "SELECT 1"},
+        {"metrics": []},
+        {"metrics": ["purchases"], "date_from": "NaN"},
+        {"metrics": ["purchases"], "date_from": "2026-13-45"},
+        {"metrics": ["purchases"], "filters": [{"column": "sku", "op": "eq", "value": "x" * 201}]},
+        {"metrics": ["purchases"], "filters": [{"column": "sku", "op": "like", "value": "%"}]},
+        {"metrics": ["purchases"], "dimensions": ["x" * 10] * 6},
+    ],
+)
+def test_malformed_queries_are_refused_before_sql(query: dict) -> None:
+    with pytest.raises(ValidationError):
+        Query.model_validate(query)
+
+
+def test_injection_through_values_is_just_a_value(room: CleanRoom) -> None:
+    from cleanroom.query import Filter
+
+    evil = "x'); DROP TABLE events; --"
+    res = room.query(Query(metrics=["purchases"], filters=[Filter(column="sku", op="eq", value=evil)]))
+    assert res.cells == [] and res.suppressed_cells == 1
+    assert room.query(Query(metrics=["purchases"])).cells  # the table is still there
+
+
+def test_max_groups(tmp_path: Path, room: CleanRoom) -> None:
+    room.policy = room.policy.model_copy(update={"max_groups": 2})
+    with pytest.raises(PolicyViolation, match="above the policy's 2"):
+        room.query(Query(dimensions=["sku"], metrics=["purchases"]))
+
+
+def test_loader_checks_the_schema(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("shopper_id,sku\nx,y\n")
+    r = CleanRoom(tmp_path / "db.duckdb", CleanRoomPolicy(retailer="acme"))
+    with pytest.raises(CleanRoomError, match="missing columns"):
+        r.load(bad)
+    with pytest.raises(CleanRoomError, match=r"\.csv or \.parquet"):
+        r.load(tmp_path / "data.json")
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"allowed_dimensions": ["shopper_id"]}, "cannot be a dimension"),
+        ({"blocked_fields": ["nope"]}, "unknown column"),
+        ({"allowed_metrics": ["max_revenue"]}, "unknown metrics"),
+        ({"k": 1}, "greater than or equal to 2"),
+    ],
+)
+def test_policy_validation(fields: dict, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        CleanRoomPolicy(retailer="acme", **fields)
