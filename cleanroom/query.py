@@ -60,6 +60,8 @@ class CompiledQuery:
 
     cells_sql: str
     remainder_sql: str
+    populations_sql: str  # the shopper sets of released cells (k is the last parameter); never output
+    remainder_population_sql: str
     params: list[object]
     dimensions: list[str]
     metrics: list[str]
@@ -117,17 +119,28 @@ def compile_query(q: Query, policy: CleanRoomPolicy) -> CompiledQuery:
         f"WITH {base} SELECT {', '.join([*dim_sql, *metric_sql])}, COUNT(DISTINCT {ident}) AS __n "
         f"FROM base{group}"
     )
+    populations_sql = (
+        f"WITH {base} SELECT LIST(DISTINCT {ident}) FROM base{group} HAVING COUNT(DISTINCT {ident}) >= ?"
+    )
+    remainder_sql = remainder_population_sql = ""
     if dims:
         join = " AND ".join(f"base.{d} IS NOT DISTINCT FROM small.{d}" for d in dim_sql)
-        remainder_sql = (
+        small = (
             f"WITH {base}, cells AS (SELECT {', '.join(dim_sql)}, COUNT(DISTINCT {ident}) AS __n FROM base{group}), "
             f"small AS (SELECT * FROM cells WHERE __n < ?) "
-            f"SELECT {', '.join(metric_sql)}, COUNT(DISTINCT base.{ident}) AS __n, COUNT(*) AS __rows "
-            f"FROM base JOIN small ON {join}"
         )
-    else:
-        remainder_sql = ""
-    return CompiledQuery(cells_sql, remainder_sql, params, dims, list(q.metrics), blocked)
+        remainder_sql = f"{small}SELECT {', '.join(metric_sql)}, COUNT(DISTINCT base.{ident}) AS __n FROM base JOIN small ON {join}"
+        remainder_population_sql = f"{small}SELECT LIST(DISTINCT base.{ident}) FROM base JOIN small ON {join}"
+    return CompiledQuery(
+        cells_sql,
+        remainder_sql,
+        populations_sql,
+        remainder_population_sql,
+        params,
+        dims,
+        list(q.metrics),
+        blocked,
+    )
 
 
 def _ident_alias(metric: str) -> str:

@@ -2,7 +2,9 @@
 
 Contract of :meth:`CleanRoom.query`: returns only cells with at least ``policy.k`` DISTINCT shoppers;
 reports how many cells were suppressed and why; releases the combined remainder of the suppressed cells
-only when it, too, has at least ``k`` distinct shoppers; lists requested fields the policy blocked.
+only when it, too, has at least ``k`` distinct shoppers; lists requested fields the policy blocked;
+refuses a release whose populations differ from one of the tenant's earlier releases by 1..k-1 shoppers;
+answers an identical repeated query with the identical stored answer; audits every query durably.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cleanroom.audit import QueryAudit
 from cleanroom.errors import CleanRoomError, PolicyViolation
+from cleanroom.history import ReleaseHistory
 from cleanroom.policy import CleanRoomPolicy
 from cleanroom.query import Query, compile_query
 from cleanroom.schema import EVENT_COLUMNS
@@ -33,10 +37,14 @@ class QueryResult:
 class CleanRoom:
     """One retailer's events in a file-backed DuckDB database, queried under its policy."""
 
-    def __init__(self, db_path: Path | str, policy: CleanRoomPolicy) -> None:
+    def __init__(
+        self, db_path: Path | str, policy: CleanRoomPolicy, audit_path: Path | str | None = None
+    ) -> None:
         import duckdb
 
         self.policy = policy
+        self.history = ReleaseHistory()
+        self.audit = QueryAudit(audit_path or Path(db_path).with_suffix(".audit.jsonl"))
         self._con = duckdb.connect(str(db_path))
         self._lock = threading.Lock()
         cols = ", ".join(f'"{c}" {t}' for c, t in EVENT_COLUMNS.items())
@@ -63,8 +71,43 @@ class CleanRoom:
         row = self._con.execute("SELECT COUNT(*) FROM events").fetchone()
         return int(row[0]) if row else 0
 
-    def query(self, q: Query) -> QueryResult:
-        """Answer ``q`` under the policy (see the module contract)."""
+    def query(self, tenant: str, q: Query) -> QueryResult:
+        """Answer ``q`` for ``tenant`` under the policy (see the module contract)."""
+        key = q.model_dump_json()
+        cached = self.history.cached(tenant, key)
+        if cached is not None:
+            self._audit(tenant, q, "accepted", cached, reason="identical to an earlier query: stored answer")
+            return cached
+        try:
+            result, populations = self._answer(q)
+            worst = self.history.conflict(tenant, populations, self.policy.k)
+            if worst is not None:
+                raise PolicyViolation(
+                    f"refused: a released cell would differ from one of your earlier results by {worst} "
+                    f"shopper(s), fewer than k={self.policy.k} (differencing)"
+                )
+        except PolicyViolation as e:
+            self._audit(tenant, q, "refused", None, reason=str(e))
+            raise
+        self.history.remember(tenant, key, populations, result)
+        self._audit(tenant, q, "accepted", result)
+        return result
+
+    def _audit(
+        self, tenant: str, q: Query, decision: str, result: QueryResult | None, reason: str = ""
+    ) -> None:
+        self.audit.record(
+            retailer=self.policy.retailer,
+            tenant=tenant,
+            query=q.model_dump(mode="json"),
+            decision=decision,
+            reason=reason,
+            cells_released=len(result.cells) if result else 0,
+            cells_suppressed=result.suppressed_cells if result else 0,
+            epsilon_spent=0.0,
+        )
+
+    def _answer(self, q: Query) -> tuple[QueryResult, list[frozenset[str]]]:
         c = compile_query(q, self.policy)
         k = self.policy.k
         with self._lock:
@@ -90,5 +133,9 @@ class CleanRoom:
                 if rec.get("__n", 0) >= k:
                     released = True
                     remainder = {m: rec[m] for m in c.metrics}
+            populations = [frozenset(r[0]) for r in cur.execute(c.populations_sql, [*c.params, k]).fetchall()]
+            if released:
+                prow = cur.execute(c.remainder_population_sql, [*c.params, k]).fetchone()
+                populations.append(frozenset(prow[0] if prow else []))
         reason = f"fewer than {k} distinct shoppers" if suppressed else None
-        return QueryResult(cells, suppressed, reason, remainder, released, c.blocked_fields)
+        return QueryResult(cells, suppressed, reason, remainder, released, c.blocked_fields), populations

@@ -50,7 +50,7 @@ def room(tmp_path: Path) -> CleanRoom:
 
 
 def test_cells_need_k_distinct_shoppers_not_k_rows(room: CleanRoom) -> None:
-    res = room.query(Query(dimensions=["sku"], metrics=["purchases", "revenue"]))
+    res = room.query("brand_x", Query(dimensions=["sku"], metrics=["purchases", "revenue"]))
     released = {c["sku"]: c for c in res.cells}
     assert set(released) == {"at_k", "above_k"}
     assert released["at_k"]["purchases"] == K and released["above_k"]["revenue"] == 10.0 * (K + 1)
@@ -70,7 +70,7 @@ def test_remainder_below_k_is_suppressed_too(room: CleanRoom) -> None:
         metrics=["purchases"],
         filters=[Filter(column="sku", op="in", value=["at_k", "one_shopper"])],
     )
-    res = room.query(q)
+    res = room.query("brand_x", q)
     assert [c["sku"] for c in res.cells] == ["at_k"]
     assert res.suppressed_cells == 1 and not res.remainder_released and res.remainder is None
 
@@ -79,15 +79,15 @@ def test_whole_table_aggregate_obeys_k(room: CleanRoom) -> None:
     from cleanroom.query import Filter
 
     alone = room.query(
-        Query(metrics=["revenue"], filters=[Filter(column="sku", op="eq", value="one_shopper")])
+        "brand_x", Query(metrics=["revenue"], filters=[Filter(column="sku", op="eq", value="one_shopper")])
     )
     assert alone.cells == [] and alone.suppressed_cells == 1
-    everyone = room.query(Query(metrics=["purchases"]))
+    everyone = room.query("brand_x", Query(metrics=["purchases"]))
     assert everyone.cells == [{"purchases": K + (K - 1) + (K + 1) + 500}]
 
 
 def test_blocked_dimensions_are_dropped_and_reported(room: CleanRoom) -> None:
-    res = room.query(Query(dimensions=["sku", "margin", "shopper_id"], metrics=["purchases"]))
+    res = room.query("brand_x", Query(dimensions=["sku", "margin", "shopper_id"], metrics=["purchases"]))
     assert res.blocked_fields == ["margin", "shopper_id"]
     assert all(set(c) == {"sku", "purchases"} for c in res.cells)
 
@@ -123,7 +123,7 @@ def test_blocked_dimensions_are_dropped_and_reported(room: CleanRoom) -> None:
 )
 def test_policy_violations(room: CleanRoom, query: dict, reason: str) -> None:
     with pytest.raises(PolicyViolation, match=reason):
-        room.query(Query.model_validate(query))
+        room.query("brand_x", Query.model_validate(query))
 
 
 @pytest.mark.parametrize(
@@ -147,15 +147,17 @@ def test_injection_through_values_is_just_a_value(room: CleanRoom) -> None:
     from cleanroom.query import Filter
 
     evil = "x'); DROP TABLE events; --"
-    res = room.query(Query(metrics=["purchases"], filters=[Filter(column="sku", op="eq", value=evil)]))
+    res = room.query(
+        "brand_x", Query(metrics=["purchases"], filters=[Filter(column="sku", op="eq", value=evil)])
+    )
     assert res.cells == [] and res.suppressed_cells == 1
-    assert room.query(Query(metrics=["purchases"])).cells  # the table is still there
+    assert room.query("brand_x", Query(metrics=["purchases"])).cells  # the table is still there
 
 
 def test_max_groups(tmp_path: Path, room: CleanRoom) -> None:
     room.policy = room.policy.model_copy(update={"max_groups": 2})
     with pytest.raises(PolicyViolation, match="above the policy's 2"):
-        room.query(Query(dimensions=["sku"], metrics=["purchases"]))
+        room.query("brand_x", Query(dimensions=["sku"], metrics=["purchases"]))
 
 
 def test_loader_checks_the_schema(tmp_path: Path) -> None:
@@ -180,3 +182,44 @@ def test_loader_checks_the_schema(tmp_path: Path) -> None:
 def test_policy_validation(fields: dict, reason: str) -> None:
     with pytest.raises(ValidationError, match=reason):
         CleanRoomPolicy(retailer="acme", **fields)
+
+
+def _skus(*skus: str) -> Query:
+    from cleanroom.query import Filter
+
+    return Query(metrics=["purchases"], filters=[Filter(column="sku", op="in", value=list(skus))])
+
+
+def test_complement_pair_is_refused(room: CleanRoom) -> None:
+    first = room.query("brand_x", _skus("at_k", "above_k"))  # 2k+1 shoppers
+    assert first.cells
+    with pytest.raises(PolicyViolation, match=f"by {K - 1} shopper"):  # + below_k: k-1 more shoppers
+        room.query("brand_x", _skus("at_k", "above_k", "below_k"))
+    with pytest.raises(PolicyViolation, match="by 1 shopper"):  # + the single whale: 1 more shopper
+        room.query("brand_x", _skus("at_k", "above_k", "one_shopper"))
+    # differences of k or more are fine, and another tenant has its own history
+    assert room.query("brand_x", _skus("at_k")).cells  # differs by k+1
+    assert room.query("brand_y", _skus("at_k", "above_k", "below_k")).cells
+
+
+def test_identical_query_gets_the_identical_answer_and_everything_is_audited(
+    room: CleanRoom, tmp_path: Path
+) -> None:
+    q = Query(dimensions=["sku"], metrics=["revenue"])
+    a = room.query("brand_x", q)
+    b = room.query("brand_x", Query.model_validate(q.model_dump()))
+    assert a is b
+    with pytest.raises(PolicyViolation):
+        room.query(
+            "brand_x",
+            Query(metrics=["purchases"], filters=[{"column": "shopper_id", "op": "eq", "value": "w"}]),
+        )  # type: ignore[list-item]
+    entries = room.audit.entries()
+    assert [e["decision"] for e in entries] == ["accepted", "accepted", "refused"]
+    assert entries[1]["reason"].startswith("identical") and entries[2]["tenant"] == "brand_x"
+    assert entries[0]["cells_released"] == 2 and entries[0]["cells_suppressed"] == 2
+    # the audit survives a restart, and a torn last line from a crash is skipped
+    with open(room.audit.path, "a") as fh:
+        fh.write('{"ts": 1, "decis')
+    reopened = CleanRoom(tmp_path / "acme.duckdb", room.policy)
+    assert [e["decision"] for e in reopened.audit.entries()] == ["accepted", "accepted", "refused"]
