@@ -11,6 +11,20 @@ from pathlib import Path
 from typing import Any
 
 
+def append_durably(path: Path, line: str) -> None:
+    """Append one line and fsync; a torn last line left by a crash is closed first, so it stays the only
+    casualty instead of swallowing this record."""
+    with open(path, "a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write(line.encode() + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class QueryAudit:
     """JSON-lines audit file."""
 
@@ -21,11 +35,9 @@ class QueryAudit:
 
     def record(self, **fields: Any) -> None:
         """Append one record (``ts`` added) durably."""
-        line = json.dumps({"ts": round(time.time(), 3), **fields}, sort_keys=True, default=str) + "\n"
-        with self._lock, open(self.path, "a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = json.dumps({"ts": round(time.time(), 3), **fields}, sort_keys=True, default=str)
+        with self._lock:
+            append_durably(self.path, line)
 
     def entries(self) -> list[dict[str, Any]]:
         """All records, oldest first (a torn last line from a crash is skipped)."""

@@ -10,13 +10,13 @@ answers an identical repeated query with the identical stored answer; audits eve
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cleanroom.audit import QueryAudit
 from cleanroom.errors import CleanRoomError, PolicyViolation
-from cleanroom.history import ReleaseHistory
+from cleanroom.history import Population, ReleaseHistory, population
 from cleanroom.policy import CleanRoomPolicy
 from cleanroom.query import Query, compile_query
 from cleanroom.schema import EVENT_COLUMNS
@@ -43,7 +43,7 @@ class CleanRoom:
         import duckdb
 
         self.policy = policy
-        self.history = ReleaseHistory()
+        self.history = ReleaseHistory(Path(db_path).with_suffix(".releases.jsonl"))
         self.audit = QueryAudit(audit_path or Path(db_path).with_suffix(".audit.jsonl"))
         self._con = duckdb.connect(str(db_path))
         self._lock = threading.Lock()
@@ -76,8 +76,9 @@ class CleanRoom:
         key = q.model_dump_json()
         cached = self.history.cached(tenant, key)
         if cached is not None:
-            self._audit(tenant, q, "accepted", cached, reason="identical to an earlier query: stored answer")
-            return cached
+            result = QueryResult(**cached)
+            self._audit(tenant, q, "accepted", result, reason="identical to an earlier query: stored answer")
+            return result
         try:
             result, populations = self._answer(q)
             worst = self.history.conflict(tenant, populations, self.policy.k)
@@ -89,7 +90,7 @@ class CleanRoom:
         except PolicyViolation as e:
             self._audit(tenant, q, "refused", None, reason=str(e))
             raise
-        self.history.remember(tenant, key, populations, result)
+        self.history.remember(tenant, key, populations, asdict(result))
         self._audit(tenant, q, "accepted", result)
         return result
 
@@ -107,7 +108,7 @@ class CleanRoom:
             epsilon_spent=0.0,
         )
 
-    def _answer(self, q: Query) -> tuple[QueryResult, list[frozenset[str]]]:
+    def _answer(self, q: Query) -> tuple[QueryResult, list[Population]]:
         c = compile_query(q, self.policy)
         k = self.policy.k
         with self._lock:
@@ -133,9 +134,11 @@ class CleanRoom:
                 if rec.get("__n", 0) >= k:
                     released = True
                     remainder = {m: rec[m] for m in c.metrics}
-            populations = [frozenset(r[0]) for r in cur.execute(c.populations_sql, [*c.params, k]).fetchall()]
+            populations = [
+                population(r[0]) for r in cur.execute(c.populations_sql, [*c.params, k]).fetchall()
+            ]
             if released:
                 prow = cur.execute(c.remainder_population_sql, [*c.params, k]).fetchone()
-                populations.append(frozenset(prow[0] if prow else []))
+                populations.append(population(prow[0] if prow else []))
         reason = f"fewer than {k} distinct shoppers" if suppressed else None
         return QueryResult(cells, suppressed, reason, remainder, released, c.blocked_fields), populations

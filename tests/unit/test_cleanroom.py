@@ -208,7 +208,7 @@ def test_identical_query_gets_the_identical_answer_and_everything_is_audited(
     q = Query(dimensions=["sku"], metrics=["revenue"])
     a = room.query("brand_x", q)
     b = room.query("brand_x", Query.model_validate(q.model_dump()))
-    assert a is b
+    assert a == b
     with pytest.raises(PolicyViolation):
         room.query(
             "brand_x",
@@ -223,3 +223,13 @@ def test_identical_query_gets_the_identical_answer_and_everything_is_audited(
         fh.write('{"ts": 1, "decis')
     reopened = CleanRoom(tmp_path / "acme.duckdb", room.policy)
     assert [e["decision"] for e in reopened.audit.entries()] == ["accepted", "accepted", "refused"]
+    # ... and so does the release history: same answer, and differencing against pre-restart releases
+    assert reopened.query("brand_x", q) == a
+    assert reopened.audit.entries()[-1]["reason"].startswith("identical")
+
+
+def test_difference_checks_survive_a_restart(room: CleanRoom, tmp_path: Path) -> None:
+    room.query("brand_x", _skus("at_k", "above_k"))
+    reopened = CleanRoom(tmp_path / "acme.duckdb", room.policy)
+    with pytest.raises(PolicyViolation, match="by 1 shopper"):
+        reopened.query("brand_x", _skus("at_k", "above_k", "one_shopper"))
