@@ -67,6 +67,10 @@ class CleanRoom:
             self._con.execute(f"INSERT INTO events SELECT {cols} FROM {reader}(?)", [str(path)])
             return self._count() - before
 
+    def close(self) -> None:
+        """Release the DuckDB file (another process may open it then)."""
+        self._con.close()
+
     def _count(self) -> int:
         row = self._con.execute("SELECT COUNT(*) FROM events").fetchone()
         return int(row[0]) if row else 0

@@ -11,16 +11,22 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serving.cleanroom_service import CleanRoomService
 from serving.config import AppConfig, load_config
 from serving.engine import EngineDeployment
 from serving.router import Router
 
 
 def build_app(config: AppConfig) -> Application:
-    """Router (ingress) → engine deployment, each with its configured Serve options."""
+    """Router (ingress) → engine deployment (and the clean-room deployment when configured)."""
     engine = serve.deployment(name="engine", **config.engine_deployment.serve_options())(EngineDeployment)
     router = serve.deployment(name="router", **config.router_deployment.serve_options())(Router)
-    return router.bind(engine.bind(config), config)
+    cleanroom = None
+    if config.cleanroom is not None:
+        opts = {**config.cleanroom.deployment.serve_options(), "num_replicas": 1}  # DuckDB: one writer
+        opts.pop("autoscaling_config", None)
+        cleanroom = serve.deployment(name="cleanroom", **opts)(CleanRoomService).bind(config)
+    return router.bind(engine.bind(config), config, cleanroom)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

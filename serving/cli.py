@@ -178,6 +178,44 @@ def _cmd_tenants_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _room(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from cleanroom import CleanRoom, CleanRoomPolicy
+    from serving.config import load_yaml_model
+
+    return CleanRoom(Path(args.db), load_yaml_model(args.policy, CleanRoomPolicy))
+
+
+def _cmd_cleanroom_load(args: argparse.Namespace) -> int:
+    room = _room(args)
+    for f in args.files:
+        print(f"{f}: {room.load(f)} rows loaded")
+    return 0
+
+
+def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pydantic import ValidationError
+
+    from cleanroom import Query
+
+    text = Path(args.query[1:]).read_text() if args.query.startswith("@") else args.query
+    try:
+        q = Query.model_validate_json(text)
+    except ValidationError as e:
+        raise ValueError(f"invalid query: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+    print(json.dumps(asdict(_room(args).query(args.tenant, q)), indent=2, default=str))
+    return 0
+
+
+def _cmd_cleanroom_audit(args: argparse.Namespace) -> int:
+    from cleanroom.audit import QueryAudit
+
+    for entry in QueryAudit(Path(args.db).with_suffix(".audit.jsonl")).entries()[-args.tail :]:
+        print(json.dumps(entry, sort_keys=True))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
@@ -272,6 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_cmd_adapters_train)
 
+    cr = sub.add_parser("cleanroom", help="a retailer's clean room (DuckDB)").add_subparsers(
+        dest="cleanroom_verb", required=True
+    )
+
+    def room_args(x: argparse.ArgumentParser, policy: bool = True) -> argparse.ArgumentParser:
+        x.add_argument("--db", required=True, help="the retailer's DuckDB file")
+        if policy:
+            x.add_argument("--policy", required=True, help="the retailer's clean-room policy (YAML)")
+        return x
+
+    cl = room_args(cr.add_parser("load", help="append CSV/Parquet files in the documented schema"))
+    cl.add_argument("files", nargs="+")
+    cl.set_defaults(fn=_cmd_cleanroom_load)
+    cq = room_args(cr.add_parser("query", help="run a structured query as a tenant; prints released cells"))
+    cq.add_argument("--tenant", required=True)
+    cq.add_argument("--query", required=True, help="query JSON, or @file.json")
+    cq.set_defaults(fn=_cmd_cleanroom_query)
+    ca = room_args(cr.add_parser("audit", help="print the audit log (JSON lines)"), policy=False)
+    ca.add_argument("--tail", type=int, default=50, help="last N entries")
+    ca.set_defaults(fn=_cmd_cleanroom_audit)
+
     tn = sub.add_parser("tenants", help="tenant helpers").add_subparsers(dest="tenants_verb", required=True)
     hk = tn.add_parser("hash-key", help="print the sha256 to put in federation.tenants[].api_key_sha256")
     hk.add_argument("key", nargs="?", help="the API key (default: read one line from stdin)")
@@ -288,12 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rmn`` console script."""
     from adapters import AdapterError
+    from cleanroom import CleanRoomError
     from serving.config import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, AdapterError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, AdapterError, CleanRoomError, ValueError, FileNotFoundError) as e:
         print(f"rmn: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,11 +8,12 @@ directory at load time, so Ray workers on the same node see absolute paths.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cleanroom.policy import CleanRoomPolicy
 from federation.policy import FederationPolicy
 from federation.tenants import Tenant
 
@@ -202,6 +203,28 @@ class FederationConfig(_Strict):
     )
 
 
+class CleanRoomRetailer(_Strict):
+    """One retailer's clean room."""
+
+    db_path: Path = Field(description="DuckDB file with the retailer's events (`rmn cleanroom load`).")
+    policy: CleanRoomPolicy = Field(description="What tenants may ask of this retailer's data.")
+
+    @field_validator("db_path", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+
+class CleanRoomConfig(_Strict):
+    """Clean rooms served at /v1/cleanroom/* (needs `federation`: queries are per tenant)."""
+
+    retailers: list[CleanRoomRetailer] = Field(min_length=1, description="One entry per retailer.")
+    deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_cpus=0.5),
+        description="Ray Serve options (keep 1 replica).",
+    )
+
+
 class AppConfig(_Strict):
     """Everything ``rmn serve`` needs."""
 
@@ -222,6 +245,13 @@ class AppConfig(_Strict):
     federation: FederationConfig | None = Field(
         default=None, description="Tenants and stack policy; null serves without authentication."
     )
+    cleanroom: CleanRoomConfig | None = Field(default=None, description="Clean rooms; null: none.")
+
+    @model_validator(mode="after")
+    def _cleanroom_needs_tenants(self) -> AppConfig:
+        if self.cleanroom is not None and self.federation is None:
+            raise ValueError("cleanroom needs a federation section: clean-room queries are per tenant")
+        return self
 
     @field_validator("model", "adapters", mode="after")
     @classmethod
@@ -240,8 +270,11 @@ def _format_errors(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> AppConfig:
-    """Read, validate and return the YAML config at ``path`` (with optional top-level overrides)."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path | str, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read the YAML file at ``path`` into ``model``; ConfigError names the file and the fields."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -253,6 +286,11 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Ap
         raise ConfigError(f"config file {path}: the top level must be a mapping, got {type(raw).__name__}")
     raw.update(overrides or {})
     try:
-        return AppConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"invalid config in {path}:\n{_format_errors(e)}") from e
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> AppConfig:
+    """Read, validate and return the app config at ``path`` (with optional top-level overrides)."""
+    return load_yaml_model(path, AppConfig, overrides)

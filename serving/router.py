@@ -73,8 +73,11 @@ async def _read_body(request: Request) -> dict[str, Any]:
 class Router:
     """Ray Serve ingress deployment class (bound by :func:`serving.app.build_app`)."""
 
-    def __init__(self, engine: DeploymentHandle, config: AppConfig) -> None:
+    def __init__(
+        self, engine: DeploymentHandle, config: AppConfig, cleanroom: DeploymentHandle | None = None
+    ) -> None:
         self._engine = engine
+        self._cleanroom = cleanroom
         self._cfg = config
         self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
         self._gate = Gate(config, self._registry)
@@ -154,6 +157,36 @@ class Router:
         return JSONResponse(
             composition_graph(self._cfg.model.served_name, res, tenant), headers={"x-request-id": request_id}
         )
+
+    # ---- clean room ------------------------------------------------------------------------
+    @api.post("/v1/cleanroom/query")
+    async def cleanroom_query(self, request: Request) -> Response:
+        """Aggregate query over a retailer's data under its policy: ``{"retailer": ..., "query": {...}}``."""
+        return await self._cleanroom_call(request, "query")
+
+    @api.get("/v1/cleanroom/schema")
+    async def cleanroom_schema(self, request: Request) -> Response:
+        """What the caller may ask of ``?retailer=...``."""
+        return await self._cleanroom_call(request, "schema")
+
+    async def _cleanroom_call(self, request: Request, method: str) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {"x-request-id": request_id}
+        if self._cleanroom is None:
+            return _error("no clean room is configured on this deployment", 404, "not_found_error", headers)
+        try:
+            tenant = self._gate.admit(request.headers.get("authorization"))
+            if tenant is None:  # config validation makes this unreachable; kept as a guard
+                raise GateError(
+                    401, "clean-room queries need an authenticated tenant", "authentication_error"
+                )
+            if method == "query":
+                answer = await self._cleanroom.query.remote(tenant.id, await _read_body(request))
+            else:
+                answer = await self._cleanroom.schema.remote(request.query_params.get("retailer", ""))
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
+        return JSONResponse(answer["body"], status_code=answer["status"], headers=headers)
 
     # ---- generation ------------------------------------------------------------------------
     @api.post("/v1/chat/completions")

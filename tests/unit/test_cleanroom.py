@@ -2,50 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from cleanroom import CleanRoom, CleanRoomError, CleanRoomPolicy, PolicyViolation, Query
-from cleanroom.schema import EVENT_COLUMNS
+from tests.cleanroom_data import write_events
 
 K = 5
 
 
-def _row(shopper: str, sku: str, event: str = "purchase", day: str = "2026-01-05") -> dict[str, object]:
-    return {
-        "shopper_id": shopper,
-        "event_date": day,
-        "event_type": event,
-        "sku": sku,
-        "brand": "brewmax",
-        "category": "coffee",
-        "placement": "search",
-        "quantity": 1,
-        "revenue": 10.0,
-        "cost": 0.5,
-        "margin": 3.0,
-        "stock_level": 40,
-        "promo_flag": False,
-    }
-
-
 @pytest.fixture
 def room(tmp_path: Path) -> CleanRoom:
-    rows = []
-    rows += [_row(f"a{i}", "at_k") for i in range(K)]  # exactly k shoppers: released
-    rows += [_row(f"b{i}", "below_k") for i in range(K - 1)]  # k-1: suppressed
-    rows += [_row(f"c{i}", "above_k") for i in range(K + 1)]  # k+1: released
-    rows += [_row("whale", "one_shopper") for _ in range(500)]  # 500 rows, ONE shopper: suppressed
-    path = tmp_path / "events.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(EVENT_COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
+    path = write_events(tmp_path / "events.csv", K)
     r = CleanRoom(tmp_path / "acme.duckdb", CleanRoomPolicy(retailer="acme", k=K))
-    assert r.load(path) == len(rows)
+    assert r.load(path) == K + (K - 1) + (K + 1) + 500
     return r
 
 

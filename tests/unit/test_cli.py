@@ -15,6 +15,9 @@ VERBS = [
     ["adapters", "compose"],
     ["adapters", "train"],
     ["tenants", "hash-key"],
+    ["cleanroom", "load"],
+    ["cleanroom", "query"],
+    ["cleanroom", "audit"],
     [],
 ]
 

@@ -1,0 +1,78 @@
+"""`rmn cleanroom load|query|audit` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+from tests.cleanroom_data import write_events
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    policy = tmp_path / "acme-policy.yaml"
+    policy.write_text("retailer: acme\nk: 5\n")
+    return tmp_path / "acme.duckdb", policy, write_events(tmp_path / "events.csv", 5)
+
+
+def test_load_query_audit(files: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    db, policy, events = files
+    assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 0
+    assert "515 rows loaded" in capsys.readouterr().out
+    q = json.dumps({"dimensions": ["sku"], "metrics": ["purchases"]})
+    assert (
+        main(
+            [
+                "cleanroom",
+                "query",
+                "--db",
+                str(db),
+                "--policy",
+                str(policy),
+                "--tenant",
+                "brand_x",
+                "--query",
+                q,
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert {c["sku"] for c in out["cells"]} == {"at_k", "above_k"} and out["suppressed_cells"] == 2
+    bad = json.dumps(
+        {"metrics": ["purchases"], "filters": [{"column": "shopper_id", "op": "eq", "value": "w"}]}
+    )
+    assert (
+        main(
+            [
+                "cleanroom",
+                "query",
+                "--db",
+                str(db),
+                "--policy",
+                str(policy),
+                "--tenant",
+                "brand_x",
+                "--query",
+                bad,
+            ]
+        )
+        == 2
+    )
+    assert "identity or blocked" in capsys.readouterr().err
+    assert main(["cleanroom", "audit", "--db", str(db)]) == 0
+    decisions = [json.loads(x)["decision"] for x in capsys.readouterr().out.splitlines()]
+    assert decisions == ["accepted", "refused"]
+
+
+def test_policy_errors_name_file_and_field(
+    files: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, policy, events = files
+    policy.write_text("retailer: acme\nk: 1\nallowed_dimensions: [shopper_id]\n")
+    assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 2
+    err = capsys.readouterr().err
+    assert "acme-policy.yaml" in err and "k:" in err
