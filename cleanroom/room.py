@@ -45,7 +45,12 @@ class CleanRoom:
         self.policy = policy
         self.history = ReleaseHistory(Path(db_path).with_suffix(".releases.jsonl"))
         self.audit = QueryAudit(audit_path or Path(db_path).with_suffix(".audit.jsonl"))
-        self._con = duckdb.connect(str(db_path))
+        try:
+            self._con = duckdb.connect(str(db_path))
+        except duckdb.IOException as e:
+            raise CleanRoomError(
+                f"cannot open {db_path}: {e} (is a server using it? DuckDB allows one process)"
+            ) from e
         self._lock = threading.Lock()
         cols = ", ".join(f'"{c}" {t}' for c, t in EVENT_COLUMNS.items())
         self._con.execute(f"CREATE TABLE IF NOT EXISTS events ({cols})")

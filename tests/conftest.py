@@ -110,8 +110,15 @@ def llm(make_llm: Callable[..., Any]) -> Any:
 
 @pytest.fixture(scope="session")
 def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    from cleanroom import CleanRoom, CleanRoomPolicy
     from serving.config import AppConfig
+    from tests.cleanroom_data import write_events
     from tests.integration.tenants import tenants_config
+
+    crdir = tmp_path_factory.mktemp("cleanroom")
+    room = CleanRoom(crdir / "acme.duckdb", CleanRoomPolicy(retailer="acme", k=3))
+    room.load(write_events(crdir / "events.csv", 3))
+    room.close()  # the clean-room replica opens the file
 
     return AppConfig.model_validate(
         {
@@ -131,6 +138,9 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
             },
             "router_deployment": {"num_cpus": 0.1, "max_ongoing_requests": 256, "max_queued_requests": 256},
             "http": {"port": _free_port(), "request_timeout_s": 60, "metrics_port": _free_port()},
+            "cleanroom": {
+                "retailers": [{"db_path": str(crdir / "acme.duckdb"), "policy": {"retailer": "acme", "k": 3}}]
+            },
             "federation": {
                 "tenants": tenants_config(),
                 "policy": {"industry_adapter": "rm"},

@@ -1,0 +1,84 @@
+"""The clean-room endpoints on the session app (real Ray Serve; DuckDB in the clean-room replica)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.integration.tenants import auth
+
+pytestmark = pytest.mark.slow
+
+
+def query(url: str, body: dict, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/cleanroom/query", json=body, headers=headers, timeout=30)
+
+
+def test_query_releases_only_cells_with_k_distinct_shoppers(serve_url: str) -> None:
+    r = query(
+        serve_url,
+        {"retailer": "acme", "query": {"dimensions": ["sku"], "metrics": ["purchases"]}},
+        auth("brand_x"),
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {c["sku"] for c in body["cells"]} == {"at_k", "above_k"} and body["k"] == 3
+    assert body["suppressed_cells"] == 2 and body["suppression_reason"] == "fewer than 3 distinct shoppers"
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "needle"),
+    [
+        ({"retailer": "acme", "query": {"metrics": ["purchases"]}}, {}, 401, "missing API key"),
+        ({"retailer": "nope", "query": {"metrics": ["purchases"]}}, auth("brand_x"), 404, "no clean room"),
+        ({"retailer": "acme", "query": {"metrics": ["max_revenue"]}}, auth("brand_x"), 400, "not allowed"),
+        (
+            {"retailer": "acme", "query": {"metrics": ["purchases"], "sql": "SELECT 1"}},
+            auth("brand_x"),
+            400,
+            "invalid query",
+        ),
+        (
+            {
+                "retailer": "acme",
+                "query": {
+                    "metrics": ["purchases"],
+                    "filters": [{"column": "shopper_id", "op": "eq", "value": "whale"}],
+                },
+            },
+            auth("brand_x"),
+            400,
+            "identity or blocked",
+        ),
+    ],
+)
+def test_refusals(serve_url: str, body: dict, headers: dict[str, str], status: int, needle: str) -> None:
+    r = query(serve_url, body, headers)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_differencing_is_refused_per_tenant(serve_url: str) -> None:
+    def skus(*s: str) -> dict:
+        return {
+            "retailer": "acme",
+            "query": {"metrics": ["purchases"], "filters": [{"column": "sku", "op": "in", "value": list(s)}]},
+        }
+
+    assert query(serve_url, skus("at_k", "above_k"), auth("agency")).status_code == 200
+    r = query(serve_url, skus("at_k", "above_k", "one_shopper"), auth("agency"))
+    assert r.status_code == 400 and "differencing" in r.json()["error"]["message"]
+
+
+def test_schema_endpoint(serve_url: str) -> None:
+    r = httpx.get(f"{serve_url}/v1/cleanroom/schema", params={"retailer": "acme"}, headers=auth("brand_y"))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["k"] == 3 and "margin" in body["blocked_fields"] and "sku" in body["dimensions"]
+    assert (
+        httpx.get(
+            f"{serve_url}/v1/cleanroom/schema", params={"retailer": "x"}, headers=auth("brand_y")
+        ).status_code
+        == 404
+    )
