@@ -26,8 +26,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"rmn serve: model directory {cfg.model.path} has no config.json "
             "(run `rmn model prepare` or set model.path in the config)"
         )
-    stop_on_signals()
     with local_app(cfg) as url:
+        stop_on_signals()  # after ray.init, which installs its own SIGTERM handler
         print(
             f"rmn-lora serving at {url}/v1  (models: {url}/v1/models, health: {url}/healthz, ready: {url}/readyz)"
         )
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, AdapterError, CleanRoomError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, AdapterError, CleanRoomError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"rmn: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,10 +13,9 @@ APP_NAME = "rmn"
 
 
 def stop_on_signals() -> None:
-    """Make Ctrl-C and SIGTERM (Kubernetes, systemd) both raise KeyboardInterrupt: drain and stop.
-
-    Also undoes the SIGINT-ignored state a shell gives to background jobs.
-    """
+    """Make Ctrl-C raise KeyboardInterrupt (drain and stop), also in a shell's background job (where SIGINT
+    starts ignored). SIGTERM is mapped too, but Ray's C++ failure-signal handler in the driver may see it
+    first and end the process without draining: stop `rmn serve` with SIGINT (README, Limits)."""
     import signal
 
     def stop(signum: int, frame: object) -> None:
@@ -41,13 +40,19 @@ def local_app(config: AppConfig, num_cpus: int | None = None) -> Iterator[str]:
 
     own_cluster = not os.environ.get("RAY_ADDRESS")
     if own_cluster:
-        ray.init(
-            _metrics_export_port=config.http.metrics_port,
-            num_cpus=num_cpus or max(4, os.cpu_count() or 2),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+        try:
+            ray.init(
+                _metrics_export_port=config.http.metrics_port,
+                num_cpus=num_cpus or max(4, os.cpu_count() or 2),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except Exception as e:  # Ray raises bare Exception when the node does not come up
+            raise RuntimeError(
+                f"could not start a local Ray cluster: {e} (a previous one may still be "
+                "shutting down, or http.metrics_port may be taken; retry, or change the port)"
+            ) from e
     else:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     try:

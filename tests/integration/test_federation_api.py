@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from tests.integration.replicas import engine_stats, total_loads
 from tests.integration.tenants import ADMIN, auth
 
 pytestmark = pytest.mark.slow
@@ -145,37 +146,20 @@ def test_audit_log_records_allowed_and_denied(serve_url: str, app_config) -> Non
 def test_composite_affinity_across_two_replicas(serve_url: str) -> None:
     """The composite id is the multiplexed model id: once warm, requests for a composition go to a replica
     that already holds it — no further loads anywhere (it may be resident on one replica or both)."""
-    from ray import serve
-
-    from serving.local import APP_NAME
-
-    model = "base:acme+brand_x*0.5"
-    engine = serve.get_deployment_handle("engine", APP_NAME)
-
-    def stats() -> dict[str, dict]:
-        seen: dict[str, dict] = {}
-        for _ in range(30):
-            s = engine.stats.remote().result(timeout_s=30)
-            seen[s["replica"]] = s
-        return seen
 
     def replica() -> str:
-        r = post(serve_url, "/v1/chat/completions", ADMIN, model=model, max_tokens=1)
+        r = post(serve_url, "/v1/chat/completions", ADMIN, model="base:acme+brand_x*0.5", max_tokens=1)
         assert r.status_code == 200
         return r.headers["x-rmn-replica"]
 
     for _ in range(5):  # warm-up: the replicas' model sets reach the router with a delay
         replica()
-    before = stats()
+    before = engine_stats()
     assert len(before) == 2
-    served = [replica() for _ in range(20)]
-    after = stats()
-    lora = "base:acme@1+brand_x@1*0.5"
-    assert sum(a["loads"] for a in after.values()) == sum(b["loads"] for b in before.values()), (
-        before,
-        after,
-    )
-    assert all(lora in after[r]["adapters"] for r in set(served)), (served, after)
+    served = {replica() for _ in range(20)}
+    after = engine_stats()
+    assert total_loads(after) == total_loads(before), (before, after)
+    assert all("base:acme@1+brand_x@1*0.5" in after[r]["adapters"] for r in served), (served, after)
 
 
 def test_metrics_are_scraped_after_traffic(serve_url: str, app_config) -> None:  # type: ignore[no-untyped-def]
