@@ -38,11 +38,12 @@ lint: setup ## ruff + mypy
 	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench
 	$(BIN)/mypy
 
-bench: setup ## serving, adapter and router benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
+bench: setup ## serving, adapter, router and clean-room benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
 	$(BIN)/rmn model prepare
 	$(BIN)/python -m bench.serving --model $(BENCH_MODEL)
 	$(BIN)/python -m bench.adapters --model demo
 	$(BIN)/python -m bench.router --model $(BENCH_MODEL)
+	$(BIN)/python -m bench.cleanroom
 
 clean: ## remove build leftovers (keeps .venv and artifacts/)
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache
