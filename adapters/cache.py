@@ -72,6 +72,15 @@ def resolve(registry: AdapterRegistry, parts: tuple[StackPart, ...]) -> Resolved
     return ResolvedStack(pinned, cid, revision, sum(m.rank for m in manifests), tuple(manifests))
 
 
+def check_rank(stack: ResolvedStack, max_rank: int, compress: bool) -> None:
+    """Raise InvalidAdapter when the stack's total rank exceeds ``max_rank`` and compression is off."""
+    if stack.rank > max_rank and not compress:
+        raise InvalidAdapter(
+            f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {max_rank}; "
+            "use fewer or smaller adapters, raise max_lora_rank, or enable adapters.compress_overflow"
+        )
+
+
 def _svd_truncate(state: dict[str, Any], rank: int) -> tuple[dict[str, Any], float]:
     """Per module: best rank-``rank`` approximation of B@A; returns (state, max relative error)."""
     import torch
@@ -140,11 +149,7 @@ class CompositeCache:
             os.utime(dest)
             self.stats.hits += 1
             return dest
-        if stack.rank > self.max_rank and not self.compress:
-            raise InvalidAdapter(
-                f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {self.max_rank}; "
-                "use fewer or smaller adapters, raise max_lora_rank, or enable adapters.compress_overflow"
-            )
+        check_rank(stack, self.max_rank, self.compress)
         with self._lock(stack.composite_id):
             if (dest / INFO).is_file():  # built by a concurrent caller while we waited
                 self.stats.hits += 1

@@ -1,7 +1,8 @@
 """Append-only audit log of composition decisions: one JSON object per line.
 
 Each record is also emitted on the ``rmn.audit`` logger (Ray Serve's JSON logs collect it per node);
-with a path, lines are appended and flushed before the request proceeds.
+with a path, lines are appended (a torn last line from a crash is closed first) and flushed before the
+request proceeds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from cleanroom.audit import append_durably
 
 log = logging.getLogger("rmn.audit")
 
@@ -31,7 +34,6 @@ class AuditLog:
         line = json.dumps(entry, sort_keys=True, default=str)
         log.info(line)
         if self.path is not None:
-            with self._lock, open(self.path, "a") as fh:
-                fh.write(line + "\n")
-                fh.flush()
+            with self._lock:  # flushed, not fsync'ed: this is on every request's path
+                append_durably(self.path, line, fsync=False)
         return entry

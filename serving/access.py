@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapters import AdapterManifest, AdapterNotFound, AdapterRegistry, InvalidAdapter
-from adapters.cache import ResolvedStack, resolve
+from adapters.cache import ResolvedStack, check_rank, resolve
 from federation.audit import AuditLog
 from federation.policy import Decision, FederationRequest, PolicyError, check_access, decide
 from federation.ratelimit import RateLimiter
@@ -119,6 +119,12 @@ class Gate:
     def resolve(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Resolution:
         """The stack for this request (see the module contract); audited whether allowed or not."""
         model = body.get("model")
+        common = {
+            "event": "compose",
+            "request_id": request_id,
+            "tenant": tenant.id if tenant else None,
+            "model": model,
+        }
         try:
             ref = parse_model_name(model, self._cfg.model.served_name)
             fed_raw = body.get("federation")
@@ -139,13 +145,8 @@ class Gate:
             stack = resolve(self._registry, decision.parts) if decision.parts else None
             if tenant is not None and stack is not None:
                 check_access(tenant, stack.manifests)
-            limit = self._cfg.engine.max_lora_rank
-            if stack is not None and stack.rank > limit and not self._cfg.adapters.compress_overflow:
-                raise GateError(
-                    400,
-                    f"stack {stack.text} has total rank {stack.rank}, above max_lora_rank {limit} "
-                    "(use fewer or smaller adapters, or enable adapters.compress_overflow)",
-                )
+            if stack is not None:  # refused here already, before any replica is involved
+                check_rank(stack, self._cfg.engine.max_lora_rank, self._cfg.adapters.compress_overflow)
         except (
             GateError,
             ModelNameError,
@@ -156,24 +157,13 @@ class Gate:
             Forbidden,
         ) as e:
             err = _as_gate_error(e, model)
-            self._audit.record(
-                event="compose",
-                decision="denied",
-                request_id=request_id,
-                tenant=tenant.id if tenant else None,
-                model=model,
-                status=err.status,
-                reason=str(err),
-            )
+            self._audit.record(**common, decision="denied", status=err.status, reason=str(err))
             if err is e:
                 raise
             raise err from e
         self._audit.record(
-            event="compose",
+            **common,
             decision="allowed",
-            request_id=request_id,
-            tenant=tenant.id if tenant else None,
-            model=model,
             source=decision.source,
             task_source=decision.task_source,
             stack=stack.text if stack else None,

@@ -18,50 +18,33 @@ def files(tmp_path: Path) -> tuple[Path, Path, Path]:
     return tmp_path / "acme.duckdb", policy, write_events(tmp_path / "events.csv", 5)
 
 
+def query_argv(db: Path, policy: Path, query: str) -> list[str]:
+    return [
+        "cleanroom",
+        "query",
+        "--db",
+        str(db),
+        "--policy",
+        str(policy),
+        "--tenant",
+        "brand_x",
+        "--query",
+        query,
+    ]
+
+
 def test_load_query_audit(files: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     db, policy, events = files
     assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 0
     assert "515 rows loaded" in capsys.readouterr().out
     q = json.dumps({"dimensions": ["sku"], "metrics": ["purchases"]})
-    assert (
-        main(
-            [
-                "cleanroom",
-                "query",
-                "--db",
-                str(db),
-                "--policy",
-                str(policy),
-                "--tenant",
-                "brand_x",
-                "--query",
-                q,
-            ]
-        )
-        == 0
-    )
+    assert main(query_argv(db, policy, q)) == 0
     out = json.loads(capsys.readouterr().out)
     assert {c["sku"] for c in out["cells"]} == {"at_k", "above_k"} and out["suppressed_cells"] == 2
     bad = json.dumps(
         {"metrics": ["purchases"], "filters": [{"column": "shopper_id", "op": "eq", "value": "w"}]}
     )
-    assert (
-        main(
-            [
-                "cleanroom",
-                "query",
-                "--db",
-                str(db),
-                "--policy",
-                str(policy),
-                "--tenant",
-                "brand_x",
-                "--query",
-                bad,
-            ]
-        )
-        == 2
-    )
+    assert main(query_argv(db, policy, bad)) == 2
     assert "identity or blocked" in capsys.readouterr().err
     assert main(["cleanroom", "audit", "--db", str(db)]) == 0
     decisions = [json.loads(x)["decision"] for x in capsys.readouterr().out.splitlines()]
