@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,7 @@ class CompositeCache:
         max_bytes: int = 2 << 30,
         max_rank: int = 64,
         compress: bool = False,
+        on_event: Callable[[str, float], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -122,6 +123,7 @@ class CompositeCache:
         self.max_rank = max_rank
         self.compress = compress
         self.stats = CacheStats()
+        self._on_event = on_event  # ("hit", 0.0) or ("build", seconds), e.g. for metrics
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -138,6 +140,11 @@ class CompositeCache:
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def _hit(self) -> None:
+        self.stats.hits += 1
+        if self._on_event is not None:
+            self._on_event("hit", 0.0)
+
     def path(self, cid: str) -> Path:
         """Where composite ``cid`` lives (it may not exist yet)."""
         return self.root / cid
@@ -147,12 +154,12 @@ class CompositeCache:
         dest = self.path(stack.composite_id)
         if (dest / INFO).is_file():
             os.utime(dest)
-            self.stats.hits += 1
+            self._hit()
             return dest
         check_rank(stack, self.max_rank, self.compress)
         with self._lock(stack.composite_id):
             if (dest / INFO).is_file():  # built by a concurrent caller while we waited
-                self.stats.hits += 1
+                self._hit()
                 return dest
             started = time.perf_counter()
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
@@ -162,8 +169,11 @@ class CompositeCache:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            seconds = time.perf_counter() - started
             self.stats.misses += 1
-            self.stats.build_seconds.append(time.perf_counter() - started)
+            self.stats.build_seconds.append(seconds)
+            if self._on_event is not None:
+                self._on_event("build", seconds)
         self.gc(keep={stack.composite_id})
         return dest
 

@@ -46,6 +46,7 @@ class EngineDeployment:
 
     async def __init__(self, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         self._cfg = config
+        self._metrics = EngineMetrics()
         self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
         self._cache = CompositeCache(
             config.adapters.cache_dir(),
@@ -53,13 +54,13 @@ class EngineDeployment:
             max_bytes=config.adapters.cache_max_bytes,
             max_rank=config.engine.max_lora_rank,
             compress=config.adapters.compress_overflow,
+            on_event=self._on_cache_event,
         )
         self._engine = VLLMEngine(config.model, config.engine)
         await self._engine.start()
         self._loop = asyncio.get_running_loop()
         self._inflight: collections.Counter[str] = collections.Counter()
         self._loads = 0
-        self._metrics = EngineMetrics()
         self._evictions = 0
         try:
             self._replica = serve.get_replica_context().replica_id.unique_id
@@ -78,18 +79,19 @@ class EngineDeployment:
         if len(ref.parts) == 1 and ref.parts[0].weight == 1.0:
             path = self._registry.path(ref.parts[0].id, ref.parts[0].version)  # no composition needed
         else:  # compose on THIS node from the registry (cache hit is the normal case)
-            before = self._cache.stats.misses
             path = await asyncio.to_thread(self._cache.get_or_build, resolve(self._registry, ref.parts))
-            if self._cache.stats.misses > before:
-                self._metrics.cache_misses.inc()
-                self._metrics.build_seconds.observe(self._cache.stats.build_seconds[-1])
-            else:
-                self._metrics.cache_hits.inc()
         await self._engine.add_adapter(lora_name, str(path))
         self._loads += 1
         self._metrics.loads.inc()
         log.info("adapter loaded", extra={"lora_name": lora_name, "replica": self._replica})
         return _Resident(lora_name, self._schedule_evict)
+
+    def _on_cache_event(self, event: str, seconds: float) -> None:
+        if event == "build":
+            self._metrics.cache_misses.inc()
+            self._metrics.build_seconds.observe(seconds)
+        else:
+            self._metrics.cache_hits.inc()
 
     def _schedule_evict(self, lora_name: str) -> None:
         if self._loop.is_closed():

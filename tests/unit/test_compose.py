@@ -134,7 +134,8 @@ def test_components_on_different_base_revisions_are_refused(
 
 
 def test_cache_builds_once_under_concurrency(registry: AdapterRegistry, tmp_path: Path) -> None:
-    cache = CompositeCache(tmp_path / "cache", registry)
+    events: list[str] = []
+    cache = CompositeCache(tmp_path / "cache", registry, on_event=lambda event, _s: events.append(event))
     stack = resolve(registry, parse_stack("qv4+ko8+qup16"))
     paths: list[Path] = []
     threads = [threading.Thread(target=lambda: paths.append(cache.get_or_build(stack))) for _ in range(8)]
@@ -143,6 +144,7 @@ def test_cache_builds_once_under_concurrency(registry: AdapterRegistry, tmp_path
     for t in threads:
         t.join()
     assert len(set(paths)) == 1 and cache.stats.misses == 1 and cache.stats.hits == 7
+    assert sorted(events) == ["build"] + ["hit"] * 7
     assert cache.info(stack.composite_id)["rank"] == 28
 
 
