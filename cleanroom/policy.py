@@ -14,6 +14,55 @@ _TEXT_FILTERS: dict[str, list[FilterOp]] = {
 }
 
 
+class DPPolicy(BaseModel):
+    """Differential privacy for a retailer's clean room (Laplace noise through OpenDP).
+
+    Each shopper's contribution is bounded before noise: at most ``max_cells_per_shopper`` cells, and in
+    each cell each metric clamped to ``[0, metric_bounds[metric]]``. A query's epsilon is split evenly
+    between the distinct-shopper count (on which k is applied) and each metric.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon_per_query: float = Field(
+        default=0.5, gt=0, le=10, allow_inf_nan=False, description="Epsilon a query spends by default."
+    )
+    max_epsilon_per_query: float = Field(
+        default=2.0, gt=0, le=10, allow_inf_nan=False, description="Largest epsilon one query may ask for."
+    )
+    epsilon_budget: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, description="Total epsilon per tenant (persisted ledger)."
+    )
+    max_cells_per_shopper: int = Field(
+        default=4, ge=1, le=1000, description="Cells one shopper may contribute to per query (L)."
+    )
+    metric_bounds: dict[str, float] = Field(
+        default_factory=lambda: {
+            "impressions": 50.0,
+            "clicks": 10.0,
+            "purchases": 5.0,
+            "units": 10.0,
+            "revenue": 200.0,
+            "spend": 20.0,
+        },
+        description="Per shopper and cell, the most each metric may contribute (values are clamped).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DPPolicy:
+        if self.epsilon_per_query > self.max_epsilon_per_query:
+            raise ValueError("epsilon_per_query is above max_epsilon_per_query")
+        if self.max_epsilon_per_query > self.epsilon_budget:
+            raise ValueError("max_epsilon_per_query is above epsilon_budget")
+        unknown = set(self.metric_bounds) - set(METRICS)
+        if unknown:
+            raise ValueError(f"metric_bounds: unknown metrics {sorted(unknown)}")
+        bad = [m for m, b in self.metric_bounds.items() if not (0 < b < 1e12)]  # NaN fails too
+        if bad:
+            raise ValueError(f"metric_bounds must be positive and finite: {bad}")
+        return self
+
+
 class CleanRoomPolicy(BaseModel):
     """What tenants may ask of one retailer's data."""
 
@@ -41,6 +90,10 @@ class CleanRoomPolicy(BaseModel):
         description="Columns a query may filter on, with the operators allowed.",
     )
     max_groups: int = Field(default=1000, gt=0, description="Largest number of cells one query may produce.")
+    queries_per_minute: int = Field(
+        default=60, gt=0, description="Per-tenant query rate (token bucket; above it: refused, HTTP 429)."
+    )
+    dp: DPPolicy | None = Field(default=None, description="Differential privacy; null: exact aggregates.")
 
     @model_validator(mode="after")
     def _consistent(self) -> CleanRoomPolicy:

@@ -43,7 +43,8 @@ class Filter(BaseModel):
 
 
 class Query(BaseModel):
-    """What a tenant asks: group-by dimensions, metrics, filters, an inclusive date range."""
+    """What a tenant asks: group-by dimensions, metrics, filters, an inclusive date range and, where the
+    policy enables differential privacy, the epsilon to spend (default: the policy's per-query epsilon)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,16 +53,26 @@ class Query(BaseModel):
     filters: list[Filter] = Field(default_factory=list, max_length=10)
     date_from: dt.date | None = None
     date_to: dt.date | None = None
+    epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+REST = "__rest__"  # cell key of the remainder (the suppressed cells combined)
 
 
 @dataclass(frozen=True)
 class CompiledQuery:
-    """SQL for the cells (with ``__n`` = distinct shoppers per cell) and for the suppressed remainder."""
+    """SQL over ``events`` restricted to data version ``<= ?`` (the last of ``params``).
+
+    ``cells_sql`` yields the dimensions, the metrics, ``__n`` (distinct shoppers per cell; under DP after
+    contribution bounding) and ``__ck`` (the cell's key); ``remainder_sql`` the metrics and ``__n`` of the
+    cells below k combined (k is its last parameter); ``population_sql`` the (cell key, shopper) pairs of
+    the cells listed in its 1st extra parameter, other cells folded into :data:`REST`, kept only for the
+    keys in its 2nd extra parameter (never output: difference checks only).
+    """
 
     cells_sql: str
     remainder_sql: str
-    populations_sql: str  # the shopper sets of released cells (k is the last parameter); never output
-    remainder_population_sql: str
+    population_sql: str
     params: list[object]
     dimensions: list[str]
     metrics: list[str]
@@ -75,8 +86,8 @@ def _ident(name: str) -> str:
     return '"' + name + '"'
 
 
-def compile_query(q: Query, policy: CleanRoomPolicy) -> CompiledQuery:
-    """Validate ``q`` against ``policy`` and compile it (see the module contract)."""
+def compile_query(q: Query, policy: CleanRoomPolicy, version: int) -> CompiledQuery:
+    """Validate ``q`` against ``policy`` and compile it over data versions ``<= version``."""
     sensitive = {policy.identity_column, *policy.blocked_fields}
     blocked = [d for d in q.dimensions if d in sensitive]
     dims = [d for d in q.dimensions if d not in sensitive]
@@ -90,6 +101,12 @@ def compile_query(q: Query, policy: CleanRoomPolicy) -> CompiledQuery:
     for m in q.metrics:
         if m not in METRICS or m not in policy.allowed_metrics:
             raise PolicyViolation(f"metric {m!r} is not allowed (allowed: {sorted(policy.allowed_metrics)})")
+    if policy.dp is None and q.epsilon is not None:
+        raise PolicyViolation(f"{policy.retailer}'s policy has no differential privacy: omit epsilon")
+    if policy.dp is not None:
+        unbounded = [m for m in q.metrics if m not in policy.dp.metric_bounds]
+        if unbounded:
+            raise PolicyViolation(f"metrics {unbounded} have no declared bound for differential privacy")
     where: list[str] = ["TRUE"]
     params: list[object] = []
     for f in q.filters:
@@ -110,37 +127,52 @@ def compile_query(q: Query, policy: CleanRoomPolicy) -> CompiledQuery:
         params.append(q.date_to)
     if q.date_from and q.date_to and q.date_from > q.date_to:
         raise PolicyViolation("date_from is after date_to")
+    where.append('"_batch" <= ?')
+    params.append(version)
     ident = _ident(policy.identity_column)
-    base = f"base AS (SELECT * FROM events WHERE {' AND '.join(where)})"
     dim_sql = [_ident(d) for d in dims]
-    metric_sql = [f"{METRICS[m]} AS {_ident_alias(m)}" for m in q.metrics]
+    # the cell key: dimension values joined by U+001F, NULL spelled U+0000 (never a data value here)
+    ck = (
+        "concat_ws(chr(31), " + ", ".join(f"coalesce(CAST({d} AS VARCHAR), chr(0))" for d in dim_sql) + ")"
+        if dims
+        else "'*'"
+    )
+    base = f"base AS (SELECT * FROM events WHERE {' AND '.join(where)})"
+    keyed = f"{base}, keyed AS (SELECT *, {ck} AS __ck FROM base)"  # per-row cell key: only where needed
+    # one row per cell; without dimensions one row in all (even over no data: a suppressed empty cell)
     group = f" GROUP BY {', '.join(dim_sql)}" if dims else ""
-    cells_sql = (
-        f"WITH {base} SELECT {', '.join([*dim_sql, *metric_sql])}, COUNT(DISTINCT {ident}) AS __n "
-        f"FROM base{group}"
-    )
-    populations_sql = (
-        f"WITH {base} SELECT LIST(DISTINCT {ident}) FROM base{group} HAVING COUNT(DISTINCT {ident}) >= ?"
-    )
-    remainder_sql = remainder_population_sql = ""
-    if dims:
-        join = " AND ".join(f"base.{d} IS NOT DISTINCT FROM small.{d}" for d in dim_sql)
-        small = (
-            f"WITH {base}, cells AS (SELECT {', '.join(dim_sql)}, COUNT(DISTINCT {ident}) AS __n FROM base{group}), "
-            f"small AS (SELECT * FROM cells WHERE __n < ?) "
+    ck_out = f"{ck} AS __ck"  # computed on the grouped values
+    metric_sql = [f"{METRICS[m]} AS {_ident_alias(m)}" for m in q.metrics]
+    if policy.dp is None:
+        cells_sql = (
+            f"WITH {base} SELECT {', '.join([*dim_sql, *metric_sql])}, COUNT(DISTINCT {ident}) AS __n, "
+            f"{ck_out} FROM base{group}"
         )
-        remainder_sql = f"{small}SELECT {', '.join(metric_sql)}, COUNT(DISTINCT base.{ident}) AS __n FROM base JOIN small ON {join}"
-        remainder_population_sql = f"{small}SELECT LIST(DISTINCT base.{ident}) FROM base JOIN small ON {join}"
-    return CompiledQuery(
-        cells_sql,
-        remainder_sql,
-        populations_sql,
-        remainder_population_sql,
-        params,
-        dims,
-        list(q.metrics),
-        blocked,
+    else:  # bound each shopper's contribution: at most L cells, each metric clamped to [0, bound]
+        bounds = policy.dp.metric_bounds
+        clamped = [
+            f"SUM(LEAST(GREATEST({_ident_alias(m)}, 0), {float(bounds[m])!r})) AS {_ident_alias(m)}"
+            for m in q.metrics
+        ]
+        cells_sql = (
+            f"WITH {base}, per_shopper AS (SELECT {', '.join([*dim_sql, ident, *metric_sql])}, {ck_out} "
+            f"FROM base GROUP BY {', '.join([*dim_sql, ident])}), bounded AS (SELECT * FROM per_shopper "
+            f"QUALIFY row_number() OVER (PARTITION BY {ident} ORDER BY hash(__ck || {ident})) <= "
+            f"{int(policy.dp.max_cells_per_shopper)}) "
+            f"SELECT {', '.join([*dim_sql, *clamped])}, COUNT(*) AS __n, {ck_out} FROM bounded{group}"
+        )
+    remainder_sql = ""
+    if dims and policy.dp is None:
+        remainder_sql = (
+            f"WITH {keyed}, small AS (SELECT __ck FROM keyed GROUP BY __ck HAVING COUNT(DISTINCT {ident}) < ?) "
+            f"SELECT {', '.join(metric_sql)}, COUNT(DISTINCT {ident}) AS __n FROM keyed "
+            f"WHERE __ck IN (SELECT __ck FROM small)"
+        )
+    population_sql = (
+        f"WITH {keyed}, cells AS (SELECT CASE WHEN list_contains(?, __ck) THEN __ck ELSE '{REST}' END AS ck, "
+        f"{ident} AS sid FROM keyed) SELECT DISTINCT ck, sid FROM cells WHERE list_contains(?, ck)"
     )
+    return CompiledQuery(cells_sql, remainder_sql, population_sql, params, dims, list(q.metrics), blocked)
 
 
 def _ident_alias(metric: str) -> str:

@@ -33,3 +33,6 @@ METRICS: dict[str, str] = {
     "spend": "COALESCE(SUM(cost), 0)",
     "shoppers": "COUNT(DISTINCT shopper_id)",
 }
+
+NUMERIC_COLUMNS = ("quantity", "revenue", "cost", "margin", "stock_level")
+INTEGER_METRICS = frozenset({"impressions", "clicks", "purchases", "units", "shoppers"})

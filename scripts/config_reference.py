@@ -16,7 +16,10 @@ def rows(model: type[BaseModel], prefix: str = "", instance: Any = None) -> list
     out = []
     for name, field in model.model_fields.items():
         ann: Any = field.annotation
-        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        sub = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+            None,
+        )
         value = getattr(instance, name, None) if instance is not None else None
         if sub is not None:
             out += rows(sub, f"{prefix}{name}.", value)

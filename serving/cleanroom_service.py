@@ -2,18 +2,22 @@
 
 DuckDB files are single-writer, so this deployment runs one replica, on the node that holds the files;
 the router reaches it through a handle (nothing is read across nodes). Answers are plain dicts
-``{"status": int, "body": ...}`` so the router can relay them without knowing clean-room types.
+``{"status": int, "body": ..., "headers": {...}}`` so the router can relay them without knowing clean-room
+types. Each tenant's queries are rate-limited per retailer (the policy's ``queries_per_minute`` → 429).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Any
 
 from pydantic import ValidationError
 
-from cleanroom import CleanRoom, CleanRoomError, PolicyViolation, Query
+from cleanroom import BudgetExhausted, CleanRoom, CleanRoomError, PolicyViolation, Query
+from federation.ratelimit import RateLimiter
 from serving.config import AppConfig
+from serving.metrics import CleanRoomMetrics
 from serving.vllm_engine import error_body
 
 
@@ -24,6 +28,8 @@ class CleanRoomService:
         if config.cleanroom is None:
             raise ValueError("CleanRoomService needs config.cleanroom")
         self._rooms = {r.policy.retailer: CleanRoom(r.db_path, r.policy) for r in config.cleanroom.retailers}
+        self._limiter = RateLimiter()
+        self._metrics = CleanRoomMetrics()
 
     def _room(self, retailer: object) -> CleanRoom | dict[str, Any]:
         room = self._rooms.get(retailer) if isinstance(retailer, str) else None
@@ -39,6 +45,27 @@ class CleanRoomService:
         room = self._room(body.get("retailer"))
         if isinstance(room, dict):
             return room
+        wait = self._limiter.acquire(f"{tenant}\x00{room.policy.retailer}", room.policy.queries_per_minute)
+        if wait > 0:
+            self._count(room, "rate_limited")
+            msg = f"clean-room rate limit: {room.policy.queries_per_minute} queries/minute for {room.policy.retailer}"
+            return {
+                "status": 429,
+                "body": error_body(msg, 429, "rate_limit_error"),
+                "headers": {"retry-after": str(max(1, round(wait)))},
+            }
+        answer = await asyncio.to_thread(self._answer, room, tenant, body)  # DuckDB work off the event loop
+        self._count(room, "accepted" if answer["status"] == 200 else "refused")
+        if answer["status"] == 200 and answer["body"]["epsilon_spent"]:
+            self._metrics.epsilon.inc(
+                answer["body"]["epsilon_spent"], tags={"retailer": room.policy.retailer}
+            )
+        return answer
+
+    def _count(self, room: CleanRoom, decision: str) -> None:
+        self._metrics.queries.inc(tags={"retailer": room.policy.retailer, "decision": decision})
+
+    def _answer(self, room: CleanRoom, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             q = Query.model_validate(body.get("query"))
             result = room.query(tenant, q)
@@ -49,6 +76,8 @@ class CleanRoomService:
                 "status": 400,
                 "body": error_body(f"invalid query: {loc}: {first['msg']}", 400, param=loc),
             }
+        except BudgetExhausted as e:
+            return {"status": 403, "body": error_body(str(e), 403, "privacy_budget_exhausted")}
         except PolicyViolation as e:
             return {"status": 400, "body": error_body(str(e), 400, "policy_violation")}
         except CleanRoomError as e:
@@ -57,6 +86,13 @@ class CleanRoomService:
             "status": 200,
             "body": {"retailer": room.policy.retailer, "k": room.policy.k, **asdict(result)},
         }
+
+    async def budget(self, tenant: str, retailer: str) -> dict[str, Any]:
+        """``tenant``'s differential-privacy budget at ``retailer`` (total, spent, remaining)."""
+        room = self._room(retailer)
+        if isinstance(room, dict):
+            return room
+        return {"status": 200, "body": room.budget(tenant)}
 
     async def schema(self, retailer: str) -> dict[str, Any]:
         """What a tenant may ask of ``retailer``: dimensions, metrics, filters, k, blocked fields."""
@@ -74,5 +110,7 @@ class CleanRoomService:
                 "filters": p.filterable,
                 "blocked_fields": p.blocked_fields,
                 "max_groups": p.max_groups,
+                "queries_per_minute": p.queries_per_minute,
+                "dp": p.dp.model_dump() if p.dp else None,
             },
         }

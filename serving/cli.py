@@ -208,6 +208,11 @@ def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cleanroom_budget(args: argparse.Namespace) -> int:
+    print(json.dumps(_room(args).budget(args.tenant), indent=2))
+    return 0
+
+
 def _cmd_cleanroom_audit(args: argparse.Namespace) -> int:
     from cleanroom.audit import QueryAudit
 
@@ -327,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     cq.add_argument("--tenant", required=True)
     cq.add_argument("--query", required=True, help="query JSON, or @file.json")
     cq.set_defaults(fn=_cmd_cleanroom_query)
+    cb = room_args(cr.add_parser("budget", help="a tenant's differential-privacy budget (epsilon ledger)"))
+    cb.add_argument("--tenant", required=True)
+    cb.set_defaults(fn=_cmd_cleanroom_budget)
     ca = room_args(cr.add_parser("audit", help="print the audit log (JSON lines)"), policy=False)
     ca.add_argument("--tail", type=int, default=50, help="last N entries")
     ca.set_defaults(fn=_cmd_cleanroom_audit)

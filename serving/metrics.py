@@ -79,3 +79,19 @@ class EngineMetrics:
             description="Composite build time.",
             boundaries=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
         )
+
+
+class CleanRoomMetrics:
+    """Clean-room decisions and differential-privacy spend, by retailer."""
+
+    def __init__(self) -> None:
+        self.queries = Counter(
+            "rmn_cleanroom_queries_total",
+            description="Clean-room queries by retailer and decision (accepted | refused | rate_limited).",
+            tag_keys=_keys("retailer", "decision"),
+        )
+        self.epsilon = Counter(
+            "rmn_cleanroom_epsilon_spent_total",
+            description="Differential-privacy epsilon spent, by retailer.",
+            tag_keys=_keys("retailer"),
+        )

@@ -169,6 +169,11 @@ class Router:
         """What the caller may ask of ``?retailer=...``."""
         return await self._cleanroom_call(request, "schema")
 
+    @api.get("/v1/cleanroom/budget")
+    async def cleanroom_budget(self, request: Request) -> Response:
+        """The caller's differential-privacy budget at ``?retailer=...``: total, spent, remaining."""
+        return await self._cleanroom_call(request, "budget")
+
     async def _cleanroom_call(self, request: Request, method: str) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         headers = {"x-request-id": request_id}
@@ -180,13 +185,18 @@ class Router:
                 raise GateError(
                     401, "clean-room queries need an authenticated tenant", "authentication_error"
                 )
+            retailer = request.query_params.get("retailer", "")
             if method == "query":
                 answer = await self._cleanroom.query.remote(tenant.id, await _read_body(request))
+            elif method == "budget":
+                answer = await self._cleanroom.budget.remote(tenant.id, retailer)
             else:
-                answer = await self._cleanroom.schema.remote(request.query_params.get("retailer", ""))
+                answer = await self._cleanroom.schema.remote(retailer)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
-        return JSONResponse(answer["body"], status_code=answer["status"], headers=headers)
+        return JSONResponse(
+            answer["body"], status_code=answer["status"], headers={**answer.get("headers", {}), **headers}
+        )
 
     # ---- generation ------------------------------------------------------------------------
     @api.post("/v1/chat/completions")

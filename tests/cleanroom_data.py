@@ -32,6 +32,11 @@ def write_events(path: Path, k: int) -> Path:
     rows += [event(f"b{i}", "below_k") for i in range(k - 1)]
     rows += [event(f"c{i}", "above_k") for i in range(k + 1)]
     rows += [event("whale", "one_shopper") for _ in range(500)]
+    return write_rows(path, rows)
+
+
+def write_rows(path: Path, rows: list[dict[str, object]]) -> Path:
+    """CSV of ``rows`` in the event schema."""
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(EVENT_COLUMNS))
         w.writeheader()

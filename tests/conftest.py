@@ -116,9 +116,17 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
     from tests.integration.tenants import tenants_config
 
     crdir = tmp_path_factory.mktemp("cleanroom")
-    room = CleanRoom(crdir / "acme.duckdb", CleanRoomPolicy(retailer="acme", k=3))
-    room.load(write_events(crdir / "events.csv", 3))
-    room.close()  # the clean-room replica opens the file
+    events = write_events(crdir / "events.csv", 3)
+    dp_policy = {
+        "retailer": "shopco",
+        "k": 3,
+        "queries_per_minute": 4,
+        "dp": {"epsilon_per_query": 1.0, "max_epsilon_per_query": 2.0, "epsilon_budget": 2.5},
+    }
+    for name, policy in (("acme", {"retailer": "acme", "k": 3}), ("shopco", dp_policy)):
+        room = CleanRoom(crdir / f"{name}.duckdb", CleanRoomPolicy.model_validate(policy))
+        room.load(events)
+        room.close()  # the clean-room replica opens the file
 
     return AppConfig.model_validate(
         {
@@ -139,7 +147,10 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
             "router_deployment": {"num_cpus": 0.1, "max_ongoing_requests": 256, "max_queued_requests": 256},
             "http": {"port": _free_port(), "request_timeout_s": 60, "metrics_port": _free_port()},
             "cleanroom": {
-                "retailers": [{"db_path": str(crdir / "acme.duckdb"), "policy": {"retailer": "acme", "k": 3}}]
+                "retailers": [
+                    {"db_path": str(crdir / "acme.duckdb"), "policy": {"retailer": "acme", "k": 3}},
+                    {"db_path": str(crdir / "shopco.duckdb"), "policy": dp_policy},
+                ]
             },
             "federation": {
                 "tenants": tenants_config(),

@@ -82,3 +82,29 @@ def test_schema_endpoint(serve_url: str) -> None:
         ).status_code
         == 404
     )
+
+
+def test_dp_budget_is_spent_reported_and_enforced(serve_url: str) -> None:
+    """shopco: DP with epsilon 1 per query, a budget of 2.5, and 4 queries/minute per tenant."""
+    headers = auth("brand_y")
+    budget = httpx.get(f"{serve_url}/v1/cleanroom/budget", params={"retailer": "shopco"}, headers=headers)
+    assert budget.status_code == 200 and budget.json()["epsilon_remaining"] == 2.5
+
+    def ask(metric: str, **extra: float) -> httpx.Response:
+        return query(serve_url, {"retailer": "shopco", "query": {"metrics": [metric], **extra}}, headers)
+
+    first = ask("purchases")
+    assert first.status_code == 200 and first.json()["noisy"] and first.json()["epsilon_spent"] == 1.0
+    again = ask("purchases")  # stored answer: same noise, nothing spent
+    assert again.json()["cells"] == first.json()["cells"] and again.json()["epsilon_spent"] == 0
+    assert ask("revenue").status_code == 200
+    refused = ask("units")  # 1.0 needed, 0.5 left
+    assert refused.status_code == 403 and "budget exhausted" in refused.json()["error"]["message"]
+    limited = ask("clicks", epsilon=0.5)  # the 5th query within a minute
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    after = httpx.get(f"{serve_url}/v1/cleanroom/budget", params={"retailer": "shopco"}, headers=headers)
+    assert after.json()["epsilon_spent"] == 2.0 and after.json()["epsilon_remaining"] == 0.5
+    other = httpx.get(
+        f"{serve_url}/v1/cleanroom/budget", params={"retailer": "shopco"}, headers=auth("brand_x")
+    )
+    assert other.json()["epsilon_spent"] == 0.0  # per tenant

@@ -59,3 +59,15 @@ def test_policy_errors_name_file_and_field(
     assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 2
     err = capsys.readouterr().err
     assert "acme-policy.yaml" in err and "k:" in err
+
+
+def test_budget_verb(files: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    db, policy, events = files
+    policy.write_text("retailer: acme\nk: 5\ndp: {epsilon_per_query: 0.5, epsilon_budget: 3}\n")
+    argv = ["--db", str(db), "--policy", str(policy)]
+    assert main(["cleanroom", "load", *argv, str(events)]) == 0
+    assert main(query_argv(db, policy, json.dumps({"metrics": ["purchases"]}))) == 0
+    capsys.readouterr()
+    assert main(["cleanroom", "budget", *argv, "--tenant", "brand_x"]) == 0
+    budget = json.loads(capsys.readouterr().out)
+    assert budget["epsilon_spent"] == 0.5 and budget["epsilon_remaining"] == 2.5
