@@ -38,12 +38,13 @@ lint: setup ## ruff + mypy
 	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench
 	$(BIN)/mypy
 
-bench: setup ## serving, adapter, router and clean-room benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
+bench: setup ## serving, adapter, router, clean-room and planning benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
 	$(BIN)/rmn model prepare
 	$(BIN)/python -m bench.serving --model $(BENCH_MODEL)
 	$(BIN)/python -m bench.adapters --model demo
 	$(BIN)/python -m bench.router --model $(BENCH_MODEL)
 	$(BIN)/python -m bench.cleanroom
+	$(BIN)/python -m bench.planning
 
 clean: ## remove build leftovers (keeps .venv and artifacts/)
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -162,7 +162,7 @@ class CompositeCache:
                 self._hit()
                 return dest
             started = time.perf_counter()
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
             try:
                 self._build(stack, tmp)
                 os.rename(tmp, dest)
@@ -202,10 +202,13 @@ class CompositeCache:
         return dict(json.loads((self.path(cid) / INFO).read_text()))
 
     def gc(self, keep: set[str] | None = None) -> int:
-        """Drop interrupted builds, then LRU entries until the cache fits ``max_bytes``; returns removals."""
+        """Drop interrupted builds (their process is gone), then LRU entries until the cache fits
+        ``max_bytes``; returns removals. Builds in progress (a live process's) are left alone."""
         keep = keep or set()
         removed = 0
         for tmp in self.root.glob(".tmp-*"):
+            if _builder_alive(tmp.name):
+                continue
             shutil.rmtree(tmp, ignore_errors=True)
             removed += 1
         entries = []
@@ -223,3 +226,18 @@ class CompositeCache:
             total -= size
             removed += 1
         return removed
+
+
+def _builder_alive(name: str) -> bool:
+    """True when the ``.tmp-<pid>-…`` build directory belongs to a process still running on this node."""
+    try:
+        pid = int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return False  # an old-style name: no owner to wait for
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -70,22 +70,23 @@ class CleanRoom:
         row = self._con.execute('SELECT COALESCE(MAX("_batch"), 0) FROM events').fetchone()
         self.version = int(row[0]) if row else 0
 
-    def load(self, path: Path | str) -> int:
+    def load(self, path: Path | str, mapping: dict[str, str] | None = None) -> int:
         """Append a CSV or Parquet file in the documented schema as a new batch; returns rows loaded.
-        Refuses (loading nothing) missing columns, missing shopper ids and NaN, infinite or negative
-        numbers."""
+        ``mapping`` renames the file's columns (native -> schema; see ``federation.harmonize``); other
+        columns are ignored. Refuses (loading nothing) missing columns, missing shopper ids and NaN,
+        infinite or negative numbers."""
         path = Path(path)
         reader = {".csv": "read_csv_auto", ".parquet": "read_parquet"}.get(path.suffix)
         if reader is None:
             raise CleanRoomError(f"{path.name}: expected a .csv or .parquet file")
         with self._lock:
             probe = self._con.execute(f"SELECT * FROM {reader}(?) LIMIT 0", [str(path)])
-            got = {d[0] for d in probe.description}
-            missing = sorted(set(EVENT_COLUMNS) - got)
+            source = {(mapping or {}).get(d[0], d[0]): d[0] for d in probe.description}  # schema -> file
+            missing = sorted(set(EVENT_COLUMNS) - set(source))
             if missing:
                 raise CleanRoomError(f"{path.name}: missing columns {missing}")
             batch = self.version + 1
-            cols = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+            cols = ", ".join(_quote(source[c]) + f' AS "{c}"' for c in EVENT_COLUMNS)
             casts = ", ".join(f'CAST("{c}" AS {t})' for c, t in EVENT_COLUMNS.items())
             self._con.execute("BEGIN TRANSACTION")
             try:
@@ -283,6 +284,11 @@ class CleanRoom:
             key, q.model_dump(mode="json"), self.version, sizes, c.population_sql, _jsonable(c.params)
         )
         return result, release
+
+
+def _quote(name: str) -> str:
+    """A column name of the loaded file as a SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _jsonable(params: list[object]) -> list[object]:

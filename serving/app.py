@@ -12,21 +12,30 @@ from ray import serve
 from ray.serve import Application
 
 from serving.cleanroom_service import CleanRoomService
+from serving.comparison import ComparisonService, PlannerService
 from serving.config import AppConfig, load_config
 from serving.engine import EngineDeployment
 from serving.router import Router
 
 
 def build_app(config: AppConfig) -> Application:
-    """Router (ingress) → engine deployment (and the clean-room deployment when configured)."""
+    """Router (ingress) → engine deployment, and when configured the clean-room deployment and the
+    comparison deployment (→ planner deployment → clean-room deployment)."""
     engine = serve.deployment(name="engine", **config.engine_deployment.serve_options())(EngineDeployment)
     router = serve.deployment(name="router", **config.router_deployment.serve_options())(Router)
-    cleanroom = None
+    cleanroom = comparison = None
     if config.cleanroom is not None:
         opts = {**config.cleanroom.deployment.serve_options(), "num_replicas": 1}  # DuckDB: one writer
         opts.pop("autoscaling_config", None)
         cleanroom = serve.deployment(name="cleanroom", **opts)(CleanRoomService).bind(config)
-    return router.bind(engine.bind(config), config, cleanroom)
+    if config.comparison is not None:
+        c = config.comparison
+        planner = serve.deployment(name="planner", **c.planner_deployment.serve_options())(PlannerService)
+        compare = serve.deployment(name="comparison", **c.comparison_deployment.serve_options())(
+            ComparisonService
+        )
+        comparison = compare.bind(config, planner.bind(config, cleanroom), cleanroom)
+    return router.bind(engine.bind(config), config, cleanroom, comparison)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -9,7 +9,11 @@ types. Each tenant's queries are rate-limited per retailer (the policy's ``queri
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from collections import OrderedDict
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +34,39 @@ class CleanRoomService:
         self._rooms = {r.policy.retailer: CleanRoom(r.db_path, r.policy) for r in config.cleanroom.retailers}
         self._limiter = RateLimiter()
         self._metrics = CleanRoomMetrics()
+        self._market_policy = config.market_policy() if config.comparison else None
+        self._markets: OrderedDict[str, dict[str, Any]] = OrderedDict()  # room name -> what prepare returned
+        self._work = Path(tempfile.mkdtemp(prefix="rmn-market-rooms-"))
+        self._prepare_lock = asyncio.Lock()
+
+    async def prepare_market(self, market_json: str) -> dict[str, Any]:
+        """A clean room holding the synthetic market's retailer log (built here, on this replica's node,
+        from the seed; harmonised from the retailer's own field names), named ``<retailer>@seed<seed>``.
+        The last 8 stay open; returns ``{"retailer": name, "harmonization": {...}}``."""
+        from federation.compare import load_retailer_log
+        from federation.market import MarketConfig, generate
+
+        cfg = MarketConfig.model_validate_json(market_json)
+        name = f"{cfg.retailer}@seed{cfg.seed}"
+        async with self._prepare_lock:
+            if name in self._markets:
+                self._markets.move_to_end(name)
+                return self._markets[name]
+            if self._market_policy is None:
+                raise ValueError("no comparison section in the config")
+            policy = self._market_policy.model_copy(update={"retailer": name})
+            work = self._work / name
+            work.mkdir(parents=True, exist_ok=True)
+            room = CleanRoom(work / "events.duckdb", policy)
+            market = await asyncio.to_thread(generate, cfg)
+            h = await asyncio.to_thread(load_retailer_log, room, market, work)
+            self._rooms[name] = room
+            self._markets[name] = {"retailer": name, "harmonization": asdict(h)}
+            while len(self._markets) > 8:
+                old, _ = self._markets.popitem(last=False)
+                self._rooms.pop(old).close()
+                shutil.rmtree(self._work / old, ignore_errors=True)
+            return self._markets[name]
 
     def _room(self, retailer: object) -> CleanRoom | dict[str, Any]:
         room = self._rooms.get(retailer) if isinstance(retailer, str) else None

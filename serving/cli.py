@@ -221,6 +221,60 @@ def _cmd_cleanroom_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from federation.compare import CompareRequest
+    from serving.report import format_comparison
+
+    fields = {
+        "budget": args.budget,
+        "roas_floor": args.roas_floor,
+        "exploration_share": args.exploration_share,
+        "max_cell_share": args.max_cell_share,
+        "manufacturer": args.manufacturer,
+        "retailer": args.retailer,
+        "seed": args.seed,
+        "creatives": args.creatives,
+    }
+    req = CompareRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    if args.url:
+        import os
+
+        import httpx
+
+        key = args.key or os.environ.get("RMN_API_KEY", "")
+        try:
+            r = httpx.post(
+                f"{args.url.rstrip('/')}/v1/plans/compare",
+                json=req.model_dump(exclude_none=True),
+                headers={"authorization": f"Bearer {key}"},
+                timeout=args.timeout,
+            )
+        except httpx.HTTPError as e:
+            raise ValueError(f"cannot reach {args.url}: {e}") from e
+        if r.status_code != 200:
+            try:
+                message = r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = r.text[:500]
+            raise ValueError(f"HTTP {r.status_code}: {message}")
+        body = r.json()
+    else:
+        import tempfile
+
+        from federation.compare import compare_local
+        from serving.config import load_config
+        from serving.defaults import demo_config
+
+        cfg = load_config(args.config) if args.config else demo_config()
+        if cfg.comparison is None:
+            raise ValueError("the config has no comparison section")
+        with tempfile.TemporaryDirectory() as work:
+            result = compare_local(cfg.comparison.market, req, cfg.market_policy(), Path(work))
+        body = result.model_dump(mode="json")
+    print(json.dumps(body, indent=2) if args.json else format_comparison(body))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
@@ -343,6 +397,32 @@ def build_parser() -> argparse.ArgumentParser:
     hk = tn.add_parser("hash-key", help="print the sha256 to put in federation.tenants[].api_key_sha256")
     hk.add_argument("key", nargs="?", help="the API key (default: read one line from stdin)")
     hk.set_defaults(fn=_cmd_tenants_hash_key)
+
+    cp = sub.add_parser(
+        "compare",
+        help="plan a budget with full data and through the clean room, score both on the market's truth",
+        description="Against a server (--url, --key or $RMN_API_KEY): POST /v1/plans/compare, with the "
+        "rationale and ad lines written through the composed adapters. Without --url: the same plans "
+        "and scores in this process (no Ray, no LLM text).",
+    )
+    cp.add_argument("--budget", type=float, required=True, help="total spend over the plan horizon ($)")
+    cp.add_argument("--manufacturer", required=True, help="the brand planning (e.g. brewmax)")
+    cp.add_argument("--retailer", default=None, help="retailer (default: the market's)")
+    cp.add_argument("--roas-floor", type=float, default=None, help="minimum predicted iROAS")
+    cp.add_argument(
+        "--exploration-share", type=float, default=None, help="budget share spread over all cells"
+    )
+    cp.add_argument("--max-cell-share", type=float, default=None, help="most of the budget one cell may take")
+    cp.add_argument("--seed", type=int, default=None, help="market seed (default: the config's)")
+    cp.add_argument("--creatives", type=int, default=None, help="ad lines to write (server mode)")
+    cp.add_argument("--url", default=None, help="server base URL, e.g. http://127.0.0.1:8000")
+    cp.add_argument("--key", default=None, help="API key (default: $RMN_API_KEY)")
+    cp.add_argument("--config", default=None, help="local mode: app config with a comparison section")
+    cp.add_argument("--timeout", type=float, default=300, help="server mode: seconds to wait")
+    cp.add_argument(
+        "--json", action="store_true", help="print the ComparisonResult JSON instead of the table"
+    )
+    cp.set_defaults(fn=_cmd_compare)
 
     d = sub.add_parser("demo", help="prepare model + adapters, serve, ask each adapter, print the answers")
     d.add_argument(

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cleanroom.policy import CleanRoomPolicy
+from federation.market import MarketConfig
 from federation.policy import FederationPolicy
 from federation.tenants import Tenant
 
@@ -69,6 +70,10 @@ class EngineConfig(_Strict):
     )
     enforce_eager: bool = Field(default=True, description="Skip CUDA graphs (faster start; needed on CPU).")
     seed: int = Field(default=0, description="Engine seed.")
+    compact_json: bool = Field(
+        default=True,
+        description="Guided decoding by xgrammar with compact JSON (no free whitespace: small models otherwise spend tokens on it).",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="More vLLM engine args, passed through verbatim."
     )
@@ -202,6 +207,11 @@ class FederationConfig(_Strict):
         default=20, gt=0, description="Compositions with their own metrics label; later ones are 'other'."
     )
 
+    @field_validator("audit_log", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser().resolve()
+
 
 class CleanRoomRetailer(_Strict):
     """One retailer's clean room."""
@@ -225,6 +235,37 @@ class CleanRoomConfig(_Strict):
     )
 
 
+class GovernanceConfig(_Strict):
+    """A brand's rules for ad lines (each creative gets a verdict against them)."""
+
+    banned_words: list[str] = Field(
+        default_factory=lambda: ["guaranteed", "cure", "best ever", "#1", "risk-free", "miracle"],
+        description="Words or claims an ad line may not contain (case-insensitive).",
+    )
+    max_chars: int = Field(default=90, gt=0, description="Longest allowed ad line.")
+    min_chars: int = Field(default=10, ge=0, description="Shortest allowed ad line.")
+
+
+class ComparisonConfig(_Strict):
+    """`POST /v1/plans/compare` (needs `federation` and `cleanroom`): the simulated market, the planner and
+    comparison deployments, and the text the composed adapters write."""
+
+    market: MarketConfig = Field(
+        default_factory=MarketConfig, description="The synthetic market (seed, sizes)."
+    )
+    planner_deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_replicas=2, num_cpus=0.25),
+        description="Ray Serve options of the planner (2 replicas: the two plans run side by side).",
+    )
+    comparison_deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_cpus=0.25),
+        description="Ray Serve options of the comparison deployment.",
+    )
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig, description="Ad-line rules.")
+    rationale_max_tokens: int = Field(default=160, gt=0, le=4096, description="Tokens of the JSON rationale.")
+    creative_max_tokens: int = Field(default=40, gt=0, le=1024, description="Tokens per ad line.")
+
+
 class AppConfig(_Strict):
     """Everything ``rmn serve`` needs."""
 
@@ -246,12 +287,25 @@ class AppConfig(_Strict):
         default=None, description="Tenants and stack policy; null serves without authentication."
     )
     cleanroom: CleanRoomConfig | None = Field(default=None, description="Clean rooms; null: none.")
+    comparison: ComparisonConfig | None = Field(
+        default=None, description="Planning and comparison (/v1/plans/compare); null: off."
+    )
 
     @model_validator(mode="after")
     def _cleanroom_needs_tenants(self) -> AppConfig:
         if self.cleanroom is not None and self.federation is None:
             raise ValueError("cleanroom needs a federation section: clean-room queries are per tenant")
+        if self.comparison is not None and self.cleanroom is None:
+            raise ValueError("comparison needs a cleanroom section: one plan is made through the clean room")
         return self
+
+    def market_policy(self) -> CleanRoomPolicy:
+        """The clean-room policy of the comparison market's retailer (its configured one, else defaults)."""
+        retailer = self.comparison.market.retailer if self.comparison else ""
+        for r in self.cleanroom.retailers if self.cleanroom else []:
+            if r.policy.retailer == retailer:
+                return r.policy
+        return CleanRoomPolicy(retailer=retailer)
 
     @field_validator("model", "adapters", mode="after")
     @classmethod

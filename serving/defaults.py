@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from serving.config import AppConfig
 
@@ -25,5 +26,63 @@ def default_config() -> AppConfig:
             "model": {"path": str(demo_model_dir()), "served_name": "base"},
             "adapters": {"root": str(home() / "adapters")},
             "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 64, "max_model_len": 2048},
+        }
+    )
+
+
+# the demo tenants' keys are public (README, deploy/rmn-federated-cpu.yaml): replace them for anything real
+DEMO_KEYS = {
+    "admin": "demo-admin-key",
+    "brewmax": "demo-brewmax-key",
+    "acme": "demo-acme-key",
+    "agency": "demo-agency-key",
+}
+ACME_POLICY = {
+    "retailer": "acme",
+    "k": 100,
+    "dp": {
+        "epsilon_per_query": 1.0,
+        "max_epsilon_per_query": 2.0,
+        "epsilon_budget": 10.0,
+        "max_cells_per_shopper": 2,
+        "metric_bounds": {
+            "impressions": 20,
+            "clicks": 5,
+            "purchases": 3,
+            "units": 5,
+            "revenue": 40,
+            "spend": 10,
+        },
+    },
+}
+
+
+def demo_config() -> AppConfig:
+    """The federated demo (what ``make demo`` serves; deploy/rmn-federated-cpu.yaml is the same as a file):
+    demo tenants, the acme clean room with differential privacy, planning over the synthetic market."""
+    from federation.tenants import hash_key
+
+    base = default_config().model_dump(mode="json")
+    tenants: list[dict[str, Any]] = [
+        {"id": "admin", "role": "admin"},
+        {"id": "brewmax", "role": "manufacturer", "retailer": "acme_retail", "manufacturer": "brand_brewmax"},
+        {"id": "acme", "role": "retailer", "retailer": "acme_retail"},
+        {"id": "agency", "role": "agency", "grants": ["brand_brewmax"], "rate_limit_per_minute": 60},
+    ]
+    for t in tenants:
+        t["api_key_sha256"] = hash_key(DEMO_KEYS[str(t["id"])])
+    return AppConfig.model_validate(
+        {
+            **base,
+            "federation": {
+                "tenants": tenants,
+                "audit_log": str(home() / "audit" / "decisions.jsonl"),
+                "policy": {
+                    "industry_adapter": "retail_media",
+                    "weights": {"industry": 0.3, "retailer": 0.3, "manufacturer": 0.5, "task": 0.5},
+                },
+            },
+            "cleanroom": {"retailers": [{"db_path": str(home() / "acme.duckdb"), "policy": ACME_POLICY}]},
+            "comparison": {},
         }
     )

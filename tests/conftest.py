@@ -152,6 +152,20 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
                     {"db_path": str(crdir / "shopco.duckdb"), "policy": dp_policy},
                 ]
             },
+            "comparison": {
+                "market": {
+                    "seed": 3,
+                    "brands": ["brand_x", "brand_y"],
+                    "skus_per_brand": 6,
+                    "days": 28,
+                    "shoppers": 600,
+                    "horizon_days": 14,
+                },
+                "planner_deployment": {"num_replicas": 2, "num_cpus": 0.1},
+                "comparison_deployment": {"num_cpus": 0.1},
+                "rationale_max_tokens": 200,
+                "creative_max_tokens": 12,
+            },
             "federation": {
                 "tenants": tenants_config(),
                 "policy": {"industry_adapter": "rm"},

@@ -187,3 +187,22 @@ def test_rank_overflow_is_an_error_unless_compression_is_opted_in(
     assert 0 < info["relative_error"] < 1
     exact = CompositeCache(tmp_path / "svd-wide", registry, max_rank=64, compress=True)
     assert exact.info(exact.get_or_build(stack).name)["relative_error"] == 0.0
+
+
+def test_gc_spares_builds_in_progress(registry: AdapterRegistry, tmp_path: Path) -> None:
+    """A build finishing in one thread must not delete another thread's (or process's) build directory
+    (seen in the session app: two composites built at once on one replica, one failed with ENOENT)."""
+    import os
+    import subprocess
+
+    cache = CompositeCache(tmp_path / "cache", registry)
+    live = tmp_path / "cache" / f".tmp-{os.getpid()}-inprogress"
+    live.mkdir()
+    dead_pid = subprocess.Popen(["true"])  # a process that has exited
+    dead_pid.wait()
+    dead = tmp_path / "cache" / f".tmp-{dead_pid.pid}-crashed"
+    dead.mkdir()
+    legacy = tmp_path / "cache" / ".tmp-crashed"
+    legacy.mkdir()
+    cache.get_or_build(resolve(registry, parse_stack("qv4+ko8")))  # builds, then collects garbage
+    assert live.is_dir() and not dead.exists() and not legacy.exists()

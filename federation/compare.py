@@ -1,0 +1,296 @@
+"""Full-data plan vs clean-room plan, scored on the same ground truth.
+
+- :func:`plan_full`: the brand's own tables (:class:`BrandData`: spend, sell-out, margins, stock, promos) →
+  SKU x placement curves → a profit-maximising LP with stock headroom.
+- :func:`cleanroom_queries` + :func:`plan_from_cleanroom`: only what the retailer's clean room releases
+  (attributed revenue and spend of cells with >= k shoppers, noisy under DP) → coarser curves → a
+  revenue-maximising LP that knows no margins and no stock.
+- :func:`build_result`: both plans scored by :func:`federation.scoring.score` on the market's truth, the
+  deltas, and a verdict that says who won — the clean room too, when it does.
+Pure Python: the Ray deployments and ``rmn compare`` call these.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from federation.curves import fit_aggregates, fit_brand
+from federation.harmonize import Harmonization, harmonize
+from federation.market import BrandData, Market, MarketConfig
+from federation.planner import CellInput, Plan, PlanRequest, solve
+from federation.scoring import Score, score
+
+
+class CompareRequest(PlanRequest):
+    """``POST /v1/plans/compare``: a budget question for one manufacturer at one retailer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retailer: str = Field(default="acme", max_length=64, description="Retailer whose clean room is used.")
+    manufacturer: str = Field(max_length=64, description="The brand planning (its private data).")
+    seed: int | None = Field(default=None, ge=0, le=2**31, description="Market seed (default: config's).")
+    creatives: int = Field(default=3, ge=0, le=10, description="Ad lines to write (top SKUs by spend).")
+
+
+class PlanSide(BaseModel):
+    """One plan: what its planner predicted and what the truth says."""
+
+    objective: str
+    cells_planned: int
+    predicted_iroas: float
+    score: Score
+    shadow_prices: dict[str, Any]
+    allocation: list[dict[str, Any]]
+    seconds: float
+
+
+class ComparisonResult(BaseModel):
+    """Documented in README "Planning and comparison"."""
+
+    request: dict[str, Any]
+    market: dict[str, Any]
+    harmonization: dict[str, Any]
+    full: PlanSide
+    cleanroom: PlanSide
+    cleanroom_view: dict[str, Any]
+    deltas: dict[str, float]
+    verdict: str
+    timing: dict[str, float]
+    rationale: dict[str, Any] | None = None
+    creatives: list[dict[str, Any]] | None = None
+    models: dict[str, str] = Field(default_factory=dict)
+
+
+def plan_full(data: BrandData, req: PlanRequest) -> tuple[Plan, float]:
+    """The full-data plan and its wall seconds (fit + LP)."""
+    started = time.perf_counter()
+    curves, baseline_units = fit_brand(data)
+    f = data.facts
+    idx = {s: i for i, s in enumerate(f.sku)}
+    cells = []
+    for c in curves:
+        i = idx[c.sku]
+        expected_units = baseline_units[i] * data.horizon_days
+        headroom = float(f.stock[i] - expected_units)
+        if headroom <= 0:  # the brand knows this SKU will sell out anyway: no ad spend at all
+            continue
+        cells.append(CellInput(c, float(f.margin[i]), float(f.price[i]), headroom))
+    plan = solve(cells, req, data.horizon_days, "profit")
+    return plan, time.perf_counter() - started
+
+
+def cleanroom_queries(manufacturer: str) -> dict[str, dict[str, Any]]:
+    """What the clean-room planner asks, in order: per SKU x placement totals (asking for margin, stock and
+    promos too, which the policy blocks), then per placement x day totals for the curves' shape — skipped
+    when the first answer is noisy (DP): daily cells are then mostly noise and would only spend epsilon."""
+    brand = [{"column": "brand", "op": "eq", "value": manufacturer}]
+    return {
+        "cells": {
+            "dimensions": ["sku", "placement", "margin", "stock_level", "promo_flag"],
+            "metrics": ["spend", "revenue"],
+            "filters": brand,
+        },
+        "daily": {
+            "dimensions": ["placement", "event_date"],
+            "metrics": ["spend", "revenue"],
+            "filters": brand,
+        },
+    }
+
+
+def wants(name: str, answers: dict[str, dict[str, Any]]) -> bool:
+    """Whether the clean-room planner still asks query ``name`` given the answers so far."""
+    return name != "daily" or not answers.get("cells", {}).get("noisy", False)
+
+
+def plan_from_cleanroom(
+    answers: dict[str, dict[str, Any]], req: PlanRequest, history_days: int, horizon_days: int
+) -> tuple[Plan, dict[str, Any], float]:
+    """The clean-room plan from the answers to :func:`cleanroom_queries`; returns (plan, what the clean
+    room showed, wall seconds of fit + LP)."""
+    started = time.perf_counter()
+    cells = answers["cells"]
+    daily = answers.get("daily") or {"cells": [], "blocked_fields": [], "epsilon_spent": 0.0}
+    curves = fit_aggregates(cells["cells"], daily["cells"], history_days)
+    view = {
+        "cells_released": len(cells["cells"]),
+        "cells_suppressed": cells["suppressed_cells"],
+        "daily_cells_released": len(daily["cells"]),
+        "blocked_fields": sorted(set(cells["blocked_fields"]) | set(daily["blocked_fields"])),
+        "epsilon_spent": round(cells.get("epsilon_spent", 0.0) + daily.get("epsilon_spent", 0.0), 6),
+        "noisy": bool(cells.get("noisy")),
+        "k": cells.get("k"),
+    }
+    plan = solve([CellInput(c) for c in curves], req, horizon_days, "revenue")
+    return plan, view, time.perf_counter() - started
+
+
+def _side(plan: Plan, market: Market, seconds: float, top: int = 25) -> PlanSide:
+    rows = sorted(plan.spend.items(), key=lambda kv: -kv[1])[:top]
+    return PlanSide(
+        objective=plan.objective,
+        cells_planned=len(plan.spend),
+        predicted_iroas=round(plan.predicted_iroas, 4),
+        score=score(plan, market),
+        shadow_prices=plan.shadow_prices,
+        allocation=[
+            {
+                "sku": k[0],
+                "placement": k[1],
+                "spend": round(x, 2),
+                "predicted_revenue": round(plan.predicted_revenue[k], 2),
+            }
+            for k, x in rows
+        ],
+        seconds=round(seconds, 4),
+    )
+
+
+METRICS = ("spend", "incremental_revenue", "iroas", "profit", "skus_covered", "forecast_wape",
+           "forecast_bias", "spend_out_of_stock")  # fmt: skip
+
+
+def build_result(
+    req: CompareRequest,
+    market: Market,
+    full: tuple[Plan, float],
+    cleanroom: tuple[Plan, dict[str, Any], float],
+    harmonization: Harmonization,
+    wall_s: float,
+) -> ComparisonResult:
+    """Score both plans on ``market``'s truth and compare (see the module contract)."""
+    f_side = _side(full[0], market, full[1])
+    c_side = _side(cleanroom[0], market, cleanroom[2])
+    fs, cs = f_side.score.model_dump(), c_side.score.model_dump()
+    deltas = {m: round(float(fs[m]) - float(cs[m]), 4) for m in METRICS}
+    if cs["profit"] != 0:
+        deltas["profit_pct"] = round(100 * (fs["profit"] - cs["profit"]) / abs(cs["profit"]), 2)
+    if cs["iroas"] > 0:
+        deltas["iroas_pct"] = round(100 * (fs["iroas"] - cs["iroas"]) / cs["iroas"], 2)
+    verdict = _verdict(fs, cs)
+    sum_s = full[1] + cleanroom[2]
+    return ComparisonResult(
+        request=req.model_dump(),
+        market={
+            "seed": market.config.seed,
+            "retailer": market.config.retailer,
+            "manufacturer": req.manufacturer,
+            "skus": len(market.brand_index(req.manufacturer)),
+            "placements": market.placements,
+            "history_days": market.config.days,
+            "horizon_days": market.config.horizon_days,
+            "retailer_log_rows": len(next(iter(market.events.values()))),
+        },
+        harmonization={
+            "mapping": harmonization.mapping,
+            "unmapped": harmonization.unmapped,
+            "missing": harmonization.missing,
+        },
+        full=f_side,
+        cleanroom=c_side,
+        cleanroom_view=cleanroom[1],
+        deltas=deltas,
+        verdict=verdict,
+        timing={
+            "full_s": round(full[1], 4),
+            "cleanroom_s": round(cleanroom[2], 4),
+            "sum_s": round(sum_s, 4),
+            "wall_s": round(wall_s, 4),
+            "wall_over_sum": round(wall_s / sum_s, 3) if sum_s > 0 else 0.0,
+        },
+    )
+
+
+def _verdict(full: dict[str, Any], clean: dict[str, Any]) -> str:
+    """Who won on true profit, and every other headline metric the other side won."""
+    if full["profit"] == clean["profit"]:
+        head = f"a tie on true profit ({full['profit']:,.2f})"
+    else:
+        winner, loser = (
+            ("full data", "the clean room")
+            if full["profit"] > clean["profit"]
+            else ("the clean room", "full data")
+        )
+        head = f"{winner} wins on true profit by {abs(full['profit'] - clean['profit']):,.2f} over {loser}"
+    others = []
+    higher_better = {
+        "incremental_revenue": "incremental revenue",
+        "iroas": "iROAS",
+        "skus_covered": "SKUs covered",
+    }
+    lower_better = {"forecast_wape": "forecast error", "spend_out_of_stock": "out-of-stock spend"}
+    for key, name in higher_better.items():
+        if clean[key] != full[key]:
+            others.append(
+                f"{'the clean room' if clean[key] > full[key] else 'full data'} has the higher {name} ({full[key]:g} full vs {clean[key]:g} clean room)"
+            )
+    for key, name in lower_better.items():
+        if clean[key] != full[key]:
+            others.append(
+                f"{'the clean room' if clean[key] < full[key] else 'full data'} has the lower {name} ({full[key]:g} vs {clean[key]:g})"
+            )
+    return "; ".join([head, *others])
+
+
+def load_retailer_log(room: Any, market: Market, work: Path) -> Harmonization:
+    """Export ``market``'s retailer log (the retailer's own field names), harmonise its header onto the
+    clean-room schema and load it into ``room`` (a :class:`cleanroom.CleanRoom`)."""
+    from cleanroom.schema import EVENT_COLUMNS
+
+    path = market.write_retailer_log(work / f"{market.config.retailer}-log.csv")
+    header = path.open().readline().strip().split(",")
+    h = harmonize(header, list(EVENT_COLUMNS))
+    room.load(path, mapping=h.mapping)
+    return h
+
+
+def market_config(base: MarketConfig, req: CompareRequest) -> MarketConfig:
+    """The market a request plans in: the configured one, with the request's seed and retailer."""
+    if req.manufacturer not in base.brands:
+        raise ValueError(f"unknown manufacturer {req.manufacturer!r} (brands in this market: {base.brands})")
+    if req.retailer != base.retailer:
+        raise ValueError(f"unknown retailer {req.retailer!r} (this market's retailer: {base.retailer})")
+    return base.model_copy(update={"seed": base.seed if req.seed is None else req.seed})
+
+
+def compare_local(base: MarketConfig, req: CompareRequest, policy: Any, work: Path) -> ComparisonResult:
+    """The whole comparison in this process (no Ray, no LLM): a clean room for the market in ``work``
+    under ``policy`` (a :class:`cleanroom.CleanRoomPolicy`), both plans in parallel threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cleanroom import CleanRoom, Query
+    from federation.market import generate
+
+    cfg = market_config(base, req)
+    market = generate(cfg)
+    room = CleanRoom(work / f"{cfg.retailer}-seed{cfg.seed}.duckdb", policy)
+    try:
+        h = load_retailer_log(room, market, work) if room.version == 0 else harmonize([], [])
+
+        def cleanroom_side() -> tuple[Plan, dict[str, Any], float]:
+            t = time.perf_counter()
+            answers: dict[str, dict[str, Any]] = {}
+            for name, q in cleanroom_queries(req.manufacturer).items():
+                if wants(name, answers):
+                    answers[name] = _asdict(room.query(req.manufacturer, Query.model_validate(q)), room)
+            plan, view, _ = plan_from_cleanroom(answers, req, cfg.days, cfg.horizon_days)
+            return plan, view, time.perf_counter() - t
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:  # NumPy, HiGHS and DuckDB release the GIL for most of it
+            full_f = pool.submit(plan_full, market.brand_data(req.manufacturer), req)
+            clean_f = pool.submit(cleanroom_side)
+            full, clean = full_f.result(), clean_f.result()
+        return build_result(req, market, full, clean, h, time.perf_counter() - started)
+    finally:
+        room.close()
+
+
+def _asdict(result: Any, room: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"k": room.policy.k, **asdict(result)}

@@ -1,0 +1,60 @@
+"""Text the composed adapters write for a comparison: the prompts, the rationale's JSON schema (enforced
+by vLLM's guided decoding) and the brand-governance check of ad lines."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+RATIONALE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "recommendation": {"type": "string", "enum": ["full_data_plan", "cleanroom_plan"]},
+        "key_driver": {
+            "type": "string",
+            "enum": ["margins", "stock", "promotions", "granularity", "attribution_bias", "noise"],
+        },
+        "confidence": {"type": "string", "enum": ["low", "medium", "high"]},
+        "summary": {"type": "string", "maxLength": 100},
+    },
+    "required": ["recommendation", "key_driver", "confidence", "summary"],
+    "additionalProperties": False,
+}
+
+
+def rationale_messages(result: dict[str, Any]) -> list[dict[str, str]]:
+    """Chat messages asking the planning stack to explain a comparison (numbers from ``result``)."""
+    f, c, d = result["full"]["score"], result["cleanroom"]["score"], result["deltas"]
+    text = (
+        f"Media plan comparison for {result['market']['manufacturer']} at {result['market']['retailer']}, "
+        f"budget {result['request']['budget']:g}. Full-data plan: iROAS {f['iroas']}, profit {f['profit']}, "
+        f"{f['skus_covered']} SKUs. Clean-room plan: iROAS {c['iroas']}, profit {c['profit']}, "
+        f"{c['skus_covered']} SKUs; the clean room blocked {', '.join(result['cleanroom_view']['blocked_fields'])}. "
+        f"Profit delta {d['profit']}. Which plan do you recommend and why? Answer in JSON."
+    )
+    return [{"role": "user", "content": text}]
+
+
+def creative_messages(sku: str, category: str, brand: str, retailer: str) -> list[dict[str, str]]:
+    """Chat messages asking the creative stack for one ad line."""
+    return [
+        {
+            "role": "user",
+            "content": f"Write one short ad line for {brand} {category} (SKU {sku}) on {retailer}.",
+        }
+    ]
+
+
+def check_line(text: str, banned_words: list[str], max_chars: int, min_chars: int) -> dict[str, Any]:
+    """Governance verdict for one ad line: ok, and each violated rule."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    violations = []
+    low = line.lower()
+    for word in banned_words:
+        if re.search(r"(?<!\w)" + re.escape(word.lower()) + r"(?!\w)", low):
+            violations.append(f"banned word or claim: {word!r}")
+    if len(line) > max_chars:
+        violations.append(f"longer than {max_chars} characters ({len(line)})")
+    if len(line) < min_chars:
+        violations.append(f"shorter than {min_chars} characters ({len(line)})")
+    return {"text": line, "ok": not violations, "violations": violations}

@@ -1,0 +1,262 @@
+"""A synthetic retail-media market with ground truth, deterministic by seed.
+
+One retailer, several brands, SKUs (category, price, margin, stock, promo calendar, price elasticity),
+placements and shoppers; TRUE saturating response curves per SKU x placement: daily incremental revenue
+``a * (1 - exp(-spend / s))``. History of ``days`` days of flighted, varied spend produces:
+
+- the retailer's event log (impressions/clicks carrying ad cost, purchases attributed to a placement — which
+  include a share of baseline sales of exposed shoppers, so attributed ROAS overstates iROAS), in the
+  retailer's OWN field names (:data:`RETAILER_FIELDS`; see :mod:`federation.harmonize`);
+- each brand's private tables: SKU facts (price, margin, stock, elasticity, promo days), its own spend and
+  campaign-report attributed revenue per SKU x placement x day, its own sell-out (units, revenue) per SKU x day;
+- :class:`Truth` (the curves, baselines and stock headroom over the planning horizon), which only the
+  evaluator reads — planners receive :class:`BrandData` or clean-room answers, never a :class:`Market`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+CATEGORIES = ["coffee", "tea", "cereal", "snacks", "juice", "pet food"]
+PLACEMENTS = ["sponsored_products", "onsite_display", "offsite", "search_banner", "email"]
+START = dt.date(2026, 1, 5)
+
+# the retailer's own column names -> our schema (what harmonisation has to discover)
+RETAILER_FIELDS = {
+    "cust_key": "shopper_id",
+    "txn_day": "event_date",
+    "evt": "event_type",
+    "item_id": "sku",
+    "mfr_name": "brand",
+    "dept": "category",
+    "ad_slot": "placement",
+    "qty": "quantity",
+    "sales_amt": "revenue",
+    "ad_cost": "cost",
+    "gross_margin": "margin",
+    "on_hand": "stock_level",
+    "promo": "promo_flag",
+    "store_region": None,  # not in our schema: reported as unmapped
+}
+
+
+class MarketConfig(BaseModel):
+    """Size and seed of the synthetic market."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(default=7, ge=0, description="Everything is a function of this seed.")
+    retailer: str = Field(default="acme", description="The retailer (its clean room holds the event log).")
+    brands: list[str] = Field(
+        default_factory=lambda: ["brewmax", "beanco", "dailygrind"], min_length=1, description="Brands."
+    )
+    skus_per_brand: int = Field(default=12, ge=1, le=20000, description="SKUs of each brand.")
+    placements: int = Field(default=3, ge=1, le=len(PLACEMENTS), description="Ad placements (first N).")
+    days: int = Field(default=56, ge=7, le=730, description="Days of history.")
+    shoppers: int = Field(default=3000, ge=10, description="Distinct shoppers at the retailer.")
+    horizon_days: int = Field(default=28, ge=1, le=365, description="Days the plan covers.")
+
+
+@dataclass
+class SkuFacts:
+    """A brand's private facts about its SKUs (arrays aligned by SKU)."""
+
+    sku: list[str]
+    category: list[str]
+    price: np.ndarray
+    margin: np.ndarray  # fraction of revenue
+    stock: np.ndarray  # units on hand for the horizon
+    elasticity: np.ndarray
+    promo: np.ndarray  # (sku, day) bool: promo days of the history
+    discount: np.ndarray  # per sku, on promo days
+
+
+@dataclass
+class BrandData:
+    """What a brand knows first-hand (never the true curves)."""
+
+    brand: str
+    facts: SkuFacts
+    placements: list[str]
+    spend: np.ndarray  # (sku, placement, day): its own ad spend
+    attributed: np.ndarray  # (sku, placement, day): revenue the retailer's campaign report attributes
+    units: np.ndarray  # (sku, day): its own sell-out units
+    revenue: np.ndarray  # (sku, day)
+    horizon_days: int
+
+
+@dataclass
+class Truth:
+    """Ground truth, for the evaluator only: daily curves and baselines over the planning horizon."""
+
+    a: np.ndarray  # (sku, placement) daily saturation revenue
+    s: np.ndarray  # (sku, placement) daily spend scale
+    baseline_units: np.ndarray  # (sku,) per day, no promo
+    headroom_units: np.ndarray  # (sku,) stock left for incremental sales over the horizon
+
+
+@dataclass
+class Market:
+    """The whole synthetic world (generator and evaluator side)."""
+
+    config: MarketConfig
+    skus: list[str]
+    brand_of: list[str]
+    placements: list[str]
+    facts: SkuFacts
+    truth: Truth
+    spend: np.ndarray  # (sku, placement, day)
+    attributed: np.ndarray  # (sku, placement, day): attributed revenue (what campaign reports show)
+    units: np.ndarray  # (sku, day)
+    events: dict[str, list[object]] = field(default_factory=dict)  # retailer's log, our column names
+
+    def brand_data(self, brand: str) -> BrandData:
+        """The brand's private tables: its SKUs only, no truth."""
+        if brand not in self.config.brands:
+            raise KeyError(f"unknown brand {brand!r} (brands: {self.config.brands})")
+        idx = [i for i, b in enumerate(self.brand_of) if b == brand]
+        f = self.facts
+        facts = SkuFacts(
+            [f.sku[i] for i in idx],
+            [f.category[i] for i in idx],
+            f.price[idx],
+            f.margin[idx],
+            f.stock[idx],
+            f.elasticity[idx],
+            f.promo[idx],
+            f.discount[idx],
+        )
+        price = f.price[idx][:, None] * np.where(f.promo[idx], 1 - f.discount[idx][:, None], 1.0)
+        return BrandData(
+            brand,
+            facts,
+            self.placements,
+            self.spend[idx],
+            self.attributed[idx],
+            self.units[idx],
+            self.units[idx] * price,
+            self.config.horizon_days,
+        )
+
+    def brand_index(self, brand: str) -> list[int]:
+        """Rows of ``brand``'s SKUs in the market arrays."""
+        return [i for i, b in enumerate(self.brand_of) if b == brand]
+
+    def write_retailer_log(self, path: Path) -> Path:
+        """The event log as the retailer exports it: CSV in the retailer's own field names."""
+        native = {v: k for k, v in RETAILER_FIELDS.items() if v}
+        cols = list(self.events)
+        n = len(self.events[cols[0]])
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow([native[c] for c in cols] + ["store_region"])
+            for i in range(n):
+                w.writerow([self.events[c][i] for c in cols] + ["north" if i % 2 else "south"])
+        return path
+
+
+def generate(config: MarketConfig) -> Market:
+    """Build the market for ``config`` (same config, same market, bit for bit)."""
+    rng = np.random.default_rng(config.seed)
+    nb, per, D = len(config.brands), config.skus_per_brand, config.days
+    n = nb * per
+    placements = PLACEMENTS[: config.placements]
+    P = len(placements)
+    skus = [f"{b[:3].upper()}-{j:04d}" for b in config.brands for j in range(per)]
+    brand_of = [b for b in config.brands for _ in range(per)]
+    category = [CATEGORIES[int(c)] for c in rng.integers(0, len(CATEGORIES), n)]
+    price = np.round(rng.uniform(2.0, 20.0, n), 2)
+    margin = np.round(rng.uniform(0.08, 0.55, n), 3)
+    popularity = 1.0 / (1.0 + np.arange(per)) ** 0.8  # Zipf-like within each brand: a long tail
+    base_units = np.tile(popularity, nb) * rng.uniform(6.0, 14.0, n)
+    elasticity = np.round(rng.uniform(1.0, 3.0, n), 2)
+    discount = np.round(rng.uniform(0.1, 0.3, n), 2)
+    promo = rng.random((n, D)) < 0.1
+    horizon_base = base_units * config.horizon_days
+    stock = np.floor(horizon_base * rng.uniform(1.05, 3.0, n))
+    low = (
+        rng.random(n) < 0.12
+    )  # some SKUs will barely cover their baseline demand: no room for ad-driven sales
+    stock[low] = np.floor(horizon_base[low] * rng.uniform(0.85, 1.0, int(low.sum())))
+    headroom = stock - horizon_base
+    eff = rng.uniform(0.5, 1.5, P)  # placement effectiveness
+    a = price[:, None] * base_units[:, None] * eff[None, :] * rng.uniform(0.1, 0.9, (n, P))
+    s = (2.0 + 30.0 * np.tile(popularity, nb)[:, None]) * rng.uniform(0.5, 2.0, (n, P))
+    # history: flighted spend around a per-cell level, varied day to day (what makes curves identifiable)
+    level = s * rng.uniform(0.3, 2.0, (n, P))
+    on = rng.random((n, P, D)) < 0.7
+    spend = np.round(level[:, :, None] * rng.lognormal(0.0, 0.6, (n, P, D)) * on, 2)
+    inc_rev = a[:, :, None] * (1 - np.exp(-spend / s[:, :, None]))  # (n, P, D)
+    promo_mult = np.where(promo, 1 + elasticity[:, None] * discount[:, None], 1.0)
+    unit_price = price[:, None] * np.where(promo, 1 - discount[:, None], 1.0)
+    mean_units = base_units[:, None] * promo_mult + inc_rev.sum(axis=1) / price[:, None]
+    units = rng.poisson(mean_units).astype(float)
+    # attributed purchases: the incremental ones plus a share of baseline buyers who saw an ad
+    halo = rng.uniform(0.1, 0.4, P)
+    attributed_units = rng.poisson(
+        inc_rev / price[:, None, None]
+        + halo[None, :, None] * base_units[:, None, None] * (1 - np.exp(-spend / (3 * s[:, :, None])))
+    )
+    market = Market(
+        config,
+        skus,
+        brand_of,
+        placements,
+        SkuFacts(skus, category, price, margin, stock, elasticity, promo, discount),
+        Truth(a, s, base_units, headroom),
+        spend,
+        attributed_units * unit_price[:, None, :],
+        units,
+    )
+    market.events = _events(market, rng, attributed_units, unit_price)
+    return market
+
+
+def _events(market: Market, rng: np.random.Generator, attributed: np.ndarray, unit_price: np.ndarray) -> dict:
+    """The retailer's log: per SKU x placement x day up to 4 impression rows sharing the day's cost, one
+    click row, one purchase row per attributed unit; shoppers drawn from a skewed pool."""
+    cfg = market.config
+    cols: dict[str, list[object]] = {c: [] for c in RETAILER_FIELDS.values() if c}
+    shopper_w = rng.pareto(1.5, cfg.shoppers) + 1
+    shopper_w /= shopper_w.sum()
+    n, P, D = market.spend.shape
+    f = market.facts
+    dates = [(START + dt.timedelta(days=d)).isoformat() for d in range(D)]
+
+    def add(i: int, p: int, d: int, etype: str, qty: int, rev: float, cost: float, who: int) -> None:
+        cols["shopper_id"].append(f"C{who:06d}")
+        cols["event_date"].append(dates[d])
+        cols["event_type"].append(etype)
+        cols["sku"].append(market.skus[i])
+        cols["brand"].append(market.brand_of[i])
+        cols["category"].append(f.category[i])
+        cols["placement"].append(market.placements[p])
+        cols["quantity"].append(qty)
+        cols["revenue"].append(round(rev, 2))
+        cols["cost"].append(round(cost, 4))
+        cols["margin"].append(float(f.margin[i]))
+        cols["stock_level"].append(int(f.stock[i]))
+        cols["promo_flag"].append(bool(f.promo[i, d]))
+
+    for i in range(n):
+        for p in range(P):
+            for d in range(D):
+                x = float(market.spend[i, p, d])
+                k = int(attributed[i, p, d])
+                if x <= 0 and k == 0:
+                    continue
+                imps = min(4, max(1, int(x // 5) + 1)) if x > 0 else 0
+                who = rng.choice(cfg.shoppers, size=imps + (1 if x > 0 else 0) + k, p=shopper_w)
+                for j in range(imps):
+                    add(i, p, d, "impression", 0, 0.0, x / imps, int(who[j]))
+                if x > 0:
+                    add(i, p, d, "click", 0, 0.0, 0.0, int(who[imps]))
+                for j in range(k):
+                    add(i, p, d, "purchase", 1, float(unit_price[i, d]), 0.0, int(who[-1 - j]))
+    return cols

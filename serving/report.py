@@ -1,0 +1,67 @@
+"""Plain-text rendering of a ComparisonResult (``rmn compare`` and ``make demo``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+ROWS = [
+    ("spend", "spend ($)", "{:,.2f}"),
+    ("incremental_revenue", "incremental revenue ($, true)", "{:,.2f}"),
+    ("iroas", "iROAS (true)", "{:.3f}"),
+    ("profit", "profit ($, true)", "{:,.2f}"),
+    ("skus_covered", "SKUs covered", "{:d}"),
+    ("forecast_wape", "forecast WAPE", "{:.3f}"),
+    ("forecast_bias", "forecast bias", "{:+.3f}"),
+    ("spend_out_of_stock", "spend on out-of-stock SKUs ($)", "{:,.2f}"),
+]
+
+
+def _fmt(spec: str, value: Any) -> str:
+    return spec.format(int(value)) if spec == "{:d}" else spec.format(value)
+
+
+def format_comparison(body: dict[str, Any]) -> str:
+    """The side-by-side table, the verdict, what the clean room withheld, timings and the written text."""
+    m, f, c, d = body["market"], body["full"]["score"], body["cleanroom"]["score"], body["deltas"]
+    lines = [
+        f"{m['manufacturer']} at {m['retailer']} — market seed {m['seed']}, {m['skus']} SKUs x "
+        f"{len(m['placements'])} placements, {m['history_days']} days of history, plan for {m['horizon_days']} days, "
+        f"budget {body['request']['budget']:,.2f}",
+        "",
+        f"{'metric':32s}{'full data':>14s}{'clean room':>14s}{'delta':>14s}",
+    ]
+    for key, label, spec in ROWS:
+        lines.append(f"{label:32s}{_fmt(spec, f[key]):>14s}{_fmt(spec, c[key]):>14s}{d[key]:>14,.3f}")
+    lines.append(
+        f"{'predicted iROAS (own model)':32s}{body['full']['predicted_iroas']:>14.3f}"
+        f"{body['cleanroom']['predicted_iroas']:>14.3f}"
+    )
+    v, t = body["cleanroom_view"], body["timing"]
+    lines += [
+        "",
+        f"verdict: {body['verdict']}",
+        f"clean room: {v['cells_released']} SKU x placement cells released, {v['cells_suppressed']} suppressed "
+        f"(k={v['k']}), blocked fields: {', '.join(v['blocked_fields']) or 'none'}"
+        + (f", epsilon spent {v['epsilon_spent']}" if v.get("noisy") else ""),
+        f"harmonized: {len(body['harmonization']['mapping'])} retailer fields mapped, unmapped: "
+        f"{', '.join(body['harmonization']['unmapped']) or 'none'}",
+        f"shadow prices (full plan): budget {body['full']['shadow_prices'].get('budget')}, "
+        f"ROAS floor {body['full']['shadow_prices'].get('roas_floor')}, "
+        f"{body['full']['shadow_prices'].get('stock_binding_skus', 0)} SKUs stock-bound",
+        f"parallel: wall {t['wall_s']:.3f}s vs full {t['full_s']:.3f}s + clean room {t['cleanroom_s']:.3f}s "
+        f"= {t['sum_s']:.3f}s ({t['wall_over_sum']:.2f}x)",
+    ]
+    r = body.get("rationale")
+    if r:
+        lines.append(
+            f"rationale ({r.get('model', '?')}): "
+            + (json.dumps(r["json"]) if "json" in r else f"not written: {r.get('error')}")
+        )
+    for cr in body.get("creatives") or []:
+        if "error" in cr:
+            lines.append(f"creative {cr['sku']}: not written: {cr['error']}")
+        else:
+            verdict = "OK" if cr["ok"] else "REJECTED (" + "; ".join(cr["violations"]) + ")"
+            lines.append(f"creative {cr['sku']}: {cr['text']!r} -> {verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Synthetic market, harmonisation, curve fits, the budget LP, scoring on ground truth, governance."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from cleanroom import CleanRoomPolicy
+from cleanroom.schema import EVENT_COLUMNS
+from federation.compare import CompareRequest, compare_local, plan_full
+from federation.creatives import check_line
+from federation.curves import Curve
+from federation.harmonize import harmonize
+from federation.market import RETAILER_FIELDS, MarketConfig, generate
+from federation.planner import CellInput, PlanningError, PlanRequest, solve
+from federation.scoring import score
+
+SMALL = MarketConfig(seed=5, brands=["brewmax", "beanco"], skus_per_brand=8, days=28, shoppers=500)
+
+
+def test_market_is_deterministic_by_seed_and_changes_with_it() -> None:
+    a, b, c = generate(SMALL), generate(SMALL), generate(SMALL.model_copy(update={"seed": 6}))
+    assert a.events == b.events and np.array_equal(a.truth.a, b.truth.a)
+    assert a.events != c.events and not np.array_equal(a.truth.a, c.truth.a)
+    brand = a.brand_data("brewmax")
+    assert brand.spend.shape == (8, 3, 28) and not hasattr(brand, "truth")
+    with pytest.raises(KeyError, match="unknown brand"):
+        a.brand_data("nobody")
+
+
+def test_harmonize_maps_the_retailers_names_and_reports_the_rest() -> None:
+    h = harmonize(list(RETAILER_FIELDS), list(EVENT_COLUMNS))
+    assert h.mapping == {k: v for k, v in RETAILER_FIELDS.items() if v} and h.unmapped == ["store_region"]
+    fuzzy = harmonize(["Customer ID", "Txn-Date", "evnt", "Item", "brnd", "x"], list(EVENT_COLUMNS))
+    assert fuzzy.mapping == {
+        "Customer ID": "shopper_id",
+        "Txn-Date": "event_date",
+        "evnt": "event_type",
+        "Item": "sku",
+        "brnd": "brand",
+    }
+    assert fuzzy.unmapped == ["x"] and "placement" in fuzzy.missing
+    dup = harmonize(["qty", "units"], list(EVENT_COLUMNS))  # two names for one column: the first wins
+    assert dup.mapping == {"qty": "quantity"} and dup.unmapped == ["units"]
+
+
+def _cells(n: int = 6, headroom: float | None = None) -> list[CellInput]:
+    return [
+        CellInput(
+            Curve(f"S{i}", "p", a=40.0 + 10 * i, s=5.0 + i), value=0.3, price=5.0, headroom_units=headroom
+        )
+        for i in range(n)
+    ]
+
+
+def test_lp_solution_honours_every_constraint() -> None:
+    req = PlanRequest(budget=1000, roas_floor=1.5, exploration_share=0.3, max_cell_share=0.3)
+    cells = _cells()
+    cells[0] = CellInput(cells[0].curve, 0.3, 5.0, headroom_units=10.0)  # little stock on S0
+    plan = solve(cells, req, days=14, objective="profit")
+    spend = np.array(list(plan.spend.values()))
+    assert spend.sum() == pytest.approx(1000)  # budget (must_spend)
+    assert (spend >= 0.3 * 1000 / 6 - 1e-6).all() and (spend <= 300 + 1e-6).all()  # exploration, cell cap
+    assert plan.predicted_iroas >= 1.5 - 1e-9  # ROAS floor, in the planner's own model
+    explore = 0.3 * 1000 / 6
+    s0 = cells[0].curve
+    optional_units = (plan.predicted_revenue[("S0", "p")] - s0.revenue(explore, 14)) / 5.0
+    assert optional_units == pytest.approx(10.0)  # stock headroom binds beyond exploration
+    assert plan.shadow_prices["stock_binding_skus"] >= 1 and plan.shadow_prices["budget"] > 0
+
+
+@pytest.mark.parametrize(
+    ("req", "needle"),
+    [
+        (PlanRequest(budget=1000, roas_floor=50), "roas_floor 50 is unreachable"),
+        (PlanRequest(budget=1000, exploration_share=1.0, max_cell_share=0.1), "above max_cell_share"),
+        (PlanRequest(budget=1000, max_cell_share=0.1), "exceeds what 6 cells can take"),
+    ],
+)
+def test_infeasible_plans_say_why(req: PlanRequest, needle: str) -> None:
+    with pytest.raises(PlanningError, match=needle):
+        solve(_cells(), req, days=14, objective="profit")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"budget": -1},
+        {"budget": 0},
+        {"budget": float("nan")},
+        {"budget": 100, "exploration_share": 1.5},
+        {"budget": 100, "roas_floor": -1},
+        {"budget": 100, "roas_floor": float("inf")},
+        {"budget": 100, "surprise": 1},
+    ],
+)
+def test_malformed_requests_are_refused(fields: dict) -> None:
+    with pytest.raises(ValidationError):
+        PlanRequest(**fields)
+
+
+def test_planners_never_see_the_truth_and_the_evaluator_does() -> None:
+    market = generate(SMALL)
+    req = PlanRequest(budget=600)
+    plan, _ = plan_full(market.brand_data("brewmax"), req)
+    other = copy.deepcopy(market)
+    other.truth.a *= 2.0  # a different truth behind the same observed data
+    plan2, _ = plan_full(other.brand_data("brewmax"), req)
+    assert plan.spend == plan2.spend  # the planner's input does not include the truth
+    assert score(plan2, other).incremental_revenue > score(plan, market).incremental_revenue
+
+
+def test_scoring_caps_sales_at_true_stock_and_counts_out_of_stock_spend() -> None:
+    market = generate(SMALL)
+    i = int(np.argmin(market.truth.headroom_units))
+    market.truth.headroom_units[i] = 0.0
+    sku, placement = market.skus[i], market.placements[0]
+    from federation.planner import Plan
+
+    plan = Plan("profit", {(sku, placement): 500.0}, {(sku, placement): 900.0}, 500.0, 1.8)
+    s = score(plan, market)
+    assert s.incremental_revenue == 0 and s.spend_out_of_stock == 500 and s.profit == -500
+    assert s.forecast_bias == 0 and s.forecast_wape == 0  # no true revenue: errors undefined -> 0
+
+
+def test_compare_local_measures_both_plans_and_every_number_moves_with_the_data(tmp_path: Path) -> None:
+    policy = CleanRoomPolicy(retailer="acme", k=20)
+    req = CompareRequest(budget=800, manufacturer="brewmax", roas_floor=0.1)
+    a = compare_local(SMALL, req, policy, tmp_path / "a")
+    b = compare_local(SMALL, req.model_copy(update={"seed": 9}), policy, tmp_path / "b")
+    assert set(a.cleanroom_view["blocked_fields"]) == {"margin", "promo_flag", "stock_level"}
+    assert a.harmonization["unmapped"] == ["store_region"]
+    for side in ("full", "cleanroom"):
+        sa, sb = getattr(a, side).score, getattr(b, side).score
+        for metric in ("incremental_revenue", "iroas", "profit", "forecast_wape", "forecast_bias"):
+            assert getattr(sa, metric) != getattr(sb, metric), (side, metric)
+    assert a.deltas["profit"] == pytest.approx(a.full.score.profit - a.cleanroom.score.profit, abs=0.02)
+    assert a.timing["wall_s"] <= a.timing["sum_s"] + 0.05
+
+
+def test_governance_verdicts() -> None:
+    banned = ["guaranteed", "#1", "risk-free"]
+    assert check_line("Fresh coffee, every morning.", banned, 90, 10)["ok"]
+    bad = check_line("The #1 coffee, guaranteed fresh or RISK-FREE!", banned, 30, 10)
+    assert not bad["ok"] and len(bad["violations"]) == 4  # three claims and the length
+    assert "shorter than 10" in check_line("Buy", banned, 90, 10)["violations"][0]
+    assert check_line("unguaranteedly", banned, 90, 5)["ok"]  # words, not substrings
+    assert check_line("line one\nline two is ignored", banned, 9, 1)["text"] == "line one"
