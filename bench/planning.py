@@ -1,9 +1,12 @@
 """Planning benchmark: LP solve time vs SKUs, and compare wall time vs the sum of the two plans.
 
-1. LP: random concave curves for N SKUs x 5 placements (12 segments each; stock headroom on every SKU,
-   a ROAS floor, exploration share), solved by HiGHS; N = 100 → 10,000. Target: <= 2 s at 10k SKUs.
-2. Compare: ``compare_local`` on the default demo market (both plans in parallel threads, clean room in
-   DuckDB): wall time vs full-data side + clean-room side. Target: <= 0.6x.
+1. LP: random concave curves for N SKUs x 5 placements (12 segments + 1 exploration segment each; stock
+   headroom on every SKU, a ROAS floor, exploration share), solved by HiGHS with column generation;
+   N = 100 → 10,000. Target: <= 2 s at 10k SKUs. At 1,000 SKUs the full LP is solved too, and the two
+   optima must agree (``full_lp_agrees``).
+2. Compare: wall time of both plans vs the sum of the two sides. (a) ``compare_local`` on the demo
+   market (two threads in one process); (b) ``POST /v1/plans/compare`` on a local Ray Serve app (two planner
+   replicas; the clean-room side through the clean-room deployment). Target: <= 0.6x.
 Writes ``bench/results/planning.json``. Usage: ``python -m bench.planning [--skus 100 1000 10000]``.
 """
 
@@ -26,12 +29,13 @@ def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
 
     rng = np.random.default_rng(n_skus)
     placements = 5
+    margin, price, headroom = (rng.uniform(lo, hi, n_skus) for lo, hi in ((0.1, 0.5), (2, 20), (10, 500)))
     cells = [
         CellInput(
             Curve(f"S{i}", f"p{j}", float(rng.uniform(5, 100)), float(rng.uniform(2, 40))),
-            value=float(rng.uniform(0.1, 0.5)),
-            price=float(rng.uniform(2, 20)),
-            headroom_units=float(rng.uniform(10, 500)),
+            value=float(margin[i]),
+            price=float(price[i]),
+            headroom_units=float(headroom[i]),
         )
         for i in range(n_skus)
         for j in range(placements)
@@ -43,14 +47,36 @@ def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
         t = time.perf_counter()
         plan = solve(cells, req, days=28, objective="profit")
         times.append(time.perf_counter() - t)
+    agrees = None
+    if n_skus == 1000:  # the full LP (every column from the start) must reach the same optimum
+        import federation.planner as planner
+
+        initial = planner._initial_columns
+        planner._initial_columns = lambda optional, *args: optional.copy()  # type: ignore[assignment]
+        try:
+            t = time.perf_counter()
+            full = solve(cells, req, days=28, objective="profit")
+            full_s = time.perf_counter() - t
+        finally:
+            planner._initial_columns = initial  # type: ignore[assignment]
+        agrees = bool(np.isclose(_objective(full, cells), _objective(plan, cells), rtol=1e-7))
     return {
+        "full_lp_agrees": agrees,
+        "full_lp_solve_s": round(full_s, 3) if agrees is not None else None,
         "skus": n_skus,
         "cells": len(cells),
         "variables": len(cells) * 13,
         "solve_s_median": round(statistics.median(times), 3),
         "predicted_iroas": round(plan.predicted_iroas, 3),
         "stock_binding_skus": plan.shadow_prices["stock_binding_skus"],
+        "lp_columns": plan.shadow_prices["lp_columns"],
+        "full_lp_columns": plan.shadow_prices["lp_columns_full"],
     }
+
+
+def _objective(plan: Any, cells: list[Any]) -> float:
+    value = {(c.curve.sku, c.curve.placement): c.value for c in cells}
+    return sum(value[k] * r for k, r in plan.predicted_revenue.items())
 
 
 def compare_run(reps: int) -> dict[str, Any]:
@@ -76,18 +102,67 @@ def compare_run(reps: int) -> dict[str, Any]:
     }
 
 
+def serve_run(reps: int, skus_per_brand: int) -> dict[str, Any]:
+    """``POST /v1/plans/compare`` on a local Ray Serve app (tiny model, 1 engine replica, 2 planner
+    replicas): the comparison deployment's wall time for both plans vs the sum of each side's time."""
+    import httpx
+
+    from serving.config import AppConfig
+    from serving.defaults import ACME_POLICY, DEMO_KEYS, demo_config
+    from serving.local import local_app
+    from serving.modelprep.tiny import build_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="rmn-bench-plan-"))
+    base = demo_config().model_dump(mode="json")
+    base.update(
+        model={"path": str(build_tiny_model(work / "tiny")), "served_name": "base"},
+        adapters={"root": str(work / "adapters"), "cache_root": str(work / "composites")},
+        engine={"max_model_len": 512, "max_loras": 2, "max_cpu_loras": 2, "max_lora_rank": 16},
+        engine_deployment={"num_cpus": 0.5, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        cleanroom={"retailers": [{"db_path": str(work / "acme.duckdb"), "policy": ACME_POLICY}]},
+        comparison={
+            "market": {"skus_per_brand": skus_per_brand, "shoppers": 500 * skus_per_brand},
+            "planner_deployment": {"num_replicas": 2},
+        },
+    )
+    base["federation"]["audit_log"] = None
+    cfg = AppConfig.model_validate(base)
+    headers = {"authorization": f"Bearer {DEMO_KEYS['brewmax']}"}
+    runs = []
+    with local_app(cfg) as url:
+        for rep in range(reps + 1):  # the first builds the market and its clean room: not counted
+            body = {"budget": 5000, "manufacturer": "brewmax", "creatives": 0, "seed": 7, "roas_floor": 0.5}
+            r = httpx.post(f"{url}/v1/plans/compare", json=body, headers=headers, timeout=600)
+            if r.status_code != 200:
+                raise RuntimeError(f"compare failed: {r.status_code} {r.text}")
+            if rep:
+                runs.append(r.json()["timing"])
+    ratio = [t["wall_over_sum"] for t in runs]
+    return {
+        "market": f"3 brands x {skus_per_brand} SKUs x 3 placements, 56 days, DP clean room",
+        "reps": reps,
+        "full_s_median": statistics.median(t["full_s"] for t in runs),
+        "cleanroom_s_median": statistics.median(t["cleanroom_s"] for t in runs),
+        "wall_s_median": statistics.median(t["wall_s"] for t in runs),
+        "wall_over_sum_median": round(statistics.median(ratio), 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skus", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--serve-skus", type=int, default=60, help="SKUs per brand in the served market")
     args = ap.parse_args()
-    out: dict[str, Any] = {"lp": [], "compare": None}
+    out: dict[str, Any] = {"lp": [], "compare_in_process": None, "compare_serve": None}
     for n in args.skus:
         run = lp_run(n, args.reps)
         out["lp"].append(run)
         print(run, flush=True)
-    out["compare"] = compare_run(5)
-    print(out["compare"], flush=True)
+    out["compare_in_process"] = compare_run(5)
+    print(out["compare_in_process"], flush=True)
+    out["compare_serve"] = serve_run(5, args.serve_skus)
+    print(out["compare_serve"], flush=True)
     path = Path("bench/results/planning.json")
     path.write_text(json.dumps(out, indent=2))
 

@@ -11,9 +11,9 @@ with no headroom get no spend beyond exploration: none at all). Duals give the s
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,7 +51,8 @@ class PlanRequest(BaseModel):
 
 @dataclass(frozen=True)
 class CellInput:
-    """One plannable cell: its curve, what a $ of its revenue is worth, and stock (None: unknown)."""
+    """One plannable cell: its curve, what a $ of its revenue is worth, and its SKU's stock headroom in
+    units (None: unknown; shared by the SKU's cells)."""
 
     curve: Curve
     value: float = 1.0
@@ -72,102 +73,104 @@ class Plan:
     solve_s: float = 0.0
 
 
-def _segments(c: Curve, lo: float, hi: float, days: int) -> list[tuple[float, float]]:
-    """(width, slope) of each segment: one forced exploration segment [0, lo], then [lo, hi] split so
-    segments are finer where the curve bends."""
-    edges = [lo] + [lo + (hi - lo) * (j / SEGMENTS) ** 2 for j in range(1, SEGMENTS + 1)]
-    out = [(lo, c.revenue(lo, days) / lo if lo > 0 else 0.0)]
-    for x0, x1 in itertools.pairwise(edges):
-        if x1 > x0:
-            out.append((x1 - x0, (c.revenue(x1, days) - c.revenue(x0, days)) / (x1 - x0)))
-    return out
+def _segment_arrays(cells: list[CellInput], lo: float, hi: float, days: int) -> tuple[np.ndarray, np.ndarray]:
+    """(width, slope) per cell x segment: segment 0 = the forced exploration spend [0, lo], then [lo, hi] in
+    ``SEGMENTS`` pieces, finer where the curve bends (quadratic spacing). Shapes (cells, SEGMENTS + 1)."""
+    a = np.array([max(c.curve.a, 0.0) for c in cells])[:, None]
+    sc = np.array([max(c.curve.s, 1e-9) for c in cells])[:, None]
+    frac = (np.arange(1, SEGMENTS + 1) / SEGMENTS) ** 2
+    edges = np.concatenate(
+        [
+            np.zeros((len(cells), 1)),
+            np.full((len(cells), 1), lo),
+            np.tile(lo + (hi - lo) * frac, (len(cells), 1)),
+        ],
+        axis=1,
+    )
+    revenue = days * a * (1 - np.exp(-edges / (days * sc)))
+    width = np.diff(edges, axis=1)
+    slope = np.diff(revenue, axis=1) / np.where(width > 0, width, 1.0)
+    return width, slope
 
 
 def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -> Plan:
-    """Allocate ``req.budget`` over ``cells`` (see the module contract); raises :class:`PlanningError`."""
-    import time
+    """Allocate ``req.budget`` over ``cells`` (see the module contract); raises :class:`PlanningError`.
 
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix
+    Solved by column generation over the segments: an LP over the most valuable segments first, then any
+    left-out segment with a profitable reduced cost (under the LP's duals) is added and the LP re-solved,
+    until none is — the optimum of the full LP, at a fraction of its size."""
+    import time
 
     if not cells:
         raise PlanningError("no cell to plan: nothing known about any SKU x placement")
     started = time.perf_counter()
     B = req.budget
-    lo = req.exploration_share * B / len(cells)
+    n = len(cells)
+    lo = req.exploration_share * B / n
     hi = req.max_cell_share * B
     if lo > hi:
         raise PlanningError(
-            f"exploration_share gives each of {len(cells)} cells {lo:.2f}, above max_cell_share's {hi:.2f}"
+            f"exploration_share gives each of {n} cells {lo:.2f}, above max_cell_share's {hi:.2f}"
         )
-    if req.must_spend and hi * len(cells) < B * (1 - 1e-9):
+    if req.must_spend and hi * n < B * (1 - 1e-9):
         raise PlanningError(
-            f"budget {B:g} exceeds what {len(cells)} cells can take at max_cell_share {req.max_cell_share:g}"
+            f"budget {B:g} exceeds what {n} cells can take at max_cell_share {req.max_cell_share:g}"
         )
-    cols_cell, widths, slopes, forced = [], [], [], []
-    for ci, c in enumerate(cells):
-        for j, (w, sl) in enumerate(_segments(c.curve, lo, hi, days)):
-            cols_cell.append(ci)
-            widths.append(w)
-            slopes.append(sl)
-            forced.append(j == 0)
-    nv = len(widths)
-    cell_of = np.array(cols_cell)
-    slope = np.array(slopes)
-    value = np.array([cells[i].value for i in cols_cell])
-    bounds = [(w, w) if f else (0.0, w) for w, f in zip(widths, forced, strict=True)]
-    # rows: [ROAS floor] + [stock per SKU with known headroom]
-    rows, cols, vals, rhs, names = [], [], [], [], []
-    rows += [0] * nv
-    cols += list(range(nv))
-    vals += list(req.roas_floor - slope)
-    rhs.append(0.0)
-    names.append("roas_floor")
-    stock_rows: dict[str, int] = {}
-    for v in range(nv):
-        c = cells[cols_cell[v]]
-        if c.headroom_units is None or forced[v]:
+    width2, slope2 = _segment_arrays(cells, lo, hi, days)
+    S1 = width2.shape[1]
+    width, slope = width2.ravel(), slope2.ravel()
+    cell_of = np.repeat(np.arange(n), S1)
+    forced = np.tile(np.arange(S1) == 0, n)
+    value = np.repeat(np.array([c.value for c in cells]), S1)
+    price = np.repeat(np.array([max(c.price, 1e-9) for c in cells]), S1)
+    skus = [c.curve.sku for c in cells]
+    sku_names, sku_of_cell = np.unique(np.array(skus, dtype=object), return_inverse=True)
+    headroom = np.full(len(sku_names), np.nan)
+    for ci, c in enumerate(cells):  # a SKU's stock is shared by its cells; if they disagree, the least
+        if c.headroom_units is not None:
+            headroom[sku_of_cell[ci]] = np.fmin(headroom[sku_of_cell[ci]], max(c.headroom_units, 0.0))
+    sku_of = np.repeat(sku_of_cell, S1)
+    stocked = ~forced & ~np.isnan(headroom[sku_of])
+    gain = value * slope  # objective per $ (maximised)
+    optional = ~forced & (width > 0)
+    active = forced | _initial_columns(optional, gain, slope, width, 2.0 * B)
+    problem = _Problem(req, B, width, slope, gain, forced, stocked, sku_of, price, headroom)
+    while True:
+        res, cols = problem.solve(active)
+        if res.status == 2:  # infeasible on these columns: widen, and only the full LP decides
+            if active[optional].all():
+                raise PlanningError(_why_infeasible(cells, req, days, objective))
+            active = forced | _initial_columns(optional, gain, slope, width, 4.0 * float(width[active].sum()))
             continue
-        sku = c.curve.sku
-        if sku not in stock_rows:
-            stock_rows[sku] = len(rhs)
-            rhs.append(max(c.headroom_units, 0.0))
-            names.append(f"stock:{sku}")
-        rows.append(stock_rows[sku])
-        cols.append(v)
-        vals.append(slope[v] / max(c.price, 1e-9))
-    A_ub = coo_matrix((vals, (rows, cols)), shape=(len(rhs), nv)).tocsr()
-    budget_row = coo_matrix((np.ones(nv), (np.zeros(nv), np.arange(nv))), shape=(1, nv)).tocsr()
-    eq = {"A_eq": budget_row, "b_eq": [B]} if req.must_spend else {}
-    if not req.must_spend:
-        A_ub = _vstack(A_ub, budget_row)
-        rhs.append(B)
-        names.append("budget")
-    res = linprog(-(value * slope), A_ub=A_ub, b_ub=rhs, bounds=bounds, method="highs", **eq)
-    if res.status == 2:
-        raise PlanningError(_why_infeasible(cells, req, days, objective))
-    if res.status != 0:
-        raise PlanningError(f"the solver stopped: {res.message}")
-    y = res.x
-    spend_c = np.bincount(cell_of, weights=y, minlength=len(cells))
-    rev_c = np.bincount(cell_of, weights=y * slope, minlength=len(cells))
+        if res.status != 0:
+            raise PlanningError(f"the solver stopped: {res.message}")
+        reduced = problem.reduced_costs(res, ~active & optional)
+        entering = (~active & optional) & (reduced < -1e-9)
+        if not entering.any():
+            break
+        active |= entering
+    y = np.zeros(len(width))
+    y[cols] = res.x
+    spend_c = np.bincount(cell_of, weights=y, minlength=n)
+    rev_c = np.bincount(cell_of, weights=y * slope, minlength=n)
     total = float(spend_c.sum())
     key = [(c.curve.sku, c.curve.placement) for c in cells]
-    duals_ub = -np.asarray(res.ineqlin.marginals)  # for the maximisation: objective gained per unit of rhs
-    budget_dual = -float(res.eqlin.marginals[0]) if req.must_spend else float(duals_ub[-1])
+    duals = problem.duals(res)
     stock_values = sorted(
-        ((names[r][6:], float(duals_ub[r])) for r in stock_rows.values() if duals_ub[r] > 1e-9),
+        ((str(sku_names[i]), float(v)) for i, v in enumerate(duals["stock"]) if v > 1e-9),
         key=lambda kv: -kv[1],
     )
     shadow = {
-        "budget": round(budget_dual, 6),  # objective per extra $ of budget (marginal profit or revenue)
-        "roas_floor": round(float(duals_ub[0]) * total, 6),  # objective lost per +1.0 of the floor
+        "budget": round(duals["budget"], 6),  # objective per extra $ of budget (margin $ or revenue $)
+        "roas_floor": round(duals["floor"] * total, 6),  # objective lost per +1.0 of the floor
         "stock": [{"sku": s, "value_per_unit": round(v, 6)} for s, v in stock_values[:10]],
         "stock_binding_skus": len(stock_values),
+        "lp_columns": int(active.sum()),
+        "lp_columns_full": int((forced | optional).sum()),
     }
     return Plan(
         objective,
-        {k: float(s) for k, s in zip(key, spend_c, strict=True)},
+        {k: float(x) for k, x in zip(key, spend_c, strict=True)},
         {k: float(r) for k, r in zip(key, rev_c, strict=True)},
         total,
         float(rev_c.sum() / total) if total > 0 else 0.0,
@@ -176,10 +179,86 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
     )
 
 
-def _vstack(a: object, b: object) -> object:
-    from scipy.sparse import vstack
+def _initial_columns(
+    optional: np.ndarray, gain: np.ndarray, slope: np.ndarray, width: np.ndarray, room: float
+) -> np.ndarray:
+    """Optional segments in the best-gain prefix and in the best-slope prefix (for the ROAS floor), each
+    prefix holding ``room`` dollars of width. Concave curves make each a prefix of every cell's segments."""
+    chosen = np.zeros(len(optional), dtype=bool)
+    idx = np.flatnonzero(optional)
+    for key in (gain, slope):
+        order = idx[np.argsort(-key[idx], kind="stable")]
+        upto = int(np.searchsorted(np.cumsum(width[order]), room)) + 1
+        chosen[order[:upto]] = True
+    return chosen
 
-    return vstack([a, b]).tocsr()
+
+@dataclass
+class _Problem:
+    """The LP over a subset of columns: rows = [ROAS floor, stock per SKU] (+ budget as <= or ==)."""
+
+    req: PlanRequest
+    budget: float
+    width: np.ndarray
+    slope: np.ndarray
+    gain: np.ndarray
+    forced: np.ndarray
+    stocked: np.ndarray
+    sku_of: np.ndarray
+    price: np.ndarray
+    headroom: np.ndarray
+
+    def solve(self, active: np.ndarray) -> tuple[Any, np.ndarray]:
+        from scipy.optimize import linprog
+        from scipy.sparse import coo_matrix
+
+        cols = np.flatnonzero(active)
+        m = len(cols)
+        n_sku = len(self.headroom)
+        st = np.flatnonzero(self.stocked[cols])
+        rows = np.concatenate([np.zeros(m, dtype=int), 1 + self.sku_of[cols[st]]])
+        colix = np.concatenate([np.arange(m), st])
+        vals = np.concatenate(
+            [self.req.roas_floor - self.slope[cols], self.slope[cols[st]] / self.price[cols[st]]]
+        )
+        rhs = np.concatenate([[0.0], np.nan_to_num(self.headroom, nan=np.inf)])
+        keep = np.isfinite(rhs)  # SKUs with unknown stock have no row
+        A = coo_matrix((vals, (rows, colix)), shape=(1 + n_sku, m)).tocsr()[keep]
+        b = rhs[keep]
+        ones = np.ones((1, m))
+        if self.req.must_spend:
+            extra = {"A_eq": ones, "b_eq": [self.budget]}
+        else:
+            from scipy.sparse import vstack
+
+            A, b, extra = vstack([A, ones]).tocsr(), np.concatenate([b, [self.budget]]), {}
+        w = self.width[cols]
+        bounds = np.stack([np.where(self.forced[cols], w, 0.0), w], axis=1)
+        res = linprog(-self.gain[cols], A_ub=A, b_ub=b, bounds=bounds, method="highs", **extra)
+        self._keep = keep
+        return res, cols
+
+    def _pi(self, res: Any) -> tuple[float, float, np.ndarray]:
+        """Duals (scipy's sign, of the minimisation): budget, floor, stock per SKU (0 where no row)."""
+        ub = np.asarray(res.ineqlin.marginals)
+        stock = np.zeros(len(self.headroom))
+        stock[self._keep[1:]] = ub[1 : 1 + int(self._keep[1:].sum())]
+        budget = float(res.eqlin.marginals[0]) if self.req.must_spend else float(ub[-1])
+        return budget, float(ub[0]), stock
+
+    def reduced_costs(self, res: Any, which: np.ndarray) -> np.ndarray:
+        """Reduced costs (minimisation) of the columns in ``which``; elsewhere +inf."""
+        pb, pf, ps = self._pi(res)
+        out = np.full(len(self.width), np.inf)
+        j = np.flatnonzero(which)
+        stock_term = np.where(self.stocked[j], ps[self.sku_of[j]] * self.slope[j] / self.price[j], 0.0)
+        out[j] = -self.gain[j] - (pb + pf * (self.req.roas_floor - self.slope[j]) + stock_term)
+        return out
+
+    def duals(self, res: Any) -> dict[str, Any]:
+        """Shadow prices for the maximisation: objective gained per unit of each right-hand side."""
+        pb, pf, ps = self._pi(res)
+        return {"budget": -pb, "floor": -pf, "stock": -ps}
 
 
 def _why_infeasible(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -> str:

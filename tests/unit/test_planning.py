@@ -150,3 +150,25 @@ def test_governance_verdicts() -> None:
     assert "shorter than 10" in check_line("Buy", banned, 90, 10)["violations"][0]
     assert check_line("unguaranteedly", banned, 90, 5)["ok"]  # words, not substrings
     assert check_line("line one\nline two is ignored", banned, 9, 1)["text"] == "line one"
+
+
+def test_column_generation_reaches_the_full_lp_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    import federation.planner as planner
+
+    rng = np.random.default_rng(3)
+    cells = [
+        CellInput(
+            Curve(f"S{i}", f"p{j}", float(rng.uniform(5, 100)), float(rng.uniform(2, 40))), 0.3, 5.0, 40.0
+        )
+        for i in range(60)
+        for j in range(4)
+    ]
+    req = PlanRequest(budget=2000, roas_floor=0.8, exploration_share=0.1, max_cell_share=0.05)
+    fast = solve(cells, req, days=28, objective="profit")
+    monkeypatch.setattr(planner, "_initial_columns", lambda optional, *args: optional.copy())
+    full = solve(cells, req, days=28, objective="profit")
+    assert fast.shadow_prices["lp_columns"] < full.shadow_prices["lp_columns"]
+    assert sum(fast.predicted_revenue.values()) == pytest.approx(
+        sum(full.predicted_revenue.values()), rel=1e-7
+    )
+    assert fast.shadow_prices["budget"] == pytest.approx(full.shadow_prices["budget"], rel=1e-6)
