@@ -34,6 +34,9 @@ class CompareRequest(PlanRequest):
     manufacturer: str = Field(max_length=64, description="The brand planning (its private data).")
     seed: int | None = Field(default=None, ge=0, le=2**31, description="Market seed (default: config's).")
     creatives: int = Field(default=3, ge=0, le=10, description="Ad lines to write (top SKUs by spend).")
+    write_text: bool = Field(
+        default=True, description="Write the rationale and ad lines (false: numbers only)."
+    )
 
 
 class PlanSide(BaseModel):
@@ -45,6 +48,9 @@ class PlanSide(BaseModel):
     score: Score
     shadow_prices: dict[str, Any]
     allocation: list[dict[str, Any]]
+    curves: list[dict[str, Any]] = Field(
+        default_factory=list, description="The planner's response curves of its top cells: [spend, revenue]."
+    )
     seconds: float
 
 
@@ -146,8 +152,29 @@ def _side(plan: Plan, market: Market, seconds: float, top: int = 25) -> PlanSide
             }
             for k, x in rows
         ],
+        curves=_curve_points(plan, [k for k, _ in rows[:5]], market.config.horizon_days),
         seconds=round(seconds, 4),
     )
+
+
+def _curve_points(plan: Plan, keys: list[tuple[str, str]], days: int) -> list[dict[str, Any]]:
+    """12 points of each cell's fitted period curve, up to twice the plan's spend on it."""
+    out = []
+    for k in keys:
+        c = plan.curves.get(k)
+        if c is None:
+            continue
+        top = max(2 * plan.spend[k], 1.0)
+        xs = [top * i / 11 for i in range(12)]
+        out.append(
+            {
+                "sku": k[0],
+                "placement": k[1],
+                "spend": round(plan.spend[k], 2),
+                "points": [[round(x, 2), round(c.revenue(x, days), 2)] for x in xs],
+            }
+        )
+    return out
 
 
 METRICS = ("spend", "incremental_revenue", "iroas", "profit", "skus_covered", "forecast_wape",

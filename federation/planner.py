@@ -71,6 +71,7 @@ class Plan:
     predicted_iroas: float
     shadow_prices: dict[str, object] = field(default_factory=dict)
     solve_s: float = 0.0
+    curves: dict[tuple[str, str], Curve] = field(default_factory=dict)  # the model the plan was made with
 
 
 def _segment_arrays(cells: list[CellInput], lo: float, hi: float, days: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +177,7 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
         float(rev_c.sum() / total) if total > 0 else 0.0,
         shadow,
         time.perf_counter() - started,
+        {(c.curve.sku, c.curve.placement): c.curve for c in cells},
     )
 
 

@@ -43,3 +43,19 @@ def app_builder(args: dict[str, Any]) -> Application:
     if "config" not in args:
         raise ValueError("app_builder needs the argument config=<path to rmn config YAML>")
     return build_app(load_config(args["config"]))
+
+
+# Named applications for `serve build` / `serve run` / KubeRay's serveConfigV2, which import an Application
+# object by path: `serving.app:federated_cpu` is the app of deploy/rmn-federated-cpu.yaml, built on first
+# access (nothing is read at import time). Config paths are relative to the working directory.
+NAMED_CONFIGS = {
+    "cpu": "deploy/rmn-cpu.yaml",
+    "federated_cpu": "deploy/rmn-federated-cpu.yaml",
+    "gpu": "deploy/rmn-gpu.yaml",
+}
+
+
+def __getattr__(name: str) -> Application:
+    if name in NAMED_CONFIGS:
+        return build_app(load_config(NAMED_CONFIGS[name]))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

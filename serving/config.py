@@ -99,6 +99,15 @@ class AutoscalingConfig(_Strict):
     downscale_delay_s: float = Field(
         default=30, ge=0, description="Seconds of low load before removing replicas."
     )
+    look_back_period_s: float = Field(
+        default=30, gt=0, description="Window over which ongoing requests are averaged."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas is below min_replicas")
+        return self
 
 
 class DeploymentConfig(_Strict):

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -103,6 +103,13 @@ class Router:
         except Exception as e:
             return _error(f"engine not ready: {type(e).__name__}", 503, "service_unavailable")
         return JSONResponse({"status": "ready"})
+
+    @api.get("/ui")
+    async def ui(self) -> Response:
+        """The planner web UI (one static page; it calls this API with the key the user enters)."""
+        from importlib.resources import files
+
+        return HTMLResponse((files("serving") / "ui" / "index.html").read_text())
 
     # ---- models and resolution --------------------------------------------------------------
     @api.get("/v1/models")
@@ -225,7 +232,7 @@ class Router:
                     "permission_error",
                 )
             answer = await self._comparison.compare.remote(tenant.id, body)
-            if answer["status"] == 200:
+            if answer["status"] == 200 and answer["body"]["request"]["write_text"]:
                 await write_texts(self, tenant, answer["body"], request_id)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, {**e.headers, **headers})

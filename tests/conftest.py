@@ -123,7 +123,8 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
         "queries_per_minute": 4,
         "dp": {"epsilon_per_query": 1.0, "max_epsilon_per_query": 2.0, "epsilon_budget": 2.5},
     }
-    for name, policy in (("acme", {"retailer": "acme", "k": 3}), ("shopco", dp_policy)):
+    acme_policy = {"retailer": "acme", "k": 3, "queries_per_minute": 100000}  # load tests compare through it
+    for name, policy in (("acme", acme_policy), ("shopco", dp_policy)):
         room = CleanRoom(crdir / f"{name}.duckdb", CleanRoomPolicy.model_validate(policy))
         room.load(events)
         room.close()  # the clean-room replica opens the file
@@ -144,11 +145,18 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
                 "graceful_shutdown_timeout_s": 5,
                 "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
             },
-            "router_deployment": {"num_cpus": 0.1, "max_ongoing_requests": 256, "max_queued_requests": 256},
+            "router_deployment": {
+                "num_cpus": 0.1,
+                "max_ongoing_requests": 256,
+                "max_queued_requests": 256,
+                "env": {
+                    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"
+                },  # autoscaling reacts in s
+            },
             "http": {"port": _free_port(), "request_timeout_s": 60, "metrics_port": _free_port()},
             "cleanroom": {
                 "retailers": [
-                    {"db_path": str(crdir / "acme.duckdb"), "policy": {"retailer": "acme", "k": 3}},
+                    {"db_path": str(crdir / "acme.duckdb"), "policy": acme_policy},
                     {"db_path": str(crdir / "shopco.duckdb"), "policy": dp_policy},
                 ]
             },
@@ -162,7 +170,18 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
                     "horizon_days": 14,
                 },
                 "planner_deployment": {"num_replicas": 2, "num_cpus": 0.1},
-                "comparison_deployment": {"num_cpus": 0.1},
+                "comparison_deployment": {  # autoscaled quickly: tests/integration/test_observability.py
+                    "num_cpus": 0.1,
+                    "autoscaling": {
+                        "min_replicas": 1,
+                        "max_replicas": 2,
+                        "target_ongoing_requests": 1,
+                        "upscale_delay_s": 1,
+                        "downscale_delay_s": 5,
+                        "look_back_period_s": 2,
+                    },
+                    "env": {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"},
+                },
                 "rationale_max_tokens": 200,
                 "creative_max_tokens": 12,
             },

@@ -1,0 +1,95 @@
+"""Observability and scaling on the session app: every metric the Grafana dashboard queries is in a live
+scrape after traffic; the comparison deployment scales up under load and back down after it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.tenants import ADMIN, auth
+from tests.unit.test_deploy import dashboard_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_dashboard_metric_is_scraped_after_traffic(serve_url: str, app_config: Any) -> None:
+    chat = {"model": "base:rm+acme", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    assert (
+        httpx.post(f"{serve_url}/v1/chat/completions", json=chat, headers=ADMIN, timeout=60).status_code
+        == 200
+    )
+    assert httpx.post(f"{serve_url}/v1/chat/completions", json=chat, timeout=60).status_code == 401
+    q = {"retailer": "shopco", "query": {"metrics": ["clicks"], "epsilon": 0.1}}
+    assert httpx.post(f"{serve_url}/v1/cleanroom/query", json=q, headers=ADMIN, timeout=60).status_code == 200
+    # ten new composites, twice: more than 2 replicas x 4 resident slots, so some are evicted, and reloading
+    # one finds it already built on this node (a composite-cache hit)
+    for _ in range(2):
+        for i in range(10):
+            stack = {**chat, "model": f"base:rm*0.{i + 1}+acme*0.3"}
+            r = httpx.post(f"{serve_url}/v1/chat/completions", json=stack, headers=ADMIN, timeout=60)
+            assert r.status_code == 200, r.text
+    refused = {"retailer": "acme", "query": {"metrics": ["max_revenue"]}}
+    assert (
+        httpx.post(f"{serve_url}/v1/cleanroom/query", json=refused, headers=ADMIN, timeout=60).status_code
+        == 400
+    )
+    wanted = dashboard_metrics()
+    missing = wanted
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{app_config.http.metrics_port}/metrics", timeout=10).text
+        present = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+        present |= {p.removesuffix(s) for p in present for s in ("_bucket", "_count", "_sum")}
+        missing = wanted - present
+        if not missing:
+            break
+        time.sleep(2)
+    assert not missing, sorted(missing)
+
+
+def running_replicas(deployment: str) -> int:
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    status = serve.status().applications["rmn"].deployments[deployment]
+    return int(status.replica_states.get(ReplicaState.RUNNING, 0))
+
+
+def test_comparison_deployment_scales_up_under_load_and_back_down(serve_url: str) -> None:
+    """Autoscaling (session config): min 1, max 2, target 1 ongoing request, look-back 2 s, down after 5 s."""
+    assert running_replicas("comparison") == 1
+    stop = threading.Event()
+    codes: list[int] = []
+    body = {"budget": 500, "manufacturer": "brand_x", "write_text": False}
+
+    def load() -> None:
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set():
+                codes.append(
+                    client.post(
+                        f"{serve_url}/v1/plans/compare", json=body, headers=auth("brand_x")
+                    ).status_code
+                )
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    peak, deadline = 1, time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and peak < 2:
+            peak = max(peak, running_replicas("comparison"))
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert peak == 2, f"never scaled up; {len(codes)} requests, statuses {sorted(set(codes))}"
+    assert codes and set(codes) <= {200, 503}, sorted(set(codes))  # overload may shed (503), never lose
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and running_replicas("comparison") > 1:
+        time.sleep(1)
+    assert running_replicas("comparison") == 1
