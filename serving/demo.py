@@ -139,6 +139,8 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
         print(
             f"\n(same with `rmn compare --url {url} --key {DEMO_KEYS['brewmax']} --budget 1000 --manufacturer brewmax`)"
         )
+        ui_note = "" if keep_serving else " — `make demo DEMO_ARGS=--keep-serving` keeps it up"
+        print(f"\nPlanner UI: {url}/ui  (API key {DEMO_KEYS['brewmax']}){ui_note}")
         if keep_serving:
             stop_on_signals()
             print(f"Serving at {url}/v1 — press Ctrl-C to stop.")

@@ -27,6 +27,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from adapters import AdapterRegistry
+from federation.tenants import Tenant
 from serving.access import Gate, GateError
 from serving.config import AppConfig
 from serving.graph import composition_graph
@@ -187,17 +188,20 @@ class Router:
         """The caller's differential-privacy budget at ``?retailer=...``: total, spent, remaining."""
         return await self._cleanroom_call(request, "budget")
 
+    def _tenant(self, request: Request, what: str) -> Tenant:
+        """The authenticated, rate-admitted tenant (GateError 401/429); ``what`` needs one."""
+        tenant = self._gate.admit(request.headers.get("authorization"))
+        if tenant is None:  # config validation (cleanroom/comparison need federation) makes this unreachable
+            raise GateError(401, f"{what} need an authenticated tenant", "authentication_error")
+        return tenant
+
     async def _cleanroom_call(self, request: Request, method: str) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         headers = {"x-request-id": request_id}
         if self._cleanroom is None:
             return _error("no clean room is configured on this deployment", 404, "not_found_error", headers)
         try:
-            tenant = self._gate.admit(request.headers.get("authorization"))
-            if tenant is None:  # config validation makes this unreachable; kept as a guard
-                raise GateError(
-                    401, "clean-room queries need an authenticated tenant", "authentication_error"
-                )
+            tenant = self._tenant(request, "clean-room queries")
             retailer = request.query_params.get("retailer", "")
             if method == "query":
                 answer = await self._cleanroom.query.remote(tenant.id, await _read_body(request))
@@ -221,10 +225,8 @@ class Router:
         if self._comparison is None:
             return _error("planning is not configured on this deployment", 404, "not_found_error", headers)
         try:
-            tenant = self._gate.admit(request.headers.get("authorization"))
+            tenant = self._tenant(request, "plans")
             body = await _read_body(request)
-            if tenant is None:  # config validation makes this unreachable; kept as a guard
-                raise GateError(401, "planning needs an authenticated tenant", "authentication_error")
             if tenant.role.value != "admin" and body.get("manufacturer") != tenant.id:
                 raise GateError(
                     403,
