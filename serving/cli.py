@@ -275,6 +275,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_market_corpus(args: argparse.Namespace) -> int:
+    from adapters.corpus import write_pairs
+    from federation.market import MarketConfig, generate
+    from federation.market_corpus import corpus
+    from serving.config import load_config
+    from serving.defaults import demo_config
+
+    cfg = load_config(args.config) if args.config else demo_config()
+    market_cfg = cfg.comparison.market if cfg.comparison else MarketConfig()
+    if args.seed is not None:
+        market_cfg = market_cfg.model_copy(update={"seed": args.seed})
+    try:
+        pairs = corpus(generate(market_cfg), args.kind, args.owner)
+    except KeyError as e:
+        raise ValueError(str(e).strip("'\"")) from e
+    print(f"{write_pairs(Path(args.out), pairs)}: {len(pairs)} pairs")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
@@ -423,6 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the ComparisonResult JSON instead of the table"
     )
     cp.set_defaults(fn=_cmd_compare)
+
+    mk = sub.add_parser("market", help="the synthetic market").add_subparsers(
+        dest="market_verb", required=True
+    )
+    mc = mk.add_parser(
+        "corpus", help="training pairs (JSONL) derived from the market, for `rmn adapters train`"
+    )
+    mc.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
+    mc.add_argument("--owner", default=None, help="the brand (manufacturer and task corpora)")
+    mc.add_argument("--out", required=True, help="JSONL file to write")
+    mc.add_argument("--seed", type=int, default=None, help="market seed (default: the config's)")
+    mc.add_argument("--config", default=None, help="app config with a comparison.market section")
+    mc.set_defaults(fn=_cmd_market_corpus)
 
     d = sub.add_parser("demo", help="prepare model + adapters, serve, ask each adapter, print the answers")
     d.add_argument(

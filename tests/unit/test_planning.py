@@ -172,3 +172,20 @@ def test_column_generation_reaches_the_full_lp_optimum(monkeypatch: pytest.Monke
         sum(full.predicted_revenue.values()), rel=1e-7
     )
     assert fast.shadow_prices["budget"] == pytest.approx(full.shadow_prices["budget"], rel=1e-6)
+
+
+def test_market_corpora_carry_the_brands_private_facts_and_move_with_the_seed(tmp_path: Path) -> None:
+    from federation.market_corpus import corpus
+    from serving.cli import main
+
+    market = generate(SMALL)
+    brand = corpus(market, "manufacturer", "brewmax")
+    i = market.skus.index("BRE-0000")
+    assert f"{100 * market.facts.margin[i]:.0f}% margin" in brand[0][1]
+    assert brand != corpus(generate(SMALL.model_copy(update={"seed": 6})), "manufacturer", "brewmax")
+    assert corpus(market, "retailer") and corpus(market, "industry") and corpus(market, "task", "beanco")
+    with pytest.raises(ValueError, match="unknown corpus kind"):
+        corpus(market, "gossip")
+    out = tmp_path / "brand.jsonl"
+    assert main(["market", "corpus", "--kind", "manufacturer", "--owner", "brewmax", "--out", str(out)]) == 0
+    assert out.read_text().count("\n") == 24  # 12 SKUs x 2 facts (the demo market)
