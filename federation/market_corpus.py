@@ -20,12 +20,12 @@ GLOSSARY = [
         "How is ROAS different from iROAS?",
         "ROAS divides all attributed revenue by spend, including sales that "
         "would have happened anyway; iROAS counts only the incremental part, so ROAS overstates it.",
-    ),  # fmt: skip
+    ),
     (
         "What are attributed sales?",
         "Sales a retailer credits to an ad because the buyer saw or clicked it "
         "within the lookback window, usually 14 days.",
-    ),  # fmt: skip
+    ),
     (
         "What does new-to-brand mean?",
         "A purchase by a shopper who had not bought the brand in the last 12 months.",
@@ -34,11 +34,11 @@ GLOSSARY = [
         "Why use a clean room?",
         "To measure campaigns on shopper-level data that never leaves the retailer: only "
         "aggregates over at least k distinct shoppers are released.",
-    ),  # fmt: skip
+    ),
     (
         "What is a sponsored product ad?",
         "A product listing promoted in the retailer's search results and category pages, paid per click.",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -71,7 +71,7 @@ def _retailer(market: Market) -> list[tuple[str, str]]:
                 f"How does {p} perform at {r}?",
                 f"At {r}, {p} returned {roas:.2f} in attributed sales per dollar "
                 f"over the last {market.config.days} days.",
-            )  # fmt: skip
+            )
         )
     best = market.placements[int(np.argmax(revenue / np.maximum(spend, 1e-9)))]
     out.append((f"Which {r} placement has the best attributed ROAS?", f"{best}, on {r}'s own measurement."))
@@ -89,7 +89,7 @@ def _brand(market: Market, brand: str) -> list[tuple[str, str]]:
                 f"{sku} is a {brand} {f.category[i]} product priced {f.price[i]:.2f} with a "
                 f"{100 * f.margin[i]:.0f}% margin; {int(f.stock[i])} units in stock; promotions cut its price by "
                 f"{100 * f.discount[i]:.0f}% and lift demand with elasticity {f.elasticity[i]:.1f}.",
-            )  # fmt: skip
+            )
         )
         out.append((f"What margin does {sku} make?", f"{100 * f.margin[i]:.0f}% of revenue."))
     return out
