@@ -239,7 +239,7 @@ class CleanRoomConfig(_Strict):
 
     retailers: list[CleanRoomRetailer] = Field(min_length=1, description="One entry per retailer.")
     deployment: DeploymentConfig = Field(
-        default_factory=lambda: DeploymentConfig(num_cpus=0.5),
+        default_factory=lambda: DeploymentConfig(num_cpus=0.25),
         description="Ray Serve options (keep 1 replica).",
     )
 
@@ -263,11 +263,11 @@ class ComparisonConfig(_Strict):
         default_factory=MarketConfig, description="The synthetic market (seed, sizes)."
     )
     planner_deployment: DeploymentConfig = Field(
-        default_factory=lambda: DeploymentConfig(num_replicas=2, num_cpus=0.25),
+        default_factory=lambda: DeploymentConfig(num_replicas=2, num_cpus=0.1),
         description="Ray Serve options of the planner (2 replicas: the two plans run side by side).",
     )
     comparison_deployment: DeploymentConfig = Field(
-        default_factory=lambda: DeploymentConfig(num_cpus=0.25),
+        default_factory=lambda: DeploymentConfig(num_cpus=0.1),
         description="Ray Serve options of the comparison deployment.",
     )
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig, description="Ad-line rules.")
