@@ -164,6 +164,20 @@ class CleanRoom:
             self._audit(tenant, q, "accepted", result)
             return result
 
+    def audit_refusal(self, tenant: str, query: object, reason: str) -> None:
+        """Audit a query refused before it could be parsed or run (malformed, rate-limited)."""
+        text = query if isinstance(query, dict) else {"unparsed": str(query)[:2000]}
+        self.audit.record(
+            retailer=self.policy.retailer,
+            tenant=tenant,
+            query=text,
+            decision="refused",
+            reason=reason,
+            cells_released=0,
+            cells_suppressed=0,
+            epsilon_spent=0.0,
+        )
+
     def _audit(
         self, tenant: str, q: Query, decision: str, result: QueryResult | None, reason: str = ""
     ) -> None:

@@ -86,6 +86,7 @@ class CleanRoomService:
         if wait > 0:
             self._count(room, "rate_limited")
             msg = f"clean-room rate limit: {room.policy.queries_per_minute} queries/minute for {room.policy.retailer}"
+            await asyncio.to_thread(room.audit_refusal, tenant, body.get("query"), msg)
             return {
                 "status": 429,
                 "body": error_body(msg, 429, "rate_limit_error"),
@@ -109,10 +110,9 @@ class CleanRoomService:
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
-            return {
-                "status": 400,
-                "body": error_body(f"invalid query: {loc}: {first['msg']}", 400, param=loc),
-            }
+            message = f"invalid query: {loc}: {first['msg']}"
+            room.audit_refusal(tenant, body.get("query"), message)
+            return {"status": 400, "body": error_body(message, 400, param=loc)}
         except BudgetExhausted as e:
             return {"status": 403, "body": error_body(str(e), 403, "privacy_budget_exhausted")}
         except PolicyViolation as e:

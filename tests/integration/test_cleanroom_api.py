@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 
@@ -53,10 +57,16 @@ def test_query_releases_only_cells_with_k_distinct_shoppers(serve_url: str) -> N
         ),
     ],
 )
-def test_refusals(serve_url: str, body: dict, headers: dict[str, str], status: int, needle: str) -> None:
+def test_refusals(
+    serve_url: str, app_config: Any, body: dict, headers: dict[str, str], status: int, needle: str
+) -> None:
     r = query(serve_url, body, headers)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
+    if status == 400:  # refused queries are audited too, malformed ones included
+        audit = Path(app_config.cleanroom.retailers[0].db_path).with_suffix(".audit.jsonl")
+        last = json.loads(audit.read_text().splitlines()[-1])
+        assert last["decision"] == "refused" and needle in last["reason"]
 
 
 def test_differencing_is_refused_per_tenant(serve_url: str) -> None:
@@ -84,7 +94,7 @@ def test_schema_endpoint(serve_url: str) -> None:
     )
 
 
-def test_dp_budget_is_spent_reported_and_enforced(serve_url: str) -> None:
+def test_dp_budget_is_spent_reported_and_enforced(serve_url: str, app_config: Any) -> None:
     """shopco: DP with epsilon 1 per query, a budget of 2.5, and 4 queries/minute per tenant."""
     headers = auth("brand_y")
     budget = httpx.get(f"{serve_url}/v1/cleanroom/budget", params={"retailer": "shopco"}, headers=headers)
@@ -102,6 +112,13 @@ def test_dp_budget_is_spent_reported_and_enforced(serve_url: str) -> None:
     assert refused.status_code == 403 and "budget exhausted" in refused.json()["error"]["message"]
     limited = ask("clicks", epsilon=0.5)  # the 5th query within a minute
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    last = json.loads(
+        Path(app_config.cleanroom.retailers[1].db_path)
+        .with_suffix(".audit.jsonl")
+        .read_text()
+        .splitlines()[-1]
+    )
+    assert (last["tenant"], last["decision"]) == ("brand_y", "refused") and "rate limit" in last["reason"]
     after = httpx.get(f"{serve_url}/v1/cleanroom/budget", params={"retailer": "shopco"}, headers=headers)
     assert after.json()["epsilon_spent"] == 2.0 and after.json()["epsilon_remaining"] == 0.5
     other = httpx.get(
