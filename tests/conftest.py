@@ -4,24 +4,19 @@ per test session (they are expensive: seconds each)."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.ports import free_port
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ADAPTERS = {"alpha": 1, "beta": 2, "gamma": 3}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +148,7 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
                     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"
                 },  # autoscaling reacts in s
             },
-            "http": {"port": _free_port(), "request_timeout_s": 60, "metrics_port": _free_port()},
+            "http": {"port": free_port(), "request_timeout_s": 60, "metrics_port": free_port()},
             "cleanroom": {
                 "retailers": [
                     {"db_path": str(crdir / "acme.duckdb"), "policy": acme_policy},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,19 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_rmn_serve_answers_and_stops_on_ctrl_c(
     tiny_model: Path, registry_root: Path, tmp_path: Path, serve_url: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "rmn.yaml"
     cfg.write_text(
         f"model: {{path: {tiny_model}}}\nadapters: {{root: {registry_root}}}\n"
