@@ -15,7 +15,6 @@ placements and shoppers; TRUE saturating response curves per SKU x placement: da
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +113,7 @@ class Market:
     spend: np.ndarray  # (sku, placement, day)
     attributed: np.ndarray  # (sku, placement, day): attributed revenue (what campaign reports show)
     units: np.ndarray  # (sku, day)
-    events: dict[str, list[object]] = field(default_factory=dict)  # retailer's log, our column names
+    events: dict[str, np.ndarray] = field(default_factory=dict)  # retailer's log, our column names
 
     def brand_data(self, brand: str) -> BrandData:
         """The brand's private tables: its SKUs only, no truth."""
@@ -149,16 +148,25 @@ class Market:
         return [i for i, b in enumerate(self.brand_of) if b == brand]
 
     def write_retailer_log(self, path: Path) -> Path:
-        """The event log as the retailer exports it: CSV in the retailer's own field names."""
+        """The event log as the retailer exports it: CSV in the retailer's own field names (plus a
+        ``store_region`` our schema lacks), written by DuckDB straight from the arrays."""
+        import duckdb
+
         native = {v: k for k, v in RETAILER_FIELDS.items() if v}
-        cols = list(self.events)
-        n = len(self.events[cols[0]])
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow([native[c] for c in cols] + ["store_region"])
-            for i in range(n):
-                w.writerow([self.events[c][i] for c in cols] + ["north" if i % 2 else "south"])
+        n = len(next(iter(self.events.values())))
+        log = {native[c]: col for c, col in self.events.items()}  # DuckDB scans this local by its name
+        log["store_region"] = np.where(np.arange(n) % 2 == 1, "north", "south")
+        con = duckdb.connect()
+        try:
+            con.execute(f"COPY (SELECT * FROM log) TO '{_sql_path(path)}' (HEADER, DELIMITER ',')")
+        finally:
+            con.close()
         return path
+
+
+def _sql_path(path: Path) -> str:
+    """A file path as a SQL string literal body."""
+    return str(path).replace("'", "''")
 
 
 def generate(config: MarketConfig) -> Market:
@@ -219,44 +227,41 @@ def generate(config: MarketConfig) -> Market:
 
 
 def _events(market: Market, rng: np.random.Generator, attributed: np.ndarray, unit_price: np.ndarray) -> dict:
-    """The retailer's log: per SKU x placement x day up to 4 impression rows sharing the day's cost, one
-    click row, one purchase row per attributed unit; shoppers drawn from a skewed pool."""
+    """The retailer's log, vectorised: per SKU x placement x day up to 4 impression rows sharing the day's
+    cost, one click row, one purchase row per attributed unit; shoppers drawn from a skewed pool. Columns
+    are NumPy arrays in our schema's names, rows grouped by event type."""
     cfg = market.config
-    cols: dict[str, list[object]] = {c: [] for c in RETAILER_FIELDS.values() if c}
     shopper_w = rng.pareto(1.5, cfg.shoppers) + 1
     shopper_w /= shopper_w.sum()
-    n, P, D = market.spend.shape
+    _, P, D = market.spend.shape
+    x = market.spend.ravel()
+    k = attributed.ravel().astype(np.int64)
+    cell = np.arange(x.size)
+    imps = np.where(x > 0, np.minimum(4, np.floor(x / 5).astype(np.int64) + 1), 0)
+    clicks = (x > 0).astype(np.int64)
+    idx = np.concatenate([np.repeat(cell, imps), np.repeat(cell, clicks), np.repeat(cell, k)])
+    kind = np.concatenate(
+        [np.zeros(imps.sum(), np.int8), np.ones(clicks.sum(), np.int8), np.full(k.sum(), 2, np.int8)]
+    )
+    i, rest = np.divmod(idx, P * D)
+    p, d = np.divmod(rest, D)
     f = market.facts
-    dates = [(START + dt.timedelta(days=d)).isoformat() for d in range(D)]
-
-    def add(i: int, p: int, d: int, etype: str, qty: int, rev: float, cost: float, who: int) -> None:
-        cols["shopper_id"].append(f"C{who:06d}")
-        cols["event_date"].append(dates[d])
-        cols["event_type"].append(etype)
-        cols["sku"].append(market.skus[i])
-        cols["brand"].append(market.brand_of[i])
-        cols["category"].append(f.category[i])
-        cols["placement"].append(market.placements[p])
-        cols["quantity"].append(qty)
-        cols["revenue"].append(round(rev, 2))
-        cols["cost"].append(round(cost, 4))
-        cols["margin"].append(float(f.margin[i]))
-        cols["stock_level"].append(int(f.stock[i]))
-        cols["promo_flag"].append(bool(f.promo[i, d]))
-
-    for i in range(n):
-        for p in range(P):
-            for d in range(D):
-                x = float(market.spend[i, p, d])
-                k = int(attributed[i, p, d])
-                if x <= 0 and k == 0:
-                    continue
-                imps = min(4, max(1, int(x // 5) + 1)) if x > 0 else 0
-                who = rng.choice(cfg.shoppers, size=imps + (1 if x > 0 else 0) + k, p=shopper_w)
-                for j in range(imps):
-                    add(i, p, d, "impression", 0, 0.0, x / imps, int(who[j]))
-                if x > 0:
-                    add(i, p, d, "click", 0, 0.0, 0.0, int(who[imps]))
-                for j in range(k):
-                    add(i, p, d, "purchase", 1, float(unit_price[i, d]), 0.0, int(who[-1 - j]))
-    return cols
+    cost = np.where(kind == 0, x[idx] / np.maximum(imps[idx], 1), 0.0)
+    revenue = np.where(kind == 2, unit_price[i, d], 0.0)
+    who = rng.choice(cfg.shoppers, size=idx.size, p=shopper_w)
+    dates = np.array([(START + dt.timedelta(days=j)).isoformat() for j in range(D)])
+    return {
+        "shopper_id": np.char.add("C", np.char.zfill(who.astype(str), 6)),
+        "event_date": dates[d],
+        "event_type": np.array(["impression", "click", "purchase"])[kind],
+        "sku": np.array(market.skus)[i],
+        "brand": np.array(market.brand_of)[i],
+        "category": np.array(f.category)[i],
+        "placement": np.array(market.placements)[p],
+        "quantity": (kind == 2).astype(np.int64),
+        "revenue": np.round(revenue, 2),
+        "cost": np.round(cost, 4),
+        "margin": f.margin[i],
+        "stock_level": f.stock[i].astype(np.int64),
+        "promo_flag": f.promo[i, d],
+    }
