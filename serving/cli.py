@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from serving.cli_cleanroom import add_cleanroom_commands
+from serving.cli_planning import add_planning_commands
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import time
@@ -178,122 +181,6 @@ def _cmd_tenants_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _room(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from cleanroom import CleanRoom, CleanRoomPolicy
-    from serving.config import load_yaml_model
-
-    return CleanRoom(Path(args.db), load_yaml_model(args.policy, CleanRoomPolicy))
-
-
-def _cmd_cleanroom_load(args: argparse.Namespace) -> int:
-    room = _room(args)
-    for f in args.files:
-        print(f"{f}: {room.load(f)} rows loaded")
-    return 0
-
-
-def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from pydantic import ValidationError
-
-    from cleanroom import Query
-
-    text = Path(args.query[1:]).read_text() if args.query.startswith("@") else args.query
-    try:
-        q = Query.model_validate_json(text)
-    except ValidationError as e:
-        raise ValueError(f"invalid query: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
-    print(json.dumps(asdict(_room(args).query(args.tenant, q)), indent=2, default=str))
-    return 0
-
-
-def _cmd_cleanroom_budget(args: argparse.Namespace) -> int:
-    print(json.dumps(_room(args).budget(args.tenant), indent=2))
-    return 0
-
-
-def _cmd_cleanroom_audit(args: argparse.Namespace) -> int:
-    from cleanroom.audit import QueryAudit
-
-    for entry in QueryAudit(Path(args.db).with_suffix(".audit.jsonl")).entries()[-args.tail :]:
-        print(json.dumps(entry, sort_keys=True))
-    return 0
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from federation.compare import CompareRequest
-    from serving.report import format_comparison
-
-    fields = {
-        "budget": args.budget,
-        "roas_floor": args.roas_floor,
-        "exploration_share": args.exploration_share,
-        "max_cell_share": args.max_cell_share,
-        "manufacturer": args.manufacturer,
-        "retailer": args.retailer,
-        "seed": args.seed,
-        "creatives": args.creatives,
-    }
-    req = CompareRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-    if args.url:
-        import os
-
-        import httpx
-
-        key = args.key or os.environ.get("RMN_API_KEY", "")
-        try:
-            r = httpx.post(
-                f"{args.url.rstrip('/')}/v1/plans/compare",
-                json=req.model_dump(exclude_none=True),
-                headers={"authorization": f"Bearer {key}"},
-                timeout=args.timeout,
-            )
-        except httpx.HTTPError as e:
-            raise ValueError(f"cannot reach {args.url}: {e}") from e
-        if r.status_code != 200:
-            try:
-                message = r.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = r.text[:500]
-            raise ValueError(f"HTTP {r.status_code}: {message}")
-        body = r.json()
-    else:
-        import tempfile
-
-        from federation.compare import compare_local
-        from serving.config import load_config
-        from serving.defaults import demo_config
-
-        cfg = load_config(args.config) if args.config else demo_config()
-        if cfg.comparison is None:
-            raise ValueError("the config has no comparison section")
-        with tempfile.TemporaryDirectory() as work:
-            result = compare_local(cfg.comparison.market, req, cfg.market_policy(), Path(work))
-        body = result.model_dump(mode="json")
-    print(json.dumps(body, indent=2) if args.json else format_comparison(body))
-    return 0
-
-
-def _cmd_market_corpus(args: argparse.Namespace) -> int:
-    from adapters.corpus import write_pairs
-    from federation.market import MarketConfig, generate
-    from federation.market_corpus import corpus
-    from serving.config import load_config
-    from serving.defaults import demo_config
-
-    cfg = load_config(args.config) if args.config else demo_config()
-    market_cfg = cfg.comparison.market if cfg.comparison else MarketConfig()
-    if args.seed is not None:
-        market_cfg = market_cfg.model_copy(update={"seed": args.seed})
-    try:
-        pairs = corpus(generate(market_cfg), args.kind, args.owner)
-    except KeyError as e:
-        raise ValueError(str(e).strip("'\"")) from e
-    print(f"{write_pairs(Path(args.out), pairs)}: {len(pairs)} pairs")
-    return 0
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
@@ -388,75 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_cmd_adapters_train)
 
-    cr = sub.add_parser("cleanroom", help="a retailer's clean room (DuckDB)").add_subparsers(
-        dest="cleanroom_verb", required=True
-    )
-
-    def room_args(x: argparse.ArgumentParser, policy: bool = True) -> argparse.ArgumentParser:
-        x.add_argument("--db", required=True, help="the retailer's DuckDB file")
-        if policy:
-            x.add_argument("--policy", required=True, help="the retailer's clean-room policy (YAML)")
-        return x
-
-    cl = room_args(cr.add_parser("load", help="append CSV/Parquet files in the documented schema"))
-    cl.add_argument("files", nargs="+")
-    cl.set_defaults(fn=_cmd_cleanroom_load)
-    cq = room_args(cr.add_parser("query", help="run a structured query as a tenant; prints released cells"))
-    cq.add_argument("--tenant", required=True)
-    cq.add_argument("--query", required=True, help="query JSON, or @file.json")
-    cq.set_defaults(fn=_cmd_cleanroom_query)
-    cb = room_args(cr.add_parser("budget", help="a tenant's differential-privacy budget (epsilon ledger)"))
-    cb.add_argument("--tenant", required=True)
-    cb.set_defaults(fn=_cmd_cleanroom_budget)
-    ca = room_args(cr.add_parser("audit", help="print the audit log (JSON lines)"), policy=False)
-    ca.add_argument("--tail", type=int, default=50, help="last N entries")
-    ca.set_defaults(fn=_cmd_cleanroom_audit)
+    add_cleanroom_commands(sub)
 
     tn = sub.add_parser("tenants", help="tenant helpers").add_subparsers(dest="tenants_verb", required=True)
     hk = tn.add_parser("hash-key", help="print the sha256 to put in federation.tenants[].api_key_sha256")
     hk.add_argument("key", nargs="?", help="the API key (default: read one line from stdin)")
     hk.set_defaults(fn=_cmd_tenants_hash_key)
 
-    cp = sub.add_parser(
-        "compare",
-        help="plan a budget with full data and through the clean room, score both on the market's truth",
-        description="Against a server (--url, --key or $RMN_API_KEY): POST /v1/plans/compare, with the "
-        "rationale and ad lines written through the composed adapters. Without --url: the same plans "
-        "and scores in this process (no Ray, no LLM text).",
-    )
-    cp.add_argument("--budget", type=float, required=True, help="total spend over the plan horizon ($)")
-    cp.add_argument("--manufacturer", required=True, help="the brand planning (e.g. brewmax)")
-    cp.add_argument("--retailer", default=None, help="retailer (default: the market's)")
-    cp.add_argument("--roas-floor", type=float, default=None, help="minimum predicted iROAS")
-    cp.add_argument(
-        "--exploration-share", type=float, default=None, help="budget share spread over all cells"
-    )
-    cp.add_argument("--max-cell-share", type=float, default=None, help="most of the budget one cell may take")
-    cp.add_argument("--seed", type=int, default=None, help="market seed (default: the config's)")
-    cp.add_argument("--creatives", type=int, default=None, help="ad lines to write (server mode)")
-    cp.add_argument("--url", default=None, help="server base URL, e.g. http://127.0.0.1:8000")
-    cp.add_argument("--key", default=None, help="API key (default: $RMN_API_KEY)")
-    cp.add_argument("--config", default=None, help="local mode: app config with a comparison section")
-    cp.add_argument("--timeout", type=float, default=300, help="server mode: seconds to wait")
-    cp.add_argument(
-        "--json", action="store_true", help="print the ComparisonResult JSON instead of the table"
-    )
-    cp.set_defaults(fn=_cmd_compare)
+    add_planning_commands(sub)
 
-    mk = sub.add_parser("market", help="the synthetic market").add_subparsers(
-        dest="market_verb", required=True
-    )
-    mc = mk.add_parser(
-        "corpus", help="training pairs (JSONL) derived from the market, for `rmn adapters train`"
-    )
-    mc.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
-    mc.add_argument("--owner", default=None, help="the brand (manufacturer and task corpora)")
-    mc.add_argument("--out", required=True, help="JSONL file to write")
-    mc.add_argument("--seed", type=int, default=None, help="market seed (default: the config's)")
-    mc.add_argument("--config", default=None, help="app config with a comparison.market section")
-    mc.set_defaults(fn=_cmd_market_corpus)
-
-    d = sub.add_parser("demo", help="prepare model + adapters, serve, ask each adapter, print the answers")
+    d = sub.add_parser("demo", help="prepare model, adapters, data; serve; ask each adapter; compare plans")
     d.add_argument(
         "--keep-serving", action="store_true", help="keep serving after the answers (Ctrl-C stops)"
     )

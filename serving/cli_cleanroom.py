@@ -1,0 +1,78 @@
+"""``rmn cleanroom load|query|budget|audit``: a retailer's clean room from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _room(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from cleanroom import CleanRoom, CleanRoomPolicy
+    from serving.config import load_yaml_model
+
+    return CleanRoom(Path(args.db), load_yaml_model(args.policy, CleanRoomPolicy))
+
+
+def _cmd_cleanroom_load(args: argparse.Namespace) -> int:
+    room = _room(args)
+    for f in args.files:
+        print(f"{f}: {room.load(f)} rows loaded")
+    return 0
+
+
+def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pydantic import ValidationError
+
+    from cleanroom import Query
+
+    text = Path(args.query[1:]).read_text() if args.query.startswith("@") else args.query
+    try:
+        q = Query.model_validate_json(text)
+    except ValidationError as e:
+        raise ValueError(f"invalid query: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+    print(json.dumps(asdict(_room(args).query(args.tenant, q)), indent=2, default=str))
+    return 0
+
+
+def _cmd_cleanroom_budget(args: argparse.Namespace) -> int:
+    print(json.dumps(_room(args).budget(args.tenant), indent=2))
+    return 0
+
+
+def _cmd_cleanroom_audit(args: argparse.Namespace) -> int:
+    from cleanroom.audit import QueryAudit
+
+    for entry in QueryAudit(Path(args.db).with_suffix(".audit.jsonl")).entries()[-args.tail :]:
+        print(json.dumps(entry, sort_keys=True))
+    return 0
+
+
+def add_cleanroom_commands(sub: Any) -> None:
+    """Register the ``cleanroom`` verbs on the top-level subparsers."""
+    cr = sub.add_parser("cleanroom", help="a retailer's clean room (DuckDB)").add_subparsers(
+        dest="cleanroom_verb", required=True
+    )
+
+    def room_args(x: argparse.ArgumentParser, policy: bool = True) -> argparse.ArgumentParser:
+        x.add_argument("--db", required=True, help="the retailer's DuckDB file")
+        if policy:
+            x.add_argument("--policy", required=True, help="the retailer's clean-room policy (YAML)")
+        return x
+
+    cl = room_args(cr.add_parser("load", help="append CSV/Parquet files in the documented schema"))
+    cl.add_argument("files", nargs="+")
+    cl.set_defaults(fn=_cmd_cleanroom_load)
+    cq = room_args(cr.add_parser("query", help="run a structured query as a tenant; prints released cells"))
+    cq.add_argument("--tenant", required=True)
+    cq.add_argument("--query", required=True, help="query JSON, or @file.json")
+    cq.set_defaults(fn=_cmd_cleanroom_query)
+    cb = room_args(cr.add_parser("budget", help="a tenant's differential-privacy budget (epsilon ledger)"))
+    cb.add_argument("--tenant", required=True)
+    cb.set_defaults(fn=_cmd_cleanroom_budget)
+    ca = room_args(cr.add_parser("audit", help="print the audit log (JSON lines)"), policy=False)
+    ca.add_argument("--tail", type=int, default=50, help="last N entries")
+    ca.set_defaults(fn=_cmd_cleanroom_audit)
