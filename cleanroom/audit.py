@@ -26,6 +26,20 @@ def append_durably(path: Path, line: str, fsync: bool = True) -> None:
             os.fsync(fh.fileno())
 
 
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The records of a file written by :func:`append_durably`, oldest first; none when it does not exist.
+    A torn line (a crash mid-append) is skipped: the answer it belonged to never left."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 class QueryAudit:
     """JSON-lines audit file."""
 
@@ -42,12 +56,4 @@ class QueryAudit:
 
     def entries(self) -> list[dict[str, Any]]:
         """All records, oldest first (a torn last line from a crash is skipped)."""
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_json_lines(self.path)

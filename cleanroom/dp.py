@@ -13,7 +13,7 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-from cleanroom.audit import append_durably
+from cleanroom.audit import append_durably, read_json_lines
 from cleanroom.errors import PolicyViolation
 
 
@@ -45,13 +45,8 @@ class EpsilonLedger:
         self.path = path
         self._spent: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # torn last line: that answer never left
-                    continue
-                self._spent[rec["tenant"]] += float(rec["epsilon"])
+        for rec in read_json_lines(path):
+            self._spent[rec["tenant"]] += float(rec["epsilon"])
 
     def spent(self, tenant: str) -> float:
         """Epsilon ``tenant`` has spent so far."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cleanroom.audit import append_durably
+from cleanroom.audit import append_durably, read_json_lines
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,10 @@ class ReleaseHistory:
         self._answers: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self.path = path
-        if path is not None and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # torn last line after a crash: that release never left
-                    continue
-                if "release" not in rec:  # an older format (populations kept as hashes): not comparable
-                    continue
-                self._add(rec["tenant"], Release(**rec["release"]), rec["answer"])
+        for rec in read_json_lines(path) if path is not None else []:
+            if "release" not in rec:  # an older format (populations kept as hashes): not comparable
+                continue
+            self._add(rec["tenant"], Release(**rec["release"]), rec["answer"])
 
     def cached(self, tenant: str, query_key: str) -> Any | None:
         """The stored answer to the identical query, if any."""
