@@ -22,6 +22,7 @@ from federation.ratelimit import RateLimiter
 from federation.tenants import AuthError, Forbidden, Tenant, TenantDirectory
 from serving.config import AppConfig
 from serving.model_names import ModelNameError, parse_model_name
+from serving.vllm_engine import first_error
 
 
 class GateError(Exception):
@@ -65,10 +66,8 @@ def _as_gate_error(e: Exception, model: object) -> GateError:
     if isinstance(e, ModelNameError):
         return GateError(e.status, str(e), "not_found_error" if e.status == 404 else "invalid_request_error")
     if isinstance(e, ValidationError):
-        first = e.errors()[0]
-        return GateError(
-            400, f"invalid 'federation' object: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-        )
+        loc, msg = first_error(e)
+        return GateError(400, f"invalid 'federation' object: {loc}: {msg}")
     if isinstance(e, AdapterNotFound):
         return GateError(404, f"model {model!r} does not exist: {e}", "not_found_error")
     if isinstance(e, Forbidden):

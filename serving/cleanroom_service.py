@@ -22,7 +22,7 @@ from cleanroom import BudgetExhausted, CleanRoom, CleanRoomError, PolicyViolatio
 from federation.ratelimit import RateLimiter
 from serving.config import AppConfig
 from serving.metrics import CleanRoomMetrics
-from serving.vllm_engine import error_body
+from serving.vllm_engine import error_body, first_error
 
 
 class CleanRoomService:
@@ -108,9 +108,8 @@ class CleanRoomService:
             q = Query.model_validate(body.get("query"))
             result = room.query(tenant, q)
         except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            message = f"invalid query: {loc}: {first['msg']}"
+            loc, msg = first_error(e)
+            message = f"invalid query: {loc}: {msg}"
             room.audit_refusal(tenant, body.get("query"), message)
             return {"status": 400, "body": error_body(message, 400, param=loc)}
         except BudgetExhausted as e:

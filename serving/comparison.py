@@ -30,7 +30,7 @@ from federation.harmonize import Harmonization
 from federation.market import Market, MarketConfig, generate
 from federation.planner import PlanningError, PlanRequest
 from serving.config import AppConfig
-from serving.vllm_engine import error_body
+from serving.vllm_engine import error_body, first_error
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,8 +96,8 @@ class ComparisonService:
             req = CompareRequest.model_validate(body)
             cfg = market_config(self._market_cfg, req)
         except ValidationError as e:
-            first = e.errors()[0]
-            return _bad_request(f"invalid request: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+            loc, msg = first_error(e)
+            return _bad_request(f"invalid request: {loc}: {msg}")
         except ValueError as e:
             return _bad_request(str(e))
         market_json = cfg.model_dump_json()

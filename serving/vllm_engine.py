@@ -14,6 +14,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from serving.config import EngineConfig, ModelConfig
 
 log = logging.getLogger("rmn.engine")
@@ -26,6 +28,12 @@ def error_body(
 ) -> dict[str, Any]:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+def first_error(e: ValidationError) -> tuple[str, str]:
+    """(dotted location, message) of a validation error's first problem, for 400 answers."""
+    first = e.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), str(first["msg"])
 
 
 def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
@@ -133,7 +141,6 @@ class VLLMEngine:
     # ---- requests -------------------------------------------------------------------------
     async def handle(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
         """Run one OpenAI request; see the module docstring for the item protocol."""
-        from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -147,10 +154,9 @@ class VLLMEngine:
                 req = CompletionRequest.model_validate(body)
                 result = await self._state.openai_serving_completion.create_completion(req, None)
         except ValidationError as e:
-            first = e.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
+            loc, msg = first_error(e)
             yield {"status": 400, "stream": False}
-            yield {"body": error_body(f"invalid request: {param}: {first['msg']}", 400, param=param)}
+            yield {"body": error_body(f"invalid request: {loc or None}: {msg}", 400, param=loc or None)}
             return
         except (VLLMClientError, ValueError, TypeError) as e:
             yield {"status": 400, "stream": False}
