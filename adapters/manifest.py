@@ -52,6 +52,10 @@ class AdapterKind(StrEnum):
     task = "task"
 
 
+LAYER_ORDER: tuple[AdapterKind, ...] = tuple(AdapterKind)
+"""The stack order (industry -> retailer -> manufacturer -> task): the one definition of it."""
+
+
 class Visibility(StrEnum):
     """Public adapters serve anyone; private ones only their owner and grantees."""
 

@@ -39,7 +39,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rmn-bench-adapters-"))
     if args.model == "demo":
-        from serving.defaults import demo_model_dir
+        from serving.demo.defaults import demo_model_dir
         from serving.modelprep.smollm2 import prepare_smollm2
 
         model_dir = prepare_smollm2(demo_model_dir())
@@ -107,7 +107,7 @@ def main() -> None:
 
     # engine load time of composites (vLLM add_lora), rank 16 and 64
     from serving.config import EngineConfig, ModelConfig
-    from serving.vllm_engine import VLLMEngine
+    from serving.engines.vllm_engine import VLLMEngine
 
     async def load_times() -> dict[str, float]:
         eng = VLLMEngine(

@@ -24,8 +24,8 @@ import numpy as np
 
 
 def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
-    from federation.curves import Curve
-    from federation.planner import CellInput, PlanRequest, solve
+    from federation.planning.curves import Curve
+    from federation.planning.planner import CellInput, PlanRequest, solve
 
     rng = np.random.default_rng(n_skus)
     placements = 5
@@ -49,7 +49,7 @@ def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
         times.append(time.perf_counter() - t)
     agrees = None
     if n_skus == 1000:  # the full LP (every column from the start) must reach the same optimum
-        import federation.planner as planner
+        import federation.planning.planner as planner
 
         initial = planner._initial_columns
         planner._initial_columns = lambda optional, *args: optional.copy()  # type: ignore[assignment]
@@ -80,8 +80,9 @@ def _objective(plan: Any, cells: list[Any]) -> float:
 
 
 def compare_run(reps: int) -> dict[str, Any]:
-    from federation.compare import CompareRequest, compare_local
-    from serving.defaults import demo_config
+    from federation.planning.compare import CompareRequest
+    from federation.planning.workflow import compare_local
+    from serving.demo.defaults import demo_config
 
     cfg = demo_config()
     assert cfg.comparison is not None
@@ -90,9 +91,9 @@ def compare_run(reps: int) -> dict[str, Any]:
         req = CompareRequest(budget=1000, roas_floor=1.0, manufacturer="brewmax", seed=100 + rep)
         with tempfile.TemporaryDirectory() as work:
             r = compare_local(cfg.comparison.market, req, cfg.market_policy(), Path(work))
-        walls.append(r.timing["wall_s"])
-        sums.append(r.timing["sum_s"])
-        ratios.append(r.timing["wall_over_sum"])
+        walls.append(r["timing"]["wall_s"])
+        sums.append(r["timing"]["sum_s"])
+        ratios.append(r["timing"]["wall_over_sum"])
     return {
         "market": "demo (3 brands x 12 SKUs x 3 placements, 56 days), DP clean room, in-process threads",
         "reps": reps,
@@ -108,7 +109,7 @@ def serve_run(reps: int, skus_per_brand: int) -> dict[str, Any]:
     import httpx
 
     from serving.config import AppConfig
-    from serving.defaults import ACME_POLICY, DEMO_KEYS, demo_config
+    from serving.demo.defaults import ACME_POLICY, DEMO_KEYS, demo_config
     from serving.local import local_app
     from serving.modelprep.tiny import build_tiny_model
 

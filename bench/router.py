@@ -76,8 +76,8 @@ def main() -> None:
 
     from adapters import AdapterRegistry
     from adapters.synthetic import make_random_adapter
+    from federation.access import Gate
     from federation.tenants import hash_key
-    from serving.access import Gate
     from serving.config import AppConfig
     from serving.local import APP_NAME, local_app
     from serving.modelprep.tiny import build_tiny_model
@@ -86,7 +86,7 @@ def main() -> None:
     if args.model == "tiny":
         model_dir = build_tiny_model(work / "model")
     else:
-        from serving.defaults import demo_model_dir
+        from serving.demo.defaults import demo_model_dir
         from serving.modelprep.smollm2 import prepare_smollm2
 
         model_dir = prepare_smollm2(demo_model_dir())

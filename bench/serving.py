@@ -83,15 +83,15 @@ def main() -> None:
     from adapters import AdapterRegistry
     from adapters.synthetic import make_random_adapter
     from serving.config import AppConfig
+    from serving.engines.vllm_engine import VLLMEngine
     from serving.local import local_app
     from serving.modelprep.tiny import build_tiny_model
-    from serving.vllm_engine import VLLMEngine
 
     work = Path(tempfile.mkdtemp(prefix="rmn-bench-"))
     if args.model == "tiny":
         model_dir = build_tiny_model(work / "model", seed=0)
     else:
-        from serving.defaults import demo_model_dir
+        from serving.demo.defaults import demo_model_dir
         from serving.modelprep.smollm2 import prepare_smollm2
 
         model_dir = prepare_smollm2(demo_model_dir())

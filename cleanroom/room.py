@@ -72,7 +72,7 @@ class CleanRoom:
 
     def load(self, path: Path | str, mapping: dict[str, str] | None = None) -> int:
         """Append a CSV or Parquet file in the documented schema as a new batch; returns rows loaded.
-        ``mapping`` renames the file's columns (native -> schema; see ``federation.harmonize``); other
+        ``mapping`` renames the file's columns (native -> schema; see ``federation.planning.harmonize``); other
         columns are ignored. Refuses (loading nothing) missing columns, missing shopper ids and NaN,
         infinite or negative numbers."""
         path = Path(path)

@@ -18,14 +18,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters import AdapterManifest
+from adapters import AdapterManifest, Visibility
+from adapters.manifest import LAYER_ORDER, AdapterKind
 from adapters.stack import StackPart
 from federation.tenants import Forbidden, Tenant
 
-Layer = Literal["industry", "retailer", "manufacturer", "task"]
-LAYERS: tuple[Layer, ...] = ("industry", "retailer", "manufacturer", "task")
+Layer = AdapterKind  # a stack's layers are the adapter kinds, in LAYER_ORDER
 AUTO = "auto"
-_UNIT_WEIGHTS: dict[Layer, float] = {"industry": 1.0, "retailer": 1.0, "manufacturer": 1.0, "task": 1.0}
 
 _TASK_WORDS: dict[str, tuple[str, ...]] = {
     "planning": ("plan", "budget", "allocat", "forecast", "roas", "spend", "media mix", "flight"),
@@ -67,7 +66,7 @@ class FederationPolicy(BaseModel):
         default=None, description="Task when neither the request nor the classifier gives one."
     )
     weights: dict[Layer, float] = Field(
-        default_factory=lambda: dict(_UNIT_WEIGHTS),
+        default_factory=lambda: dict.fromkeys(LAYER_ORDER, 1.0),
         description="Default weight per layer (a request's federation.weights overrides).",
     )
 
@@ -93,7 +92,7 @@ class Decision:
     """The stack a request resolved to and how."""
 
     parts: tuple[StackPart, ...]
-    layers: tuple[str, ...]
+    layers: tuple[Layer, ...]
     source: Literal["explicit", "structured", "implicit", "base"]
     task_source: Literal["request", "classifier", "default"] | None = None
 
@@ -122,7 +121,7 @@ def decide(
     if explicit and not auto:
         if federation is not None:
             raise PolicyError("give the stack either in 'model' or in 'federation', not both")
-        return Decision(tuple(explicit), tuple(kind_of(p.id) for p in explicit), "explicit")
+        return Decision(tuple(explicit), tuple(Layer(kind_of(p.id)) for p in explicit), "explicit")
     if not auto and federation is None:
         return Decision((), (), "base")
     fed = federation or FederationRequest()
@@ -137,13 +136,13 @@ def decide(
         if task is None and policy.default_task:
             task, task_source = policy.default_task, "default"
     chosen: dict[Layer, str | None] = {
-        "industry": policy.industry_adapter if fed.industry else None,
-        "retailer": fed.retailer or tenant.retailer,
-        "manufacturer": fed.manufacturer or tenant.manufacturer,
-        "task": policy.task_adapters.get(task, task) if task else None,
+        Layer.industry: policy.industry_adapter if fed.industry else None,
+        Layer.retailer: fed.retailer or tenant.retailer,
+        Layer.manufacturer: fed.manufacturer or tenant.manufacturer,
+        Layer.task: policy.task_adapters.get(task, task) if task else None,
     }
     parts, layers = [], []
-    for layer in LAYERS:
+    for layer in LAYER_ORDER:
         adapter_id = chosen[layer]
         if adapter_id is None:
             continue
@@ -163,7 +162,7 @@ def decide(
 def check_access(tenant: Tenant, manifests: Sequence[AdapterManifest]) -> None:
     """Raise Forbidden naming the first private component ``tenant`` may not compose."""
     for m in manifests:
-        if not tenant.may_use(m.id, m.owner, m.visibility.value == "private"):
+        if not tenant.may_use(m.id, m.owner, m.visibility == Visibility.private):
             raise Forbidden(
                 f"tenant {tenant.id!r} may not use adapter {m.id!r}: it is private to {m.owner!r} and not granted",
                 m.id,

@@ -1,9 +1,9 @@
 """The clean-room deployment: one :class:`cleanroom.CleanRoom` per configured retailer.
 
 DuckDB files are single-writer, so this deployment runs one replica, on the node that holds the files;
-the router reaches it through a handle (nothing is read across nodes). Answers are plain dicts
-``{"status": int, "body": ..., "headers": {...}}`` so the router can relay them without knowing clean-room
-types. Each tenant's queries are rate-limited per retailer (the policy's ``queries_per_minute`` → 429).
+the router reaches it through a handle (nothing is read across nodes). Answers are
+:class:`serving.replies.Reply` (status, JSON body, headers): the router relays them without knowing
+clean-room types. Each tenant's queries are rate-limited per retailer (the policy's ``queries_per_minute`` → 429).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from cleanroom import BudgetExhausted, CleanRoom, CleanRoomError, PolicyViolation, Query
+from federation.errors import first_error
 from federation.ratelimit import RateLimiter
 from serving.config import AppConfig
 from serving.metrics import CleanRoomMetrics
-from serving.vllm_engine import error_body, first_error
+from serving.replies import Reply
 
 
 class CleanRoomService:
@@ -43,8 +44,8 @@ class CleanRoomService:
         """A clean room holding the synthetic market's retailer log (built here, on this replica's node,
         from the seed; harmonised from the retailer's own field names), named ``<retailer>@seed<seed>``.
         The last 8 stay open; returns ``{"retailer": name, "harmonization": {...}}``."""
-        from federation.compare import load_retailer_log
-        from federation.market import MarketConfig, generate
+        from federation.planning.compare import load_retailer_log
+        from federation.planning.market import MarketConfig, generate
 
         cfg = MarketConfig.model_validate_json(market_json)
         name = f"{cfg.retailer}@seed{cfg.seed}"
@@ -68,42 +69,33 @@ class CleanRoomService:
                 shutil.rmtree(self._work / old, ignore_errors=True)
             return self._markets[name]
 
-    def _room(self, retailer: object) -> CleanRoom | dict[str, Any]:
+    def _room(self, retailer: object) -> CleanRoom | Reply:
         room = self._rooms.get(retailer) if isinstance(retailer, str) else None
         if room is None:
-            return {
-                "status": 404,
-                "body": error_body(f"no clean room for retailer {retailer!r}", 404, "not_found_error"),
-            }
+            return Reply.error(404, f"no clean room for retailer {retailer!r}", "not_found_error")
         return room
 
-    async def query(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def query(self, tenant: str, body: dict[str, Any]) -> Reply:
         """Answer ``{"retailer": ..., "query": {...}}`` for ``tenant``."""
         room = self._room(body.get("retailer"))
-        if isinstance(room, dict):
+        if isinstance(room, Reply):
             return room
         wait = self._limiter.acquire(f"{tenant}\x00{room.policy.retailer}", room.policy.queries_per_minute)
         if wait > 0:
             self._count(room, "rate_limited")
             msg = f"clean-room rate limit: {room.policy.queries_per_minute} queries/minute for {room.policy.retailer}"
             await asyncio.to_thread(room.audit_refusal, tenant, body.get("query"), msg)
-            return {
-                "status": 429,
-                "body": error_body(msg, 429, "rate_limit_error"),
-                "headers": {"retry-after": str(max(1, round(wait)))},
-            }
+            return Reply.error(429, msg, "rate_limit_error", headers={"retry-after": str(max(1, round(wait)))})
         answer = await asyncio.to_thread(self._answer, room, tenant, body)  # DuckDB work off the event loop
-        self._count(room, "accepted" if answer["status"] == 200 else "refused")
-        if answer["status"] == 200 and answer["body"]["epsilon_spent"]:
-            self._metrics.epsilon.inc(
-                answer["body"]["epsilon_spent"], tags={"retailer": room.policy.retailer}
-            )
+        self._count(room, "accepted" if answer.ok else "refused")
+        if answer.ok and answer.body["epsilon_spent"]:
+            self._metrics.epsilon.inc(answer.body["epsilon_spent"], tags={"retailer": room.policy.retailer})
         return answer
 
     def _count(self, room: CleanRoom, decision: str) -> None:
         self._metrics.queries.inc(tags={"retailer": room.policy.retailer, "decision": decision})
 
-    def _answer(self, room: CleanRoom, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, room: CleanRoom, tenant: str, body: dict[str, Any]) -> Reply:
         try:
             q = Query.model_validate(body.get("query"))
             result = room.query(tenant, q)
@@ -111,34 +103,31 @@ class CleanRoomService:
             loc, msg = first_error(e)
             message = f"invalid query: {loc}: {msg}"
             room.audit_refusal(tenant, body.get("query"), message)
-            return {"status": 400, "body": error_body(message, 400, param=loc)}
+            return Reply.error(400, message, param=loc)
         except BudgetExhausted as e:
-            return {"status": 403, "body": error_body(str(e), 403, "privacy_budget_exhausted")}
+            return Reply.error(403, str(e), "privacy_budget_exhausted")
         except PolicyViolation as e:
-            return {"status": 400, "body": error_body(str(e), 400, "policy_violation")}
+            return Reply.error(400, str(e), "policy_violation")
         except CleanRoomError as e:
-            return {"status": 500, "body": error_body(str(e), 500, "server_error")}
-        return {
-            "status": 200,
-            "body": {"retailer": room.policy.retailer, "k": room.policy.k, **asdict(result)},
-        }
+            return Reply.error(500, str(e), "server_error")
+        return Reply(200, {"retailer": room.policy.retailer, "k": room.policy.k, **asdict(result)})
 
-    async def budget(self, tenant: str, retailer: str) -> dict[str, Any]:
+    async def budget(self, tenant: str, retailer: str) -> Reply:
         """``tenant``'s differential-privacy budget at ``retailer`` (total, spent, remaining)."""
         room = self._room(retailer)
-        if isinstance(room, dict):
+        if isinstance(room, Reply):
             return room
-        return {"status": 200, "body": room.budget(tenant)}
+        return Reply(200, room.budget(tenant))
 
-    async def schema(self, retailer: str) -> dict[str, Any]:
+    async def schema(self, retailer: str) -> Reply:
         """What a tenant may ask of ``retailer``: dimensions, metrics, filters, k, blocked fields."""
         room = self._room(retailer)
-        if isinstance(room, dict):
+        if isinstance(room, Reply):
             return room
         p = room.policy
-        return {
-            "status": 200,
-            "body": {
+        return Reply(
+            200,
+            {
                 "retailer": p.retailer,
                 "k": p.k,
                 "dimensions": p.allowed_dimensions,
@@ -149,4 +138,4 @@ class CleanRoomService:
                 "queries_per_minute": p.queries_per_minute,
                 "dp": p.dp.model_dump() if p.dp else None,
             },
-        }
+        )

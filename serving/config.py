@@ -14,9 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cleanroom.policy import CleanRoomPolicy
-from federation.market import MarketConfig
-from federation.policy import FederationPolicy
-from federation.tenants import Tenant
+from federation.config import FederationConfig
+from federation.planning.market import MarketConfig
 
 
 class ConfigError(ValueError):
@@ -43,6 +42,13 @@ class ModelConfig(_Strict):
 class EngineConfig(_Strict):
     """vLLM engine arguments that matter here; anything else goes in ``extra``."""
 
+    kind: Literal["vllm", "fake"] = Field(
+        default="vllm",
+        description="vllm: the real engine. fake: deterministic text without a model (the fast Serve test tier).",
+    )
+    fake_token_delay_s: float = Field(
+        default=0.0, ge=0, le=10, description="fake engine only: seconds per generated word."
+    )
     device: Literal["cpu", "cuda"] = Field(
         default="cpu", description="Where vLLM runs; same code either way."
     )
@@ -199,27 +205,6 @@ class AdaptersConfig(_Strict):
         import tempfile
 
         return self.cache_root or Path(tempfile.gettempdir()) / "rmn-composites"
-
-
-class FederationConfig(_Strict):
-    """Tenants, API keys (hashes), grants and the stack policy. Absent: an open API without tenants."""
-
-    tenants: list[Tenant] = Field(
-        min_length=1, description="Who may call the API, with what key hash and grants."
-    )
-    policy: FederationPolicy = Field(default_factory=FederationPolicy, description="How stacks are built.")
-    audit_log: Path | None = Field(
-        default=None,
-        description="JSON-lines file of composition decisions (per router node); null: logs only.",
-    )
-    metrics_top_n: int = Field(
-        default=20, gt=0, description="Compositions with their own metrics label; later ones are 'other'."
-    )
-
-    @field_validator("audit_log", mode="after")
-    @classmethod
-    def _absolute(cls, v: Path | None) -> Path | None:
-        return None if v is None else v.expanduser().resolve()
 
 
 class CleanRoomRetailer(_Strict):

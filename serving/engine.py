@@ -1,4 +1,4 @@
-"""The engine deployment: one vLLM engine per replica, adapters hot-swapped by multiplexed model id.
+"""The engine deployment: one engine (vLLM) per replica, adapters hot-swapped by multiplexed model id.
 
 A request's multiplexed model id is a version-pinned stack ``<base>:<a>@<v>[+<b>@<v>[*w]...]`` — the
 recipe itself, since Serve hands the loader nothing but the id. Ray Serve routes it to a replica that
@@ -20,10 +20,11 @@ from ray import serve
 
 from adapters import AdapterError, AdapterNotFound, AdapterRegistry, InvalidAdapter
 from adapters.cache import CompositeCache, resolve
+from federation.model_names import ModelNameError, parse_model_name
 from serving.config import AppConfig
+from serving.engines import Kind, create_engine
 from serving.metrics import EngineMetrics
-from serving.model_names import ModelNameError, parse_model_name
-from serving.vllm_engine import Kind, VLLMEngine, error_body
+from serving.replies import EngineItem, Head, error_items
 
 log = logging.getLogger("ray.serve")
 
@@ -42,7 +43,8 @@ class _Resident:
 
 
 class EngineDeployment:
-    """Ray Serve deployment class (bound by :func:`serving.app.build_app`)."""
+    """Ray Serve deployment class (bound by :func:`serving.app.build_app`); the engine is the one
+    ``config.engine.kind`` names (vLLM, or the FakeEngine in the fast test tier)."""
 
     async def __init__(self, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         self._cfg = config
@@ -56,7 +58,7 @@ class EngineDeployment:
             compress=config.adapters.compress_overflow,
             on_event=self._on_cache_event,
         )
-        self._engine = VLLMEngine(config.model, config.engine)
+        self._engine = create_engine(config.model, config.engine)
         await self._engine.start()
         self._loop = asyncio.get_running_loop()
         self._inflight: collections.Counter[str] = collections.Counter()
@@ -106,37 +108,28 @@ class EngineDeployment:
         self._metrics.evictions.inc()
         log.info("adapter evicted", extra={"lora_name": lora_name, "replica": self._replica})
 
-    async def generate(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
-        """Serve one OpenAI request (protocol of :meth:`VLLMEngine.handle`, first item + ``replica``)."""
+    async def generate(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[EngineItem]:
+        """Serve one OpenAI request: the engine protocol's items, the :class:`Head` stamped with this
+        replica and the adapter that served it (the multiplexed model id; '' for the base model)."""
         lora_name = serve.get_multiplexed_model_id()
-        meta = {"replica": self._replica, "lora_name": lora_name or None}
         if lora_name:
+            failure: list[EngineItem] = []
             try:
                 await self._load(lora_name)
             except (AdapterNotFound, InvalidAdapter, ModelNameError) as e:
                 status = getattr(e, "status", 404 if isinstance(e, AdapterNotFound) else 400)
-                yield {"status": status, "stream": False, **meta}
-                yield {
-                    "body": error_body(
-                        str(e), status, "not_found_error" if status == 404 else "invalid_request_error"
-                    )
-                }
-                return
+                failure = error_items(status, str(e), "not_found_error" if status == 404 else "invalid_request_error")
             except (AdapterError, RuntimeError) as e:
-                yield {"status": 500, "stream": False, **meta}
-                yield {
-                    "body": error_body(f"adapter {lora_name!r} could not be loaded: {e}", 500, "server_error")
-                }
+                failure = error_items(500, f"adapter {lora_name!r} could not be loaded: {e}", "server_error")
+            if failure:
+                for item in failure:
+                    yield item.at(self._replica, lora_name) if isinstance(item, Head) else item
                 return
             body = {**body, "model": lora_name}
         self._inflight[lora_name] += 1
         try:
-            first = True
             async for item in self._engine.handle(kind, body):
-                if first and isinstance(item, dict):
-                    item = {**item, **meta}
-                    first = False
-                yield item
+                yield item.at(self._replica, lora_name or None) if isinstance(item, Head) else item
         finally:
             self._inflight[lora_name] -= 1
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -27,13 +28,14 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from adapters import AdapterRegistry
-from federation.tenants import Tenant
-from serving.access import Gate, GateError
+from federation.access import Gate
+from federation.errors import GateError
+from federation.graph import composition_graph
+from federation.tenants import Role, Tenant
 from serving.config import AppConfig
-from serving.graph import composition_graph
 from serving.metrics import RouterMetrics
-from serving.vllm_engine import error_body
-from serving.writer import write_texts
+from serving.replies import Body, Head, Reply, error_body
+from serving.writer import Completion, write_texts
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="rmn-lora", version="0.1.0")
@@ -87,7 +89,13 @@ class Router:
         self._comparison = comparison
         self._cfg = config
         self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
-        self._gate = Gate(config, self._registry)
+        self._gate = Gate(
+            config.federation,
+            self._registry,
+            config.model.served_name,
+            config.engine.max_lora_rank,
+            config.adapters.compress_overflow,
+        )
         self._metrics = RouterMetrics(config.federation.metrics_top_n if config.federation else 20)
 
     # ---- probes ----------------------------------------------------------------------------
@@ -204,16 +212,14 @@ class Router:
             tenant = self._tenant(request, "clean-room queries")
             retailer = request.query_params.get("retailer", "")
             if method == "query":
-                answer = await self._cleanroom.query.remote(tenant.id, await _read_body(request))
+                answer: Reply = await self._cleanroom.query.remote(tenant.id, await _read_body(request))
             elif method == "budget":
                 answer = await self._cleanroom.budget.remote(tenant.id, retailer)
             else:
                 answer = await self._cleanroom.schema.remote(retailer)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
-        return JSONResponse(
-            answer["body"], status_code=answer["status"], headers={**answer.get("headers", {}), **headers}
-        )
+        return JSONResponse(answer.body, status_code=answer.status, headers={**answer.headers, **headers})
 
     # ---- planning ---------------------------------------------------------------------------
     @api.post("/v1/plans/compare")
@@ -227,22 +233,23 @@ class Router:
         try:
             tenant = self._tenant(request, "plans")
             body = await _read_body(request)
-            if tenant.role.value != "admin" and body.get("manufacturer") != tenant.id:
+            if tenant.role != Role.admin and body.get("manufacturer") != tenant.id:
                 raise GateError(
                     403,
                     f"tenant {tenant.id!r} may plan only for its own brand, not {body.get('manufacturer')!r}",
                     "permission_error",
                 )
-            answer = await self._comparison.compare.remote(tenant.id, body)
-            if answer["status"] == 200 and answer["body"]["request"]["write_text"]:
-                await write_texts(self, tenant, answer["body"], request_id)
+            answer: Reply = await self._comparison.compare.remote(tenant.id, body)
+            if answer.ok and answer.body["request"]["write_text"] and self._cfg.comparison is not None:
+                writer = functools.partial(self.complete, tenant, request_id=request_id)
+                await write_texts(writer, self._cfg.comparison, self._cfg.model.served_name, answer.body)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
-        return JSONResponse(answer["body"], status_code=answer["status"], headers=headers)
+        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
 
-    async def complete(self, tenant: Any, body: dict[str, Any], request_id: str) -> dict[str, Any]:
-        """One non-streamed chat completion through the federation (for text the router writes itself):
-        ``{"status", "body", "model"}``; raises :class:`GateError` when the stack is refused."""
+    async def complete(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Completion:
+        """One non-streamed chat completion through the federation (for text the router writes itself);
+        raises :class:`GateError` when the stack is refused."""
         res = self._gate.resolve(tenant, body, request_id)
         body.pop("federation", None)
         body["request_id"] = f"{request_id}-{uuid.uuid4().hex[:8]}"
@@ -250,11 +257,11 @@ class Router:
         handle = self._engine.options(stream=True, multiplexed_model_id=lora_name)
         gen: Any = handle.generate.remote("chat", body)
         try:
-            meta = await gen.__anext__()
-            item = await gen.__anext__()
+            head: Head = await gen.__anext__()
+            item: Body = await gen.__anext__()
         finally:
             _cancel(gen)
-        return {"status": meta["status"], "body": item["body"], "model": meta.get("lora_name") or lora_name}
+        return Completion(head.status, item.body, head.lora_name or lora_name)
 
     # ---- generation ------------------------------------------------------------------------
     @api.post("/v1/chat/completions")
@@ -293,25 +300,13 @@ class Router:
         gen: Any = None
         try:
             gen = handle.generate.remote(kind, body)  # may raise BackPressureError at once
-            meta = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
+            head: Head = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
         except TimeoutError:
             return self._deadline_exceeded(gen, label, started, headers)
         except Exception as e:
-            if not _is_backpressure(e):
-                raise
-            return self._finish(
-                label,
-                503,
-                started,
-                _error(
-                    "server overloaded, retry later",
-                    503,
-                    "service_unavailable",
-                    {**headers, "retry-after": "1"},
-                ),
-            )
-        headers["x-rmn-replica"] = str(meta.get("replica"))
-        headers["x-rmn-model"] = meta.get("lora_name") or self._cfg.model.served_name
+            return self._engine_failed(e, gen, label, started, headers, request_id)
+        headers["x-rmn-replica"] = str(head.replica)
+        headers["x-rmn-model"] = head.lora_name or self._cfg.model.served_name
         log.info(
             "generate",
             extra={
@@ -319,30 +314,42 @@ class Router:
                 "kind": kind,
                 "model": headers["x-rmn-model"],
                 "replica": headers["x-rmn-replica"],
-                "status": meta["status"],
+                "status": head.status,
             },
         )
-        if meta["status"] == 200 and stack is not None:
+        if head.status == 200 and stack is not None:
             for part in stack.parts:
                 self._metrics.components.inc(tags={"component": part.id})
-        if not meta.get("stream"):
+        if not head.stream:
             try:
-                item = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
+                item: Body = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
             except TimeoutError:
                 return self._deadline_exceeded(gen, label, started, headers)
-            self._count_tokens(label, item["body"].get("usage"))
+            except Exception as e:
+                return self._engine_failed(e, gen, label, started, headers, request_id)
+            self._count_tokens(label, item.body.get("usage"))
             self._metrics.ttft.observe(time.monotonic() - started, tags={"composition": label})
             return self._finish(
-                label,
-                meta["status"],
-                started,
-                JSONResponse(item["body"], status_code=meta["status"], headers=headers),
+                label, head.status, started, JSONResponse(item.body, status_code=head.status, headers=headers)
             )
         return StreamingResponse(
-            self._sse(gen, deadline, started, label, client_usage),
+            self._sse(gen, deadline, started, label, client_usage, request_id),
             media_type="text/event-stream",
             headers=headers,
         )
+
+    def _engine_failed(
+        self, e: Exception, gen: Any, label: str, started: float, headers: dict[str, str], request_id: str
+    ) -> Response:
+        """The answer when the engine call raised: 503 + Retry-After when the queue is full, else an
+        OpenAI-shaped 500 (never Serve's plain-text one)."""
+        _cancel(gen)
+        if _is_backpressure(e):
+            err = _error("server overloaded, retry later", 503, "service_unavailable", {**headers, "retry-after": "1"})
+            return self._finish(label, 503, started, err)
+        log.error("engine call failed", extra={"request_id": request_id, "error": repr(e)})
+        message = f"the engine failed to answer: {type(e).__name__} (request id {request_id})"
+        return self._finish(label, 500, started, _error(message, 500, "server_error", headers))
 
     def _deadline_exceeded(self, gen: Any, label: str, started: float, headers: dict[str, str]) -> Response:
         _cancel(gen)
@@ -364,9 +371,10 @@ class Router:
             )
 
     async def _sse(
-        self, gen: Any, deadline: float, started: float, label: str, client_usage: bool
+        self, gen: Any, deadline: float, started: float, label: str, client_usage: bool, request_id: str
     ) -> AsyncIterator[str]:
-        """Relay SSE chunks (recording TTFT and usage); past the deadline, end with an error event."""
+        """Relay SSE chunks (recording TTFT and usage); past the deadline or when the engine fails
+        mid-stream, end with an OpenAI-shaped error event and ``[DONE]``."""
         status, first = 200, True
         try:
             while True:
@@ -378,6 +386,12 @@ class Router:
                     status = 504
                     err = error_body(f"request exceeded {self._cfg.http.request_timeout_s}s", 504, "timeout")
                     yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n"
+                    return
+                except Exception as e:
+                    status = 500
+                    log.error("engine failed mid-stream", extra={"request_id": request_id, "error": repr(e)})
+                    message = f"the engine failed mid-stream: {type(e).__name__} (request id {request_id})"
+                    yield f"data: {json.dumps(error_body(message, 500, 'server_error'))}\n\ndata: [DONE]\n\n"
                     return
                 if first:
                     self._metrics.ttft.observe(time.monotonic() - started, tags={"composition": label})

@@ -1,32 +1,54 @@
 """The text of a comparison, written through the composed adapters: a JSON rationale from the planning
-stack (guided decoding: the output must match :data:`federation.creatives.RATIONALE_SCHEMA`) and ad lines
+stack (guided decoding: the output must match :data:`federation.planning.creatives.RATIONALE_SCHEMA`) and ad lines
 from the creative stack, each checked against the brand's governance rules."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from federation.creatives import RATIONALE_SCHEMA, check_line, creative_messages, rationale_messages
-from serving.access import GateError
+from federation.errors import GateError
+from federation.planning.creatives import (
+    RATIONALE_SCHEMA,
+    check_line,
+    creative_messages,
+    matches_rationale_schema,
+    rationale_messages,
+)
+from serving.config import ComparisonConfig
 
 
-class _Completer(Protocol):
-    _cfg: Any
+@dataclass(frozen=True)
+class Completion:
+    """A non-streamed chat completion made through the federation: status, OpenAI body, the model
+    (version-pinned stack) that wrote it."""
 
-    async def complete(self, tenant: Any, body: dict[str, Any], request_id: str) -> dict[str, Any]: ...
+    status: int
+    body: dict[str, Any]
+    model: str
+
+    @property
+    def text(self) -> str:
+        """The message content ('' when absent)."""
+        return str(self.body["choices"][0]["message"]["content"] or "")
+
+    @property
+    def error(self) -> str:
+        """The error message of a failed completion."""
+        return str(self.body.get("error", {}).get("message", "generation failed"))
 
 
-def _text(answer: dict[str, Any]) -> str:
-    return str(answer["body"]["choices"][0]["message"]["content"] or "")
+Complete = Callable[[dict[str, Any]], Awaitable[Completion]]
+"""Makes one completion for a request body (the router's, bound to the tenant and request id)."""
 
 
-async def write_texts(router: _Completer, tenant: Any, result: dict[str, Any], request_id: str) -> None:
+async def write_texts(complete: Complete, cfg: ComparisonConfig, served_name: str, result: dict[str, Any]) -> None:
     """Fill ``result["rationale"]``, ``result["creatives"]`` and ``result["models"]`` (errors are
     reported in place, the numbers stand without the text)."""
-    cfg = router._cfg.comparison
-    model = f"{router._cfg.model.served_name}:auto"
+    model = f"{served_name}:auto"
     market = result["market"]
 
     async def rationale() -> dict[str, Any]:
@@ -42,22 +64,19 @@ async def write_texts(router: _Completer, tenant: Any, result: dict[str, Any], r
                 "json_schema": {"name": "rationale", "schema": RATIONALE_SCHEMA, "strict": True},
             },
         }
-        ans = await router.complete(tenant, body, request_id)
-        if ans["status"] != 200:
-            return {
-                "error": ans["body"].get("error", {}).get("message", "generation failed"),
-                "model": ans["model"],
-            }
-        raw = _text(ans)
+        ans = await complete(body)
+        if ans.status != 200:
+            return {"error": ans.error, "model": ans.model}
+        raw = ans.text
         try:
             parsed = json.loads(raw, strict=False)  # control characters inside strings are tolerated
         except json.JSONDecodeError:
             return {
                 "error": "output is not complete JSON (max_tokens too small?)",
                 "raw": raw,
-                "model": ans["model"],
+                "model": ans.model,
             }
-        return {"json": parsed, "schema_valid": _valid(parsed), "model": ans["model"]}
+        return {"json": parsed, "schema_valid": matches_rationale_schema(parsed), "model": ans.model}
 
     async def creative(sku: dict[str, Any]) -> dict[str, Any]:
         body = {
@@ -69,12 +88,12 @@ async def write_texts(router: _Completer, tenant: Any, result: dict[str, Any], r
             "max_tokens": cfg.creative_max_tokens,
             "temperature": 0,
         }
-        ans = await router.complete(tenant, body, request_id)
-        if ans["status"] != 200:
-            return {"sku": sku["sku"], "error": ans["body"].get("error", {}).get("message", "failed")}
+        ans = await complete(body)
+        if ans.status != 200:
+            return {"sku": sku["sku"], "error": ans.error}
         g = cfg.governance
-        verdict = check_line(_text(ans), g.banned_words, g.max_chars, g.min_chars)
-        return {"sku": sku["sku"], **verdict, "model": ans["model"]}
+        verdict = check_line(ans.text, g.banned_words, g.max_chars, g.min_chars)
+        return {"sku": sku["sku"], **verdict, "model": ans.model}
 
     try:
         outputs = await asyncio.gather(rationale(), *[creative(s) for s in result.get("top_skus", [])])
@@ -89,16 +108,3 @@ async def write_texts(router: _Completer, tenant: Any, result: dict[str, Any], r
         "creatives": str(outputs[1].get("model", "")) if len(outputs) > 1 else "",
     }
 
-
-def _valid(obj: Any) -> bool:
-    """``obj`` matches :data:`RATIONALE_SCHEMA` (checked here too: guided decoding is the first line)."""
-    props = RATIONALE_SCHEMA["properties"]
-    if not isinstance(obj, dict) or set(obj) != set(RATIONALE_SCHEMA["required"]):
-        return False
-    for key, spec in props.items():
-        value = obj[key]
-        if not isinstance(value, str) or ("enum" in spec and value not in spec["enum"]):
-            return False
-        if len(value) > spec.get("maxLength", 10**9):
-            return False
-    return True

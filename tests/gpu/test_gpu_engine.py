@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_engine_generates_with_adapter_on_cuda(tiny_model, adapter_dirs) -> None:  # type: ignore[no-untyped-def]
     from serving.config import EngineConfig, ModelConfig
-    from serving.vllm_engine import VLLMEngine
+    from serving.engines.vllm_engine import VLLMEngine
 
     async def run() -> tuple[str, str]:
         eng = VLLMEngine(

@@ -66,7 +66,7 @@ def train_argv(data, model, root, adapter_id: str, kind: str, *extra: str) -> li
 def test_train_from_a_corpus_registers_an_adapter(tiny_model, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     from adapters import AdapterRegistry
     from adapters.corpus import write_pairs
-    from federation.corpora import demo_pairs
+    from serving.demo.corpora import demo_pairs
 
     data = write_pairs(tmp_path / "corpus.jsonl", demo_pairs("brand_brewmax", n=40))
     root = tmp_path / "reg"

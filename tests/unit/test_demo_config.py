@@ -8,7 +8,7 @@ import pytest
 
 from cleanroom import CleanRoomPolicy
 from serving.config import load_config, load_yaml_model
-from serving.defaults import DEMO_KEYS, demo_config
+from serving.demo.defaults import DEMO_KEYS, demo_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

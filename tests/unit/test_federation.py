@@ -266,6 +266,6 @@ def test_auto_is_a_reserved_adapter_id() -> None:
     ],
 )
 def test_classifier_reads_the_last_user_turn(body: dict, text: str) -> None:
-    from serving.access import prompt_text
+    from federation.access import prompt_text
 
     assert prompt_text(body) == text

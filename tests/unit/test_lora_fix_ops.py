@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from serving import vllm_lora_fix as fix
+from serving.engines import lora_plugin as fix
 
 
 def reference_shrink(x: torch.Tensor, a: torch.Tensor, idx: torch.Tensor, scale: float) -> torch.Tensor:
@@ -81,4 +81,4 @@ def test_entry_point_is_declared() -> None:
     from importlib.metadata import entry_points
 
     names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert names.get("rmn_cpu_lora_fix") == "serving.vllm_lora_fix:register"
+    assert names.get("rmn_cpu_lora_fix") == "serving.engines.lora_plugin:register"

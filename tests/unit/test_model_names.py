@@ -1,7 +1,7 @@
 import pytest
 
 from adapters.stack import StackPart
-from serving.model_names import ModelNameError, ModelRef, parse_model_name
+from federation.model_names import ModelNameError, ModelRef, parse_model_name
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,14 @@ from pydantic import ValidationError
 
 from cleanroom import CleanRoomPolicy
 from cleanroom.schema import EVENT_COLUMNS
-from federation.compare import CompareRequest, compare_local, plan_full
-from federation.creatives import check_line
-from federation.curves import Curve
-from federation.harmonize import harmonize
-from federation.market import RETAILER_FIELDS, MarketConfig, generate
-from federation.planner import CellInput, PlanningError, PlanRequest, solve
-from federation.scoring import score
+from federation.planning.compare import CompareRequest, plan_full
+from federation.planning.creatives import check_line
+from federation.planning.curves import Curve
+from federation.planning.harmonize import harmonize
+from federation.planning.market import RETAILER_FIELDS, MarketConfig, generate
+from federation.planning.planner import CellInput, PlanningError, PlanRequest, solve
+from federation.planning.scoring import score
+from federation.planning.workflow import ComparisonError, compare_local
 
 SMALL = MarketConfig(seed=5, brands=["brewmax", "beanco"], skus_per_brand=8, days=28, shoppers=500)
 
@@ -120,7 +121,7 @@ def test_scoring_caps_sales_at_true_stock_and_counts_out_of_stock_spend() -> Non
     i = int(np.argmin(market.truth.headroom_units))
     market.truth.headroom_units[i] = 0.0
     sku, placement = market.skus[i], market.placements[0]
-    from federation.planner import Plan
+    from federation.planning.planner import Plan
 
     plan = Plan("profit", {(sku, placement): 500.0}, {(sku, placement): 900.0}, 500.0, 1.8)
     s = score(plan, market)
@@ -133,14 +134,23 @@ def test_compare_local_measures_both_plans_and_every_number_moves_with_the_data(
     req = CompareRequest(budget=800, manufacturer="brewmax", roas_floor=0.1)
     a = compare_local(SMALL, req, policy, tmp_path / "a")
     b = compare_local(SMALL, req.model_copy(update={"seed": 9}), policy, tmp_path / "b")
-    assert set(a.cleanroom_view["blocked_fields"]) == {"margin", "promo_flag", "stock_level"}
-    assert a.harmonization["unmapped"] == ["store_region"]
+    assert set(a["cleanroom_view"]["blocked_fields"]) == {"margin", "promo_flag", "stock_level"}
+    assert a["harmonization"]["unmapped"] == ["store_region"]
     for side in ("full", "cleanroom"):
-        sa, sb = getattr(a, side).score, getattr(b, side).score
+        sa, sb = a[side]["score"], b[side]["score"]
         for metric in ("incremental_revenue", "iroas", "profit", "forecast_wape", "forecast_bias"):
-            assert getattr(sa, metric) != getattr(sb, metric), (side, metric)
-    assert a.deltas["profit"] == pytest.approx(a.full.score.profit - a.cleanroom.score.profit, abs=0.02)
-    assert a.timing["wall_s"] <= a.timing["sum_s"] + 0.05
+            assert sa[metric] != sb[metric], (side, metric)
+    profit_delta = a["full"]["score"]["profit"] - a["cleanroom"]["score"]["profit"]
+    assert a["deltas"]["profit"] == pytest.approx(profit_delta, abs=0.02)
+    assert a["timing"]["wall_s"] <= a["timing"]["sum_s"] + 0.05
+    assert 1 <= len(a["top_skus"]) <= req.creatives and all(t["category"] for t in a["top_skus"])
+
+
+def test_compare_local_refuses_bad_requests_with_a_status(tmp_path: Path) -> None:
+    policy = CleanRoomPolicy(retailer="acme", k=20)
+    with pytest.raises(ComparisonError, match="unknown manufacturer") as e:
+        compare_local(SMALL, CompareRequest(budget=800, manufacturer="nobody"), policy, tmp_path)
+    assert e.value.status == 400
 
 
 def test_governance_verdicts() -> None:
@@ -154,7 +164,7 @@ def test_governance_verdicts() -> None:
 
 
 def test_column_generation_reaches_the_full_lp_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
-    import federation.planner as planner
+    import federation.planning.planner as planner
 
     rng = np.random.default_rng(3)
     cells = [
@@ -176,7 +186,7 @@ def test_column_generation_reaches_the_full_lp_optimum(monkeypatch: pytest.Monke
 
 
 def test_market_corpora_carry_the_brands_private_facts_and_move_with_the_seed(tmp_path: Path) -> None:
-    from federation.market_corpus import corpus
+    from federation.planning.market_corpus import corpus
     from serving.cli import main
 
     market = generate(SMALL)

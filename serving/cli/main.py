@@ -7,15 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from serving.cli_cleanroom import add_cleanroom_commands
-from serving.cli_planning import add_planning_commands
+from serving.cli.cleanroom import add_cleanroom_commands
+from serving.cli.planning import add_planning_commands
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from serving.config import load_config
-    from serving.defaults import default_config
+    from serving.demo.defaults import default_config
     from serving.local import local_app, stop_on_signals
 
     cfg = load_config(args.config) if args.config else default_config()
@@ -44,7 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_prepare(args: argparse.Namespace) -> int:
-    from serving.defaults import demo_model_dir
+    from serving.demo.defaults import demo_model_dir
     from serving.modelprep.smollm2 import prepare_smollm2
 
     out = prepare_smollm2(Path(args.out) if args.out else demo_model_dir())
@@ -61,7 +61,7 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
 
 def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from adapters import AdapterRegistry
-    from serving.defaults import home
+    from serving.demo.defaults import home
 
     return AdapterRegistry(Path(args.root) if args.root else home() / "adapters", max_rank=args.max_rank)
 
@@ -182,7 +182,7 @@ def _cmd_tenants_hash_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from serving.demo import run_demo
+    from serving.demo.run import run_demo
 
     return run_demo(keep_serving=args.keep_serving)
 

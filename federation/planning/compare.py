@@ -5,7 +5,7 @@
 - :func:`cleanroom_queries` + :func:`plan_from_cleanroom`: only what the retailer's clean room releases
   (attributed revenue and spend of cells with >= k shoppers, noisy under DP) → coarser curves → a
   revenue-maximising LP that knows no margins and no stock.
-- :func:`build_result`: both plans scored by :func:`federation.scoring.score` on the market's truth, the
+- :func:`build_result`: both plans scored by :func:`federation.planning.scoring.score` on the market's truth, the
   deltas, and a verdict that says who won — the clean room too, when it does.
 Pure Python: the Ray deployments and ``rmn compare`` call these.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from federation.curves import fit_aggregates, fit_brand
-from federation.harmonize import Harmonization, harmonize
-from federation.market import BrandData, Market, MarketConfig
-from federation.planner import CellInput, Plan, PlanRequest, solve
-from federation.scoring import Score, score
+from federation.planning.curves import fit_aggregates, fit_brand
+from federation.planning.harmonize import Harmonization, harmonize
+from federation.planning.market import BrandData, Market, MarketConfig
+from federation.planning.planner import CellInput, Plan, PlanRequest, solve
+from federation.planning.scoring import Score, score
 
 
 class CompareRequest(PlanRequest):
@@ -282,42 +282,3 @@ def market_config(base: MarketConfig, req: CompareRequest) -> MarketConfig:
     if req.retailer != base.retailer:
         raise ValueError(f"unknown retailer {req.retailer!r} (this market's retailer: {base.retailer})")
     return base.model_copy(update={"seed": base.seed if req.seed is None else req.seed})
-
-
-def compare_local(base: MarketConfig, req: CompareRequest, policy: Any, work: Path) -> ComparisonResult:
-    """The whole comparison in this process (no Ray, no LLM): a clean room for the market in ``work``
-    under ``policy`` (a :class:`cleanroom.CleanRoomPolicy`), both plans in parallel threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cleanroom import CleanRoom, Query
-    from federation.market import generate
-
-    cfg = market_config(base, req)
-    market = generate(cfg)
-    room = CleanRoom(work / f"{cfg.retailer}-seed{cfg.seed}.duckdb", policy)
-    try:
-        h = load_retailer_log(room, market, work) if room.version == 0 else harmonize([], [])
-
-        def cleanroom_side() -> tuple[Plan, dict[str, Any], float]:
-            t = time.perf_counter()
-            answers: dict[str, dict[str, Any]] = {}
-            for name, q in cleanroom_queries(req.manufacturer).items():
-                if wants(name, answers):
-                    answers[name] = _asdict(room.query(req.manufacturer, Query.model_validate(q)), room)
-            plan, view, _ = plan_from_cleanroom(answers, req, cfg.days, cfg.horizon_days)
-            return plan, view, time.perf_counter() - t
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(2) as pool:  # NumPy, HiGHS and DuckDB release the GIL for most of it
-            full_f = pool.submit(plan_full, market.brand_data(req.manufacturer), req)
-            clean_f = pool.submit(cleanroom_side)
-            full, clean = full_f.result(), clean_f.result()
-        return build_result(req, market, full, clean, h, time.perf_counter() - started)
-    finally:
-        room.close()
-
-
-def _asdict(result: Any, room: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return {"k": room.policy.k, **asdict(result)}

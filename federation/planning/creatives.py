@@ -58,3 +58,17 @@ def check_line(text: str, banned_words: list[str], max_chars: int, min_chars: in
     if len(line) < min_chars:
         violations.append(f"shorter than {min_chars} characters ({len(line)})")
     return {"text": line, "ok": not violations, "violations": violations}
+
+
+def matches_rationale_schema(obj: Any) -> bool:
+    """``obj`` matches :data:`RATIONALE_SCHEMA` (checked after generation too: guided decoding is the first line)."""
+    props = RATIONALE_SCHEMA["properties"]
+    if not isinstance(obj, dict) or set(obj) != set(RATIONALE_SCHEMA["required"]):
+        return False
+    for key, spec in props.items():
+        value = obj[key]
+        if not isinstance(value, str) or ("enum" in spec and value not in spec["enum"]):
+            return False
+        if len(value) > spec.get("maxLength", 10**9):
+            return False
+    return True

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from federation.access import Resolution
 from federation.tenants import Tenant
-from serving.access import Resolution
 
 
 def composition_graph(base: str, res: Resolution, tenant: Tenant | None) -> dict[str, Any]:
@@ -13,7 +13,7 @@ def composition_graph(base: str, res: Resolution, tenant: Tenant | None) -> dict
     stack = res.stack
     components = []
     if stack is not None:
-        layers = res.decision.layers or tuple(m.kind.value for m in stack.manifests)
+        layers = res.decision.layers or tuple(m.kind for m in stack.manifests)
         for part, manifest, layer in zip(stack.parts, stack.manifests, layers, strict=True):
             components.append(
                 {

@@ -9,8 +9,8 @@ from typing import Any
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from federation.compare import CompareRequest
-    from serving.report import format_comparison
+    from federation.planning.compare import CompareRequest
+    from serving.cli.report import format_comparison
 
     fields = {
         "budget": args.budget,
@@ -48,26 +48,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         import tempfile
 
-        from federation.compare import compare_local
+        from federation.planning.workflow import compare_local
         from serving.config import load_config
-        from serving.defaults import demo_config
+        from serving.demo.defaults import demo_config
 
         cfg = load_config(args.config) if args.config else demo_config()
         if cfg.comparison is None:
             raise ValueError("the config has no comparison section")
         with tempfile.TemporaryDirectory() as work:
-            result = compare_local(cfg.comparison.market, req, cfg.market_policy(), Path(work))
-        body = result.model_dump(mode="json")
+            body = compare_local(cfg.comparison.market, req, cfg.market_policy(), Path(work))
     print(json.dumps(body, indent=2) if args.json else format_comparison(body))
     return 0
 
 
 def _cmd_market_corpus(args: argparse.Namespace) -> int:
     from adapters.corpus import write_pairs
-    from federation.market import MarketConfig, generate
-    from federation.market_corpus import corpus
+    from federation.planning.market import MarketConfig, generate
+    from federation.planning.market_corpus import corpus
     from serving.config import load_config
-    from serving.defaults import demo_config
+    from serving.demo.defaults import demo_config
 
     cfg = load_config(args.config) if args.config else demo_config()
     market_cfg = cfg.comparison.market if cfg.comparison else MarketConfig()

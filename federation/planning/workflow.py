@@ -1,0 +1,238 @@
+"""The comparison workflow, written once: validate, build the market's clean room, run both plans IN
+PARALLEL, score them on the truth, pick the SKUs whose ad lines get written.
+
+Where each step runs is the backend's business (:class:`CompareBackend`): :class:`LocalBackend` runs
+them in this process (threads; ``rmn compare`` without a server), the Ray Serve comparison deployment
+(:mod:`serving.comparison`) through the planner and clean-room deployments. The clean-room side is one
+function too (:func:`cleanroom_side`), whatever carries its queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from federation.errors import first_error
+from federation.planning.compare import (
+    CompareRequest,
+    build_result,
+    cleanroom_queries,
+    load_retailer_log,
+    market_config,
+    plan_from_cleanroom,
+    plan_full,
+    wants,
+)
+from federation.planning.harmonize import Harmonization
+from federation.planning.market import Market, MarketConfig, generate
+from federation.planning.planner import Plan, PlanningError, PlanRequest
+
+
+class ComparisonError(ValueError):
+    """The comparison cannot be made: ``status`` (400 bad request, else the clean room's), an OpenAI
+    error type and why."""
+
+    def __init__(self, status: int, message: str, err_type: str = "planning_error") -> None:
+        super().__init__(message)
+        self.status, self.err_type = status, err_type
+
+
+@dataclass(frozen=True)
+class Room:
+    """The clean room holding a market's retailer log: its name and how its header was harmonised."""
+
+    retailer: str
+    harmonization: Harmonization
+
+
+@dataclass
+class SideOutcome:
+    """One plan, or why there is none (``error`` with the HTTP ``status`` it deserves)."""
+
+    plan: Plan | None = None
+    seconds: float = 0.0
+    view: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    status: int = 400
+
+
+class CompareBackend(Protocol):
+    """Where the steps of a comparison run."""
+
+    async def prepare_room(self, market_json: str) -> Room:
+        """The clean room of the market's retailer log (built once per market)."""
+        ...
+
+    async def plan_full(self, market_json: str, manufacturer: str, req: PlanRequest) -> SideOutcome:
+        """The full-data plan (the brand's own tables)."""
+        ...
+
+    async def plan_cleanroom(
+        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
+    ) -> SideOutcome:
+        """The clean-room plan (clean-room answers only)."""
+        ...
+
+    async def market(self, market_json: str) -> Market:
+        """The market itself (its truth scores the plans)."""
+        ...
+
+
+Ask = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Asks the clean room one query; returns the answer body or raises :class:`ComparisonError`."""
+
+
+def full_side(market: Market, manufacturer: str, req: PlanRequest) -> SideOutcome:
+    """The full-data plan from ``market``'s tables of ``manufacturer`` (blocking: run it in a thread)."""
+    try:
+        plan, seconds = plan_full(market.brand_data(manufacturer), req)
+    except PlanningError as e:
+        return SideOutcome(error=f"full-data plan: {e}")
+    return SideOutcome(plan, seconds)
+
+
+async def cleanroom_side(
+    ask: Ask, manufacturer: str, req: PlanRequest, history_days: int, horizon_days: int
+) -> SideOutcome:
+    """The clean-room plan: the queries of :func:`cleanroom_queries` through ``ask``, then fit + LP."""
+    answers: dict[str, dict[str, Any]] = {}
+    for name, q in cleanroom_queries(manufacturer).items():
+        if wants(name, answers):
+            try:
+                answers[name] = await ask(q)
+            except ComparisonError as e:
+                return SideOutcome(error=f"clean room: {e}", status=e.status)
+    try:
+        plan, view, seconds = await asyncio.to_thread(
+            plan_from_cleanroom, answers, req, history_days, horizon_days
+        )
+    except PlanningError as e:
+        return SideOutcome(error=f"clean-room plan: {e}")
+    return SideOutcome(plan, seconds, view)
+
+
+async def run_comparison(
+    tenant: str, body: dict[str, Any], base: MarketConfig, backend: CompareBackend
+) -> dict[str, Any]:
+    """The comparison's JSON body (:class:`ComparisonResult` + ``timing.planner_*_s`` + ``top_skus``);
+    raises :class:`ComparisonError` for a bad request or a side that cannot plan."""
+    try:
+        req = CompareRequest.model_validate(body)
+        cfg = market_config(base, req)
+    except ValidationError as e:
+        loc, msg = first_error(e)
+        raise ComparisonError(400, f"invalid request: {loc}: {msg}", "invalid_request_error") from e
+    except ValueError as e:
+        raise ComparisonError(400, str(e), "invalid_request_error") from e
+    market_json = cfg.model_dump_json()
+    room = await backend.prepare_room(market_json)
+    plan_req = PlanRequest.model_validate(req.model_dump(include=set(PlanRequest.model_fields)))
+
+    async def timed(call: Awaitable[SideOutcome]) -> tuple[SideOutcome, float]:
+        t = time.perf_counter()
+        out = await call
+        return out, time.perf_counter() - t
+
+    started = time.perf_counter()
+    (full, full_s), (clean, clean_s) = await asyncio.gather(
+        timed(backend.plan_full(market_json, req.manufacturer, plan_req)),
+        timed(backend.plan_cleanroom(tenant, room.retailer, market_json, req.manufacturer, plan_req)),
+    )
+    wall = time.perf_counter() - started
+    for side in (full, clean):
+        if side.error is not None or side.plan is None:
+            raise ComparisonError(side.status, side.error or "no plan")
+    assert full.plan is not None and clean.plan is not None  # for mypy: checked just above
+    market = await backend.market(market_json)
+    result = build_result(
+        req, market, (full.plan, full_s), (clean.plan, clean.view, clean_s), room.harmonization, wall
+    )
+    out = result.model_dump(mode="json")
+    out["timing"]["planner_full_s"] = round(full.seconds, 4)
+    out["timing"]["planner_cleanroom_s"] = round(clean.seconds, 4)
+    seen: dict[str, dict[str, Any]] = {}
+    for a in out["full"]["allocation"]:
+        seen.setdefault(a["sku"], a)
+    out["top_skus"] = [
+        {"sku": sku, "category": market.facts.category[market.skus.index(sku)]}
+        for sku in list(seen)[: req.creatives]
+    ]
+    return out
+
+
+class LocalBackend:
+    """Every step in this process: the clean room is a DuckDB file under ``work``, plans run in threads
+    (NumPy, HiGHS and DuckDB release the GIL for most of their work)."""
+
+    def __init__(self, policy: Any, work: Path) -> None:
+        self._policy = policy  # a cleanroom.CleanRoomPolicy for the market's retailer
+        self._work = work
+        self._markets: dict[str, Market] = {}
+        self._rooms: dict[str, Any] = {}
+        self._harmonized: dict[str, Harmonization] = {}
+
+    async def market(self, market_json: str) -> Market:
+        if market_json not in self._markets:
+            cfg = MarketConfig.model_validate_json(market_json)
+            self._markets[market_json] = await asyncio.to_thread(generate, cfg)
+        return self._markets[market_json]
+
+    async def prepare_room(self, market_json: str) -> Room:
+        from cleanroom import CleanRoom
+
+        market = await self.market(market_json)
+        cfg = market.config
+        name = f"{cfg.retailer}@seed{cfg.seed}"
+        if name in self._harmonized:
+            return Room(name, self._harmonized[name])
+        self._work.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{cfg.retailer}-seed{cfg.seed}-", dir=self._work))
+        room = CleanRoom(work / "events.duckdb", self._policy)
+        h = await asyncio.to_thread(load_retailer_log, room, market, work)
+        self._rooms[name], self._harmonized[name] = room, h
+        return Room(name, h)
+
+    async def plan_full(self, market_json: str, manufacturer: str, req: PlanRequest) -> SideOutcome:
+        market = await self.market(market_json)
+        return await asyncio.to_thread(full_side, market, manufacturer, req)
+
+    async def plan_cleanroom(
+        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
+    ) -> SideOutcome:
+        from cleanroom import CleanRoomError, Query
+
+        cr = self._rooms[room]
+
+        async def ask(q: dict[str, Any]) -> dict[str, Any]:
+            try:
+                result = await asyncio.to_thread(cr.query, tenant, Query.model_validate(q))
+            except CleanRoomError as e:
+                raise ComparisonError(400, str(e)) from e
+            return {"k": cr.policy.k, **asdict(result)}
+
+        cfg = MarketConfig.model_validate_json(market_json)
+        return await cleanroom_side(ask, manufacturer, req, cfg.days, cfg.horizon_days)
+
+    def close(self) -> None:
+        """Close the clean rooms this backend opened."""
+        for room in self._rooms.values():
+            room.close()
+        self._rooms.clear()
+
+
+def compare_local(base: MarketConfig, req: CompareRequest, policy: Any, work: Path) -> dict[str, Any]:
+    """The whole comparison in this process (no Ray, no LLM): a clean room for the market in ``work``
+    under ``policy`` (a :class:`cleanroom.CleanRoomPolicy`), both plans in parallel threads. Returns the
+    same JSON body as ``POST /v1/plans/compare`` (without the written text)."""
+    backend = LocalBackend(policy, work)
+    try:
+        return asyncio.run(run_comparison(req.manufacturer, req.model_dump(), base, backend))
+    finally:
+        backend.close()

@@ -1,0 +1,1 @@
+"""``make demo``: embedded defaults (demo model, tenants, clean room), demo adapter corpora, the demo run."""
