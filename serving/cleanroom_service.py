@@ -85,7 +85,9 @@ class CleanRoomService:
             self._count(room, "rate_limited")
             msg = f"clean-room rate limit: {room.policy.queries_per_minute} queries/minute for {room.policy.retailer}"
             await asyncio.to_thread(room.audit_refusal, tenant, body.get("query"), msg)
-            return Reply.error(429, msg, "rate_limit_error", headers={"retry-after": str(max(1, round(wait)))})
+            return Reply.error(
+                429, msg, "rate_limit_error", headers={"retry-after": str(max(1, round(wait)))}
+            )
         answer = await asyncio.to_thread(self._answer, room, tenant, body)  # DuckDB work off the event loop
         self._count(room, "accepted" if answer.ok else "refused")
         if answer.ok and answer.body["epsilon_spent"]:

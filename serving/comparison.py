@@ -80,7 +80,9 @@ class _ServeBackend:
     async def plan_cleanroom(
         self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
     ) -> SideOutcome:
-        out: SideOutcome = await self._planner.plan_cleanroom.remote(tenant, room, market_json, manufacturer, req)
+        out: SideOutcome = await self._planner.plan_cleanroom.remote(
+            tenant, room, market_json, manufacturer, req
+        )
         return out
 
     async def market(self, market_json: str) -> Market:

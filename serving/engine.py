@@ -118,7 +118,9 @@ class EngineDeployment:
                 await self._load(lora_name)
             except (AdapterNotFound, InvalidAdapter, ModelNameError) as e:
                 status = getattr(e, "status", 404 if isinstance(e, AdapterNotFound) else 400)
-                failure = error_items(status, str(e), "not_found_error" if status == 404 else "invalid_request_error")
+                failure = error_items(
+                    status, str(e), "not_found_error" if status == 404 else "invalid_request_error"
+                )
             except (AdapterError, RuntimeError) as e:
                 failure = error_items(500, f"adapter {lora_name!r} could not be loaded: {e}", "server_error")
             if failure:

@@ -63,6 +63,12 @@ def _cancel(gen: Any) -> None:
         gen.cancel()
 
 
+def _request_id(request: Request) -> str:
+    """The request's id: the client's ``x-request-id``, else the one Serve's proxy generated (and puts
+    in the request's headers and on the answer), else a new one (outside Serve)."""
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
 async def _read_body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
@@ -169,16 +175,14 @@ class Router:
     @api.post("/v1/federation/resolve")
     async def resolve(self, request: Request) -> Response:
         """The stack, composite id and composition graph (JSON + Graphviz DOT) a request would get."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(request)
         try:
             tenant = self._gate.admit(request.headers.get("authorization"))
             body = await _read_body(request)
             res = self._gate.resolve(tenant, body, request_id)
         except GateError as e:
-            return _error(str(e), e.status, e.err_type, {**e.headers, "x-request-id": request_id})
-        return JSONResponse(
-            composition_graph(self._cfg.model.served_name, res, tenant), headers={"x-request-id": request_id}
-        )
+            return _error(str(e), e.status, e.err_type, e.headers)
+        return JSONResponse(composition_graph(self._cfg.model.served_name, res, tenant))
 
     # ---- clean room ------------------------------------------------------------------------
     @api.post("/v1/cleanroom/query")
@@ -204,8 +208,8 @@ class Router:
         return tenant
 
     async def _cleanroom_call(self, request: Request, method: str) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        headers = {"x-request-id": request_id}
+        request_id = _request_id(request)
+        headers: dict[str, str] = {}  # Serve's proxy adds x-request-id (the one we read) to every answer
         if self._cleanroom is None:
             return _error("no clean room is configured on this deployment", 404, "not_found_error", headers)
         try:
@@ -226,8 +230,8 @@ class Router:
     async def compare(self, request: Request) -> Response:
         """Plan a budget with the brand's full data and through the clean room, in parallel; score both
         on the market's ground truth; add a rationale and ad lines written through the composed adapters."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        headers = {"x-request-id": request_id}
+        request_id = _request_id(request)
+        headers: dict[str, str] = {}  # Serve's proxy adds x-request-id (the one we read) to every answer
         if self._comparison is None:
             return _error("planning is not configured on this deployment", 404, "not_found_error", headers)
         try:
@@ -275,10 +279,10 @@ class Router:
         return await self._generate("completion", request)
 
     async def _generate(self, kind: str, request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(request)
         started = time.monotonic()
         deadline = started + self._cfg.http.request_timeout_s
-        headers = {"x-request-id": request_id}
+        headers: dict[str, str] = {}  # Serve's proxy adds x-request-id (the one we read) to every answer
         try:
             tenant = self._gate.admit(request.headers.get("authorization"))
             body = await _read_body(request)
@@ -345,7 +349,9 @@ class Router:
         OpenAI-shaped 500 (never Serve's plain-text one)."""
         _cancel(gen)
         if _is_backpressure(e):
-            err = _error("server overloaded, retry later", 503, "service_unavailable", {**headers, "retry-after": "1"})
+            err = _error(
+                "server overloaded, retry later", 503, "service_unavailable", {**headers, "retry-after": "1"}
+            )
             return self._finish(label, 503, started, err)
         log.error("engine call failed", extra={"request_id": request_id, "error": repr(e)})
         message = f"the engine failed to answer: {type(e).__name__} (request id {request_id})"

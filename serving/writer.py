@@ -45,7 +45,9 @@ Complete = Callable[[dict[str, Any]], Awaitable[Completion]]
 """Makes one completion for a request body (the router's, bound to the tenant and request id)."""
 
 
-async def write_texts(complete: Complete, cfg: ComparisonConfig, served_name: str, result: dict[str, Any]) -> None:
+async def write_texts(
+    complete: Complete, cfg: ComparisonConfig, served_name: str, result: dict[str, Any]
+) -> None:
     """Fill ``result["rationale"]``, ``result["creatives"]`` and ``result["models"]`` (errors are
     reported in place, the numbers stand without the text)."""
     model = f"{served_name}:auto"
@@ -107,4 +109,3 @@ async def write_texts(complete: Complete, cfg: ComparisonConfig, served_name: st
         "rationale": str(outputs[0].get("model", "")),
         "creatives": str(outputs[1].get("model", "")) if len(outputs) > 1 else "",
     }
-

@@ -3,6 +3,7 @@ per test session (they are expensive: seconds each)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ADAPTERS = {"alpha": 1, "beta": 2, "gamma": 3}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/serve/ are the Serve tier (marker ``serve``)."""
+    for item in items:
+        if "tests/serve/" in item.nodeid or "/tests/serve/" in str(item.path):
+            item.add_marker(pytest.mark.serve)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from serving.modelprep.tiny import build_tiny_model
@@ -32,7 +40,7 @@ def adapter_dirs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from adapters.synthetic import make_random_adapter
 
     root = tmp_path_factory.mktemp("adapter-src")
-    from tests.integration.tenants import FED_ADAPTERS
+    from tests.tenants import FED_ADAPTERS
 
     seeds = {**ADAPTERS, "delta": 4}
     dirs = {name: make_random_adapter(tiny_model, root / name, seed=seed) for name, seed in seeds.items()}
@@ -47,7 +55,7 @@ def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPa
 
     root = tmp_path_factory.mktemp("registry")
     reg = AdapterRegistry(root, max_rank=16)
-    from tests.integration.tenants import FED_ADAPTERS
+    from tests.tenants import FED_ADAPTERS
 
     for name, (kind, owner, visibility) in FED_ADAPTERS.items():
         reg.register(
@@ -103,14 +111,18 @@ def llm(make_llm: Callable[..., Any]) -> Any:
     return make_llm()
 
 
-@pytest.fixture(scope="session")
-def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+def make_app_config(
+    tiny_model: Path, registry_root: Path, tmp: pytest.TempPathFactory, engine: str = "vllm"
+) -> Any:
+    """The test app's config; ``engine`` "fake" gives the fast Serve tier's app (FakeEngine, light
+    replicas, a 4 s deadline, its own clean-room files: DuckDB allows one writer per file)."""
     from cleanroom import CleanRoom, CleanRoomPolicy
     from serving.config import AppConfig
     from tests.cleanroom_data import write_events
-    from tests.integration.tenants import tenants_config
+    from tests.tenants import tenants_config
 
-    crdir = tmp_path_factory.mktemp("cleanroom")
+    fake = engine == "fake"
+    crdir = tmp.mktemp(f"cleanroom-{engine}")
     events = write_events(crdir / "events.csv", 3)
     dp_policy = {
         "retailer": "shopco",
@@ -124,36 +136,49 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
         room.load(events)
         room.close()  # the clean-room replica opens the file
 
+    engine_cfg: dict[str, Any] = {
+        "max_loras": 2,
+        "max_cpu_loras": 4,
+        "max_lora_rank": 16,
+        "max_model_len": 512,
+    }
+    if fake:
+        engine_cfg.update(kind="fake", fake_token_delay_s=0.01)
     return AppConfig.model_validate(
         {
             "model": {"path": str(tiny_model)},
             "adapters": {
                 "root": str(registry_root),
-                "cache_root": str(tmp_path_factory.mktemp("composites")),
+                "cache_root": str(tmp.mktemp(f"composites-{engine}")),
             },
-            "engine": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512},
+            "engine": engine_cfg,
             "engine_deployment": {
                 "num_replicas": 2,
-                "num_cpus": 0.5,
+                "num_cpus": 0.05 if fake else 0.5,
                 "max_ongoing_requests": 4,
                 "max_queued_requests": 4,
                 "graceful_shutdown_timeout_s": 5,
                 "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
             },
             "router_deployment": {
-                "num_cpus": 0.1,
+                "num_cpus": 0.05 if fake else 0.1,
                 "max_ongoing_requests": 256,
                 "max_queued_requests": 256,
                 "env": {
                     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"
                 },  # autoscaling reacts in s
             },
-            "http": {"port": free_port(), "request_timeout_s": 60, "metrics_port": free_port()},
+            "http": {
+                "port": SERVE_PORT,
+                "request_timeout_s": 4 if fake else 60,
+                "metrics_port": METRICS_PORT,
+            },
             "cleanroom": {
                 "retailers": [
                     {"db_path": str(crdir / "acme.duckdb"), "policy": acme_policy},
                     {"db_path": str(crdir / "shopco.duckdb"), "policy": dp_policy},
-                ]
+                ],
+                "deployment": {"num_cpus": 0.05},
             },
             "comparison": {
                 "market": {
@@ -164,9 +189,9 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
                     "shoppers": 600,
                     "horizon_days": 14,
                 },
-                "planner_deployment": {"num_replicas": 2, "num_cpus": 0.1},
+                "planner_deployment": {"num_replicas": 2, "num_cpus": 0.05},
                 "comparison_deployment": {  # autoscaled quickly: tests/integration/test_observability.py
-                    "num_cpus": 0.1,
+                    "num_cpus": 0.05,
                     "autoscaling": {
                         "min_replicas": 1,
                         "max_replicas": 2,
@@ -183,17 +208,76 @@ def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.T
             "federation": {
                 "tenants": tenants_config(),
                 "policy": {"industry_adapter": "rm"},
-                "audit_log": str(tmp_path_factory.mktemp("audit") / "decisions.jsonl"),
+                "audit_log": str(tmp.mktemp(f"audit-{engine}") / "decisions.jsonl"),
             },
         }
     )
 
 
+# One Ray cluster and one Serve HTTP proxy per test session; both apps share them (ports fixed per session).
+SERVE_PORT = free_port()
+METRICS_PORT = free_port()
+APPS = {"vllm": ("rmn", "/"), "fake": ("rmn-fake", "/fake")}  # engine -> (Serve app name, route prefix)
+
+
 @pytest.fixture(scope="session")
-def serve_url(app_config: object) -> Iterator[str]:
-    """The app on a Ray cluster owned by this test session (shut down at the end, nothing else)."""
-    from serving.local import local_app
+def ray_serve() -> Iterator[None]:
+    """A Ray cluster owned by this test session with Serve's proxy on SERVE_PORT (shut down at the end,
+    nothing else: `ray stop` would stop every cluster on the machine)."""
+    import logging
+
+    import ray
+    from ray import serve
 
     os.environ.pop("RAY_ADDRESS", None)
-    with local_app(app_config, num_cpus=4) as url:  # type: ignore[arg-type]
-        yield url
+    ray.init(
+        num_cpus=4,
+        _metrics_export_port=METRICS_PORT,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT, "request_timeout_s": 120})
+    try:
+        yield
+    finally:
+        for name, _ in APPS.values():
+            with contextlib.suppress(Exception):
+                serve.delete(name, _blocking=True)
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run_app(config: Any, engine: str) -> str:
+    """Deploy the app of ``config`` as the session's ``engine`` app; its base URL."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    name, prefix = APPS[engine]
+    serve.run(build_app(config), name=name, route_prefix=prefix)
+    return f"http://127.0.0.1:{SERVE_PORT}{prefix.rstrip('/')}"
+
+
+@pytest.fixture(scope="session")
+def app_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Config of the session's real-engine app (vLLM on CPU, tiny model)."""
+    return make_app_config(tiny_model, registry_root, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def serve_url(app_config: Any, ray_serve: None) -> str:
+    """The real-engine app (tests/integration; the serve tier overrides this with the fake app)."""
+    return run_app(app_config, "vllm")
+
+
+@pytest.fixture(scope="session")
+def fake_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Config of the session's FakeEngine app (the fast Serve tier)."""
+    return make_app_config(tiny_model, registry_root, tmp_path_factory, engine="fake")
+
+
+@pytest.fixture(scope="session")
+def fake_url(fake_config: Any, ray_serve: None) -> str:
+    """The FakeEngine app, beside the real one on the same proxy (route prefix /fake)."""
+    return run_app(fake_config, "fake")

@@ -28,7 +28,20 @@ from serving.engines.protocol import Kind
 from serving.replies import Body, EngineItem, Head, error_items
 
 FAKE_FAIL = "FAKE_FAIL"
-_WORDS = ("ad", "shelf", "brand", "promo", "basket", "coupon", "aisle", "sale", "cart", "store", "price", "deal")
+_WORDS = (
+    "ad",
+    "shelf",
+    "brand",
+    "promo",
+    "basket",
+    "coupon",
+    "aisle",
+    "sale",
+    "cart",
+    "store",
+    "price",
+    "deal",
+)
 
 
 def _words(seed: str, n: int) -> list[str]:
@@ -161,7 +174,14 @@ class FakeEngine:
                 if kind == "chat"
                 else {"index": 0, "text": text, "finish_reason": "length"}
             )
-            out = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
+            out = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
             yield Body(out)
             return
         yield Head(200, True)
@@ -180,7 +200,14 @@ class FakeEngine:
             chunk = {"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [choice]}
             yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
         if (body.get("stream_options") or {}).get("include_usage"):
-            tail = {"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [], "usage": usage}
+            tail = {
+                "id": rid,
+                "object": chunk_obj,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             yield f"data: {json.dumps(tail, separators=(',', ':'))}\n\n"
         yield "data: [DONE]\n\n"
 

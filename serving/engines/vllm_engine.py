@@ -23,6 +23,7 @@ from serving.replies import Body, EngineItem, Head, error_body
 
 log = logging.getLogger("rmn.engine")
 
+
 def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser

@@ -1,9 +1,8 @@
-"""The app on real Ray Serve + real vLLM (tiny model): OpenAI API, adapters, errors, affinity, overload."""
+"""The app on real Ray Serve + real vLLM (tiny model): what only a real engine shows — adapters change
+the text, SSE from vLLM, hot-swapped versions, LoRA residency, exact stacks served."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import json
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.replicas import engine_stats, total_loads
-from tests.integration.tenants import ADMIN, ADMIN_KEY
+from tests.replicas import engine_stats
+from tests.tenants import ADMIN, ADMIN_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +21,6 @@ MSG = [{"role": "user", "content": "plan a coffee campaign"}]
 def chat(url: str, model: str, **kw: object) -> httpx.Response:
     body = {"model": model, "messages": MSG, "max_tokens": 8, "temperature": 0, **kw}
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60, headers=ADMIN)
-
-
-def test_probes(serve_url: str) -> None:
-    assert httpx.get(f"{serve_url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{serve_url}/readyz", timeout=10).json() == {"status": "ready"}
 
 
 def test_each_adapter_changes_the_output(serve_url: str) -> None:
@@ -69,38 +63,6 @@ def test_completions_stream_and_non_stream(serve_url: str) -> None:
     assert "".join(json.loads(x)["choices"][0]["text"] for x in lines[:-1]) == full
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "needle"),
-    [
-        ({"model": "base:nope", "messages": MSG}, 404, "does not exist"),
-        ({"model": "gpt-4o", "messages": MSG}, 404, "does not exist"),
-        ({"model": "base:../etc", "messages": MSG}, 400, "malformed model name"),
-        ({"model": "base:alpha@9", "messages": MSG}, 404, "no version"),
-        ({"messages": MSG}, 400, "'model'"),
-        ({"model": "base", "messages": MSG, "max_tokens": -1}, 400, "max_tokens"),
-        ({"model": "base", "messages": MSG, "temperature": "hot"}, 400, "temperature"),
-        ({"model": "base", "messages": "not a list"}, 400, "messages"),
-        ({"model": "base:alpha", "messages": MSG, "max_tokens": 100000}, 400, ""),
-    ],
-)
-def test_bad_requests_get_openai_errors(serve_url: str, body: dict, status: int, needle: str) -> None:
-    r = httpx.post(f"{serve_url}/v1/chat/completions", json=body, timeout=60, headers=ADMIN)
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["code"] == status and needle in err["message"]
-
-
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe"])
-def test_non_json_bodies_are_400(serve_url: str, raw: bytes) -> None:
-    r = httpx.post(
-        f"{serve_url}/v1/chat/completions",
-        content=raw,
-        timeout=30,
-        headers={"content-type": "application/json", **ADMIN},
-    )
-    assert r.status_code == 400 and "error" in r.json()
-
-
 def test_adapter_registered_at_runtime_is_served_without_restart(
     serve_url: str, registry_root: Path, adapter_dirs: dict[str, Path]
 ) -> None:
@@ -138,48 +100,6 @@ def test_adapter_registered_at_runtime_is_served_without_restart(
     assert chat(serve_url, "base:delta@1").json()["choices"][0]["message"]["content"] == v1_text
 
 
-def test_two_replica_adapter_affinity(serve_url: str) -> None:
-    """Once warm, repeated requests for an adapter go to a replica that already holds it: no new loads
-    anywhere (it may be resident on one replica or on both), while both replicas serve traffic."""
-    ids = ["base:alpha", "base:beta", "base:gamma"]
-    for m in ids:  # warm-up: the replicas' model sets reach the router with a delay
-        for _ in range(3):
-            assert chat(serve_url, m, max_tokens=1).status_code == 200
-    before = engine_stats()
-    assert len(before) == 2
-    served: dict[str, set[str]] = {m: set() for m in ids}
-    for _ in range(10):
-        for m in ids:
-            served[m].add(chat(serve_url, m, max_tokens=1).headers["x-rmn-replica"])
-    after = engine_stats()
-    assert total_loads(after) == total_loads(before), (before, after)
-    for m, replicas in served.items():
-        assert all(f"{m}@1" in after[r]["adapters"] for r in replicas), (m, replicas, after)
-    base_replicas = {chat(serve_url, "base", max_tokens=1).headers["x-rmn-replica"] for _ in range(12)}
-    assert base_replicas == set(after)
-
-
-def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
-    """2 replicas x (4 ongoing) + 4 queued: a burst of 40 long requests must see 503s, never a hang."""
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=120, headers=ADMIN) as c:
-            body = {"model": "base", "messages": MSG, "max_tokens": 200, "temperature": 0, "ignore_eos": True}
-            return await asyncio.gather(
-                *[c.post(f"{serve_url}/v1/chat/completions", json=body) for _ in range(40)]
-            )
-
-    responses = asyncio.run(burst())
-    codes = collections.Counter(r.status_code for r in responses)
-    assert set(codes) <= {200, 503}, codes
-    assert codes[503] > 0 and codes[200] > 0, codes
-    for r in responses:
-        if r.status_code == 503:
-            assert r.headers.get("retry-after") and r.json()["error"]["code"] == 503, (r.headers, r.text)
-        else:
-            assert r.json()["usage"]["completion_tokens"] == 200
-
-
 def test_residency_is_bounded_with_lru_eviction(
     serve_url: str, registry_root: Path, adapter_dirs: dict[str, Path]
 ) -> None:
@@ -201,7 +121,7 @@ def test_residency_is_bounded_with_lru_eviction(
         for name in names:
             r = chat(serve_url, f"base:{name}", max_tokens=1)
             assert r.status_code == 200 and r.headers["x-rmn-model"] == f"base:{name}@1"
-    stats = engine_stats(20)
+    stats = engine_stats("rmn", 20)
     assert stats
     for s in stats.values():
         assert len(s["adapters"]) <= 4, s
@@ -223,18 +143,3 @@ def test_stack_is_composed_and_served(serve_url: str) -> None:
     assert again.json()["choices"][0]["message"]["content"] == text
     order = chat(serve_url, "base:beta*0.5+alpha")
     assert order.headers["x-rmn-composite"] != r.headers["x-rmn-composite"]
-
-
-@pytest.mark.parametrize(
-    ("model", "status", "needle"),
-    [
-        ("base:alpha+beta+gamma", 400, "above max_lora_rank 16"),
-        ("base:alpha+nope", 404, "not registered"),
-        ("base:alpha+alpha", 400, "once"),
-        ("base:alpha*99", 400, "weight"),
-    ],
-)
-def test_bad_stacks(serve_url: str, model: str, status: int, needle: str) -> None:
-    r = chat(serve_url, model)
-    assert r.status_code == status, r.text
-    assert needle in r.json()["error"]["message"]

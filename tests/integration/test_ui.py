@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.tenants import KEYS, auth
+from tests.tenants import KEYS, auth
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,9 @@ import time
 import httpx
 import pytest
 
-from tests.integration.replicas import engine_stats, total_loads
-from tests.integration.tenants import ADMIN, auth
-
-pytestmark = pytest.mark.slow
+from tests.replicas import engine_stats, total_loads
+from tests.serve.conftest import APP
+from tests.tenants import ADMIN, auth
 
 MSG = [{"role": "user", "content": "Plan the media budget for coffee"}]
 
@@ -154,10 +153,10 @@ def test_composite_affinity_across_two_replicas(serve_url: str) -> None:
 
     for _ in range(5):  # warm-up: the replicas' model sets reach the router with a delay
         replica()
-    before = engine_stats()
+    before = engine_stats(APP)
     assert len(before) == 2
     served = {replica() for _ in range(20)}
-    after = engine_stats()
+    after = engine_stats(APP)
     assert total_loads(after) == total_loads(before), (before, after)
     assert all("base:acme@1+brand_x@1*0.5" in after[r]["adapters"] for r in served), (served, after)
 
@@ -203,7 +202,7 @@ def test_agent_style_openai_client_against_the_router(serve_url: str) -> None:
     stop sequences, streaming, tenant-implicit stack (``base:auto``)."""
     import openai
 
-    from tests.integration.tenants import KEYS
+    from tests.tenants import KEYS
 
     client = openai.OpenAI(base_url=f"{serve_url}/v1", api_key=KEYS["brand_x"], max_retries=0)
     assert "base:auto" in {m.id for m in client.models.list()}

@@ -1,4 +1,4 @@
-"""Observability and scaling on the session app: every metric the Grafana dashboard queries is in a live
+"""Observability and scaling on the Serve tier: every metric the Grafana dashboard queries is in a live
 scrape after traffic; the comparison deployment scales up under load and back down after it."""
 
 from __future__ import annotations
@@ -8,12 +8,10 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.integration.tenants import ADMIN, auth
+from tests.serve.conftest import APP
+from tests.tenants import ADMIN, auth
 from tests.unit.test_deploy import dashboard_metrics
-
-pytestmark = pytest.mark.slow
 
 
 def test_every_dashboard_metric_is_scraped_after_traffic(serve_url: str, app_config: Any) -> None:
@@ -55,7 +53,7 @@ def running_replicas(deployment: str) -> int:
     from ray import serve
     from ray.serve._private.common import ReplicaState
 
-    status = serve.status().applications["rmn"].deployments[deployment]
+    status = serve.status().applications[APP].deployments[deployment]
     return int(status.replica_states.get(ReplicaState.RUNNING, 0))
 
 

@@ -9,9 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.tenants import auth
-
-pytestmark = pytest.mark.slow
+from tests.tenants import auth
 
 
 def query(url: str, body: dict, headers: dict[str, str]) -> httpx.Response:

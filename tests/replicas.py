@@ -1,17 +1,16 @@
-"""Reading the engine replicas' state in integration tests (through a Serve handle)."""
+"""Reading the engine replicas' state in Serve-level tests (through a Serve handle)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def engine_stats(calls: int = 30) -> dict[str, dict[str, Any]]:
-    """``stats()`` of every engine replica, by replica id (handle calls land on replicas at random)."""
+def engine_stats(app: str, calls: int = 30) -> dict[str, dict[str, Any]]:
+    """``stats()`` of every engine replica of Serve app ``app``, by replica id (handle calls land on
+    replicas at random)."""
     from ray import serve
 
-    from serving.local import APP_NAME
-
-    engine = serve.get_deployment_handle("engine", APP_NAME)
+    engine = serve.get_deployment_handle("engine", app)
     seen: dict[str, dict[str, Any]] = {}
     for _ in range(calls):
         s = engine.stats.remote().result(timeout_s=30)

@@ -1,14 +1,13 @@
-"""`POST /v1/plans/compare` on the session app: real Ray Serve deployments (comparison → planner ×2 →
-clean room), real vLLM writing the rationale (guided JSON) and ad lines through composed adapters."""
+"""`POST /v1/plans/compare` on the Serve tier: real deployments (comparison → planner ×2 → clean room),
+the FakeEngine writing the rationale and ad lines through composed adapters. The same check runs with
+real vLLM (guided JSON) in tests/integration/test_compare_vllm.py."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from tests.integration.tenants import auth
-
-pytestmark = pytest.mark.slow
+from tests.tenants import auth
 
 
 def compare(url: str, body: dict, tenant: str = "brand_x") -> httpx.Response:
@@ -16,6 +15,11 @@ def compare(url: str, body: dict, tenant: str = "brand_x") -> httpx.Response:
 
 
 def test_compare_scores_both_plans_and_writes_through_the_adapters(serve_url: str) -> None:
+    check_comparison(serve_url)
+
+
+def check_comparison(serve_url: str) -> None:
+    """A comparison's numbers hold together and its text was written through the composed stacks."""
     r = compare(serve_url, {"budget": 800, "roas_floor": 0.2, "manufacturer": "brand_x", "creatives": 2})
     assert r.status_code == 200, r.text
     body = r.json()
