@@ -208,7 +208,6 @@ class Router:
         return tenant
 
     async def _cleanroom_call(self, request: Request, method: str) -> Response:
-        request_id = _request_id(request)
         headers: dict[str, str] = {}  # Serve's proxy adds x-request-id (the one we read) to every answer
         if self._cleanroom is None:
             return _error("no clean room is configured on this deployment", 404, "not_found_error", headers)

@@ -269,7 +269,8 @@ def load_retailer_log(room: Any, market: Market, work: Path) -> Harmonization:
     from cleanroom.schema import EVENT_COLUMNS
 
     path = market.write_retailer_log(work / f"{market.config.retailer}-log.csv")
-    header = path.open().readline().strip().split(",")
+    with path.open() as f:
+        header = f.readline().strip().split(",")
     h = harmonize(header, list(EVENT_COLUMNS))
     room.load(path, mapping=h.mapping)
     return h

@@ -37,7 +37,8 @@ class Curve:
 
 
 def _g(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return 1 - np.exp(-x / np.maximum(s, 1e-9))
+    out: np.ndarray = 1 - np.exp(-x / np.maximum(s, 1e-9))
+    return out
 
 
 def fit_brand(data: BrandData) -> tuple[list[Curve], np.ndarray]:

@@ -34,19 +34,36 @@ def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
         q = Query.model_validate_json(text)
     except ValidationError as e:
         raise ValueError(f"invalid query: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
-    print(json.dumps(asdict(_room(args).query(args.tenant, q)), indent=2, default=str))
+    result = asdict(_room(args).query(args.tenant, q))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    for cell in result["cells"]:
+        print("  ".join(f"{k}={v}" for k, v in cell.items()))
+    print(
+        f"{len(result['cells'])} cells released, {result['suppressed_cells']} suppressed"
+        + (f", epsilon spent {result['epsilon_spent']}" if result.get("epsilon_spent") else "")
+    )
     return 0
 
 
 def _cmd_cleanroom_budget(args: argparse.Namespace) -> int:
-    print(json.dumps(_room(args).budget(args.tenant), indent=2))
+    budget = _room(args).budget(args.tenant)
+    if args.json:
+        print(json.dumps(budget, indent=2))
+    else:
+        print("  ".join(f"{k}={v}" for k, v in budget.items()))
     return 0
 
 
 def _cmd_cleanroom_audit(args: argparse.Namespace) -> int:
     from cleanroom.audit import QueryAudit
 
-    for entry in QueryAudit(Path(args.db).with_suffix(".audit.jsonl")).entries()[-args.tail :]:
+    entries = QueryAudit(Path(args.db).with_suffix(".audit.jsonl")).entries()[-args.tail :]
+    if args.json:
+        print(json.dumps(entries, indent=2, sort_keys=True))
+        return 0
+    for entry in entries:  # JSON lines: one entry per line
         print(json.dumps(entry, sort_keys=True))
     return 0
 
@@ -69,10 +86,13 @@ def add_cleanroom_commands(sub: Any) -> None:
     cq = room_args(cr.add_parser("query", help="run a structured query as a tenant; prints released cells"))
     cq.add_argument("--tenant", required=True)
     cq.add_argument("--query", required=True, help="query JSON, or @file.json")
+    cq.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     cq.set_defaults(fn=_cmd_cleanroom_query)
     cb = room_args(cr.add_parser("budget", help="a tenant's differential-privacy budget (epsilon ledger)"))
     cb.add_argument("--tenant", required=True)
+    cb.add_argument("--json", action="store_true", help="print JSON instead of text")
     cb.set_defaults(fn=_cmd_cleanroom_budget)
     ca = room_args(cr.add_parser("audit", help="print the audit log (JSON lines)"), policy=False)
     ca.add_argument("--tail", type=int, default=50, help="last N entries")
+    ca.add_argument("--json", action="store_true", help="print one JSON array instead of JSON lines")
     ca.set_defaults(fn=_cmd_cleanroom_audit)

@@ -67,13 +67,22 @@ def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_adapters_list(args: argparse.Namespace) -> int:
-    for m in _registry(args).list():
+    manifests = _registry(args).list()
+    if args.json:
+        print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
+        return 0
+    for m in manifests:
         print(f"{m.id:24} v{m.version:6} {m.kind.value:13} owner={m.owner:12} r={m.rank:<3} {m.description}")
     return 0
 
 
 def _cmd_adapters_show(args: argparse.Namespace) -> int:
-    print(_registry(args).get(args.id, args.version).model_dump_json(indent=2))
+    m = _registry(args).get(args.id, args.version)
+    if args.json:
+        print(m.model_dump_json(indent=2))
+    else:
+        for key, value in m.model_dump(mode="json").items():
+            print(f"{key:20} {value}")
     return 0
 
 
@@ -187,11 +196,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep_serving=args.keep_serving)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rmn-lora")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree (exposed for tests)."""
     p = argparse.ArgumentParser(
         prog="rmn", description="rmn-lora: multi-LoRA serving for retail media networks"
     )
+    p.add_argument("--version", action="version", version=f"rmn {_version()}")
     sub = p.add_subparsers(dest="verb", required=True)
 
     s = sub.add_parser("serve", help="start a local Ray cluster and the app; Ctrl-C stops both")
@@ -233,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--visibility", default="private", choices=["public", "private"])
         x.add_argument("--description", default="")
 
-    reg_args(a.add_parser("list", help="latest version of every adapter")).set_defaults(fn=_cmd_adapters_list)
-    sh = reg_args(a.add_parser("show", help="one adapter's manifest"))
+    ls = reg_args(a.add_parser("list", help="latest version of every adapter"))
+    json_flag(ls).set_defaults(fn=_cmd_adapters_list)
+    sh = json_flag(reg_args(a.add_parser("show", help="one adapter's manifest")))
     sh.add_argument("id")
     sh.add_argument("--version")
     sh.set_defaults(fn=_cmd_adapters_show)
@@ -292,8 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def json_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--json`` (machine-readable output) to a read verb."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``rmn`` console script."""
+    """Entry point of the ``rmn`` console script: 0 done, 1 refused or failed (the message says why),
+    2 a usage error (argparse)."""
     from adapters import AdapterError
     from cleanroom import CleanRoomError
     from serving.config import ConfigError
@@ -303,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except (ConfigError, AdapterError, CleanRoomError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"rmn: error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

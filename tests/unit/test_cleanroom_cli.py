@@ -30,6 +30,7 @@ def query_argv(db: Path, policy: Path, query: str) -> list[str]:
         "brand_x",
         "--query",
         query,
+        "--json",
     ]
 
 
@@ -44,7 +45,7 @@ def test_load_query_audit(files: tuple[Path, Path, Path], capsys: pytest.Capture
     bad = json.dumps(
         {"metrics": ["purchases"], "filters": [{"column": "shopper_id", "op": "eq", "value": "w"}]}
     )
-    assert main(query_argv(db, policy, bad)) == 2
+    assert main(query_argv(db, policy, bad)) == 1
     assert "identity or blocked" in capsys.readouterr().err
     assert main(["cleanroom", "audit", "--db", str(db)]) == 0
     decisions = [json.loads(x)["decision"] for x in capsys.readouterr().out.splitlines()]
@@ -56,7 +57,7 @@ def test_policy_errors_name_file_and_field(
 ) -> None:
     db, policy, events = files
     policy.write_text("retailer: acme\nk: 1\nallowed_dimensions: [shopper_id]\n")
-    assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 2
+    assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 1
     err = capsys.readouterr().err
     assert "acme-policy.yaml" in err and "k:" in err
 
@@ -68,6 +69,6 @@ def test_budget_verb(files: tuple[Path, Path, Path], capsys: pytest.CaptureFixtu
     assert main(["cleanroom", "load", *argv, str(events)]) == 0
     assert main(query_argv(db, policy, json.dumps({"metrics": ["purchases"]}))) == 0
     capsys.readouterr()
-    assert main(["cleanroom", "budget", *argv, "--tenant", "brand_x"]) == 0
+    assert main(["cleanroom", "budget", *argv, "--tenant", "brand_x", "--json"]) == 0
     budget = json.loads(capsys.readouterr().out)
     assert budget["epsilon_spent"] == 0.5 and budget["epsilon_remaining"] == 2.5

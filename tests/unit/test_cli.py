@@ -31,14 +31,14 @@ def test_every_verb_has_help(verb: list[str], capsys: pytest.CaptureFixture[str]
 
 
 def test_unknown_adapter_is_a_message_and_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    assert main(["adapters", "show", "nope", "--root", str(tmp_path)]) == 2
+    assert main(["adapters", "show", "nope", "--root", str(tmp_path)]) == 1
     assert "not registered" in capsys.readouterr().err
 
 
 def test_bad_config_is_a_message_and_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {path: /m}\n")
-    assert main(["serve", "--config", str(cfg)]) == 2
+    assert main(["serve", "--config", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert "c.yaml" in err and "adapters" in err
 
@@ -90,7 +90,7 @@ def test_train_with_a_bad_corpus_names_file_and_line(tiny_model, tmp_path, capsy
     data = tmp_path / "corpus.jsonl"
     data.write_text(content)
     rc = main(train_argv(data, tiny_model, tmp_path / "reg", "x", "task"))
-    assert rc == 2 and needle in capsys.readouterr().err
+    assert rc == 1 and needle in capsys.readouterr().err
 
 
 def test_compose_prints_the_composite(registry_root, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -101,7 +101,7 @@ def test_compose_prints_the_composite(registry_root, tmp_path, capsys) -> None: 
     info = json.loads(capsys.readouterr().out)
     assert info["stack"] == "alpha@1+beta@1*0.5" and info["rank"] == 16 and info["method"] == "cat"
     assert (tmp_path / info["composite_id"] / "adapter_model.safetensors").is_file()
-    assert main([*args[:2], "alpha+beta+gamma", *args[3:], "--max-rank", "16"]) == 2
+    assert main([*args[:2], "alpha+beta+gamma", *args[3:], "--max-rank", "16"]) == 1
     assert "above max_lora_rank 16" in capsys.readouterr().err
 
 
@@ -110,7 +110,7 @@ def test_validate_refuses_a_mismatched_adapter(tiny_model, tmp_path, capsys) -> 
 
     assert (
         main(["adapters", "validate", str(peft_dir(tmp_path / "a")), "--base-model-dir", str(tiny_model)])
-        == 2
+        == 1
     )
     assert "shape" in capsys.readouterr().err
 
@@ -120,3 +120,30 @@ def test_hash_key(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["tenants", "hash-key", "s3cret"]) == 0
     assert capsys.readouterr().out.strip() == hashlib.sha256(b"s3cret").hexdigest()
+
+
+def test_version_and_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("rmn ")
+    with pytest.raises(SystemExit) as e:
+        main(["adapters", "list", "--no-such-flag"])
+    assert e.value.code == 2  # usage error (argparse); refusals exit 1
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["adapters", "list"],
+        ["adapters", "show"],
+        ["cleanroom", "query"],
+        ["cleanroom", "budget"],
+        ["cleanroom", "audit"],
+        ["compare"],
+    ],  # fmt: skip
+)
+def test_every_read_verb_has_json(verb: list[str]) -> None:
+    sub = build_parser()._subparsers._group_actions[0].choices[verb[0]]  # type: ignore[union-attr]
+    if len(verb) == 2:
+        sub = sub._subparsers._group_actions[0].choices[verb[1]]
+    assert "--json" in sub.format_help()

@@ -30,5 +30,5 @@ def test_compare_prints_the_table_and_json(capsys: pytest.CaptureFixture[str]) -
     ],
 )
 def test_compare_errors(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", *argv]) == 2
+    assert main(["compare", *argv]) == 1
     assert needle in capsys.readouterr().err

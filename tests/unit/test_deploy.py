@@ -103,6 +103,15 @@ def test_dockerfiles_install_the_right_extra() -> None:
         assert "WORKDIR /app" in f and "COPY deploy ./deploy" in f.replace("--chown=ray:users ", "")
 
 
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_fail_on_failed_installs_and_run_unprivileged(name: str) -> None:
+    lines = (DEPLOY / "docker" / name).read_text().splitlines()
+    code = [ln for ln in lines if not ln.lstrip().startswith("#")]
+    assert not [ln for ln in code if "|| true" in ln], "an install failure must fail the build"
+    users = [ln.split()[1] for ln in code if ln.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), users  # the image's process does not run as root
+
+
 def dashboard_metrics() -> set[str]:
     dash = json.loads((DEPLOY / "grafana" / "rmn-dashboard.json").read_text())
     names = set()
