@@ -8,7 +8,6 @@ In a multi-node cluster ``root`` must be shared storage (see README, "Multi-node
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,21 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterNotFound, InvalidAdapter
+from adapters.hashing import sha256_file
 from adapters.manifest import AdapterManifest, validate_adapter_id, validate_version, version_key
+from adapters.validate import base_revision, check_against_base
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 MANIFEST = "manifest.json"
 _FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_weights_finite(path: Path) -> None:
@@ -141,8 +133,6 @@ class AdapterRegistry:
             raise InvalidAdapter(f"rank {rank} is above the configured maximum {self.max_rank}")
         _check_weights_finite(weights)
         if base_model_dir is not None:
-            from adapters.validate import base_revision, check_against_base
-
             check_against_base(src, Path(base_model_dir))
             revision = base_revision(Path(base_model_dir))
             given = manifest_fields.setdefault("base_model_revision", revision)

@@ -39,7 +39,7 @@ def module_shapes(config: dict) -> dict[str, tuple[int, int]]:
 
 def base_revision(model_dir: Path) -> str:
     """sha256 of the base weights (recorded by ``rmn model prepare``, else computed)."""
-    from adapters.registry import sha256_file
+    from adapters.hashing import sha256_file
 
     marker = model_dir / "rmn-model.json"
     if marker.is_file():

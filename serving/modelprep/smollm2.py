@@ -32,7 +32,7 @@ _PROSE = (
 
 
 def _sha256(path: Path) -> str:
-    from adapters.registry import sha256_file
+    from adapters.hashing import sha256_file
 
     return sha256_file(path)
 

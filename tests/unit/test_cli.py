@@ -140,7 +140,7 @@ def test_version_and_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> 
         ["cleanroom", "budget"],
         ["cleanroom", "audit"],
         ["compare"],
-    ],  # fmt: skip
+    ],
 )
 def test_every_read_verb_has_json(verb: list[str]) -> None:
     sub = build_parser()._subparsers._group_actions[0].choices[verb[0]]  # type: ignore[union-attr]
