@@ -27,11 +27,11 @@ demo: setup ## prepare demo model + adapters, serve them, print each adapter's a
 serve: setup ## serve on 127.0.0.1:8000 with the embedded defaults
 	$(BIN)/rmn model prepare && $(BIN)/rmn serve
 
-test: setup ## unit + integration tests (real Ray Serve, real vLLM on CPU, the UI in headless chromium)
+test: setup ## every tier: unit, serve (Ray Serve + FakeEngine), integration (real vLLM on CPU, the UI in chromium)
 	bash scripts/ensure-chromium.sh
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
-test-fast: setup ## unit tests only (no Ray, no vLLM engine)
+test-fast: setup ## unit + serve tiers (no vLLM engine; about a minute and a half)
 	bash scripts/run-tests.sh -m "not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff + mypy

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.record import write_results
 
 
 def _median_ms(xs: list[float]) -> float:
@@ -129,7 +130,7 @@ def main() -> None:
     results["engine_load_ms"] = asyncio.run(load_times())
     print(results["engine_load_ms"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

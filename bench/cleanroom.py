@@ -13,12 +13,13 @@ Target (issue #5): ratio <= 1.5x. Usage: ``python -m bench.cleanroom [--rows 100
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.record import write_results
 
 
 def main() -> None:
@@ -93,7 +94,7 @@ def main() -> None:
         print(run, flush=True)
         room.close()
     out = Path("bench/results/cleanroom.json")
-    out.write_text(json.dumps(results, indent=2))
+    write_results(out, results)
 
 
 if __name__ == "__main__":

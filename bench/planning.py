@@ -13,7 +13,6 @@ Writes ``bench/results/planning.json``. Usage: ``python -m bench.planning [--sku
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.record import write_results
 
 
 def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def main() -> None:
     out["compare_serve"] = serve_run(5, args.serve_skus)
     print(out["compare_serve"], flush=True)
     path = Path("bench/results/planning.json")
-    path.write_text(json.dumps(out, indent=2))
+    write_results(path, out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.record import write_results
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 KEY = "bench-key"
 
@@ -191,7 +193,7 @@ def main() -> None:
         results["ttft_warm_ms"] = round(statistics.median(warm), 1)
         results["ttft_cold_over_warm"] = round(results["ttft_cold_ms"] / results["ttft_warm_ms"], 2)
     out = Path(f"bench/results/router-{args.model}.json")
-    out.write_text(json.dumps(results, indent=2))
+    write_results(out, results)
     print(json.dumps(results, indent=2))
 
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.record import write_results
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -156,7 +158,7 @@ def main() -> None:
     results["http_latency_mean_ms"] = round(statistics.mean(lat), 2)
     out = Path(args.out or f"bench/results/serving-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(out, results)
     print(json.dumps(results, indent=2))
 
 

@@ -57,6 +57,7 @@ def running_replicas(deployment: str) -> int:
     return int(status.replica_states.get(ReplicaState.RUNNING, 0))
 
 
+@pytest.mark.slow  # ~20 s of Ray's autoscaling loop: in `make test`, not in `make test-fast`
 def test_comparison_deployment_scales_up_under_load_and_back_down(serve_url: str) -> None:
     """Autoscaling (session config): min 1, max 2, target 1 ongoing request, look-back 2 s, down after 5 s."""
     assert running_replicas("comparison") == 1

@@ -86,7 +86,7 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120, headers=ADMIN) as c:
-            body = {"model": "base", "messages": MSG, "max_tokens": 100, "temperature": 0, "ignore_eos": True}
+            body = {"model": "base", "messages": MSG, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
             return await asyncio.gather(
                 *[c.post(f"{serve_url}/v1/chat/completions", json=body) for _ in range(40)]
             )
@@ -99,7 +99,7 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
         if r.status_code == 503:
             assert r.headers.get("retry-after") and r.json()["error"]["code"] == 503, (r.headers, r.text)
         else:
-            assert r.json()["usage"]["completion_tokens"] == 100
+            assert r.json()["usage"]["completion_tokens"] == 60
 
 
 @pytest.mark.parametrize(
@@ -130,14 +130,14 @@ def test_request_id_is_echoed_and_generated(serve_url: str) -> None:
 
 
 def test_deadline_answers_504_in_openai_shape(serve_url: str, app_config: object) -> None:
-    """The fake app's deadline is 4 s; 1,000 words at 10 ms each cannot make it."""
-    r = chat(serve_url, "base", max_tokens=450)
+    """The fake app's deadline is 2 s; 250 words at 10 ms each cannot make it."""
+    r = chat(serve_url, "base", max_tokens=250)
     assert r.status_code == 504, r.text
     assert r.json()["error"]["code"] == 504 and "exceeded" in r.json()["error"]["message"]
     with httpx.stream(
         "POST",
         f"{serve_url}/v1/chat/completions",
-        json={"model": "base", "messages": MSG, "max_tokens": 450, "stream": True},
+        json={"model": "base", "messages": MSG, "max_tokens": 250, "stream": True},
         headers=ADMIN,
         timeout=30,
     ) as s:
@@ -198,7 +198,7 @@ def test_every_router_status_code_is_reachable(serve_url: str) -> None:
         500: post(
             "/v1/chat/completions", {**ok, "messages": [{"role": "user", "content": "FAKE_FAIL"}]}, ADMIN
         ),
-        504: post("/v1/chat/completions", {**ok, "max_tokens": 450}, ADMIN),
+        504: post("/v1/chat/completions", {**ok, "max_tokens": 250}, ADMIN),
     }
     for _ in range(3):  # tenant 'limited' may send 2 requests a minute
         seen[429] = post("/v1/chat/completions", ok, auth("limited"))

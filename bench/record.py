@@ -1,0 +1,63 @@
+"""Where a benchmark number comes from: every ``bench/results/*.json`` carries a ``run`` block with the git
+commit (and whether the tree had uncommitted changes), the UTC date, the machine (cores, CPU model, memory)
+and the exact command that produced it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_gib() -> float | None:
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(kb / 2**20, 1)
+
+
+def run_info() -> dict[str, Any]:
+    """The ``run`` block of a results file."""
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "memory_gib": _mem_gib(),
+            "python": platform.python_version(),
+        },
+        "command": " ".join(["python", "-m", Path(sys.argv[0]).stem if sys.argv[0] else "?", *sys.argv[1:]]),
+    }
+
+
+def write_results(path: Path | str, results: dict[str, Any]) -> Path:
+    """Write ``results`` with its ``run`` block first; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run": run_info(), **results}, indent=2))
+    return path
