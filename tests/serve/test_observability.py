@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.serve.conftest import APP
 from tests.tenants import ADMIN, auth

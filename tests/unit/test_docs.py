@@ -31,9 +31,14 @@ def test_config_reference_is_current() -> None:
     import sys
 
     table = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "config_reference.py")], capture_output=True, text=True, check=True
+        [sys.executable, str(ROOT / "scripts" / "config_reference.py")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    assert table in (ROOT / "docs" / "configuration.md").read_text(), "run scripts/config_reference.py --update"
+    assert table in (ROOT / "docs" / "configuration.md").read_text(), (
+        "run scripts/config_reference.py --update"
+    )
 
 
 def test_readme_links_resolve_and_it_stays_short() -> None:
@@ -58,6 +63,7 @@ def test_every_bench_json_says_where_it_comes_from() -> None:
         run = json.loads(path.read_text())["run"]
         assert run["commit"] and run["date"] and run["command"].startswith("python -m bench."), path.name
         assert run["machine"]["cores"], path.name
-        assert f"bench/results/{path.name}" in "".join(
-            p.read_text() for p in (ROOT / "docs").glob("*.md")
-        ) or path.stem.split("-")[0] in (ROOT / "docs" / "benchmarks.md").read_text(), path.name
+        assert (
+            f"bench/results/{path.name}" in "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+            or path.stem.split("-")[0] in (ROOT / "docs" / "benchmarks.md").read_text()
+        ), path.name

@@ -60,7 +60,9 @@ def test_import_rules(module: str) -> None:
         if root in ("torch", "transformers", "peft"):
             assert rel.startswith("serving/engines/") or rel in TORCH_OK, f"{rel} imports {root}"
         if root in LAYER:
-            assert LAYER[root] <= LAYER[top], f"{rel} imports {name}: imports flow serving -> federation -> ..."
+            assert LAYER[root] <= LAYER[top], (
+                f"{rel} imports {name}: imports flow serving -> federation -> ..."
+            )
 
 
 def test_no_import_cycles() -> None:
