@@ -80,6 +80,16 @@ class EngineConfig(_Strict):
         default=True,
         description="Guided decoding by xgrammar with compact JSON (no free whitespace: small models otherwise spend tokens on it).",
     )
+    cpu_lora: Literal["grouped", "vllm"] = Field(
+        default="grouped",
+        description="CPU only: 'grouped' applies LoRA with one matmul per adapter slot in the batch "
+        "(serving/engines/cpu_lora.py); 'vllm' keeps vLLM's per-token ops (with the index -1 fix).",
+    )
+    lora_target_modules: list[str] | None = Field(
+        default=None,
+        description="vLLM module names that get LoRA (e.g. ['qkv_proj'] when every adapter targets q/k/v "
+        "only; faster on CPU); null: every supported module. Adapters targeting others fail to load.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="More vLLM engine args, passed through verbatim."
     )

@@ -11,10 +11,16 @@ that adapter applied. This plugin replaces the bgmv ops with versions that mask 
 The sgmv ops call the bgmv ones through module globals, so they are fixed too. Registered through the
 ``vllm.general_plugins`` entry point, which vLLM loads in every process it starts (Ray workers included).
 Idempotent: loading it twice patches once.
+
+It also installs the grouped CPU LoRA path (:mod:`serving.engines.cpu_lora`: one matmul per adapter slot
+instead of a per-token gather) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``); the fixed ops
+above still serve the paths it does not replace (logits, embeddings, padded batches). Both touch only
+vLLM's CPU code: on CUDA vLLM uses its Triton kernels and this plugin changes nothing they run.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 _PATCHED = False
@@ -79,8 +85,15 @@ def bgmv_expand_slice(
 
 
 def register() -> None:
-    """Entry point: patch the torch LoRA ops wherever vLLM bound them."""
+    """Entry point: patch the torch LoRA ops wherever vLLM bound them (once), and install or remove the
+    grouped CPU path as ``RMN_CPU_LORA`` says now (every call)."""
     global _PATCHED
+    from serving.engines import cpu_lora
+
+    if os.environ.get("RMN_CPU_LORA", "grouped") == "vllm":
+        cpu_lora.uninstall()
+    else:
+        cpu_lora.install()
     if _PATCHED:
         return
     import importlib

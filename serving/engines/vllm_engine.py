@@ -42,6 +42,8 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
         "disable_log_stats": False,
         "enable_log_requests": False,
     }
+    if engine.lora_target_modules is not None:
+        settings["lora_target_modules"] = list(engine.lora_target_modules)
     if engine.max_model_len is not None:
         settings["max_model_len"] = engine.max_model_len
     if engine.kv_cache_memory_bytes is not None:
@@ -75,6 +77,8 @@ class VLLMEngine:
         """Start the engine (seconds on CPU) and build vLLM's OpenAI handlers."""
         if self.engine_cfg.device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            # read by the LoRA plugin in every vLLM process this one starts (they inherit the environment)
+            os.environ["RMN_CPU_LORA"] = self.engine_cfg.cpu_lora
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state

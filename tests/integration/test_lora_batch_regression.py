@@ -1,16 +1,33 @@
-"""Regression for the upstream vLLM CPU LoRA bug (index -1 -> last slot), on the in-process engine."""
+"""On the in-process engine: the upstream vLLM CPU LoRA bug (index -1 -> last slot) stays neutralised on both
+CPU paths (vLLM's per-token ops, masked, and our grouped path), and the grouped path gives the same greedy tokens
+as vLLM's own ops for a batch mixing the base model, adapters and a composed stack."""
+
+from collections.abc import Iterator
 
 import pytest
+
+from serving.engines import cpu_lora
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "retail media plan for coffee"
 
 
-def test_base_request_batched_with_adapters_is_unchanged(llm, adapter_dirs) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["grouped", "vllm"])
+def cpu_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "grouped":
+        cpu_lora.install()
+    else:
+        cpu_lora.uninstall()
+    yield str(request.param)
+    cpu_lora.install()  # the default
+
+
+def test_base_request_batched_with_adapters_is_unchanged(llm, adapter_dirs, cpu_path) -> None:  # type: ignore[no-untyped-def]
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
+    assert cpu_lora.installed() == (cpu_path == "grouped")
     sp = SamplingParams(max_tokens=16, temperature=0)
     base_alone = list(llm.generate([PROMPT], sp, use_tqdm=False)[0].outputs[0].token_ids)
     a = LoRARequest("alpha", 1, str(adapter_dirs["alpha"]))
@@ -22,3 +39,36 @@ def test_base_request_batched_with_adapters_is_unchanged(llm, adapter_dirs) -> N
     assert out[0] == base_alone
     assert out[1] == alone_a
     assert out[2] != base_alone and out[1] != base_alone  # the adapters do change the output
+
+
+def test_grouped_path_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from adapters.compose import Component, compose_to_dir
+
+    stack = tmp_path / "stack"
+    compose_to_dir([Component(adapter_dirs["alpha"], 0.5), Component(adapter_dirs["gamma"], 1.0)], stack)
+    loras = [
+        None,
+        LoRARequest("alpha", 1, str(adapter_dirs["alpha"])),
+        LoRARequest("stack", 3, str(stack)),
+        None,
+        LoRARequest("alpha", 1, str(adapter_dirs["alpha"])),
+    ]
+    prompts = [PROMPT, "coffee ads", "plan a budget", "sponsored products on search", PROMPT]
+    sp = SamplingParams(max_tokens=24, temperature=0)
+
+    def run() -> list[list[int]]:
+        outs = llm.generate(prompts, sp, lora_request=loras, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    try:
+        cpu_lora.install()
+        grouped = run()
+        cpu_lora.uninstall()
+        reference = run()
+    finally:
+        cpu_lora.install()
+    assert grouped == reference
+    assert grouped[1] != grouped[0] and grouped[2] != grouped[0]  # the adapters change the text

@@ -1,0 +1,166 @@
+"""CPU LoRA kernels, in-process on the demo model: vLLM's per-token ops vs the grouped path, in one run.
+
+One vLLM ``LLM`` (bf16, eager, prefix caching off, ``max_loras`` 4, ``max_cpu_loras`` 16, ``max_lora_rank`` 64)
+generates the same batches with the grouped path installed and with vLLM's own (masked) ops, alternating, each
+load repeated ``--reps`` times: base model; 4 single demo adapters mixed; 4 demo stacks (4 adapters each, composed
+exactly); 32 distinct compositions. A second engine restricted to the modules the adapters target
+(``lora_target_modules=["qkv_proj"]``) runs the grouped path again. Writes ``bench/results/cpu-lora.json``.
+
+    python -m bench.cpu_lora [--prompts 32] [--tokens 32] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.record import write_results
+
+QUESTIONS = [
+    "How should I promote coffee next month in our stores and online?",
+    "Write a short ad idea for cereal that a busy parent would notice.",
+    "What is a good media plan for shampoo with a small budget this quarter?",
+    "Give me one tip to sell more orange juice at the retailer's app.",
+]
+
+
+STACKS = [
+    "brand_brewmax*0.7+task_creative*0.5",
+    "retail_media*0.3+bigmart_retail*0.3+brand_crunchy*0.5+task_creative*0.5",
+    "retail_media*0.3+acme_retail*0.3+brand_brewmax*0.5+task_planning*0.5",
+    "retail_media*0.3+bigmart_retail*0.3+brand_brewmax*0.5+task_harmonize*0.5",
+]
+
+
+def compositions(n: int) -> list[str]:
+    """``n`` distinct 4-adapter stacks over the demo adapters (one per layer, weights varied)."""
+    import itertools
+
+    combos = itertools.product(
+        ("0.2", "0.3", "0.4", "0.5"),
+        ("acme_retail", "bigmart_retail"),
+        ("brand_brewmax", "brand_crunchy"),
+        ("task_planning", "task_creative", "task_harmonize"),
+    )  # 48 distinct stacks
+    return [f"retail_media*{w}+{r}*0.3+{m}*0.5+{t}*0.5" for w, r, m, t in itertools.islice(combos, n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=2)
+    args = ap.parse_args()
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from adapters import AdapterRegistry
+    from adapters.cache import CompositeCache, resolve
+    from adapters.stack import parse_stack
+    from serving.demo.defaults import demo_model_dir, home
+    from serving.engines import cpu_lora
+
+    registry = AdapterRegistry(home() / "adapters", max_rank=64)
+    cache = CompositeCache(Path(tempfile.mkdtemp(prefix="bench-cpu-lora-")), registry, max_rank=64)
+    singles = [
+        registry.path(a, registry.get(a).version)
+        for a in ("retail_media", "acme_retail", "brand_brewmax", "task_planning")
+    ]
+    stacks = [cache.get_or_build(resolve(registry, parse_stack(s))) for s in STACKS]
+    many = [cache.get_or_build(resolve(registry, parse_stack(s))) for s in compositions(32)]
+
+    def engine(**extra: Any) -> Any:
+        return LLM(
+            model=str(demo_model_dir()),
+            dtype="bfloat16",
+            enable_lora=True,
+            max_loras=4,
+            max_cpu_loras=16,
+            max_lora_rank=64,
+            kv_cache_memory_bytes=1 << 30,
+            max_model_len=512,
+            enforce_eager=True,
+            enable_prefix_caching=False,
+            seed=0,
+            **extra,
+        )
+
+    prompts = [QUESTIONS[i % len(QUESTIONS)] + f" (request {i})" for i in range(args.prompts)]
+    sp = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
+    ids = iter(range(1, 10**6))
+
+    def lora_set(paths: list[Path]) -> list[Any]:
+        reqs = [LoRARequest(f"l{next(ids)}", next(ids), str(p)) for p in paths]
+        return [reqs[i % len(reqs)] for i in range(args.prompts)]
+
+    loads: dict[str, list[Any] | None] = {
+        "base": None,
+        "4 single adapters": lora_set(singles),
+        "4 stacks": lora_set(stacks),
+        "32 compositions": lora_set(many),
+    }
+
+    def timed(llm: Any, loras: list[Any] | None) -> tuple[float, list[list[int]]]:
+        t = time.perf_counter()
+        outs = llm.generate(prompts, sp, lora_request=loras, use_tqdm=False)
+        seconds = time.perf_counter() - t
+        return args.prompts * args.tokens / seconds, [list(o.outputs[0].token_ids) for o in outs]
+
+    llm = engine()
+    for loras in loads.values():  # warm-up: first loads of every adapter, kernels
+        timed(llm, loras[: min(8, args.prompts)] if loras else None)
+    results: dict[str, dict[str, list[float]]] = {name: {"grouped": [], "vllm": []} for name in loads}
+    identical = {name: True for name in loads}
+    for rep in range(args.reps):
+        order = ["grouped", "vllm"] if rep % 2 == 0 else ["vllm", "grouped"]
+        for name, loras in loads.items():
+            tokens: dict[str, list[list[int]]] = {}
+            for path in order:
+                cpu_lora.install() if path == "grouped" else cpu_lora.uninstall()
+                tps, tokens[path] = timed(llm, loras)
+                results[name][path].append(round(tps, 1))
+            identical[name] &= tokens["grouped"] == tokens["vllm"]
+            print(f"rep {rep} {name}: {results[name]}", flush=True)
+    cpu_lora.install()
+    del llm
+    restricted = engine(lora_target_modules=["qkv_proj"])
+    for loras in loads.values():
+        timed(restricted, loras[: min(8, args.prompts)] if loras else None)
+    targeted = {}
+    for name, loras in loads.items():
+        targeted[name] = [round(timed(restricted, loras)[0], 1) for _ in range(args.reps)]
+        print(f"qkv only {name}: {targeted[name]}", flush=True)
+
+    med = {name: {p: statistics.median(v) for p, v in r.items()} for name, r in results.items()}
+    base = med["base"]["vllm"]
+    out = {
+        "model": "SmolLM2-135M-Instruct (demo), bf16, eager, prefix caching off",
+        "load": f"{args.prompts} prompts (~16 tokens) x {args.tokens} output tokens, ignore_eos, temperature 0, reps {args.reps}",
+        "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 64},
+        "tokens_per_s": results,
+        "tokens_per_s_qkv_only_grouped": targeted,
+        "median_tokens_per_s": med,
+        "ratio_vs_base": {
+            name: {
+                "vllm_ops": round(m["vllm"] / base, 3),
+                "grouped": round(m["grouped"] / base, 3),
+                "grouped_qkv_only": round(
+                    statistics.median(targeted[name]) / statistics.median(targeted["base"]), 3
+                ),
+            }
+            for name, m in med.items()
+        },
+        "grouped_over_vllm_ops": {name: round(m["grouped"] / m["vllm"], 2) for name, m in med.items()},
+        "greedy_tokens_identical": identical,
+    }
+    print(write_results("bench/results/cpu-lora.json", out).read_text())
+
+
+if __name__ == "__main__":
+    main()

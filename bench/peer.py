@@ -1,0 +1,243 @@
+"""rmn-lora against vLLM's own OpenAI server, same engine settings, same adapters, same load, one run.
+
+Each side is started in turn (``--reps`` times, the order alternated) from this venv on the demo model:
+- the peer: stock vLLM (``python -m vllm.entrypoints.launchers.api_server.entry``) with this project's plugin
+  excluded through vLLM's ``VLLM_PLUGINS`` allowlist; adapters given as ``--lora-modules`` (stacks and
+  compositions as pre-built composites, composed by this project's exact composer);
+- ``rmn serve`` with an open API (no tenants) over the demo registry, composing stacks on demand.
+Loads: base model; 4 single adapters; 4 stacks of 4 adapters; 32 distinct compositions. Each load is
+``--requests`` chat requests, ``--concurrency`` at a time, ``--tokens`` output tokens (``ignore_eos``,
+temperature 0). Writes ``bench/results/peer.json`` with both sides and the ratios rmn/vLLM and LoRA/base.
+
+    python -m bench.peer [--requests 64] [--concurrency 8] [--tokens 32] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.record import write_results
+from tests.ports import free_port
+
+QUESTION = "How should I promote coffee next month in our stores and online?"
+
+
+def _prepare(work: Path) -> dict[str, dict[str, Path]]:
+    """Per load: served name -> adapter directory (stacks and compositions composed exactly, cached)."""
+    from adapters import AdapterRegistry
+    from adapters.cache import CompositeCache, resolve
+    from adapters.stack import parse_stack
+    from bench.cpu_lora import STACKS, compositions
+    from serving.demo.defaults import home
+
+    registry = AdapterRegistry(home() / "adapters", max_rank=64)
+    cache = CompositeCache(work / "composites", registry, max_rank=64)
+    singles = {
+        a: registry.path(a, registry.get(a).version)
+        for a in ("retail_media", "acme_retail", "brand_brewmax", "task_planning")
+    }
+
+    def pinned(text: str) -> str:
+        return resolve(registry, parse_stack(text)).text
+
+    stacks = {pinned(s): cache.get_or_build(resolve(registry, parse_stack(s))) for s in STACKS}
+    many = {pinned(s): cache.get_or_build(resolve(registry, parse_stack(s))) for s in compositions(32)}
+    return {"base": {}, "4 single adapters": singles, "4 stacks": stacks, "32 compositions": many}
+
+
+def _engine_args() -> dict[str, Any]:
+    return {
+        "max_loras": 4,
+        "max_cpu_loras": 16,
+        "max_lora_rank": 64,
+        "max_model_len": 2048,
+        "dtype": "bfloat16",
+    }
+
+
+def _start_peer(
+    model: Path, loads: dict[str, dict[str, Path]], port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    e = _engine_args()
+    names = {peer_name(name): path for load in loads.values() for name, path in load.items()}
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.launchers.api_server.entry",
+        "--model",
+        str(model),
+        "--served-model-name",
+        "base",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--enable-lora",
+        "--max-loras",
+        str(e["max_loras"]),
+        "--max-cpu-loras",
+        str(e["max_cpu_loras"]),
+        "--max-lora-rank",
+        str(e["max_lora_rank"]),
+        "--max-model-len",
+        str(e["max_model_len"]),
+        "--dtype",
+        e["dtype"],
+        "--enforce-eager",
+        "--lora-modules",
+        *[f"{n}={p}" for n, p in names.items()],
+    ]
+    env = {**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def peer_name(name: str) -> str:
+    return name.replace(":", "_").replace("+", "_").replace("*", "w").replace("@", "v")
+
+
+def _start_rmn(model: Path, port: int, work: Path, log: Path) -> subprocess.Popen[bytes]:
+    from serving.demo.defaults import home
+
+    e = _engine_args()
+    cfg = {
+        "model": {"path": str(model)},
+        "adapters": {"root": str(home() / "adapters"), "cache_root": str(work / "rmn-composites")},
+        "engine": {
+            k: e[k] for k in ("max_loras", "max_cpu_loras", "max_lora_rank", "max_model_len", "dtype")
+        },
+        "http": {"port": port, "metrics_port": free_port(), "request_timeout_s": 600},
+        "engine_deployment": {
+            "max_ongoing_requests": 64,
+            "max_queued_requests": 256,
+            "num_cpus": 1,
+            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        },
+    }
+    path = work / "rmn-peer.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "serving.cli", "serve", "--config", str(path)]
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], path: str, timeout: float = 600) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"not ready after {timeout}s")
+
+
+async def _load(url: str, models: list[str], n: int, concurrency: int, tokens: int) -> dict[str, float]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(client: httpx.AsyncClient, i: int) -> int:
+        body = {
+            "model": models[i % len(models)],
+            "messages": [{"role": "user", "content": f"{QUESTION} (request {i})"}],
+            "max_tokens": tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        async with sem:
+            r = await client.post(f"{url}/v1/chat/completions", json=body)
+        r.raise_for_status()
+        return int(r.json()["usage"]["completion_tokens"])
+
+    async with httpx.AsyncClient(timeout=1200) as client:
+        await asyncio.gather(*[one(client, i) for i in range(min(concurrency, n))])  # warm: loads, kernels
+        t = time.perf_counter()
+        done = await asyncio.gather(*[one(client, i) for i in range(n)])
+        wall = time.perf_counter() - t
+    return {"tokens_per_s": round(sum(done) / wall, 2), "wall_s": round(wall, 2)}
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=2)
+    args = ap.parse_args()
+    from serving.demo.defaults import demo_model_dir
+
+    model = demo_model_dir()
+    work = Path(tempfile.mkdtemp(prefix="bench-peer-"))
+    loads = _prepare(work)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {"vllm": [], "rmn": []} for name in loads}
+    ready_s: dict[str, list[float]] = {"vllm": [], "rmn": []}
+    for rep in range(args.reps):
+        for side in ["vllm", "rmn"] if rep % 2 == 0 else ["rmn", "vllm"]:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            log = work / f"{side}-{rep}.log"
+            proc = (
+                _start_peer(model, loads, port, log) if side == "vllm" else _start_rmn(model, port, work, log)
+            )
+            try:
+                ready_s[side].append(
+                    round(_wait_ready(url, proc, "/v1/models" if side == "vllm" else "/readyz"), 1)
+                )
+                for name, adapters in loads.items():
+                    if side == "vllm":
+                        models = [peer_name(n) for n in adapters] or ["base"]
+                    else:
+                        models = [f"base:{n}" for n in adapters] or ["base"]
+                    res = asyncio.run(_load(url, models, args.requests, args.concurrency, args.tokens))
+                    runs[name][side].append(res)
+                    print(f"rep {rep} {side} {name}: {res}", flush=True)
+            finally:
+                _stop(proc)
+    med = {
+        n: {s: statistics.median(r["tokens_per_s"] for r in v) for s, v in sides.items()}
+        for n, sides in runs.items()
+    }
+    out = {
+        "model": "SmolLM2-135M-Instruct (demo), bf16, CPU",
+        "load": f"{args.requests} chat requests, {args.concurrency} concurrent, {args.tokens} output tokens, ignore_eos, temperature 0",
+        "engine": _engine_args(),
+        "peer": "stock vLLM OpenAI server from this venv (vllm-cpu 0.29.0), VLLM_PLUGINS=lora_filesystem_resolver "
+        "(this project's plugin excluded: vLLM's own per-token CPU LoRA ops); stacks and compositions pre-built",
+        "rmn": "rmn serve, open API, stacks composed on demand, grouped CPU LoRA (engine.cpu_lora=grouped)",
+        "reps": args.reps,
+        "ready_s": ready_s,
+        "runs": runs,
+        "median_tokens_per_s": med,
+        "rmn_over_vllm": {n: round(m["rmn"] / m["vllm"], 2) for n, m in med.items()},
+        "lora_over_base": {
+            side: {n: round(med[n][side] / med["base"][side], 3) for n in med if n != "base"}
+            for side in ("vllm", "rmn")
+        },
+    }
+    print(write_results("bench/results/peer.json", out).read_text())
+
+
+if __name__ == "__main__":
+    main()

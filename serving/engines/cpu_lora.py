@@ -1,0 +1,130 @@
+"""Grouped CPU LoRA for vLLM's linear layers: one matmul pair per adapter slot present in the batch.
+
+vLLM's CPU punica wrapper applies LoRA with pure-torch ops that gather a (rank x hidden) matrix PER TOKEN
+(``lora_a[indices]``) and contract it with an einsum; on CPU that costs several times the base layer's own
+matmul. Here the tokens of a batch are grouped by slot once per step (when vLLM updates the wrapper's
+metadata), and each linear layer does, for each slot ``s`` present and each output slice ``i``:
+
+    h            = x[rows_s] @ A_i[s].T                      # [n_s, r]      A_i: [slots, 1, r, in]
+    y[rows_s, o] += (scale * h) @ B_i[s].T                   # [n_s, size_i] B_i: [slots, 1, size_i, r]
+
+Rows whose slot is -1 (requests without an adapter) are left untouched (the upstream bug that applied the
+last slot to them cannot happen here). Precision follows vLLM's reference: the shrink result is rounded to
+the activations' dtype before the expand, the expand runs in that dtype. Only the CPU wrapper is patched
+(:func:`install`); the CUDA path keeps vLLM's Triton kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_GROUPS = "_rmn_slot_groups"
+
+
+def slot_groups(indices: Any) -> list[tuple[int, Any]]:
+    """``[(slot, rows)]`` for every slot >= 0 in ``indices`` (one per token); ``rows`` is None when every
+    token has that slot (no gather needed), else a 1-D LongTensor of row numbers."""
+    import torch
+
+    slots = torch.unique(indices).tolist()
+    if len(slots) == 1:
+        return [(int(slots[0]), None)] if slots[0] >= 0 else []
+    return [(int(s), (indices == s).nonzero().squeeze(1)) for s in slots if s >= 0]
+
+
+def grouped_lora_linear(
+    y: Any,
+    x: Any,
+    groups: list[tuple[int, Any]],
+    lora_a: tuple[Any, ...],
+    lora_b: tuple[Any, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+) -> None:
+    """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot (see the module docstring)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y2 = y.view(-1, y.shape[-1])
+    for slot, rows in groups:
+        xs = x2 if rows is None else x2.index_select(0, rows)
+        offset = 0
+        for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
+            a_s = a[slot, 0] if a.dim() == 4 else a[slot]  # [r, in]
+            b_s = b[slot, 0] if b.dim() == 4 else b[slot]  # [size, r]
+            h = xs.to(a_s.dtype) @ a_s.T
+            if scale != 1.0:
+                h = (h.float() * scale).to(b_s.dtype)
+            out = (h.to(b_s.dtype) @ b_s.T).to(y2.dtype)
+            target = y2[:, offset : offset + size]
+            if rows is None:
+                target += out
+            else:
+                target.index_add_(0, rows, out)
+            offset += size
+
+
+def install() -> bool:
+    """Patch vLLM's CPU punica wrapper (idempotent); False when this vLLM has none."""
+    try:
+        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+    except ImportError:
+        return False
+    if getattr(PunicaWrapperCPU, "_rmn_grouped", False):
+        return True
+    original_update = PunicaWrapperCPU.update_metadata
+    original_linear = PunicaWrapperCPU.add_lora_linear
+
+    def update_metadata(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_update(self, *args, **kwargs)
+        setattr(self, _GROUPS, None)  # the batch changed: regroup on first use
+
+    def add_lora_linear(
+        self: Any,
+        y: Any,
+        x: Any,
+        lora_a_stacked: tuple[Any, ...],
+        lora_b_stacked: tuple[Any, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+        *,
+        buffer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        indices = self.token_lora_indices
+        if x.reshape(-1, x.shape[-1]).shape[0] != indices.shape[0]:  # padded batch: vLLM's own path
+            original_linear(
+                self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+            )
+            return
+        groups = getattr(self, _GROUPS, None)
+        if groups is None:
+            groups = slot_groups(indices)
+            setattr(self, _GROUPS, groups)
+        grouped_lora_linear(y, x, groups, lora_a_stacked, lora_b_stacked, scale, output_slices)
+
+    cls: Any = PunicaWrapperCPU  # patched at runtime: typed as Any on purpose
+    cls._rmn_originals = (original_update, original_linear)
+    cls.update_metadata = update_metadata
+    cls.add_lora_linear = add_lora_linear
+    cls._rmn_grouped = True
+    return True
+
+
+def uninstall() -> None:
+    """Restore vLLM's own CPU wrapper methods (tests compare both paths in one process)."""
+    try:
+        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+    except ImportError:
+        return
+    cls: Any = PunicaWrapperCPU
+    if getattr(cls, "_rmn_grouped", False):
+        cls.update_metadata, cls.add_lora_linear = cls._rmn_originals
+        cls._rmn_grouped = False
+
+
+def installed() -> bool:
+    """True while the grouped path is patched in."""
+    try:
+        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+    except ImportError:
+        return False
+    return bool(getattr(PunicaWrapperCPU, "_rmn_grouped", False))

@@ -1,0 +1,119 @@
+"""The grouped CPU LoRA path against vLLM's reference ops (the per-token gather, with index -1 masked) and
+against a float64 per-token reference: random shapes, several slices, mixed slots, tokens without an adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from serving.engines import lora_plugin as fix
+from serving.engines.cpu_lora import grouped_lora_linear, slot_groups
+
+
+def reference_vllm(y, x, idx, lora_a, lora_b, scale, slices):  # type: ignore[no-untyped-def]
+    """vLLM's CPU add_lora_linear with the masked bgmv ops: fp32 shrink buffer, expand in y's dtype."""
+    out = y.clone()
+    offset = 0
+    for a, b, size in zip(lora_a, lora_b, slices, strict=True):
+        buf = torch.zeros(x.shape[0], a.shape[-2], dtype=torch.float32)
+        fix.bgmv_shrink(x, a, buf, idx, scale)
+        fix.bgmv_expand_slice(buf, b, out, idx, offset, size, add_inputs=True)
+        offset += size
+    return out
+
+
+def reference_f64(y, x, idx, lora_a, lora_b, scale, slices):  # type: ignore[no-untyped-def]
+    out = y.double().clone()
+    for t, s in enumerate(idx.tolist()):
+        if s < 0:
+            continue
+        offset = 0
+        for a, b, size in zip(lora_a, lora_b, slices, strict=True):
+            h = scale * (x[t].double() @ a[s, 0].double().T)
+            out[t, offset : offset + size] += h @ b[s, 0].double().T
+            offset += size
+    return out
+
+
+CASES = [  # tokens, in, rank, slices, slots, indices pattern
+    (1, 32, 8, (16,), 2, "one"),
+    (7, 48, 4, (24, 8, 8), 3, "mixed"),
+    (33, 64, 16, (64,), 4, "mixed"),
+    (12, 40, 8, (20, 20), 2, "all-none"),
+    (9, 40, 8, (20, 20), 2, "all-same"),
+]
+
+
+def _data(tokens, hidden, rank, slices, slots, pattern, dtype, seed=0):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g).to(dtype)
+    lora_a = tuple(
+        torch.randn(slots, 1, rank, hidden, generator=g).div(hidden**0.5).to(dtype) for _ in slices
+    )
+    lora_b = tuple(torch.randn(slots, 1, size, rank, generator=g).div(rank**0.5).to(dtype) for size in slices)
+    y = torch.randn(tokens, sum(slices), generator=g).to(dtype)
+    if pattern == "one":
+        idx = torch.tensor([1])
+    elif pattern == "all-none":
+        idx = torch.full((tokens,), -1)
+    elif pattern == "all-same":
+        idx = torch.full((tokens,), 1)
+    else:
+        idx = torch.randint(-1, slots, (tokens,), generator=g)
+        idx[0], idx[-1] = -1, slots - 1  # at least one token without an adapter, and the last slot
+    return y, x, idx, lora_a, lora_b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}tok-{len(c[3])}slices-{c[5]}" for c in CASES])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_grouped_matches_vllm_reference(case: tuple, dtype: torch.dtype, scale: float) -> None:
+    y, x, idx, lora_a, lora_b = _data(*case, dtype=dtype)
+    want_vllm = reference_vllm(y, x, idx, lora_a, lora_b, scale, case[3])
+    want_f64 = reference_f64(y, x, idx, lora_a, lora_b, scale, case[3])
+    got = y.clone()
+    grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, scale, case[3])
+    # rows without an adapter are untouched, bit for bit
+    none = idx < 0
+    assert torch.equal(got[none], y[none])
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), want_f64, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, want_vllm, rtol=1e-5, atol=1e-5)
+    else:  # bf16: both differ from float64 by bf16 rounding; from each other by at most that
+        err_ours = (got.double() - want_f64).abs().max().item()
+        err_vllm = (want_vllm.double() - want_f64).abs().max().item()
+        assert err_ours <= 2 * err_vllm + 1e-2, (err_ours, err_vllm)
+    lora_effect = (want_f64 - y.double()).abs().max().item()
+    assert none.all() or lora_effect > 0.05  # the adapters do move the rows they apply to
+
+
+def test_slot_groups() -> None:
+    assert slot_groups(torch.tensor([2, 2, 2])) == [(2, None)]
+    assert slot_groups(torch.tensor([-1, -1])) == []
+    groups = dict(slot_groups(torch.tensor([0, -1, 1, 0])))
+    assert set(groups) == {0, 1}
+    assert groups[0].tolist() == [0, 3] and groups[1].tolist() == [2]
+
+
+def test_plugin_patches_only_the_cpu_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA vLLM runs PunicaWrapperGPU and its Triton ops: the plugin leaves them as they are, and
+    RMN_CPU_LORA=vllm takes the grouped path out again."""
+    import warnings
+
+    from serving.engines import cpu_lora
+
+    with warnings.catch_warnings():  # vLLM's GPU modules use torch.jit.script_method (deprecated in torch)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from vllm.lora.punica_wrapper import punica_cpu, punica_gpu
+
+    gpu_methods = dict(vars(punica_gpu.PunicaWrapperGPU))
+    monkeypatch.setenv("RMN_CPU_LORA", "grouped")
+    fix.register()
+    assert cpu_lora.installed() and getattr(punica_cpu.PunicaWrapperCPU, "_rmn_grouped", False)
+    assert dict(vars(punica_gpu.PunicaWrapperGPU)) == gpu_methods
+    monkeypatch.setenv("RMN_CPU_LORA", "vllm")
+    fix.register()
+    assert not cpu_lora.installed()
+    monkeypatch.setenv("RMN_CPU_LORA", "grouped")
+    fix.register()
+    assert cpu_lora.installed()
