@@ -88,7 +88,7 @@ def register() -> None:
     """Entry point: patch the torch LoRA ops wherever vLLM bound them (once), and install or remove the
     grouped CPU path as ``RMN_CPU_LORA`` says now (every call)."""
     global _PATCHED
-    from serving.engines import cpu_lora
+    import serving.engines.cpu_lora as cpu_lora
 
     if os.environ.get("RMN_CPU_LORA", "grouped") == "vllm":
         cpu_lora.uninstall()
