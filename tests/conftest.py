@@ -115,7 +115,7 @@ def make_app_config(
     tiny_model: Path, registry_root: Path, tmp: pytest.TempPathFactory, engine: str = "vllm"
 ) -> Any:
     """The test app's config; ``engine`` "fake" gives the fast Serve tier's app (FakeEngine, light
-    replicas, a 2 s deadline, its own clean-room files: DuckDB allows one writer per file)."""
+    replicas, a 3 s deadline, its own clean-room files: DuckDB allows one writer per file)."""
     from cleanroom import CleanRoom, CleanRoomPolicy
     from serving.config import AppConfig
     from tests.cleanroom_data import write_events
@@ -170,7 +170,7 @@ def make_app_config(
             },
             "http": {
                 "port": SERVE_PORT,
-                "request_timeout_s": 2 if fake else 60,
+                "request_timeout_s": 3 if fake else 60,
                 "metrics_port": METRICS_PORT,
             },
             "cleanroom": {

@@ -82,11 +82,13 @@ def test_two_replica_adapter_affinity(serve_url: str) -> None:
 
 
 def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
-    """2 replicas x (4 ongoing) + 4 queued: a burst of 40 long requests must see 503s, never a hang."""
+    """2 replicas x (4 ongoing) + 4 queued: a burst of 40 requests must see 503s, never a hang. Accepted
+    work (12 x 0.2 s over 8 slots) is far inside the 3 s deadline: a 504 here would be a queue that admits
+    more than it can serve."""
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120, headers=ADMIN) as c:
-            body = {"model": "base", "messages": MSG, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+            body = {"model": "base", "messages": MSG, "max_tokens": 20, "temperature": 0, "ignore_eos": True}
             return await asyncio.gather(
                 *[c.post(f"{serve_url}/v1/chat/completions", json=body) for _ in range(40)]
             )
@@ -99,7 +101,7 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
         if r.status_code == 503:
             assert r.headers.get("retry-after") and r.json()["error"]["code"] == 503, (r.headers, r.text)
         else:
-            assert r.json()["usage"]["completion_tokens"] == 60
+            assert r.json()["usage"]["completion_tokens"] == 20
 
 
 @pytest.mark.parametrize(
@@ -130,14 +132,14 @@ def test_request_id_is_echoed_and_generated(serve_url: str) -> None:
 
 
 def test_deadline_answers_504_in_openai_shape(serve_url: str, app_config: object) -> None:
-    """The fake app's deadline is 2 s; 250 words at 10 ms each cannot make it."""
-    r = chat(serve_url, "base", max_tokens=250)
+    """The fake app's deadline is 3 s; 350 words at 10 ms each cannot make it."""
+    r = chat(serve_url, "base", max_tokens=350)
     assert r.status_code == 504, r.text
     assert r.json()["error"]["code"] == 504 and "exceeded" in r.json()["error"]["message"]
     with httpx.stream(
         "POST",
         f"{serve_url}/v1/chat/completions",
-        json={"model": "base", "messages": MSG, "max_tokens": 250, "stream": True},
+        json={"model": "base", "messages": MSG, "max_tokens": 350, "stream": True},
         headers=ADMIN,
         timeout=30,
     ) as s:
@@ -198,7 +200,7 @@ def test_every_router_status_code_is_reachable(serve_url: str) -> None:
         500: post(
             "/v1/chat/completions", {**ok, "messages": [{"role": "user", "content": "FAKE_FAIL"}]}, ADMIN
         ),
-        504: post("/v1/chat/completions", {**ok, "max_tokens": 250}, ADMIN),
+        504: post("/v1/chat/completions", {**ok, "max_tokens": 350}, ADMIN),
     }
     for _ in range(3):  # tenant 'limited' may send 2 requests a minute
         seen[429] = post("/v1/chat/completions", ok, auth("limited"))
