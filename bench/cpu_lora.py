@@ -1,8 +1,8 @@
 """CPU LoRA kernels, in-process on the demo model: vLLM's per-token ops vs the grouped path, in one run.
 
 One vLLM ``LLM`` (bf16, eager, prefix caching off, ``max_loras`` 4, ``max_cpu_loras`` 16, ``max_lora_rank`` 64)
-generates the same batches with the grouped path installed and with vLLM's own (masked) ops, alternating, each
-load repeated ``--reps`` times: base model; 4 single demo adapters mixed; 4 demo stacks (4 adapters each, composed
+generates the same batches with each CPU path (``grouped``, ``grouped_exact``, vLLM's own masked ops), the
+order alternated, each load repeated ``--reps`` times: base model; 4 single demo adapters mixed; 4 demo stacks (4 adapters each, composed
 exactly); 32 distinct compositions. A second engine restricted to the modules the adapters target
 (``lora_target_modules=["qkv_proj"]``) runs the grouped path again. Writes ``bench/results/cpu-lora.json``.
 
@@ -106,32 +106,37 @@ def main() -> None:
         "32 compositions": lora_set(many),
     }
 
-    def timed(llm: Any, loras: list[Any] | None) -> tuple[float, list[list[int]]]:
+    def timed(llm: Any, loras: list[Any] | None, n: int = args.prompts) -> tuple[float, list[list[int]]]:
         t = time.perf_counter()
-        outs = llm.generate(prompts, sp, lora_request=loras, use_tqdm=False)
+        outs = llm.generate(prompts[:n], sp, lora_request=loras[:n] if loras else None, use_tqdm=False)
         seconds = time.perf_counter() - t
-        return args.prompts * args.tokens / seconds, [list(o.outputs[0].token_ids) for o in outs]
+        return n * args.tokens / seconds, [list(o.outputs[0].token_ids) for o in outs]
 
     llm = engine()
     for loras in loads.values():  # warm-up: first loads of every adapter, kernels
-        timed(llm, loras[: min(8, args.prompts)] if loras else None)
-    results: dict[str, dict[str, list[float]]] = {name: {"grouped": [], "vllm": []} for name in loads}
-    identical = {name: True for name in loads}
+        timed(llm, loras, n=min(8, args.prompts))
+    paths = ["grouped", "grouped_exact", "vllm"]
+    results: dict[str, dict[str, list[float]]] = {name: {p: [] for p in paths} for name in loads}
+    same: dict[str, dict[str, int]] = {name: {"grouped": 0, "grouped_exact": 0} for name in loads}
     for rep in range(args.reps):
-        order = ["grouped", "vllm"] if rep % 2 == 0 else ["vllm", "grouped"]
+        order = paths if rep % 2 == 0 else paths[::-1]
         for name, loras in loads.items():
             tokens: dict[str, list[list[int]]] = {}
             for path in order:
-                cpu_lora.install() if path == "grouped" else cpu_lora.uninstall()
+                if path == "vllm":
+                    cpu_lora.uninstall()
+                else:
+                    cpu_lora.install(exact=path == "grouped_exact")
                 tps, tokens[path] = timed(llm, loras)
                 results[name][path].append(round(tps, 1))
-            identical[name] &= tokens["grouped"] == tokens["vllm"]
-            print(f"rep {rep} {name}: {results[name]}", flush=True)
+            for path in ("grouped", "grouped_exact"):  # sequences identical to vLLM's ops, token for token
+                same[name][path] = sum(a == b for a, b in zip(tokens[path], tokens["vllm"], strict=True))
+            print(f"rep {rep} {name}: {results[name]} identical sequences {same[name]}", flush=True)
     cpu_lora.install()
     del llm
     restricted = engine(lora_target_modules=["qkv_proj"])
     for loras in loads.values():
-        timed(restricted, loras[: min(8, args.prompts)] if loras else None)
+        timed(restricted, loras, n=min(8, args.prompts))
     targeted = {}
     for name, loras in loads.items():
         targeted[name] = [round(timed(restricted, loras)[0], 1) for _ in range(args.reps)]
@@ -150,6 +155,7 @@ def main() -> None:
             name: {
                 "vllm_ops": round(m["vllm"] / base, 3),
                 "grouped": round(m["grouped"] / base, 3),
+                "grouped_exact": round(m["grouped_exact"] / base, 3),
                 "grouped_qkv_only": round(
                     statistics.median(targeted[name]) / statistics.median(targeted["base"]), 3
                 ),
@@ -157,7 +163,12 @@ def main() -> None:
             for name, m in med.items()
         },
         "grouped_over_vllm_ops": {name: round(m["grouped"] / m["vllm"], 2) for name, m in med.items()},
-        "greedy_tokens_identical": identical,
+        "grouped_exact_over_vllm_ops": {
+            name: round(m["grouped_exact"] / m["vllm"], 2) for name, m in med.items()
+        },
+        "sequences_identical_to_vllm_ops": {
+            name: {p: f"{n}/{args.prompts}" for p, n in s.items()} for name, s in same.items()
+        },
     }
     print(write_results("bench/results/cpu-lora.json", out).read_text())
 

@@ -80,10 +80,11 @@ class EngineConfig(_Strict):
         default=True,
         description="Guided decoding by xgrammar with compact JSON (no free whitespace: small models otherwise spend tokens on it).",
     )
-    cpu_lora: Literal["grouped", "vllm"] = Field(
+    cpu_lora: Literal["grouped", "grouped_exact", "vllm"] = Field(
         default="grouped",
-        description="CPU only: 'grouped' applies LoRA with one matmul per adapter slot in the batch "
-        "(serving/engines/cpu_lora.py); 'vllm' keeps vLLM's per-token ops (with the index -1 fix).",
+        description="CPU only: 'grouped' applies LoRA with one GEMM pair per adapter slot in the batch (fastest; "
+        "bf16 rounding differs from vLLM's ops); 'grouped_exact' groups the same way with vLLM's arithmetic "
+        "(bit-identical, slower); 'vllm' keeps vLLM's per-token ops (with the index -1 fix).",
     )
     lora_target_modules: list[str] | None = Field(
         default=None,

@@ -9,9 +9,16 @@ metadata), and each linear layer does, for each slot ``s`` present and each outp
     y[rows_s, o] += (scale * h) @ B_i[s].T                   # [n_s, size_i] B_i: [slots, 1, size_i, r]
 
 Rows whose slot is -1 (requests without an adapter) are left untouched (the upstream bug that applied the
-last slot to them cannot happen here). Precision follows vLLM's reference: the shrink result is rounded to
-the activations' dtype before the expand, the expand runs in that dtype. Only the CPU wrapper is patched
-(:func:`install`); the CUDA path keeps vLLM's Triton kernels.
+last slot to them cannot happen here). Only the CPU wrapper is patched (:func:`install`); the CUDA path keeps
+vLLM's Triton kernels.
+
+Two variants (``engine.cpu_lora``):
+- ``grouped``: one GEMM per slot for the shrink and one for the expand, in the weights' dtype (fp32
+  accumulation inside the GEMM). Fastest; it rounds differently from vLLM's per-token ops at the bf16 level,
+  so greedy outputs can diverge from vLLM's after some tokens (measured on the demo: bench/results/cpu-lora.json).
+- ``grouped_exact``: the same grouping, but each slot's rows go through vLLM's own arithmetic (fp32 shrink,
+  per-token einsum on the slot's weights broadcast without a copy, bf16 expand): bit-identical to vLLM's ops,
+  slower than ``grouped``, still faster than the per-token gather.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 _GROUPS = "_rmn_slot_groups"
+_MODE = {"exact": False}
 
 
 def slot_groups(indices: Any) -> list[tuple[int, Any]]:
@@ -40,20 +48,31 @@ def grouped_lora_linear(
     lora_b: tuple[Any, ...],
     scale: float,
     output_slices: tuple[int, ...],
+    exact: bool = False,
 ) -> None:
-    """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot (see the module docstring)."""
+    """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot (see the module docstring;
+    ``exact``: the ``grouped_exact`` arithmetic)."""
+    import torch
+
     x2 = x.reshape(-1, x.shape[-1])
     y2 = y.view(-1, y.shape[-1])
     for slot, rows in groups:
         xs = x2 if rows is None else x2.index_select(0, rows)
+        n = xs.shape[0]
         offset = 0
         for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
             a_s = a[slot, 0] if a.dim() == 4 else a[slot]  # [r, in]
             b_s = b[slot, 0] if b.dim() == 4 else b[slot]  # [size, r]
-            h = xs.to(a_s.dtype) @ a_s.T
-            if scale != 1.0:
-                h = (h.float() * scale).to(b_s.dtype)
-            out = (h.to(b_s.dtype) @ b_s.T).to(y2.dtype)
+            if exact:  # vLLM's ops, term for term: fp32 shrink buffer, then expand in y's dtype
+                a32 = a_s.to(torch.float32).unsqueeze(0).expand(n, -1, -1)
+                h = scale * torch.einsum("bi, boi -> bo", xs.to(torch.float32), a32)
+                hy = h.to(y2.dtype)
+                out = torch.einsum("bi, boi -> bo", hy, b_s.to(y2.dtype).unsqueeze(0).expand(n, -1, -1))
+            else:
+                h = xs.to(a_s.dtype) @ a_s.T
+                if scale != 1.0:
+                    h = (h.float() * scale).to(b_s.dtype)
+                out = (h.to(b_s.dtype) @ b_s.T).to(y2.dtype)
             target = y2[:, offset : offset + size]
             if rows is None:
                 target += out
@@ -62,8 +81,10 @@ def grouped_lora_linear(
             offset += size
 
 
-def install() -> bool:
-    """Patch vLLM's CPU punica wrapper (idempotent); False when this vLLM has none."""
+def install(exact: bool = False) -> bool:
+    """Patch vLLM's CPU punica wrapper (idempotent; ``exact`` selects ``grouped_exact``); False when this
+    vLLM has none."""
+    _MODE["exact"] = exact
     try:
         from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
     except ImportError:
@@ -99,7 +120,9 @@ def install() -> bool:
         if groups is None:
             groups = slot_groups(indices)
             setattr(self, _GROUPS, groups)
-        grouped_lora_linear(y, x, groups, lora_a_stacked, lora_b_stacked, scale, output_slices)
+        grouped_lora_linear(
+            y, x, groups, lora_a_stacked, lora_b_stacked, scale, output_slices, exact=_MODE["exact"]
+        )
 
     cls: Any = PunicaWrapperCPU  # patched at runtime: typed as Any on purpose
     cls._rmn_originals = (original_update, original_linear)

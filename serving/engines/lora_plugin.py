@@ -13,7 +13,7 @@ The sgmv ops call the bgmv ones through module globals, so they are fixed too. R
 Idempotent: loading it twice patches once.
 
 It also installs the grouped CPU LoRA path (:mod:`serving.engines.cpu_lora`: one matmul per adapter slot
-instead of a per-token gather) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``); the fixed ops
+instead of a per-token gather) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``; ``grouped_exact`` selects the bit-identical variant); the fixed ops
 above still serve the paths it does not replace (logits, embeddings, padded batches). Both touch only
 vLLM's CPU code: on CUDA vLLM uses its Triton kernels and this plugin changes nothing they run.
 """
@@ -90,10 +90,11 @@ def register() -> None:
     global _PATCHED
     import serving.engines.cpu_lora as cpu_lora
 
-    if os.environ.get("RMN_CPU_LORA", "grouped") == "vllm":
+    mode = os.environ.get("RMN_CPU_LORA", "grouped")
+    if mode == "vllm":
         cpu_lora.uninstall()
     else:
-        cpu_lora.install()
+        cpu_lora.install(exact=mode == "grouped_exact")
     if _PATCHED:
         return
     import importlib

@@ -85,6 +85,9 @@ def test_grouped_matches_vllm_reference(case: tuple, dtype: torch.dtype, scale: 
         assert err_ours <= 2 * err_vllm + 1e-2, (err_ours, err_vllm)
     lora_effect = (want_f64 - y.double()).abs().max().item()
     assert none.all() or lora_effect > 0.05  # the adapters do move the rows they apply to
+    exact = y.clone()
+    grouped_lora_linear(exact, x, slot_groups(idx), lora_a, lora_b, scale, case[3], exact=True)
+    assert torch.equal(exact, want_vllm)  # grouped_exact: vLLM's arithmetic, bit for bit
 
 
 def test_slot_groups() -> None:
