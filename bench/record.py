@@ -39,6 +39,12 @@ def _mem_gib() -> float | None:
     return round(kb / 2**20, 1)
 
 
+def _module() -> str:
+    """The ``-m`` module this process runs (``bench.cpu_lora``), else the script's path."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else (sys.argv[0] or "?")
+
+
 def run_info() -> dict[str, Any]:
     """The ``run`` block of a results file."""
     return {
@@ -51,7 +57,7 @@ def run_info() -> dict[str, Any]:
             "memory_gib": _mem_gib(),
             "python": platform.python_version(),
         },
-        "command": " ".join(["python", "-m", Path(sys.argv[0]).stem if sys.argv[0] else "?", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", _module(), *sys.argv[1:]]),
     }
 
 
