@@ -146,10 +146,10 @@ async def run_comparison(
         timed(backend.plan_cleanroom(tenant, room.retailer, market_json, req.manufacturer, plan_req)),
     )
     wall = time.perf_counter() - started
-    for side in (full, clean):
-        if side.error is not None or side.plan is None:
-            raise ComparisonError(side.status, side.error or "no plan")
-    assert full.plan is not None and clean.plan is not None  # for mypy: checked just above
+    if full.plan is None or full.error is not None:
+        raise ComparisonError(full.status, full.error or "no full-data plan")
+    if clean.plan is None or clean.error is not None:
+        raise ComparisonError(clean.status, clean.error or "no clean-room plan")
     market = await backend.market(market_json)
     result = build_result(
         req, market, (full.plan, full_s), (clean.plan, clean.view, clean_s), room.harmonization, wall
