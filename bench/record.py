@@ -45,12 +45,19 @@ def _module() -> str:
     return spec.name if spec is not None else (sys.argv[0] or "?")
 
 
+# taken when a benchmark imports this module (its start): the code measured is the code checked out then
+_START = {
+    "commit": _git("rev-parse", "HEAD"),
+    "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+}
+
+
 def run_info() -> dict[str, Any]:
-    """The ``run`` block of a results file."""
+    """The ``run`` block of a results file (commit and date as of the benchmark's start)."""
     return {
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **_START,
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cores": os.cpu_count(),
             "cpu": _cpu_model(),
