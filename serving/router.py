@@ -208,9 +208,8 @@ class Router:
         return tenant
 
     async def _cleanroom_call(self, request: Request, method: str) -> Response:
-        headers: dict[str, str] = {}  # Serve's proxy adds x-request-id (the one we read) to every answer
         if self._cleanroom is None:
-            return _error("no clean room is configured on this deployment", 404, "not_found_error", headers)
+            return _error("no clean room is configured on this deployment", 404, "not_found_error")
         try:
             tenant = self._tenant(request, "clean-room queries")
             retailer = request.query_params.get("retailer", "")
@@ -221,8 +220,8 @@ class Router:
             else:
                 answer = await self._cleanroom.schema.remote(retailer)
         except GateError as e:
-            return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
-        return JSONResponse(answer.body, status_code=answer.status, headers={**answer.headers, **headers})
+            return _error(str(e), e.status, e.err_type, e.headers)
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
     # ---- planning ---------------------------------------------------------------------------
     @api.post("/v1/plans/compare")
@@ -230,9 +229,8 @@ class Router:
         """Plan a budget with the brand's full data and through the clean room, in parallel; score both
         on the market's ground truth; add a rationale and ad lines written through the composed adapters."""
         request_id = _request_id(request)
-        headers: dict[str, str] = {}  # Serve's proxy adds x-request-id (the one we read) to every answer
         if self._comparison is None:
-            return _error("planning is not configured on this deployment", 404, "not_found_error", headers)
+            return _error("planning is not configured on this deployment", 404, "not_found_error")
         try:
             tenant = self._tenant(request, "plans")
             body = await _read_body(request)
@@ -247,8 +245,8 @@ class Router:
                 writer = functools.partial(self.complete, tenant, request_id=request_id)
                 await write_texts(writer, self._cfg.comparison, self._cfg.model.served_name, answer.body)
         except GateError as e:
-            return _error(str(e), e.status, e.err_type, {**e.headers, **headers})
-        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+            return _error(str(e), e.status, e.err_type, e.headers)
+        return JSONResponse(answer.body, status_code=answer.status)
 
     async def complete(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Completion:
         """One non-streamed chat completion through the federation (for text the router writes itself);

@@ -81,13 +81,21 @@ def grouped_lora_linear(
             offset += size
 
 
+def _wrapper_class() -> Any:
+    """vLLM's CPU punica wrapper class (patched at runtime, hence Any), or None in a vLLM without one."""
+    try:
+        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+    except ImportError:
+        return None
+    return PunicaWrapperCPU
+
+
 def install(exact: bool = False) -> bool:
     """Patch vLLM's CPU punica wrapper (idempotent; ``exact`` selects ``grouped_exact``); False when this
     vLLM has none."""
     _MODE["exact"] = exact
-    try:
-        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
-    except ImportError:
+    PunicaWrapperCPU = _wrapper_class()
+    if PunicaWrapperCPU is None:
         return False
     if getattr(PunicaWrapperCPU, "_rmn_grouped", False):
         return True
@@ -124,7 +132,7 @@ def install(exact: bool = False) -> bool:
             y, x, groups, lora_a_stacked, lora_b_stacked, scale, output_slices, exact=_MODE["exact"]
         )
 
-    cls: Any = PunicaWrapperCPU  # patched at runtime: typed as Any on purpose
+    cls = PunicaWrapperCPU
     cls._rmn_originals = (original_update, original_linear)
     cls.update_metadata = update_metadata
     cls.add_lora_linear = add_lora_linear
@@ -134,20 +142,12 @@ def install(exact: bool = False) -> bool:
 
 def uninstall() -> None:
     """Restore vLLM's own CPU wrapper methods (tests compare both paths in one process)."""
-    try:
-        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
-    except ImportError:
-        return
-    cls: Any = PunicaWrapperCPU
-    if getattr(cls, "_rmn_grouped", False):
+    cls = _wrapper_class()
+    if cls is not None and getattr(cls, "_rmn_grouped", False):
         cls.update_metadata, cls.add_lora_linear = cls._rmn_originals
         cls._rmn_grouped = False
 
 
 def installed() -> bool:
     """True while the grouped path is patched in."""
-    try:
-        from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
-    except ImportError:
-        return False
-    return bool(getattr(PunicaWrapperCPU, "_rmn_grouped", False))
+    return bool(getattr(_wrapper_class(), "_rmn_grouped", False))
