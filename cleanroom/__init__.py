@@ -1,24 +1,30 @@
 """Clean room: policy-enforced aggregate queries over retailer data in DuckDB.
 
 The documented event schema, per-retailer policy, structured queries compiled to parameterised SQL from
-allowlisted identifiers only, release of cells with >= k DISTINCT shoppers (the suppressed remainder
-obeys k too), difference checks, optional differential privacy (OpenDP) with a persisted epsilon ledger,
-and a durable audit log. Usable without Ray; imports nothing of ours.
+allowlisted identifiers only, brand scoping, differential privacy by default (OpenDP; budgets per tenant
+and per room in exact micro-epsilon, durable), an exact mode for trusted partners (>= k DISTINCT
+shoppers per cell, room-wide difference checks on rows), idempotent bounded loads, and a durable audit
+log. Threat model: docs/cleanroom.md. Usable without Ray; imports nothing of ours.
 """
 
 from cleanroom.dp import BudgetExhausted
-from cleanroom.errors import CleanRoomError, PolicyViolation
-from cleanroom.policy import CleanRoomPolicy, DPPolicy
+from cleanroom.errors import AccessDenied, CleanRoomError, PolicyViolation, QueryFailed
+from cleanroom.policy import BenchmarkPolicy, CleanRoomPolicy, DPPolicy
 from cleanroom.query import Query
-from cleanroom.room import CleanRoom, QueryResult
+from cleanroom.room import CleanRoom, LoadReport, Querier, QueryResult
 
 __all__ = [
+    "AccessDenied",
+    "BenchmarkPolicy",
     "BudgetExhausted",
     "CleanRoom",
     "CleanRoomError",
     "CleanRoomPolicy",
     "DPPolicy",
+    "LoadReport",
     "PolicyViolation",
+    "Querier",
     "Query",
+    "QueryFailed",
     "QueryResult",
 ]

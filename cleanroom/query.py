@@ -14,12 +14,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cleanroom.errors import PolicyViolation
+from cleanroom.errors import AccessDenied, PolicyViolation
 from cleanroom.policy import CleanRoomPolicy
 from cleanroom.schema import EVENT_COLUMNS, METRICS
 
 _MAX_VALUE_LEN = 200
 _MAX_VALUES = 100
+
+
+def _utf8(values: list[str]) -> None:
+    for x in values:
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError("strings must be valid Unicode (no lone surrogates)") from e
 
 
 class Filter(BaseModel):
@@ -39,12 +47,20 @@ class Filter(BaseModel):
             raise ValueError(f"at most {_MAX_VALUES} values")
         if any(len(x) > _MAX_VALUE_LEN for x in values):
             raise ValueError(f"values are at most {_MAX_VALUE_LEN} characters")
+        _utf8(values)
+        return v
+
+    @field_validator("column")
+    @classmethod
+    def _column_text(cls, v: str) -> str:
+        _utf8([v])
         return v
 
 
 class Query(BaseModel):
-    """What a tenant asks: group-by dimensions, metrics, filters, an inclusive date range and, where the
-    policy enables differential privacy, the epsilon to spend (default: the policy's per-query epsilon)."""
+    """What a tenant asks: group-by dimensions, metrics, filters, an inclusive date range, the scope (its
+    own brands' rows, or a cross-brand benchmark where the policy allows one) and, in mode dp, the epsilon
+    to spend (default: the policy's per-query epsilon; within the policy's floor and maximum)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +70,15 @@ class Query(BaseModel):
     date_from: dt.date | None = None
     date_to: dt.date | None = None
     epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    scope: Literal["own", "benchmark"] = "own"
+
+    @field_validator("dimensions", "metrics")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        if any(len(x) > 64 for x in v):
+            raise ValueError("names are at most 64 characters")
+        _utf8(v)
+        return v
 
 
 REST = "__rest__"  # cell key of the remainder (the suppressed cells combined)
@@ -65,9 +90,10 @@ class CompiledQuery:
 
     ``cells_sql`` yields the dimensions, the metrics, ``__n`` (distinct shoppers per cell; under DP after
     contribution bounding) and ``__ck`` (the cell's key); ``remainder_sql`` the metrics and ``__n`` of the
-    cells below k combined (k is its last parameter); ``population_sql`` the (cell key, shopper) pairs of
-    the cells listed in its 1st extra parameter, other cells folded into :data:`REST`, kept only for the
-    keys in its 2nd extra parameter (never output: difference checks only).
+    cells below k combined (k is its last parameter); ``population_sql`` the (cell key, row, shopper)
+    triples of the cells listed in its 1st extra parameter, other cells folded into :data:`REST`, kept
+    only for the keys in its 2nd extra parameter (never output: difference checks only). Rows, not just
+    shoppers: two releases over the same shoppers but different rows differ by the shoppers of those rows.
     """
 
     cells_sql: str
@@ -86,8 +112,41 @@ def _ident(name: str) -> str:
     return '"' + name + '"'
 
 
-def compile_query(q: Query, policy: CleanRoomPolicy, version: int) -> CompiledQuery:
-    """Validate ``q`` against ``policy`` and compile it over data versions ``<= version``."""
+def _scope_checks(q: Query, policy: CleanRoomPolicy, brands: frozenset[str] | None) -> list[str]:
+    """Brand scoping: raises :class:`AccessDenied` / :class:`PolicyViolation`; returns the brands the SQL
+    must be restricted to (empty: no restriction)."""
+    if q.scope == "benchmark":
+        bench = policy.benchmark
+        if bench is None:
+            raise PolicyViolation(f"{policy.retailer}'s policy offers no cross-brand benchmarks")
+        for d in q.dimensions:
+            if d not in bench.dimensions:
+                raise PolicyViolation(f"a benchmark groups only by {bench.dimensions}, not {d!r}")
+        for f in q.filters:
+            if f.column not in bench.filterable:
+                raise PolicyViolation(f"a benchmark filters only on {bench.filterable}, not {f.column!r}")
+        return []
+    if brands is None:
+        return []
+    if not brands:
+        raise AccessDenied(f"no brand of {policy.retailer}'s data is in your scope")
+    for f in q.filters:
+        if f.column == "brand":
+            values = f.value if isinstance(f.value, list) else [f.value]
+            outside = sorted(set(values) - brands)
+            if outside:
+                raise AccessDenied(
+                    f"brand {outside[0]!r} is outside your scope (your brands: {sorted(brands)})"
+                )
+    return sorted(brands)
+
+
+def compile_query(
+    q: Query, policy: CleanRoomPolicy, version: int, brands: frozenset[str] | None = None
+) -> CompiledQuery:
+    """Validate ``q`` against ``policy`` and compile it over data versions ``<= version``, restricted to
+    the rows of ``brands`` (None: every brand) unless it is a benchmark the policy allows."""
+    scoped = _scope_checks(q, policy, brands)
     sensitive = {policy.identity_column, *policy.blocked_fields}
     blocked = [d for d in q.dimensions if d in sensitive]
     dims = [d for d in q.dimensions if d not in sensitive]
@@ -101,14 +160,17 @@ def compile_query(q: Query, policy: CleanRoomPolicy, version: int) -> CompiledQu
     for m in q.metrics:
         if m not in METRICS or m not in policy.allowed_metrics:
             raise PolicyViolation(f"metric {m!r} is not allowed (allowed: {sorted(policy.allowed_metrics)})")
-    if policy.dp is None and q.epsilon is not None:
+    if not policy.dp_on and q.epsilon is not None:
         raise PolicyViolation(f"{policy.retailer}'s policy has no differential privacy: omit epsilon")
-    if policy.dp is not None:
+    if policy.dp_on:
         unbounded = [m for m in q.metrics if m not in policy.dp.metric_bounds]
         if unbounded:
             raise PolicyViolation(f"metrics {unbounded} have no declared bound for differential privacy")
     where: list[str] = ["TRUE"]
     params: list[object] = []
+    if scoped:
+        where.append(f'"brand" IN ({", ".join("?" for _ in scoped)})')
+        params.extend(scoped)
     for f in q.filters:
         if f.column in sensitive:
             raise PolicyViolation(f"filtering on {f.column!r} is not allowed (identity or blocked field)")
@@ -143,7 +205,7 @@ def compile_query(q: Query, policy: CleanRoomPolicy, version: int) -> CompiledQu
     group = f" GROUP BY {', '.join(dim_sql)}" if dims else ""
     ck_out = f"{ck} AS __ck"  # computed on the grouped values
     metric_sql = [f"{METRICS[m]} AS {_ident_alias(m)}" for m in q.metrics]
-    if policy.dp is None:
+    if not policy.dp_on:
         cells_sql = (
             f"WITH {base} SELECT {', '.join([*dim_sql, *metric_sql])}, COUNT(DISTINCT {ident}) AS __n, "
             f"{ck_out} FROM base{group}"
@@ -162,7 +224,7 @@ def compile_query(q: Query, policy: CleanRoomPolicy, version: int) -> CompiledQu
             f"SELECT {', '.join([*dim_sql, *clamped])}, COUNT(*) AS __n, {ck_out} FROM bounded{group}"
         )
     remainder_sql = ""
-    if dims and policy.dp is None:
+    if dims and not policy.dp_on:
         remainder_sql = (
             f"WITH {keyed}, small AS (SELECT __ck FROM keyed GROUP BY __ck HAVING COUNT(DISTINCT {ident}) < ?) "
             f"SELECT {', '.join(metric_sql)}, COUNT(DISTINCT {ident}) AS __n FROM keyed "
@@ -170,7 +232,7 @@ def compile_query(q: Query, policy: CleanRoomPolicy, version: int) -> CompiledQu
         )
     population_sql = (
         f"WITH {keyed}, cells AS (SELECT CASE WHEN list_contains(?, __ck) THEN __ck ELSE '{REST}' END AS ck, "
-        f"{ident} AS sid FROM keyed) SELECT DISTINCT ck, sid FROM cells WHERE list_contains(?, ck)"
+        f'"_row" AS rid, {ident} AS sid FROM keyed) SELECT ck, rid, sid FROM cells WHERE list_contains(?, ck)'
     )
     return CompiledQuery(cells_sql, remainder_sql, population_sql, params, dims, list(q.metrics), blocked)
 

@@ -1,40 +1,68 @@
 """The clean room over one retailer's DuckDB file: load data, answer structured queries under policy.
 
-Contract of :meth:`CleanRoom.query`: returns only cells with at least ``policy.k`` DISTINCT shoppers (under
-differential privacy: a NOISY count of at least k, and noisy values); reports how many cells were
-suppressed and why; releases the combined remainder of the suppressed cells only when it, too, has at
-least ``k`` distinct shoppers (never under DP); lists requested fields the policy blocked; refuses a
-release whose populations differ from one of the tenant's earlier releases by 1..k-1 shoppers (without
-DP; with DP the noise and the epsilon budget bound what differencing can learn); charges epsilon to the
-tenant's persisted ledger before a noisy answer leaves and refuses once the budget is spent; answers an
-identical repeated query with the identical stored answer; audits every query durably.
+Contract of :meth:`CleanRoom.query`:
+- who asks is a :class:`Querier` (tenant id + the brands it may see); a brand-scoped tenant's queries
+  cover its own brands' rows only (a filter on another brand: :class:`AccessDenied`), a cross-brand
+  benchmark only where the policy offers one, at its coarse grain and a higher k;
+- mode dp (the default): the epsilon is within the policy's floor and maximum, rounded up to whole
+  micro-epsilon and charged to the tenant's AND the room's persisted budgets BEFORE any noisy value
+  exists; cells are released on a noisy distinct-shopper count >= k (the existence delta is bounded
+  by the policy and accounted); values are noisy; nothing exact is released about suppressed cells;
+  a query that fails after its charge stays charged and is audited as failed;
+- mode exact: trusted tenants only; cells with >= k DISTINCT shoppers; the combined remainder only when
+  it has >= k too; refuses a release whose cell populations (rows, not just shoppers) differ from any
+  earlier release of the room (any tenant's) by 1..k-1 shoppers;
+- an identical repeated query (same data, same scope) gets the identical stored answer, charging
+  nothing; every query is audited durably (accepted, refused, failed); refusal texts never state exact
+  counts or sizes.
 
-Loads are append-only batches; each row carries its batch number (the data version), so an earlier
-release's populations can be recomputed exactly for difference checks.
+Loads are append-only batches, each file once (by sha256) and each ``event_id`` once; each row carries
+its batch (the data version) and a row number, so an earlier release's populations can be recomputed
+exactly for difference checks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cleanroom.audit import QueryAudit
-from cleanroom.dp import EpsilonLedger, laplace
-from cleanroom.errors import CleanRoomError, PolicyViolation
+from cleanroom.dp import (
+    MICRO,
+    ROOM,
+    EpsilonLedger,
+    existence_delta,
+    laplace,
+    min_count_epsilon,
+    to_micro,
+)
+from cleanroom.errors import AccessDenied, CleanRoomError, PolicyViolation, QueryFailed
 from cleanroom.history import Release, ReleaseHistory
 from cleanroom.policy import CleanRoomPolicy, DPPolicy
 from cleanroom.query import REST, CompiledQuery, Query, compile_query
-from cleanroom.schema import EVENT_COLUMNS, INTEGER_METRICS, NUMERIC_COLUMNS
+from cleanroom.schema import EVENT_COLUMNS, EVENT_TYPES, INTEGER_METRICS, NUMERIC_COLUMNS
+
+DP_REASON = "a cell is released only when its noisy count of distinct shoppers is at least k"
+
+
+@dataclass(frozen=True)
+class Querier:
+    """Who asks: the tenant id and the brands whose rows it may see (None: every brand)."""
+
+    tenant: str
+    brands: frozenset[str] | None = None
 
 
 @dataclass
 class QueryResult:
-    """What a query releases."""
+    """What a query releases. ``suppressed_cells`` is None in mode dp (its exact value is data)."""
 
     cells: list[dict[str, Any]]
-    suppressed_cells: int
+    suppressed_cells: int | None
     suppression_reason: str | None
     remainder: dict[str, Any] | None
     remainder_released: bool
@@ -42,21 +70,55 @@ class QueryResult:
     epsilon_spent: float = 0.0  # by this call (0 for a stored answer)
     noisy: bool = False
     stored_answer: bool = False  # the identical query was answered before: the same answer again
+    delta_spent: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What one :meth:`CleanRoom.load_file` did."""
+
+    file: str
+    sha256: str
+    batch: int
+    rows: int
+    duplicate_events: int = 0  # rows skipped: their event_id was loaded before
+    already_loaded: bool = False  # the same file (by sha256) was loaded before: nothing done
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class CleanRoom:
-    """One retailer's events in a file-backed DuckDB database, queried under its policy."""
+    """One retailer's events in a file-backed DuckDB database, queried under its policy.
+
+    ``state``: path stem of the durable state (``<state>.epsilon.jsonl``, ``.releases.jsonl``,
+    ``.audit.jsonl``); default the database path without its suffix. Keep it with the deployment's
+    durable state: a room rebuilt over the same stem keeps its budgets and stored answers.
+    ``noise_seed``: simulated (seeded) noise, for synthetic markets only."""
 
     def __init__(
-        self, db_path: Path | str, policy: CleanRoomPolicy, audit_path: Path | str | None = None
+        self,
+        db_path: Path | str,
+        policy: CleanRoomPolicy,
+        audit_path: Path | str | None = None,
+        state: Path | str | None = None,
+        noise_seed: int | None = None,
     ) -> None:
         import duckdb
 
         self.policy = policy
         db = Path(db_path)
-        self.history = ReleaseHistory(db.with_suffix(".releases.jsonl"))
-        self.audit = QueryAudit(audit_path or db.with_suffix(".audit.jsonl"))
-        self.ledger = EpsilonLedger(db.with_suffix(".epsilon.jsonl"))
+        stem = str(state) if state is not None else str(db.with_suffix(""))
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        self.history = ReleaseHistory(Path(stem + ".releases.jsonl"))
+        self.audit = QueryAudit(audit_path or stem + ".audit.jsonl")
+        self.ledger = EpsilonLedger(Path(stem + ".epsilon.jsonl"), policy.dp.budget_refresh_days)
+        self.noise_seed = noise_seed
         try:
             self._con = duckdb.connect(str(db_path))
         except duckdb.IOException as e:
@@ -65,36 +127,76 @@ class CleanRoom:
             ) from e
         self._lock = threading.Lock()
         cols = ", ".join(f'"{c}" {t}' for c, t in EVENT_COLUMNS.items())
-        self._con.execute(f'CREATE TABLE IF NOT EXISTS events ({cols}, "_batch" INTEGER NOT NULL)')
-        self._con.execute('ALTER TABLE events ADD COLUMN IF NOT EXISTS "_batch" INTEGER DEFAULT 0')
+        self._con.execute(
+            f'CREATE TABLE IF NOT EXISTS events ({cols}, "_batch" INTEGER NOT NULL, "_row" BIGINT, '
+            '"event_id" VARCHAR)'
+        )
+        for col, typ in (("_batch", "INTEGER DEFAULT 0"), ("_row", "BIGINT"), ("event_id", "VARCHAR")):
+            self._con.execute(f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{col}" {typ}')
+        self._con.execute('UPDATE events SET "_row" = rowid + 1 WHERE "_row" IS NULL')
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS _loads (batch INTEGER, sha256 VARCHAR, file VARCHAR, rows BIGINT)"
+        )
         row = self._con.execute('SELECT COALESCE(MAX("_batch"), 0) FROM events').fetchone()
         self.version = int(row[0]) if row else 0
 
+    # ---- data --------------------------------------------------------------------------------
+    @property
+    def data_id(self) -> str:
+        """Identifies the data a query sees: the loaded files' hashes and the version (stored answers are
+        keyed by it, so new data never gets an old answer)."""
+        loads = self._con.execute("SELECT batch, sha256 FROM _loads ORDER BY batch").fetchall()
+        text = "|".join(f"{b}:{h}" for b, h in loads) + f"|v{self.version}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def load(self, path: Path | str, mapping: dict[str, str] | None = None) -> int:
-        """Append a CSV or Parquet file in the documented schema as a new batch; returns rows loaded.
-        ``mapping`` renames the file's columns (native -> schema; see ``federation.planning.harmonize``); other
-        columns are ignored. Refuses (loading nothing) missing columns, missing shopper ids and NaN,
-        infinite or negative numbers."""
+        """:meth:`load_file`, returning the number of rows loaded (0 for a file loaded before)."""
+        return self.load_file(path, mapping).rows
+
+    def load_file(self, path: Path | str, mapping: dict[str, str] | None = None) -> LoadReport:
+        """Append a CSV or Parquet file in the documented schema as a new batch. ``mapping`` renames the
+        file's columns (native -> schema; see ``federation.planning.harmonize``); other columns are
+        ignored, except an optional ``event_id`` (rows whose id was loaded before are skipped). A file
+        loaded before (same sha256) loads nothing. Refuses the whole file (loading nothing), naming the
+        first bad row (1-based, header excluded): missing columns, blank shopper or event ids, unknown
+        event types, NaN, infinite, negative or out-of-bound numbers (the policy's ``value_bounds``)."""
         path = Path(path)
         reader = {".csv": "read_csv_auto", ".parquet": "read_parquet"}.get(path.suffix)
         if reader is None:
             raise CleanRoomError(f"{path.name}: expected a .csv or .parquet file")
+        if not path.is_file():
+            raise CleanRoomError(f"{path}: no such file")
+        digest = _sha256(path)
         with self._lock:
-            probe = self._con.execute(f"SELECT * FROM {reader}(?) LIMIT 0", [str(path)])
+            seen = self._con.execute("SELECT batch FROM _loads WHERE sha256 = ?", [digest]).fetchone()
+            if seen:
+                return LoadReport(path.name, digest, int(seen[0]), 0, already_loaded=True)
+            try:
+                probe = self._con.execute(f"SELECT * FROM {reader}(?) LIMIT 0", [str(path)])
+            except Exception as e:
+                raise CleanRoomError(f"{path.name}: cannot read it: {e}") from e
             source = {(mapping or {}).get(d[0], d[0]): d[0] for d in probe.description}  # schema -> file
             missing = sorted(set(EVENT_COLUMNS) - set(source))
             if missing:
                 raise CleanRoomError(f"{path.name}: missing columns {missing}")
             batch = self.version + 1
+            row = self._con.execute('SELECT COALESCE(MAX("_row"), 0) FROM events').fetchone()
+            base = int(row[0]) if row else 0
             cols = ", ".join(_quote(source[c]) + f' AS "{c}"' for c in EVENT_COLUMNS)
+            eid = "CAST(" + _quote(source["event_id"]) + " AS VARCHAR)" if "event_id" in source else "NULL"
             casts = ", ".join(f'CAST("{c}" AS {t})' for c, t in EVENT_COLUMNS.items())
             self._con.execute("BEGIN TRANSACTION")
             try:
                 self._con.execute(
-                    f"INSERT INTO events SELECT {casts}, ? FROM (SELECT {cols} FROM {reader}(?))",
-                    [batch, str(path)],
+                    f"INSERT INTO events SELECT {casts}, ?, ? + row_number() OVER (), __eid "
+                    f"FROM (SELECT {cols}, {eid} AS __eid FROM {reader}(?))",
+                    [batch, base, str(path)],
                 )
-                self._check_batch(path.name, batch)
+                self._check_batch(path.name, batch, base, "event_id" in source)
+                dup = self._drop_duplicate_events(batch) if "event_id" in source else 0
+                n = self._con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
+                rows = int(n[0]) if n else 0
+                self._con.execute("INSERT INTO _loads VALUES (?, ?, ?, ?)", [batch, digest, path.name, rows])
             except Exception as e:
                 self._con.execute("ROLLBACK")
                 if isinstance(e, CleanRoomError):
@@ -102,66 +204,124 @@ class CleanRoom:
                 raise CleanRoomError(f"{path.name}: {e}") from e
             self._con.execute("COMMIT")
             self.version = batch
-            row = self._con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
-            return int(row[0]) if row else 0
+            return LoadReport(path.name, digest, batch, rows, dup)
 
-    def _check_batch(self, name: str, batch: int) -> None:
-        checks = [('"shopper_id" IS NULL OR "shopper_id" = \'\'', "shopper_id is missing")]
+    def _check_batch(self, name: str, batch: int, base: int, has_event_id: bool) -> None:
+        types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
+        checks = [
+            ('"shopper_id" IS NULL OR trim("shopper_id") = \'\'', "shopper_id is blank"),
+            (
+                f'"event_type" IS NULL OR "event_type" NOT IN ({types})',
+                f"event_type is not one of {list(EVENT_TYPES)}",
+            ),
+            ('"event_date" IS NULL', "event_date is missing"),
+        ]
+        if has_event_id:
+            checks.append(('"event_id" IS NULL OR trim("event_id") = \'\'', "event_id is blank"))
         for c in NUMERIC_COLUMNS:
             checks.append((f'isnan("{c}") OR isinf("{c}") OR "{c}" < 0', f"{c} is NaN, infinite or negative"))
+            bound = self.policy.value_bounds.get(c)
+            if bound is not None:
+                checks.append((f'"{c}" > {float(bound)!r}', f"{c} is above the policy's bound {bound:g}"))
         for cond, what in checks:
             row = self._con.execute(
-                f'SELECT COUNT(*) FROM events WHERE "_batch" = ? AND ({cond})', [batch]
+                f'SELECT COUNT(*), MIN("_row") FROM events WHERE "_batch" = ? AND ({cond})', [batch]
             ).fetchone()
             if row and row[0]:
-                raise CleanRoomError(f"{name}: {row[0]} row(s) where {what}; nothing loaded")
+                more = f" (and {row[0] - 1} more)" if row[0] > 1 else ""
+                raise CleanRoomError(f"{name}: row {int(row[1]) - base}{more}: {what}; nothing loaded")
+
+    def _drop_duplicate_events(self, batch: int) -> int:
+        """Delete this batch's rows whose event_id is already loaded (or repeats within the batch)."""
+        before = self._con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
+        self._con.execute(
+            'DELETE FROM events WHERE "_batch" = ? AND ("event_id" IN (SELECT "event_id" FROM events '
+            'WHERE "_batch" < ? AND "event_id" IS NOT NULL) OR "_row" NOT IN (SELECT MIN("_row") FROM events '
+            'WHERE "_batch" = ? GROUP BY "event_id"))',
+            [batch, batch, batch],
+        )
+        after = self._con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
+        return int(before[0] - after[0]) if before and after else 0
 
     def close(self) -> None:
         """Release the DuckDB file (another process may open it then)."""
         self._con.close()
 
+    # ---- budgets -----------------------------------------------------------------------------
     def budget(self, tenant: str) -> dict[str, Any]:
-        """``tenant``'s differential-privacy budget: total, spent, remaining, per-query default."""
-        dp = self.policy.dp
-        spent = self.ledger.spent(tenant)
+        """``tenant``'s and the room's differential-privacy budgets: total, spent, remaining (epsilon),
+        delta spent, the per-query default, floor and maximum, and when the period ends."""
+        dp, on = self.policy.dp, self.policy.dp_on
+        spent, room = self.ledger.spent_micro(tenant), self.ledger.spent_micro(ROOM)
         return {
             "retailer": self.policy.retailer,
             "tenant": tenant,
-            "dp": dp is not None,
-            "epsilon_budget": dp.epsilon_budget if dp else None,
-            "epsilon_spent": round(spent, 9),
-            "epsilon_remaining": round(max(dp.epsilon_budget - spent, 0.0), 9) if dp else None,
-            "epsilon_per_query": dp.epsilon_per_query if dp else None,
-            "max_epsilon_per_query": dp.max_epsilon_per_query if dp else None,
+            "mode": self.policy.mode,
+            "dp": on,
+            "epsilon_budget": dp.epsilon_budget if on else None,
+            "epsilon_spent": spent / MICRO,
+            "epsilon_remaining": max(to_micro(dp.epsilon_budget) - spent, 0) / MICRO if on else None,
+            "room_epsilon_budget": dp.room_epsilon_budget if on else None,
+            "room_epsilon_spent": room / MICRO,
+            "room_epsilon_remaining": max(to_micro(dp.room_epsilon_budget) - room, 0) / MICRO if on else None,
+            "delta_spent": self.ledger.spent_delta(tenant),
+            "epsilon_per_query": dp.epsilon_per_query if on else None,
+            "min_epsilon_per_query": dp.min_epsilon_per_query if on else None,
+            "max_epsilon_per_query": dp.max_epsilon_per_query if on else None,
+            "period_ends": self.ledger.period_ends() if on else None,
         }
 
-    def query(self, tenant: str, q: Query) -> QueryResult:
-        """Answer ``q`` for ``tenant`` under the policy (see the module contract)."""
-        dp = self.policy.dp
-        if dp is not None and q.epsilon is None:
-            q = q.model_copy(update={"epsilon": dp.epsilon_per_query})
-        key = q.model_dump_json()
+    # ---- queries -----------------------------------------------------------------------------
+    def querier(self, tenant: str) -> Querier:
+        """A local caller (CLI, tests) by tenant id, scoped by the policy alone (it must declare it)."""
+        return Querier(tenant, self.policy.brand_scope(tenant))
+
+    def query(self, who: Querier | str, q: Query) -> QueryResult:
+        """Answer ``q`` for ``who`` under the policy (see the module contract)."""
+        querier = who if isinstance(who, Querier) else self.querier(who)
+        tenant, policy = querier.tenant, self.policy
+        if policy.dp_on and q.epsilon is None:
+            q = q.model_copy(update={"epsilon": policy.dp.epsilon_per_query})
+        scope = "*" if querier.brands is None else ",".join(sorted(querier.brands))
         with self._lock:
+            key = f"{self.data_id}|{scope}|{q.model_dump_json()}"
             cached = self.history.cached(tenant, key)
             if cached is not None:
-                result = QueryResult(**{**cached, "epsilon_spent": 0.0, "stored_answer": True})
+                result = QueryResult(
+                    **{**cached, "epsilon_spent": 0.0, "delta_spent": 0.0, "stored_answer": True}
+                )
                 self._audit(
                     tenant, q, "accepted", result, reason="identical to an earlier query: stored answer"
                 )
                 return result
+            charged: list[dict[str, Any]] = []
             try:
-                c = compile_query(q, self.policy, self.version)
-                if dp is not None:
-                    epsilon = q.epsilon or dp.epsilon_per_query
-                    result, release = self._answer_dp(tenant, q, c, key, dp, epsilon)
+                if not policy.dp_on and tenant not in policy.trusted_tenants:
+                    raise AccessDenied(
+                        f"{policy.retailer}'s clean room answers exactly (no noise) for trusted partners only"
+                    )
+                c = compile_query(q, policy, self.version, querier.brands)
+                k = policy.k * (
+                    policy.benchmark.k_factor if q.scope == "benchmark" and policy.benchmark else 1
+                )
+                if policy.dp_on:
+                    result, release = self._answer_dp(tenant, q, c, key, k, charged)
                 else:
-                    result, release = self._answer(c, key, q)
-                    self._check_differences(tenant, c, release)
+                    result, release = self._answer(c, key, q, k)
+                    self._check_differences(c, release, k)
+                _check_finite(result)
             except PolicyViolation as e:
                 self._audit(tenant, q, "refused", None, reason=str(e))
                 raise
+            except Exception as e:
+                eps = charged[0]["micro"] / MICRO if charged else 0.0
+                why = f"query failed: {type(e).__name__}" + (
+                    " (its epsilon stays charged)" if charged else ""
+                )
+                self._audit(tenant, q, "failed", None, reason=f"{why}: {e}"[:500], epsilon=eps)
+                raise QueryFailed(why) from e
             self.history.remember(tenant, release, asdict(result))
-            self._audit(tenant, q, "accepted", result)
+            self._audit(tenant, q, "accepted", result, epsilon=result.epsilon_spent)
             return result
 
     def audit_refusal(self, tenant: str, query: object, reason: str) -> None:
@@ -179,7 +339,13 @@ class CleanRoom:
         )
 
     def _audit(
-        self, tenant: str, q: Query, decision: str, result: QueryResult | None, reason: str = ""
+        self,
+        tenant: str,
+        q: Query,
+        decision: str,
+        result: QueryResult | None,
+        reason: str = "",
+        epsilon: float = 0.0,
     ) -> None:
         self.audit.record(
             retailer=self.policy.retailer,
@@ -187,23 +353,25 @@ class CleanRoom:
             query=q.model_dump(mode="json"),
             decision=decision,
             reason=reason,
+            mode=self.policy.mode,
             cells_released=len(result.cells) if result else 0,
             cells_suppressed=result.suppressed_cells if result else 0,
-            epsilon_spent=result.epsilon_spent if result and reason == "" else 0.0,
+            epsilon_spent=epsilon,
+            delta_spent=result.delta_spent if result and epsilon else 0.0,
         )
 
     def _cells(self, c: CompiledQuery) -> list[dict[str, Any]]:
         cur = self._con.cursor()
-        rows = cur.execute(c.cells_sql, c.params).fetchall()
+        rows = cur.execute(c.cells_sql, c.params).fetchmany(self.policy.max_groups + 1)
         if len(rows) > self.policy.max_groups:
             raise PolicyViolation(
-                f"the query produces {len(rows)} cells, above the policy's {self.policy.max_groups}"
+                f"the query produces more cells than the policy's {self.policy.max_groups}: "
+                "group by fewer dimensions or filter"
             )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def _answer(self, c: CompiledQuery, key: str, q: Query) -> tuple[QueryResult, Release]:
-        k = self.policy.k
+    def _answer(self, c: CompiledQuery, key: str, q: Query, k: int) -> tuple[QueryResult, Release]:
         cells, sizes, suppressed = [], {}, 0
         for rec in self._cells(c):
             n, ck = rec.pop("__n"), rec.pop("__ck")
@@ -228,14 +396,21 @@ class CleanRoom:
         )
         return result, release
 
-    def _check_differences(self, tenant: str, c: CompiledQuery, new: Release) -> None:
-        """Refuse when a released cell's population differs from an earlier one's by 1..k-1 shoppers."""
-        k = self.policy.k
-        worst: int | None = None
-        for old, new_keys, old_keys in self.history.candidates(tenant, new.cells, k):
+    def _check_differences(self, c: CompiledQuery, new: Release, k: int) -> None:
+        """Refuse when a released cell's population (its rows' shoppers) differs from a cell of an
+        earlier release of the room, whoever asked, by 1..k-1 shoppers. Only pairs that share rows can
+        (cells sharing none differ by all their shoppers, >= k); the symmetric difference of their rows is
+        counted in distinct shoppers."""
+        for old, new_keys, old_keys in self.history.candidates(new.cells, k):
             sql = (
-                f"SELECT a.ck, b.ck, COUNT(*) FROM ({new.population_sql}) a "
-                f"JOIN ({old.population_sql}) b USING (sid) GROUP BY ALL"
+                f"WITH a AS ({new.population_sql}), b AS ({old.population_sql}), "
+                "j AS (SELECT COALESCE(a.rid, b.rid) AS rid, COALESCE(a.sid, b.sid) AS sid, a.ck AS ack, "
+                "b.ck AS bck FROM a FULL OUTER JOIN b USING (rid)), "
+                "pairs AS (SELECT DISTINCT ack, bck FROM j WHERE ack IS NOT NULL AND bck IS NOT NULL), "
+                "d AS (SELECT p.ack, p.bck, j.sid FROM pairs p JOIN j ON j.ack = p.ack "
+                "WHERE j.bck IS DISTINCT FROM p.bck UNION ALL SELECT p.ack, p.bck, j.sid FROM pairs p "
+                "JOIN j ON j.bck = p.bck WHERE j.ack IS DISTINCT FROM p.ack) "
+                "SELECT COUNT(DISTINCT sid) AS n FROM d GROUP BY ack, bck HAVING n < ? LIMIT 1"
             )
             params = [
                 *c.params,
@@ -244,60 +419,94 @@ class CleanRoom:
                 *old.params,
                 list(old.cells),
                 sorted(old_keys),
+                k,
             ]
-            for a, b, both in self._con.cursor().execute(sql, params).fetchall():
-                d = new.cells[a] + old.cells[b] - 2 * both
-                if 0 < d < k and (worst is None or d < worst):
-                    worst = d
-        if worst is not None:
-            raise PolicyViolation(
-                f"refused: a released cell would differ from one of your earlier results by {worst} "
-                f"shopper(s), fewer than k={k} (differencing)"
-            )
+            if self._con.cursor().execute(sql, params).fetchone():
+                raise PolicyViolation(
+                    f"refused: a released cell would differ from an earlier release of this clean room "
+                    f"(any tenant's) by fewer than k={k} shoppers (differencing)"
+                )
 
     def _answer_dp(
-        self, tenant: str, q: Query, c: CompiledQuery, key: str, dp: DPPolicy, epsilon: float
+        self, tenant: str, q: Query, c: CompiledQuery, key: str, k: int, charged: list[dict[str, Any]]
     ) -> tuple[QueryResult, Release]:
-        if epsilon > dp.max_epsilon_per_query:
+        dp: DPPolicy = self.policy.dp
+        asked = float(q.epsilon if q.epsilon is not None else dp.epsilon_per_query)
+        if asked < dp.min_epsilon_per_query:
             raise PolicyViolation(
-                f"epsilon {epsilon:g} is above the policy's {dp.max_epsilon_per_query:g} per query"
+                f"epsilon {asked:g} is below the policy's floor {dp.min_epsilon_per_query:g} per query"
             )
-        rows = self._cells(c)
-        self.ledger.charge(tenant, epsilon, dp.epsilon_budget, key)  # before any noisy value exists
-        share = epsilon / (len(c.metrics) + 1)
+        if asked > dp.max_epsilon_per_query:
+            raise PolicyViolation(
+                f"epsilon {asked:g} is above the policy's {dp.max_epsilon_per_query:g} per query"
+            )
+        micro = to_micro(asked)
+        epsilon = micro / MICRO
         L = dp.max_cells_per_shopper
-        noisy_n, spent = laplace([r["__n"] for r in rows], L, share)
+        eps_count = epsilon * dp.count_share
+        eps_metric = epsilon * (1 - dp.count_share) / len(c.metrics)
+        delta = existence_delta(k, L, eps_count) if c.dimensions else 0.0
+        if delta > dp.max_delta_per_query:
+            need = min_count_epsilon(k, L, dp.max_delta_per_query) / dp.count_share
+            hint = (
+                f"ask for at least epsilon={math.ceil(need * 1000) / 1000:g}"
+                if need <= dp.max_epsilon_per_query
+                else "this policy cannot release grouped cells at this k; query without dimensions"
+            )
+            raise PolicyViolation(
+                f"epsilon {asked:g} is too small to decide which cells exist within the policy's delta "
+                f"{dp.max_delta_per_query:g} per query: {hint}"
+            )
+        rows = self._cells(c)  # exact values exist only in memory here; nothing noisy yet
+        budgets = (to_micro(dp.epsilon_budget), to_micro(dp.room_epsilon_budget))
+        charged.append(self.ledger.charge(tenant, micro, delta, budgets, key))
+        seed = None
+        if self.noise_seed is not None:  # simulated noise (synthetic markets): reproducible per query
+            seed = int(hashlib.sha256(f"{self.noise_seed}|{key}".encode()).hexdigest()[:16], 16)
+        noisy_n, spent = laplace([r["__n"] for r in rows], L, eps_count, seed)
         noisy: dict[str, list[float]] = {}
-        for m in c.metrics:
-            noisy[m], eps = laplace([r[m] for r in rows], L * dp.metric_bounds[m], share)
+        for i, m in enumerate(c.metrics):
+            noisy[m], eps = laplace(
+                [r[m] for r in rows],
+                L * dp.metric_bounds[m],
+                eps_metric,
+                None if seed is None else seed + i + 1,
+            )
             spent += eps
-        k = self.policy.k
-        cells, sizes, suppressed = [], {}, 0
+        cells = []
         for i, rec in enumerate(rows):
             if noisy_n[i] < k:
-                suppressed += 1
                 continue
             out = {d: rec[d] for d in c.dimensions}
             for m in c.metrics:
                 v = max(noisy[m][i], 0.0)
                 out[m] = round(v) if m in INTEGER_METRICS else round(v, 2)
             cells.append(out)
-            sizes[rec["__ck"]] = int(rec["__n"])
-        reason = f"noisy count of distinct shoppers below {k}" if suppressed else None
+        if spent > epsilon * (1 + 1e-9):  # OpenDP's map agrees with our split, or we refuse to release
+            raise RuntimeError(f"privacy map {spent} exceeds the charge {epsilon}")
         result = QueryResult(
             cells,
-            suppressed,
-            reason,
+            None,
+            DP_REASON,
             None,
             False,
             c.blocked_fields,
-            epsilon_spent=round(spent, 9),
+            epsilon_spent=epsilon,
             noisy=True,
+            delta_spent=delta,
         )
         release = Release(
-            key, q.model_dump(mode="json"), self.version, sizes, c.population_sql, _jsonable(c.params)
+            key, q.model_dump(mode="json"), self.version, {}, c.population_sql, _jsonable(c.params)
         )
         return result, release
+
+
+def _check_finite(result: QueryResult) -> None:
+    """No released number may be NaN or infinite (it would not be JSON, and it means broken data)."""
+    for cell in [*result.cells, result.remainder or {}]:
+        for v in cell.values():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError("a released value is not finite")
 
 
 def _quote(name: str) -> str:

@@ -36,3 +36,4 @@ METRICS: dict[str, str] = {
 
 NUMERIC_COLUMNS = ("quantity", "revenue", "cost", "margin", "stock_level")
 INTEGER_METRICS = frozenset({"impressions", "clicks", "purchases", "units", "shoppers"})
+EVENT_TYPES = ("impression", "click", "purchase")

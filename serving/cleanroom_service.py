@@ -1,9 +1,14 @@
 """The clean-room deployment: one :class:`cleanroom.CleanRoom` per configured retailer.
 
 DuckDB files are single-writer, so this deployment runs one replica, on the node that holds the files;
-the router reaches it through a handle (nothing is read across nodes). Answers are
-:class:`serving.replies.Reply` (status, JSON body, headers): the router relays them without knowing
-clean-room types. Each tenant's queries are rate-limited per retailer (the policy's ``queries_per_minute`` → 429).
+the router reaches it through a handle (nothing is read across nodes). Callers pass the authenticated
+tenant's id; its role, retailer and manufacturer come from the federation config here, and the room's
+policy turns them into a brand scope. Answers are :class:`serving.replies.Reply` (status, JSON body,
+headers): the router relays them without knowing clean-room types. Each tenant's queries are
+rate-limited per retailer (the policy's ``queries_per_minute`` → 429). Market rooms (the comparison's
+synthetic retailers) are rebuilt from their seed in a scratch dir, but their ledgers, releases and
+audit live under ``cleanroom.state_dir``, keyed by retailer and seed: no restart, rebuild or eviction
+resets a budget.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cleanroom import BudgetExhausted, CleanRoom, CleanRoomError, PolicyViolation, Query
+from cleanroom import (
+    AccessDenied,
+    BudgetExhausted,
+    CleanRoom,
+    CleanRoomError,
+    PolicyViolation,
+    Querier,
+    Query,
+)
 from federation.errors import first_error
 from federation.ratelimit import RateLimiter
 from serving.config import AppConfig
@@ -33,6 +46,8 @@ class CleanRoomService:
         if config.cleanroom is None:
             raise ValueError("CleanRoomService needs config.cleanroom")
         self._rooms = {r.policy.retailer: CleanRoom(r.db_path, r.policy) for r in config.cleanroom.retailers}
+        self._tenants = {t.id: t for t in (config.federation.tenants if config.federation else [])}
+        self._state = config.cleanroom.state_root() / "market-rooms"
         self._limiter = RateLimiter()
         self._metrics = CleanRoomMetrics()
         self._market_policy = config.market_policy() if config.comparison else None
@@ -58,7 +73,8 @@ class CleanRoomService:
             policy = self._market_policy.model_copy(update={"retailer": name})
             work = self._work / name
             work.mkdir(parents=True, exist_ok=True)
-            room = CleanRoom(work / "events.duckdb", policy)
+            # the DuckDB file is scratch (rebuilt from the seed); the state is durable, keyed by name
+            room = CleanRoom(work / "events.duckdb", policy, state=self._state / name, noise_seed=cfg.seed)
             market = await asyncio.to_thread(generate, cfg)
             h = await asyncio.to_thread(load_retailer_log, room, market, work)
             self._rooms[name] = room
@@ -94,13 +110,20 @@ class CleanRoomService:
             self._metrics.epsilon.inc(answer.body["epsilon_spent"], tags={"retailer": room.policy.retailer})
         return answer
 
+    def _querier(self, room: CleanRoom, tenant: str) -> Querier:
+        """The tenant's identity and brand scope in ``room`` (unknown tenants see nothing)."""
+        t = self._tenants.get(tenant)
+        if t is None:
+            return Querier(tenant, frozenset())
+        return Querier(tenant, room.policy.brand_scope(tenant, t.role.value, t.retailer, t.manufacturer))
+
     def _count(self, room: CleanRoom, decision: str) -> None:
         self._metrics.queries.inc(tags={"retailer": room.policy.retailer, "decision": decision})
 
     def _answer(self, room: CleanRoom, tenant: str, body: dict[str, Any]) -> Reply:
         try:
             q = Query.model_validate(body.get("query"))
-            result = room.query(tenant, q)
+            result = room.query(self._querier(room, tenant), q)
         except ValidationError as e:
             loc, msg = first_error(e)
             message = f"invalid query: {loc}: {msg}"
@@ -108,9 +131,11 @@ class CleanRoomService:
             return Reply.error(400, message, param=loc)
         except BudgetExhausted as e:
             return Reply.error(403, str(e), "privacy_budget_exhausted")
+        except AccessDenied as e:
+            return Reply.error(403, str(e), "permission_error")
         except PolicyViolation as e:
             return Reply.error(400, str(e), "policy_violation")
-        except CleanRoomError as e:
+        except CleanRoomError as e:  # QueryFailed: audited as failed (and charged, if it was)
             return Reply.error(500, str(e), "server_error")
         return Reply(200, {"retailer": room.policy.retailer, "k": room.policy.k, **asdict(result)})
 
@@ -138,6 +163,11 @@ class CleanRoomService:
                 "blocked_fields": p.blocked_fields,
                 "max_groups": p.max_groups,
                 "queries_per_minute": p.queries_per_minute,
-                "dp": p.dp.model_dump() if p.dp else None,
+                "mode": p.mode,
+                "mode_label": "differential privacy (noisy answers, privacy budget)"
+                if p.dp_on
+                else "exact aggregates: trusted partners only",
+                "dp": p.dp.model_dump() if p.dp_on else None,
+                "benchmark": p.benchmark.model_dump() if p.benchmark else None,
             },
         )

@@ -234,6 +234,18 @@ class CleanRoomConfig(_Strict):
     """Clean rooms served at /v1/cleanroom/* (needs `federation`: queries are per tenant)."""
 
     retailers: list[CleanRoomRetailer] = Field(min_length=1, description="One entry per retailer.")
+    state_dir: Path | None = Field(
+        default=None,
+        description="Durable state of the comparison's market rooms (their epsilon ledgers, releases, "
+        "audit; keyed by retailer and seed); null: `rmn-state/` next to the first retailer's DuckDB file. "
+        "Never a temp dir: budgets must survive restarts and rebuilds.",
+    )
+
+    def state_root(self) -> Path:
+        """Where durable clean-room state lives on the clean-room replica's node."""
+        root = self.state_dir or self.retailers[0].db_path.parent / "rmn-state"
+        return root.expanduser().resolve()
+
     deployment: DeploymentConfig = Field(
         default_factory=lambda: DeploymentConfig(num_cpus=0.25),
         description="Ray Serve options (keep 1 replica).",

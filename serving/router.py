@@ -74,6 +74,8 @@ async def _read_body(request: Request) -> dict[str, Any]:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GateError(400, f"request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise GateError(400, "request body is nested too deeply") from e
     if not isinstance(body, dict):
         raise GateError(400, "request body must be a JSON object")
     return body

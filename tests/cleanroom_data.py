@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from cleanroom.policy import CleanRoomPolicy
 from cleanroom.schema import EVENT_COLUMNS
 
 
@@ -42,3 +43,22 @@ def write_rows(path: Path, rows: list[dict[str, object]]) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+TENANTS = ["brand_x", "brand_y"]
+
+
+def exact_policy(**fields: object) -> CleanRoomPolicy:
+    """Mode exact for the test tenants (trusted partners who see every brand of the test data)."""
+    base: dict[str, object] = {
+        "retailer": "acme",
+        "mode": "exact",
+        "trusted_tenants": TENANTS,
+        "unscoped_tenants": TENANTS,
+    }
+    return CleanRoomPolicy.model_validate({**base, **fields})
+
+
+def dp_policy(**fields: object) -> CleanRoomPolicy:
+    """Mode dp for the test tenants (who see every brand of the test data)."""
+    return CleanRoomPolicy.model_validate({"retailer": "acme", "unscoped_tenants": TENANTS, **fields})

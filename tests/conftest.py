@@ -128,9 +128,19 @@ def make_app_config(
         "retailer": "shopco",
         "k": 3,
         "queries_per_minute": 4,
+        "unscoped_tenants": ["brand_x", "brand_y"],
         "dp": {"epsilon_per_query": 1.0, "max_epsilon_per_query": 2.0, "epsilon_budget": 2.5},
     }
-    acme_policy = {"retailer": "acme", "k": 3, "queries_per_minute": 100000}  # load tests compare through it
+    acme_policy = {  # exact answers for the trusted test tenants; load tests compare through it
+        "retailer": "acme",
+        "k": 3,
+        "queries_per_minute": 100000,
+        "mode": "exact",
+        "trusted_tenants": ["brand_x", "brand_y", "agency", "admin"],
+        # the test events are all brand "brewmax": brand_x and the agency may see them, brand_y may not
+        "brand_owners": {"brand_x": ["brand_x", "brewmax"], "agency": ["brewmax"]},
+        "benchmark": {"dimensions": ["category"], "k_factor": 1},
+    }
     for name, policy in (("acme", acme_policy), ("shopco", dp_policy)):
         room = CleanRoom(crdir / f"{name}.duckdb", CleanRoomPolicy.model_validate(policy))
         room.load(events)

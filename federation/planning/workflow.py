@@ -206,13 +206,14 @@ class LocalBackend:
     async def plan_cleanroom(
         self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
     ) -> SideOutcome:
-        from cleanroom import CleanRoomError, Query
+        from cleanroom import CleanRoomError, Querier, Query
 
         cr = self._rooms[room]
+        who = Querier(tenant, cr.policy.brand_scope(tenant, "manufacturer", manufacturer=manufacturer))
 
         async def ask(q: dict[str, Any]) -> dict[str, Any]:
             try:
-                result = await asyncio.to_thread(cr.query, tenant, Query.model_validate(q))
+                result = await asyncio.to_thread(cr.query, who, Query.model_validate(q))
             except CleanRoomError as e:
                 raise ComparisonError(400, str(e)) from e
             return {"k": cr.policy.k, **asdict(result)}

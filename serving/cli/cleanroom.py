@@ -12,13 +12,25 @@ def _room(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from cleanroom import CleanRoom, CleanRoomPolicy
     from serving.config import load_yaml_model
 
-    return CleanRoom(Path(args.db), load_yaml_model(args.policy, CleanRoomPolicy))
+    policy = load_yaml_model(args.policy, CleanRoomPolicy)
+    tenant = getattr(args, "tenant", None)
+    if tenant is not None and not policy.declares(tenant):
+        raise ValueError(
+            f"tenant {tenant!r} is not declared in {args.policy} (brand_owners, unscoped_tenants or "
+            "trusted_tenants): the CLI takes a tenant's identity and scope from the policy"
+        )
+    return CleanRoom(Path(args.db), policy)
 
 
 def _cmd_cleanroom_load(args: argparse.Namespace) -> int:
     room = _room(args)
     for f in args.files:
-        print(f"{f}: {room.load(f)} rows loaded")
+        r = room.load_file(f)
+        if r.already_loaded:
+            print(f"{f}: already loaded as batch {r.batch} (sha256 {r.sha256[:12]}): nothing loaded")
+        else:
+            dup = f", {r.duplicate_events} duplicate event(s) skipped" if r.duplicate_events else ""
+            print(f"{f}: {r.rows} rows loaded as batch {r.batch}{dup}")
     return 0
 
 
@@ -40,8 +52,14 @@ def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
         return 0
     for cell in result["cells"]:
         print("  ".join(f"{k}={v}" for k, v in cell.items()))
+    suppressed = result["suppressed_cells"]
     print(
-        f"{len(result['cells'])} cells released, {result['suppressed_cells']} suppressed"
+        f"{len(result['cells'])} cells released"
+        + (
+            f", {suppressed} suppressed"
+            if suppressed is not None
+            else " (noisy: " + result["suppression_reason"] + ")"
+        )
         + (f", epsilon spent {result['epsilon_spent']}" if result.get("epsilon_spent") else "")
     )
     return 0
@@ -84,12 +102,14 @@ def add_cleanroom_commands(sub: Any) -> None:
     cl.add_argument("files", nargs="+")
     cl.set_defaults(fn=_cmd_cleanroom_load)
     cq = room_args(cr.add_parser("query", help="run a structured query as a tenant; prints released cells"))
-    cq.add_argument("--tenant", required=True)
+    cq.add_argument(
+        "--tenant", required=True, help="a tenant declared in the policy (its scope comes from there)"
+    )
     cq.add_argument("--query", required=True, help="query JSON, or @file.json")
     cq.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     cq.set_defaults(fn=_cmd_cleanroom_query)
     cb = room_args(cr.add_parser("budget", help="a tenant's differential-privacy budget (epsilon ledger)"))
-    cb.add_argument("--tenant", required=True)
+    cb.add_argument("--tenant", required=True, help="a tenant declared in the policy")
     cb.add_argument("--json", action="store_true", help="print JSON instead of text")
     cb.set_defaults(fn=_cmd_cleanroom_budget)
     ca = room_args(cr.add_parser("audit", help="print the audit log (JSON lines)"), policy=False)

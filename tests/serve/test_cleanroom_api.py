@@ -67,7 +67,7 @@ def test_refusals(
         assert last["decision"] == "refused" and needle in last["reason"]
 
 
-def test_differencing_is_refused_per_tenant(serve_url: str) -> None:
+def test_differencing_is_refused_across_tenants(serve_url: str) -> None:
     def skus(*s: str) -> dict:
         return {
             "retailer": "acme",
@@ -77,6 +77,9 @@ def test_differencing_is_refused_per_tenant(serve_url: str) -> None:
     assert query(serve_url, skus("at_k", "above_k"), auth("agency")).status_code == 200
     r = query(serve_url, skus("at_k", "above_k", "one_shopper"), auth("agency"))
     assert r.status_code == 400 and "differencing" in r.json()["error"]["message"]
+    # another tenant differencing against the agency's release is refused too: the history is the room's
+    r = query(serve_url, skus("at_k", "above_k", "one_shopper"), auth("brand_x"))
+    assert r.status_code == 400 and "any tenant" in r.json()["error"]["message"]
 
 
 def test_schema_endpoint(serve_url: str) -> None:
@@ -123,3 +126,53 @@ def test_dp_budget_is_spent_reported_and_enforced(serve_url: str, app_config: An
         f"{serve_url}/v1/cleanroom/budget", params={"retailer": "shopco"}, headers=auth("brand_x")
     )
     assert other.json()["epsilon_spent"] == 0.0  # per tenant
+
+
+def test_a_brand_sees_only_its_own_rows(serve_url: str) -> None:
+    """acme's test events are brand "brewmax": brand_x owns it (policy brand_owners), brand_y does not."""
+    mine = query(serve_url, {"retailer": "acme", "query": {"metrics": ["purchases"]}}, auth("brand_x"))
+    theirs = query(serve_url, {"retailer": "acme", "query": {"metrics": ["clicks"]}}, auth("brand_y"))
+    assert mine.status_code == 200 and mine.json()["cells"]
+    assert theirs.status_code == 200 and theirs.json()["cells"] == []  # brand_y's rows only: none here
+    peek = {"metrics": ["clicks"], "filters": [{"column": "brand", "op": "eq", "value": "brewmax"}]}
+    r = query(serve_url, {"retailer": "acme", "query": peek}, auth("brand_y"))
+    assert r.status_code == 403 and "outside your scope" in r.json()["error"]["message"]
+    bench = {"metrics": ["purchases"], "dimensions": ["category"], "scope": "benchmark"}
+    r = query(serve_url, {"retailer": "acme", "query": bench}, auth("brand_y"))
+    assert r.status_code == 200 and r.json()["cells"][0]["category"] == "coffee"  # coarse, across brands
+    fine = {**bench, "dimensions": ["sku"]}
+    r = query(serve_url, {"retailer": "acme", "query": fine}, auth("brand_y"))
+    assert r.status_code == 400 and "benchmark groups only by" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (
+            '{"retailer": "acme", "query": {"metrics": ["purchases"], "filters": '
+            '[{"column": "sku", "op": "eq", "value": "a\\ud800"}]}}',
+            "surrogate",
+        ),
+        (
+            '{"retailer": "acme", "query": {"metrics": ["purchases"], "filters": '
+            '[{"column": "sku", "op": "in", "value": ' + json.dumps(["x"] * 5000) + "}]}}",
+            "at most 100",
+        ),
+        ('{"retailer": "acme", "query": [1, 2]}', "invalid query"),
+        (
+            '{"retailer": "shopco", "query": {"metrics": ["clicks"], "epsilon": 5e-324}}',
+            "below the policy's floor",
+        ),
+        (
+            '{"retailer": "shopco", "query": {"metrics": ["clicks"], "epsilon": 1e-308}}',
+            "below the policy's floor",
+        ),
+        ('{"retailer": "shopco", "query": {"metrics": ["clicks"], "epsilon": 1e309}}', "invalid query"),
+    ],
+)
+def test_hostile_input_is_a_400_with_a_reason(serve_url: str, raw: str, needle: str) -> None:
+    headers = {**auth("brand_x"), "content-type": "application/json"}
+    r = httpx.post(f"{serve_url}/v1/cleanroom/query", content=raw, headers=headers, timeout=30)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]["message"]

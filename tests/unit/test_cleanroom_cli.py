@@ -14,7 +14,9 @@ from tests.cleanroom_data import write_events
 @pytest.fixture
 def files(tmp_path: Path) -> tuple[Path, Path, Path]:
     policy = tmp_path / "acme-policy.yaml"
-    policy.write_text("retailer: acme\nk: 5\n")
+    policy.write_text(
+        "retailer: acme\nk: 5\nmode: exact\ntrusted_tenants: [brand_x]\nunscoped_tenants: [brand_x]\n"
+    )
     return tmp_path / "acme.duckdb", policy, write_events(tmp_path / "events.csv", 5)
 
 
@@ -37,7 +39,9 @@ def query_argv(db: Path, policy: Path, query: str) -> list[str]:
 def test_load_query_audit(files: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     db, policy, events = files
     assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 0
-    assert "515 rows loaded" in capsys.readouterr().out
+    assert "515 rows loaded as batch 1" in capsys.readouterr().out
+    assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 0
+    assert "already loaded as batch 1" in capsys.readouterr().out  # the same file loads once
     q = json.dumps({"dimensions": ["sku"], "metrics": ["purchases"]})
     assert main(query_argv(db, policy, q)) == 0
     out = json.loads(capsys.readouterr().out)
@@ -64,7 +68,10 @@ def test_policy_errors_name_file_and_field(
 
 def test_budget_verb(files: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     db, policy, events = files
-    policy.write_text("retailer: acme\nk: 5\ndp: {epsilon_per_query: 0.5, epsilon_budget: 3}\n")
+    policy.write_text(
+        "retailer: acme\nk: 5\nunscoped_tenants: [brand_x]\n"
+        "dp: {epsilon_per_query: 0.5, max_epsilon_per_query: 2, epsilon_budget: 3}\n"
+    )
     argv = ["--db", str(db), "--policy", str(policy)]
     assert main(["cleanroom", "load", *argv, str(events)]) == 0
     assert main(query_argv(db, policy, json.dumps({"metrics": ["purchases"]}))) == 0
@@ -72,3 +79,14 @@ def test_budget_verb(files: tuple[Path, Path, Path], capsys: pytest.CaptureFixtu
     assert main(["cleanroom", "budget", *argv, "--tenant", "brand_x", "--json"]) == 0
     budget = json.loads(capsys.readouterr().out)
     assert budget["epsilon_spent"] == 0.5 and budget["epsilon_remaining"] == 2.5
+
+
+def test_the_tenant_comes_from_the_policy_not_free_text(
+    files: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, policy, events = files
+    assert main(["cleanroom", "load", "--db", str(db), "--policy", str(policy), str(events)]) == 0
+    argv = query_argv(db, policy, json.dumps({"metrics": ["purchases"]}))
+    argv[argv.index("brand_x")] = "someone_else"
+    assert main(argv) == 1
+    assert "not declared in" in capsys.readouterr().err

@@ -8,19 +8,29 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cleanroom import BudgetExhausted, CleanRoom, CleanRoomPolicy, DPPolicy, PolicyViolation, Query
+from cleanroom import BudgetExhausted, CleanRoom, DPPolicy, PolicyViolation, Query
 from cleanroom.query import Filter
-from tests.cleanroom_data import event, write_events, write_rows
+from tests.cleanroom_data import dp_policy, event, exact_policy, write_events, write_rows
 
 K = 5
 TRUE_PURCHASES = K + (K - 1) + (K + 1) + 500  # the whale bought 500 times
 
 
-def dp_room(tmp_path: Path, budget: float = 10.0, rows: Path | None = None) -> CleanRoom:
-    policy = CleanRoomPolicy(
-        retailer="acme",
+def dp_room(tmp_path: Path, budget: float = 10.0, rows: Path | None = None, **dp_fields: object) -> CleanRoom:
+    policy = dp_policy(
         k=K,
-        dp=DPPolicy(epsilon_per_query=0.5, max_epsilon_per_query=min(5.0, budget), epsilon_budget=budget),
+        dp=DPPolicy.model_validate(
+            {
+                "epsilon_per_query": 0.5,
+                "min_epsilon_per_query": 0.25,
+                "max_epsilon_per_query": min(9.0, budget),
+                "epsilon_budget": budget,
+                "room_epsilon_budget": max(budget, 30.0),
+                "max_delta_per_query": 1e-3,
+                "max_cells_per_shopper": 4,
+                **dp_fields,
+            }
+        ),
     )
     room = CleanRoom(tmp_path / "acme.duckdb", policy)
     if rows is None:
@@ -43,7 +53,7 @@ def test_answers_are_noisy_charged_and_the_whale_is_clamped(tmp_path: Path) -> N
 
 def test_repeating_a_query_returns_the_stored_noise_and_spends_nothing(tmp_path: Path) -> None:
     room = dp_room(tmp_path)
-    q = Query(dimensions=["sku"], metrics=["revenue"])
+    q = Query(metrics=["revenue"], filters=[Filter(column="sku", op="in", value=["at_k", "above_k"])])
     first = room.query("brand_x", q)
     assert first.epsilon_spent == pytest.approx(0.5)  # the policy's default per-query epsilon
     again = [room.query("brand_x", q) for _ in range(5)]
@@ -58,7 +68,7 @@ def test_the_budget_runs_out_and_the_ledger_survives_a_restart(tmp_path: Path) -
     room = dp_room(tmp_path, budget=2.0)
     for eps in (0.5, 1.0):
         room.query("brand_x", Query(metrics=["purchases"], epsilon=eps))
-    with pytest.raises(BudgetExhausted, match=r"0\.5 of 2 left"):
+    with pytest.raises(BudgetExhausted, match=r"0\.5 of your 2 left"):
         room.query("brand_x", Query(metrics=["revenue"], epsilon=1.0))
     assert room.audit.entries()[-1]["decision"] == "refused"
     room.close()
@@ -68,19 +78,21 @@ def test_the_budget_runs_out_and_the_ledger_survives_a_restart(tmp_path: Path) -
         reopened.query("brand_x", Query(metrics=["clicks"], epsilon=0.6))
     assert reopened.query("brand_x", Query(metrics=["clicks"], epsilon=0.5)).noisy
     with pytest.raises(BudgetExhausted):
-        reopened.query("brand_x", Query(metrics=["units"], epsilon=0.01))
+        reopened.query("brand_x", Query(metrics=["units"], epsilon=0.25))
 
 
 def test_k_applies_to_the_noisy_count(tmp_path: Path) -> None:
     """A cell with exactly k shoppers is released about half the time under noise (always, if k were
     applied to the true count); a cell with one shopper practically never."""
     rows = [event(f"s{j}_{i}", f"sku{j}") for j in range(40) for i in range(K)]  # 40 cells at exactly k
-    room = dp_room(tmp_path, budget=1000.0, rows=write_rows(tmp_path / "k.csv", rows))
+    room = dp_room(
+        tmp_path, budget=1000.0, rows=write_rows(tmp_path / "k.csv", rows), max_cells_per_shopper=1
+    )
     released = 0
     for rep in range(10):  # a different epsilon is a different query: fresh noise each time
-        res = room.query("brand_x", Query(dimensions=["sku"], metrics=["purchases"], epsilon=1.0 + rep / 100))
+        res = room.query("brand_x", Query(dimensions=["sku"], metrics=["purchases"], epsilon=4.0 + rep / 100))
         released += len(res.cells)
-        assert res.suppressed_cells + len(res.cells) == 40
+        assert res.suppressed_cells is None and len(res.cells) <= 40
     assert 0.2 < released / 400 < 0.8
 
 
@@ -103,7 +115,11 @@ def test_each_shopper_contributes_to_at_most_L_cells(tmp_path: Path) -> None:
         ({"metrics": ["purchases"], "epsilon": -1}, ValidationError),
         ({"metrics": ["purchases"], "epsilon": 0}, ValidationError),
         ({"metrics": ["purchases"], "epsilon": 1e300}, PolicyViolation),
-        ({"metrics": ["purchases"], "epsilon": 5.01}, PolicyViolation),
+        ({"metrics": ["purchases"], "epsilon": 9.01}, PolicyViolation),
+        ({"metrics": ["purchases"], "epsilon": 1e-9}, PolicyViolation),
+        ({"metrics": ["purchases"], "epsilon": 1e-300}, PolicyViolation),
+        ({"metrics": ["purchases"], "epsilon": 5e-324}, PolicyViolation),
+        ({"metrics": ["purchases"], "epsilon": 1e-308}, PolicyViolation),
     ],
 )
 def test_malformed_epsilons_are_refused_and_cost_nothing(tmp_path: Path, query: dict, error: type) -> None:
@@ -114,10 +130,10 @@ def test_malformed_epsilons_are_refused_and_cost_nothing(tmp_path: Path, query: 
 
 
 def test_epsilon_without_dp_and_metrics_without_bounds_are_refused(tmp_path: Path) -> None:
-    plain = CleanRoom(tmp_path / "plain.duckdb", CleanRoomPolicy(retailer="acme", k=K))
+    plain = CleanRoom(tmp_path / "plain.duckdb", exact_policy(k=K))
     with pytest.raises(PolicyViolation, match="no differential privacy"):
         plain.query("brand_x", Query(metrics=["purchases"], epsilon=1.0))
-    policy = CleanRoomPolicy(retailer="acme", k=K, dp=DPPolicy(metric_bounds={"purchases": 5.0}))
+    policy = dp_policy(k=K, dp=DPPolicy(metric_bounds={"purchases": 5.0}))
     room = CleanRoom(tmp_path / "dp.duckdb", policy)
     with pytest.raises(PolicyViolation, match="no declared bound"):
         room.query("brand_x", Query(metrics=["revenue"], filters=[Filter(column="sku", op="eq", value="x")]))
@@ -127,7 +143,10 @@ def test_epsilon_without_dp_and_metrics_without_bounds_are_refused(tmp_path: Pat
     ("fields", "reason"),
     [
         ({"epsilon_per_query": float("nan")}, "finite number"),
-        ({"epsilon_per_query": 3.0, "max_epsilon_per_query": 2.0}, "above max_epsilon_per_query"),
+        ({"epsilon_per_query": 3.0, "max_epsilon_per_query": 2.0}, "epsilon_per_query <= max_epsilon"),
+        ({"epsilon_per_query": 0.1}, "min_epsilon_per_query <= epsilon_per_query"),
+        ({"min_epsilon_per_query": 0.0}, "greater than or equal to 0.001"),
+        ({"epsilon_budget": 40.0}, "above room_epsilon_budget"),
         ({"epsilon_budget": 1.0}, "above epsilon_budget"),
         ({"metric_bounds": {"revenue": float("inf")}}, "positive and finite"),
         ({"metric_bounds": {"revenue": -1.0}}, "positive and finite"),

@@ -130,7 +130,7 @@ def test_scoring_caps_sales_at_true_stock_and_counts_out_of_stock_spend() -> Non
 
 
 def test_compare_local_measures_both_plans_and_every_number_moves_with_the_data(tmp_path: Path) -> None:
-    policy = CleanRoomPolicy(retailer="acme", k=20)
+    policy = CleanRoomPolicy(retailer="acme", k=20, mode="exact", trusted_tenants=["brewmax"])
     req = CompareRequest(budget=800, manufacturer="brewmax", roas_floor=0.1)
     a = compare_local(SMALL, req, policy, tmp_path / "a")
     b = compare_local(SMALL, req.model_copy(update={"seed": 9}), policy, tmp_path / "b")
@@ -147,7 +147,7 @@ def test_compare_local_measures_both_plans_and_every_number_moves_with_the_data(
 
 
 def test_compare_local_refuses_bad_requests_with_a_status(tmp_path: Path) -> None:
-    policy = CleanRoomPolicy(retailer="acme", k=20)
+    policy = CleanRoomPolicy(retailer="acme", k=20, mode="exact", trusted_tenants=["brewmax"])
     with pytest.raises(ComparisonError, match="unknown manufacturer") as e:
         compare_local(SMALL, CompareRequest(budget=800, manufacturer="nobody"), policy, tmp_path)
     assert e.value.status == 400
