@@ -139,6 +139,16 @@ class CleanRoomService:
             return Reply.error(500, str(e), "server_error")
         return Reply(200, {"retailer": room.policy.retailer, "k": room.policy.k, **asdict(result)})
 
+    async def info(self) -> dict[str, Any]:
+        """This replica's Ray actor name, its open rooms and where their durable state lives (ops, tests)."""
+        import ray
+
+        return {
+            "actor": ray.get_runtime_context().get_actor_name(),
+            "rooms": sorted(self._rooms),
+            "market_state": str(self._state),
+        }
+
     async def budget(self, tenant: str, retailer: str) -> Reply:
         """``tenant``'s differential-privacy budget at ``retailer`` (total, spent, remaining)."""
         room = self._room(retailer)

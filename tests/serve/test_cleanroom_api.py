@@ -176,3 +176,60 @@ def test_hostile_input_is_a_400_with_a_reason(serve_url: str, raw: str, needle: 
     r = httpx.post(f"{serve_url}/v1/cleanroom/query", content=raw, headers=headers, timeout=30)
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]["message"]
+
+
+def test_market_rooms_keep_their_state_through_eviction_and_a_killed_replica(
+    serve_url: str, app_config: Any
+) -> None:
+    """A market room's releases (and ledgers) live in cleanroom.state_dir: touching 8 other seeds evicts
+    the room, killing the clean-room replica (Ray's actor API) restarts everything in memory; the same
+    question still gets the same stored answer, and a DP ledger keeps what was spent."""
+    import time
+
+    import ray
+    from ray import serve
+
+    from tests.serve.conftest import APP
+
+    handle = serve.get_deployment_handle("cleanroom", APP)
+    market = app_config.comparison.market
+
+    def prepare(seed: int) -> str:
+        cfg = market.model_copy(update={"seed": seed})
+        return handle.prepare_market.remote(cfg.model_dump_json()).result(timeout_s=120)["retailer"]
+
+    q = {"metrics": ["revenue"], "dimensions": ["placement"]}
+    room = prepare(1001)
+    first = query(serve_url, {"retailer": room, "query": q}, auth("brand_x"))
+    assert first.status_code == 200 and not first.json()["stored_answer"], first.text
+    for seed in range(1002, 1010):  # 8 more rooms: 1001 is evicted
+        prepare(seed)
+    assert prepare(1001) == room
+    evicted = query(serve_url, {"retailer": room, "query": q}, auth("brand_x")).json()
+    assert evicted["stored_answer"] and evicted["cells"] == first.json()["cells"]
+
+    def spent() -> float:
+        r = httpx.get(
+            f"{serve_url}/v1/cleanroom/budget", params={"retailer": "shopco"}, headers=auth("brand_x")
+        )
+        return float(r.json()["epsilon_spent"])
+
+    q_dp = {"retailer": "shopco", "query": {"metrics": ["impressions"], "epsilon": 0.25}}
+    assert query(serve_url, q_dp, auth("brand_x")).status_code == 200
+    before = spent()
+    assert before >= 0.25
+    name = handle.info.remote().result(timeout_s=30)["actor"]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + 60
+    while True:  # Serve replaces the replica; until then the call fails
+        try:
+            assert prepare(1001) == room
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert handle.info.remote().result(timeout_s=30)["actor"] != name  # a new replica
+    restarted = query(serve_url, {"retailer": room, "query": q}, auth("brand_x")).json()
+    assert restarted["stored_answer"] and restarted["cells"] == first.json()["cells"]
+    assert spent() == before  # the ledger next to shopco's DuckDB file

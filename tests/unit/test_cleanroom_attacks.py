@@ -1,0 +1,347 @@
+"""Attacks on the clean room, written as an attacker would, one case per attack class (issue #12).
+
+Planted data: groups X and Y (300 shoppers each, far above k=100) and one target shopper whose revenue
+is 37.5 on SKU "t" (3 active days) and 12.25 on SKU "c". Under the default policy (mode dp) every attack
+is refused or charged, and the attacker's estimate stays off by about the noise the charged epsilon
+implies (never exact); in mode exact, only trusted partners may ask, and the pairwise attacks are
+refused room-wide, on rows. What each mode does not defend is in docs/cleanroom.md ("Threat model").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from cleanroom import (
+    AccessDenied,
+    BudgetExhausted,
+    CleanRoom,
+    CleanRoomError,
+    CleanRoomPolicy,
+    PolicyViolation,
+    Querier,
+    Query,
+)
+from tests.cleanroom_data import event, write_rows
+
+K = 100
+TARGET_T, TARGET_C = 37.5, 12.25
+ATTACKER, ACCOMPLICE = "brand_x", "brand_y"
+
+
+def planted(path: Path) -> Path:
+    rows: list[dict[str, object]] = []
+    for g in ("x", "y"):
+        for i in range(300):
+            r = event(f"{g}{i}", g, day=f"2026-01-{1 + i % 28:02d}")
+            r["revenue"] = 10.0 + i % 7
+            rows.append(r)
+    for day, sku, revenue in (("2026-01-03", "t", TARGET_T / 3), ("2026-01-09", "t", TARGET_T / 3)):
+        rows.append({**event("target", sku, day=day), "revenue": revenue})
+    rows.append({**event("target", "t", day="2026-01-20"), "revenue": TARGET_T / 3})
+    rows.append({**event("target", "c", day="2026-01-20"), "revenue": TARGET_C})
+    rows.append({**event("x0", "c", day="2026-01-20"), "revenue": 0.0})  # X's first shopper bought c too
+    return write_rows(path, rows)
+
+
+def policy(**fields: Any) -> CleanRoomPolicy:
+    """The default policy (mode dp) with the test tenants seeing every brand."""
+    return CleanRoomPolicy.model_validate(
+        {"retailer": "acme", "k": K, "unscoped_tenants": [ATTACKER, ACCOMPLICE, "c", "d"], **fields}
+    )
+
+
+def exact(**fields: Any) -> CleanRoomPolicy:
+    return policy(mode="exact", trusted_tenants=[ATTACKER, ACCOMPLICE], **fields)
+
+
+def room_at(tmp_path: Path, p: CleanRoomPolicy, name: str = "acme") -> CleanRoom:
+    room = CleanRoom(tmp_path / f"{name}.duckdb", p)
+    room.load(planted(tmp_path / "events.csv"))
+    return room
+
+
+def skus(*values: str, **extra: Any) -> Query:
+    return Query.model_validate(
+        {"metrics": ["revenue"], "filters": [{"column": "sku", "op": "in", "value": list(values)}], **extra}
+    )
+
+
+def revenue(res: Any) -> float:
+    return float(res.cells[0]["revenue"]) if res.cells else 0.0
+
+
+def tracker(room: CleanRoom, tenants: tuple[str, str, str] = (ATTACKER,) * 3) -> float:
+    """P1 = X + target, P2 = X + Y, P3 = Y + target: (P1 + P3 - P2) / 2 = the target."""
+    p1 = revenue(room.query(tenants[0], skus("x", "t")))
+    p2 = revenue(room.query(tenants[1], skus("x", "y")))
+    p3 = revenue(room.query(tenants[2], skus("y", "t")))
+    return (p1 + p3 - p2) / 2
+
+
+def same_population(room: CleanRoom, tenants: tuple[str, ...] = (ATTACKER, ATTACKER)) -> float:
+    """The same shoppers (X plus the target), different rows: SKU c adds the target's c purchase only."""
+    a = revenue(room.query(tenants[0], skus("x", "t")))
+    b = revenue(room.query(tenants[1], skus("x", "t", "c")))
+    return b - a
+
+
+def _noise_sd(p: CleanRoomPolicy, n_metrics: int = 1) -> float:
+    """Standard deviation of one noisy revenue sum at the policy's default epsilon."""
+    dp = p.dp
+    eps_metric = dp.epsilon_per_query * (1 - dp.count_share) / n_metrics
+    scale = dp.max_cells_per_shopper * dp.metric_bounds["revenue"] / eps_metric
+    return math.sqrt(2) * scale
+
+
+def _estimates(tmp_path: Path, attack: Any, trials: int) -> list[float]:
+    """``trials`` independent runs of ``attack``: each by a new tenant (fresh noise: stored answers are
+    per tenant) in one room whose budgets are raised so that all of them are paid for."""
+    room = room_at(tmp_path, policy(dp={"epsilon_budget": 1000, "room_epsilon_budget": 1000}))
+    room.policy = room.policy.model_copy(update={"unscoped_tenants": [f"t{i}" for i in range(trials)]})
+    return [attack(room, (f"t{i}",) * 3) for i in range(trials)]
+
+
+# ---- the attacks that recover a value: DP leaves the noise, exact mode refuses ----------------------
+@pytest.mark.parametrize(
+    ("attack", "truth", "sd_factor"),
+    [
+        (tracker, TARGET_T, math.sqrt(3) / 2),  # three noisy sums, halved
+        (same_population, TARGET_C, math.sqrt(2)),  # two noisy sums
+    ],
+    ids=["tracker", "same-population"],
+)
+def test_value_attacks_under_dp_are_off_by_the_noise(
+    tmp_path: Path, attack: Any, truth: float, sd_factor: float
+) -> None:
+    errors = [e - truth for e in _estimates(tmp_path, attack, trials=60)]
+    expected = _noise_sd(policy()) * sd_factor  # ~196 (tracker) and ~226 (same population)
+    rms = math.sqrt(sum(e * e for e in errors) / len(errors))
+    assert all(abs(e) > 1e-6 for e in errors)  # never exact
+    assert 0.4 * expected < rms < 2.5 * expected, (rms, expected)
+    assert expected > 10 * truth  # the noise dwarfs what the attacker wants to learn
+
+
+def test_tracker_in_exact_mode_is_for_trusted_partners_only(tmp_path: Path) -> None:
+    room = room_at(tmp_path, exact())
+    with pytest.raises(AccessDenied, match="trusted partners only"):
+        tracker(room, ("c", "c", "c"))  # an unscoped but untrusted tenant
+    assert [e["decision"] for e in room.audit.entries()] == ["refused"]
+
+
+def test_same_population_in_exact_mode_is_refused_on_rows(tmp_path: Path) -> None:
+    room = room_at(tmp_path, exact())
+    with pytest.raises(PolicyViolation, match="differencing"):
+        same_population(room)  # same 301 shoppers, but the second query has the target's c row more
+
+
+def test_two_tenants_in_exact_mode_difference_against_one_history(tmp_path: Path) -> None:
+    room = room_at(tmp_path, exact())
+    with pytest.raises(PolicyViolation, match="any tenant"):
+        same_population(room, (ATTACKER, ACCOMPLICE))
+    fresh = room_at(tmp_path / "fresh", exact())
+    fresh.query(ATTACKER, skus("x"))  # X alone
+    with pytest.raises(PolicyViolation, match="differencing"):  # X + the target, by another tenant
+        fresh.query(ACCOMPLICE, skus("x", "t"))
+
+
+def test_colluding_tenants_share_the_room_budget(tmp_path: Path) -> None:
+    """Four tenants with 10 epsilon each; the room has 30 (the default): the fourth runs dry."""
+    room = room_at(tmp_path, policy())
+    spent = 0
+    with pytest.raises(BudgetExhausted, match="this room's 30"):
+        for tenant in (ATTACKER, ACCOMPLICE, "c", "d"):
+            for i in range(10):
+                room.query(tenant, skus("x", "y", epsilon=1.0, date_to=f"2026-01-{28 - i}"))
+                spent += 1
+    assert spent == 30 and room.budget("d")["room_epsilon_remaining"] == 0
+
+
+# ---- the budget -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("epsilon", [1e-300, 1e-9, 5e-324, 1e-308, 0.2499999])
+def test_a_tiny_epsilon_after_exhaustion_is_refused_and_moves_nothing(tmp_path: Path, epsilon: float) -> None:
+    room = room_at(tmp_path, policy())
+    for i in range(5):
+        room.query(ATTACKER, skus("x", "y", epsilon=2.0 - i / 1000))  # 9.99 of 10
+    before = room.ledger.path.read_text()
+    with pytest.raises(PolicyViolation, match="below the policy's floor"):
+        room.query(ATTACKER, skus("x", "t", epsilon=epsilon))
+    with pytest.raises(BudgetExhausted):  # the floor itself no longer fits
+        room.query(ATTACKER, skus("x", "t", epsilon=0.25))
+    assert room.ledger.path.read_text() == before
+    assert room.audit.entries()[-1]["decision"] == "refused"
+
+
+def test_charges_are_exact_integers_and_never_round_away(tmp_path: Path) -> None:
+    room = room_at(tmp_path, policy())
+    for i in range(7):
+        room.query(ATTACKER, skus("x", "y", epsilon=0.25 + 1e-7 * (i + 1)))  # rounds up to 0.250001
+    lines = [json.loads(x) for x in room.ledger.path.read_text().splitlines()]
+    assert [x["micro"] for x in lines] == [250_001] * 7
+    assert room.budget(ATTACKER)["epsilon_spent"] == pytest.approx(1.750007, abs=1e-12)
+
+
+@pytest.mark.parametrize("how", ["restart", "rebuild"])
+def test_budgets_and_stored_answers_survive_a_restart_and_a_rebuild(tmp_path: Path, how: str) -> None:
+    state = tmp_path / "state" / "acme@seed7"
+    room = CleanRoom(tmp_path / "a.duckdb", policy(), state=state)
+    events = planted(tmp_path / "events.csv")
+    room.load(events)
+    first = room.query(ATTACKER, skus("x", "y", epsilon=2.0))
+    for i in range(3):
+        room.query(ATTACKER, skus("x", epsilon=2.0 - i / 100))
+    room.close()
+    if how == "rebuild":  # a fresh database file from the same data, the state kept with the deployment
+        again = CleanRoom(tmp_path / "b.duckdb", policy(), state=state)
+        again.load(events)
+    else:
+        again = CleanRoom(tmp_path / "a.duckdb", policy(), state=state)
+    assert again.budget(ATTACKER)["epsilon_spent"] == pytest.approx(7.97)
+    repeat = again.query(ATTACKER, skus("x", "y", epsilon=2.0))
+    assert repeat.stored_answer and repeat.cells == first.cells  # no fresh noise to average
+    again.query(ATTACKER, skus("y", epsilon=2.0))  # 9.97 of 10
+    with pytest.raises(BudgetExhausted):
+        again.query(ATTACKER, skus("t", epsilon=0.25))
+
+
+# ---- what exists, and what refusals say ------------------------------------------------------------
+def test_the_targets_active_days_are_not_listed(tmp_path: Path) -> None:
+    """Group by day, filtered to the target's SKU: its 3 cells have one shopper each."""
+    room = room_at(tmp_path, policy(dp={"epsilon_budget": 100, "room_epsilon_budget": 100}))
+    q = {
+        "dimensions": ["event_date"],
+        "metrics": ["revenue"],
+        "filters": [{"column": "sku", "op": "eq", "value": "t"}],
+    }
+    released = []
+    for i in range(40):
+        res = room.query(ATTACKER, Query.model_validate({**q, "epsilon": 1.0 + i / 40}))
+        released += res.cells
+        assert res.suppressed_cells is None and res.delta_spent <= 1e-6  # no exact count of anything
+    assert released == []
+    with pytest.raises(PolicyViolation, match="too small to decide which cells exist"):
+        room.query(ATTACKER, Query.model_validate({**q, "epsilon": 0.25}))
+    exact_room = room_at(tmp_path / "exact", exact())
+    res = exact_room.query(ATTACKER, Query.model_validate(q))
+    assert res.cells == [] and res.remainder is None  # 3 cells of 1 shopper: nothing, the remainder too
+
+
+def test_refusals_never_state_exact_counts(tmp_path: Path) -> None:
+    room = room_at(tmp_path, exact(max_groups=5))
+    messages = []
+    room.query(ATTACKER, skus("x", "t"))
+    for q in (skus("x", "t", "c"), Query(dimensions=["event_date"], metrics=["revenue"])):
+        with pytest.raises(PolicyViolation) as e:
+            room.query(ATTACKER, q)
+        messages.append(str(e.value))
+    numbers = {int(n) for m in messages for n in re.findall(r"\d+", m)}
+    assert numbers <= {K, 5}, messages  # only the policy's k and max_groups
+
+
+# ---- hostile input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"metrics": ["revenue"], "filters": [{"column": "sku", "op": "eq", "value": "a\ud800"}]},
+        {"metrics": ["revenue"], "filters": [{"column": "sku\udfff", "op": "eq", "value": "a"}]},
+        {"metrics": ["revenue\ud800"]},
+        {"metrics": ["revenue"], "filters": [{"column": "sku", "op": "in", "value": ["a"] * 101}]},
+        {"metrics": ["revenue"], "epsilon": float("inf")},
+        {"metrics": ["revenue"], "epsilon": -0.0},
+        {"metrics": ["revenue"], "filters": [[[[{"column": "sku"}]]]]},
+    ],
+)
+def test_malformed_queries_are_refused_before_anything_is_written(tmp_path: Path, query: dict) -> None:
+    room = room_at(tmp_path, policy())
+    with pytest.raises(ValidationError):
+        room.query(ATTACKER, Query.model_validate(query))
+    assert not room.ledger.path.exists() and room.audit.entries() == []
+
+
+# ---- data integrity --------------------------------------------------------------------------------
+def test_loading_the_same_file_twice_loads_it_once(tmp_path: Path) -> None:
+    room = room_at(tmp_path, exact())
+    before = room.query(ATTACKER, skus("x", "y"))
+    report = room.load_file(tmp_path / "events.csv")
+    assert report.already_loaded and report.rows == 0 and room.version == 1
+    again = room.query(ATTACKER, skus("x", "y"))
+    assert again.stored_answer and again.cells == before.cells
+
+
+def test_events_load_once_by_id_and_new_data_gets_a_new_answer(tmp_path: Path) -> None:
+    room = room_at(tmp_path, exact())
+    before = room.query(ATTACKER, skus("x", "y"))
+    rows = [{**event(f"n{i}", "x"), "event_id": f"e{i}"} for i in range(K)]
+    first = room.load_file(write_rows_with_id(tmp_path / "a.csv", rows))
+    second = room.load_file(
+        write_rows_with_id(tmp_path / "b.csv", [*rows, {**event("z", "x"), "event_id": "z1"}])
+    )
+    assert (first.rows, second.rows, second.duplicate_events) == (K, 1, K)
+    after = room.query(ATTACKER, skus("x", "y"))  # same question, new data: a new answer
+    assert not after.stored_answer and revenue(after) == pytest.approx(revenue(before) + 10.0 * (K + 1))
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("revenue", "1e308", "row 2: revenue is above the policy's bound"),
+        ("quantity", "99999999", "row 2: quantity is above the policy's bound"),
+        ("shopper_id", "   ", "row 2: shopper_id is blank"),
+        ("event_type", "refund", "row 2: event_type is not one of"),
+    ],
+)
+def test_absurd_rows_are_refused_with_their_row_number(
+    tmp_path: Path, column: str, value: str, reason: str
+) -> None:
+    room = room_at(tmp_path, exact())
+    bad = event("x1", "x")
+    bad[column] = value
+    with pytest.raises(CleanRoomError, match=reason):
+        room.load(write_rows(tmp_path / "bad.csv", [event("ok", "x"), bad, event("ok2", "x")]))
+    assert room.version == 1 and math.isfinite(revenue(room.query(ATTACKER, skus("x", "y"))))
+
+
+# ---- brand scope -----------------------------------------------------------------------------------
+def test_a_brand_reaches_only_its_own_rows(tmp_path: Path) -> None:
+    rows = [{**event(f"s{i}", "mine"), "brand": "acme_brand"} for i in range(K)]
+    rows += [{**event(f"r{i}", "theirs"), "brand": "rival"} for i in range(K)]
+    p = CleanRoomPolicy(retailer="acme", k=K, benchmark={"dimensions": ["category"], "k_factor": 2})
+    room = CleanRoom(tmp_path / "acme.duckdb", p)
+    room.load(write_rows(tmp_path / "scoped.csv", rows))
+    me = Querier("acme_brand", p.brand_scope("acme_brand", "manufacturer", manufacturer="acme_brand"))
+    assert me.brands == {"acme_brand"}
+    res = room.query(me, Query(dimensions=["sku"], metrics=["purchases"], epsilon=2.0))
+    assert {c["sku"] for c in res.cells} <= {"mine"}  # the rival's SKU cannot appear
+    with pytest.raises(AccessDenied, match="outside your scope"):
+        room.query(
+            me,
+            Query.model_validate(
+                {
+                    "metrics": ["revenue"],
+                    "filters": [{"column": "brand", "op": "in", "value": ["acme_brand", "rival"]}],
+                }
+            ),
+        )
+    bench = room.query(me, Query(dimensions=["category"], metrics=["purchases"], scope="benchmark"))
+    assert all(set(c) == {"category", "purchases"} for c in bench.cells)  # coarse, across both brands
+    with pytest.raises(PolicyViolation, match="benchmark groups only by"):
+        room.query(me, Query(dimensions=["sku"], metrics=["purchases"], scope="benchmark"))
+    nobody = Querier("agency_z", p.brand_scope("agency_z", "agency"))
+    with pytest.raises(AccessDenied, match="no brand"):
+        room.query(nobody, Query(metrics=["purchases"]))
+
+
+def write_rows_with_id(path: Path, rows: list[dict[str, object]]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
