@@ -90,15 +90,16 @@ class CompiledQuery:
 
     ``cells_sql`` yields the dimensions, the metrics, ``__n`` (distinct shoppers per cell; under DP after
     contribution bounding) and ``__ck`` (the cell's key); ``remainder_sql`` the metrics and ``__n`` of the
-    cells below k combined (k is its last parameter); ``population_sql`` the (cell key, row, shopper)
-    triples of the cells listed in its 1st extra parameter, other cells folded into :data:`REST`, kept
-    only for the keys in its 2nd extra parameter (never output: difference checks only). Rows, not just
-    shoppers: two releases over the same shoppers but different rows differ by the shoppers of those rows.
+    cells below k combined (k is its last parameter); ``where_sql`` (over ``events``, with ``params``) and
+    ``ck_sql`` (a row's cell key) define each cell's population of rows, which difference checks recompute
+    (never output). Rows, not just shoppers: two releases over the same shoppers but different rows differ
+    by the shoppers of those rows.
     """
 
     cells_sql: str
     remainder_sql: str
-    population_sql: str
+    where_sql: str
+    ck_sql: str
     params: list[object]
     dimensions: list[str]
     metrics: list[str]
@@ -230,11 +231,8 @@ def compile_query(
             f"SELECT {', '.join(metric_sql)}, COUNT(DISTINCT {ident}) AS __n FROM keyed "
             f"WHERE __ck IN (SELECT __ck FROM small)"
         )
-    population_sql = (
-        f"WITH {keyed}, cells AS (SELECT CASE WHEN list_contains(?, __ck) THEN __ck ELSE '{REST}' END AS ck, "
-        f'"_row" AS rid, {ident} AS sid FROM keyed) SELECT ck, rid, sid FROM cells WHERE list_contains(?, ck)'
-    )
-    return CompiledQuery(cells_sql, remainder_sql, population_sql, params, dims, list(q.metrics), blocked)
+    where_sql = " AND ".join(where)
+    return CompiledQuery(cells_sql, remainder_sql, where_sql, ck, params, dims, list(q.metrics), blocked)
 
 
 def _ident_alias(metric: str) -> str:

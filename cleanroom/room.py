@@ -392,20 +392,32 @@ class CleanRoom:
         reason = f"fewer than {k} distinct shoppers" if suppressed else None
         result = QueryResult(cells, suppressed, reason, remainder, released, c.blocked_fields)
         release = Release(
-            key, q.model_dump(mode="json"), self.version, sizes, c.population_sql, _jsonable(c.params)
+            key, q.model_dump(mode="json"), self.version, sizes, c.where_sql, c.ck_sql, _jsonable(c.params)
         )
         return result, release
 
     def _check_differences(self, c: CompiledQuery, new: Release, k: int) -> None:
         """Refuse when a released cell's population (its rows' shoppers) differs from a cell of an
-        earlier release of the room, whoever asked, by 1..k-1 shoppers. Only pairs that share rows can
-        (cells sharing none differ by all their shoppers, >= k); the symmetric difference of their rows is
-        counted in distinct shoppers."""
+        earlier release of the room, whoever asked, by 1..k-1 shoppers. Only cells whose sizes are within
+        k - 1 can (:meth:`ReleaseHistory.candidates`), and only pairs that share rows (cells sharing none
+        differ by all their shoppers, >= k). One scan of ``events`` tags each row with its cell in both
+        releases (cells not released fold into the remainder); the symmetric difference of a pair's rows
+        is counted in distinct shoppers."""
         for old, new_keys, old_keys in self.history.candidates(new.cells, k):
+            if (old.where_sql, old.ck_sql, old.params) == (new.where_sql, new.ck_sql, new.params):
+                continue  # the same rows cell by cell (a repeat by another tenant): nothing differs
+            ident = _quote(self.policy.identity_column)
             sql = (
-                f"WITH a AS ({new.population_sql}), b AS ({old.population_sql}), "
-                "j AS (SELECT COALESCE(a.rid, b.rid) AS rid, COALESCE(a.sid, b.sid) AS sid, a.ck AS ack, "
-                "b.ck AS bck FROM a FULL OUTER JOIN b USING (rid)), "
+                f"WITH tagged AS (SELECT {ident} AS sid, CASE WHEN {new.where_sql} THEN {new.ck_sql} END AS na, "
+                f"CASE WHEN {old.where_sql} THEN {old.ck_sql} END AS nb FROM events "
+                f"WHERE ({new.where_sql}) OR ({old.where_sql})), "
+                "ra AS (SELECT DISTINCT unnest(?) AS k), rb AS (SELECT DISTINCT unnest(?) AS k), "
+                "ka AS (SELECT DISTINCT unnest(?) AS k), kb AS (SELECT DISTINCT unnest(?) AS k), "
+                "folded AS (SELECT sid, CASE WHEN na IS NULL THEN NULL WHEN ra.k IS NOT NULL THEN na "
+                f"ELSE '{REST}' END AS fa, CASE WHEN nb IS NULL THEN NULL WHEN rb.k IS NOT NULL THEN nb "
+                f"ELSE '{REST}' END AS fb FROM tagged LEFT JOIN ra ON ra.k = na LEFT JOIN rb ON rb.k = nb), "
+                "j AS (SELECT sid, ka.k AS ack, kb.k AS bck FROM folded LEFT JOIN ka ON ka.k = fa "
+                "LEFT JOIN kb ON kb.k = fb WHERE ka.k IS NOT NULL OR kb.k IS NOT NULL), "
                 "pairs AS (SELECT DISTINCT ack, bck FROM j WHERE ack IS NOT NULL AND bck IS NOT NULL), "
                 "d AS (SELECT p.ack, p.bck, j.sid FROM pairs p JOIN j ON j.ack = p.ack "
                 "WHERE j.bck IS DISTINCT FROM p.bck UNION ALL SELECT p.ack, p.bck, j.sid FROM pairs p "
@@ -414,10 +426,12 @@ class CleanRoom:
             )
             params = [
                 *c.params,
-                list(new.cells),
-                sorted(new_keys),
                 *old.params,
+                *c.params,
+                *old.params,
+                list(new.cells),
                 list(old.cells),
+                sorted(new_keys),
                 sorted(old_keys),
                 k,
             ]
@@ -496,7 +510,7 @@ class CleanRoom:
             delta_spent=delta,
         )
         release = Release(
-            key, q.model_dump(mode="json"), self.version, {}, c.population_sql, _jsonable(c.params)
+            key, q.model_dump(mode="json"), self.version, {}, c.where_sql, c.ck_sql, _jsonable(c.params)
         )
         return result, release
 
