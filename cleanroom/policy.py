@@ -161,7 +161,7 @@ class CleanRoomPolicy(BaseModel):
     brand_owners: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Tenant id -> the brands whose rows it may see. Not listed: a manufacturer tenant "
-        "sees its own brand (its manufacturer id), the retailer's tenants and admins see all rows, "
+        "sees the brand named like its tenant id, the retailer's own tenants and admins see all rows, "
         "anyone else nothing.",
     )
     unscoped_tenants: list[str] = Field(
@@ -236,16 +236,18 @@ class CleanRoomPolicy(BaseModel):
         """The brands ``tenant`` may see: None for every brand, an empty set for none. ``role``,
         ``retailer`` and ``manufacturer`` are the federation tenant's (role None: a local caller such as
         the CLI, which must be declared in this policy). Rules, first match: ``brand_owners``;
-        ``unscoped_tenants`` and admins: all; a retailer tenant of this room's retailer: all; a
-        manufacturer: its own brand (its manufacturer id, else its tenant id); anyone else: none."""
+        ``unscoped_tenants`` and admins: all; a retailer tenant of this room's retailer (by tenant id or
+        its retailer field): all; a manufacturer: the brand named like its tenant id (the id
+        ``/v1/plans/compare`` plans for); anyone else: none. ``manufacturer`` is accepted for callers
+        that have it, but an adapter id is not a brand name: map brands in ``brand_owners``."""
         if tenant in self.brand_owners:
             return frozenset(self.brand_owners[tenant])
         if tenant in self.unscoped_tenants or role == "admin":
             return None
-        if role == "retailer" and (retailer or tenant) == self.retailer.split("@", 1)[0]:
+        if role == "retailer" and self.retailer.split("@", 1)[0] in (tenant, retailer):
             return None
         if role == "manufacturer":
-            return frozenset({manufacturer or tenant})
+            return frozenset({tenant})
         return frozenset()
 
     def declares(self, tenant: str) -> bool:

@@ -41,8 +41,13 @@ def format_comparison(body: dict[str, Any]) -> str:
     lines += [
         "",
         f"verdict: {body['verdict']}",
-        f"clean room: {v['cells_released']} SKU x placement cells released, {v['cells_suppressed']} suppressed "
-        f"(k={v['k']}), blocked fields: {', '.join(v['blocked_fields']) or 'none'}"
+        f"clean room: {v['cells_released']} SKU x placement cells released"
+        + (
+            f", {v['cells_suppressed']} suppressed"
+            if v["cells_suppressed"] is not None
+            else " (on a noisy count of distinct shoppers)"
+        )
+        + f" (k={v['k']}), blocked fields: {', '.join(v['blocked_fields']) or 'none'}"
         + (f", epsilon spent {v['epsilon_spent']}" if v.get("noisy") else ""),
         f"harmonized: {len(body['harmonization']['mapping'])} retailer fields mapped, unmapped: "
         f"{', '.join(body['harmonization']['unmapped']) or 'none'}",

@@ -40,6 +40,7 @@ DEMO_KEYS = {
 ACME_POLICY = {
     "retailer": "acme",
     "k": 100,
+    "brand_owners": {"brewmax": ["brewmax"], "agency": ["brewmax"]},
     "dp": {
         "epsilon_per_query": 1.0,
         "max_epsilon_per_query": 2.0,
