@@ -369,7 +369,8 @@ class CleanRoom:
                 "group by fewer dimensions or filter"
             )
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        out = [dict(zip(names, row, strict=True)) for row in rows]
+        return sorted(out, key=lambda r: r["__ck"])  # a stable order (seeded noise is assigned by position)
 
     def _answer(self, c: CompiledQuery, key: str, q: Query, k: int) -> tuple[QueryResult, Release]:
         cells, sizes, suppressed = [], {}, 0

@@ -194,7 +194,7 @@ class LocalBackend:
             return Room(name, self._harmonized[name])
         self._work.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{cfg.retailer}-seed{cfg.seed}-", dir=self._work))
-        room = CleanRoom(work / "events.duckdb", self._policy)
+        room = CleanRoom(work / "events.duckdb", self._policy, noise_seed=cfg.seed)  # simulated noise
         h = await asyncio.to_thread(load_retailer_log, room, market, work)
         self._rooms[name], self._harmonized[name] = room, h
         return Room(name, h)

@@ -345,3 +345,39 @@ def write_rows_with_id(path: Path, rows: list[dict[str, object]]) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def test_a_query_that_fails_after_its_charge_stays_charged_and_is_audited_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cleanroom import QueryFailed
+
+    room = room_at(tmp_path, policy())
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("sampler exploded")
+
+    monkeypatch.setattr("cleanroom.room.laplace", broken)
+    with pytest.raises(QueryFailed, match="stays charged"):
+        room.query(ATTACKER, skus("x", "y"))
+    assert room.budget(ATTACKER)["epsilon_spent"] == 1.0  # charged before any noisy value existed
+    last = room.audit.entries()[-1]
+    assert last["decision"] == "failed" and last["epsilon_spent"] == 1.0 and "RuntimeError" in last["reason"]
+
+
+def test_budgets_refresh_when_the_policy_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    room = room_at(tmp_path, policy(dp={"budget_refresh_days": 7}))
+    for i in range(5):
+        room.query(ATTACKER, skus("x", "y", epsilon=2.0, date_to=f"2026-01-{20 + i}"))
+    with pytest.raises(BudgetExhausted):
+        room.query(ATTACKER, skus("x", epsilon=0.25))
+    period_end = room.budget(ATTACKER)["period_ends"]
+    now[0] = period_end + 1  # the next period
+    assert room.budget(ATTACKER)["epsilon_spent"] == 0
+    assert room.query(ATTACKER, skus("x", epsilon=0.25)).noisy
+    reopened = CleanRoom(tmp_path / "acme.duckdb", room.policy)  # the periods are in the durable ledger
+    assert reopened.budget(ATTACKER)["epsilon_spent"] == 0.25

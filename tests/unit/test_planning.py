@@ -146,6 +146,20 @@ def test_compare_local_measures_both_plans_and_every_number_moves_with_the_data(
     assert 1 <= len(a["top_skus"]) <= req.creatives and all(t["category"] for t in a["top_skus"])
 
 
+def test_compare_local_under_dp_is_reproducible_by_seed(tmp_path: Path) -> None:
+    """The market's clean room draws simulated noise from the market's seed: the same seed, the same plans."""
+    policy = CleanRoomPolicy(
+        retailer="acme", k=20, dp={"max_delta_per_query": 1e-3, "epsilon_per_query": 2.0}
+    )
+    req = CompareRequest(budget=800, manufacturer="brewmax", roas_floor=0.1)
+    a = compare_local(SMALL, req, policy, tmp_path / "a")
+    b = compare_local(SMALL, req, policy, tmp_path / "b")
+    c = compare_local(SMALL, req.model_copy(update={"seed": 9}), policy, tmp_path / "c")
+    assert a["cleanroom_view"]["noisy"] and a["cleanroom_view"]["cells_suppressed"] is None
+    assert a["cleanroom"]["score"] == b["cleanroom"]["score"] and a["cleanroom_view"] == b["cleanroom_view"]
+    assert a["cleanroom"]["score"] != c["cleanroom"]["score"]
+
+
 def test_compare_local_refuses_bad_requests_with_a_status(tmp_path: Path) -> None:
     policy = CleanRoomPolicy(retailer="acme", k=20, mode="exact", trusted_tenants=["brewmax"])
     with pytest.raises(ComparisonError, match="unknown manufacturer") as e:
