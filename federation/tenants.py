@@ -62,6 +62,13 @@ class Tenant(BaseModel):
     rate_limit_per_minute: int = Field(
         default=600, gt=0, description="Requests per minute (per router replica)."
     )
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Share of the engines under contention (fair queueing): a tenant of weight 2 gets twice "
+        "the slots of a tenant of weight 1 while both wait.",
+    )
 
     def may_use(self, adapter_id: str, owner: str, private: bool) -> bool:
         """True when the tenant may compose adapter ``adapter_id`` owned by ``owner``."""

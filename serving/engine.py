@@ -136,9 +136,12 @@ class EngineDeployment:
             self._inflight[lora_name] -= 1
 
     async def stats(self) -> dict[str, Any]:
-        """Replica id, adapters resident in vLLM, loads and evictions so far."""
+        """Replica id (and Ray actor name), adapters resident in vLLM, loads and evictions so far."""
+        import ray
+
         return {
             "replica": self._replica,
+            "actor": ray.get_runtime_context().get_actor_name(),
             "adapters": self._engine.loaded_adapters(),
             "loads": self._loads,
             "evictions": self._evictions,

@@ -53,6 +53,21 @@ class RouterMetrics:
             description="Requests served per adapter.",
             tag_keys=("component",),
         )
+        self.sheds = Counter(
+            "rmn_requests_shed_total",
+            description="Requests refused by admission control (503 at once), by reason.",
+            tag_keys=("reason",),
+        )
+        self.retries = Counter(
+            "rmn_request_retries_total",
+            description="Requests retried on another engine replica, by reason.",
+            tag_keys=("reason",),
+        )
+        self.queue_wait = Histogram(
+            "rmn_queue_wait_seconds",
+            description="Time a request waited in the router's fair queue before dispatch.",
+            boundaries=LATENCY_BUCKETS,
+        )
 
     def label(self, composition: str | None) -> str:
         """Bounded label for a composite id (None: the base model)."""

@@ -5,8 +5,13 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/model
 Every answer carries ``x-request-id``; generations also ``x-rmn-model`` (the version-pinned stack that
 served it), ``x-rmn-composite`` (its content-addressed id) and ``x-rmn-replica``. Errors use OpenAI's
 shape: 400 malformed, 401 no/invalid key, 403 forbidden component, 404 unknown model, 429 rate limit,
-503 overloaded (both with Retry-After), 504 past the deadline. The router never reads adapter weights:
-engine replicas compose and load them on their own node.
+503 overloaded or engine replica lost (both with Retry-After), 504 past the deadline. The router never
+reads adapter weights: engine replicas compose and load them on their own node.
+
+Under pressure: generations pass a :class:`serving.admission.FairScheduler` (fair per-tenant queues, a fast
+503 when the estimated wait is too long); a request whose engine replica dies or drains before anything
+reached the client (non-streaming: before the answer; streaming: before the first chunk) is retried once on
+another replica, and answered 503 + Retry-After if that fails too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -32,6 +38,7 @@ from federation.access import Gate
 from federation.errors import GateError
 from federation.graph import composition_graph
 from federation.tenants import Role, Tenant
+from serving.admission import FairScheduler, Lease, Shed
 from serving.config import AppConfig
 from serving.metrics import RouterMetrics
 from serving.replies import Body, Head, Reply, error_body
@@ -55,6 +62,38 @@ def _is_backpressure(e: BaseException) -> bool:
             return True
         seen = getattr(seen, "cause", None) or seen.__cause__
     return False
+
+
+_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+class _EnginesFull(Exception):
+    """Serve refused a dispatched request (its queue is full): the engines have fewer slots than the
+    scheduler thought. Nothing reached the client."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _replica_lost(e: BaseException) -> bool:
+    """True when the engine replica died, became unreachable or was shutting down (the request never ran
+    to completion there, so running it elsewhere is safe before anything reached the client)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, _LOST) or type(seen).__name__ in ("ActorDiedError", "ActorUnavailableError"):
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return False
+
+
+def _cost(body: dict[str, Any], default: int) -> float:
+    """A request's cost for admission: 1 + the output tokens it asks for (malformed values: the default;
+    the engine answers them 400)."""
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked < 1_000_000:
+        return 1.0 + asked
+    return 1.0 + default
 
 
 def _cancel(gen: Any) -> None:
@@ -105,6 +144,48 @@ class Router:
             config.adapters.compress_overflow,
         )
         self._metrics = RouterMetrics(config.federation.metrics_top_n if config.federation else 20)
+        adm = config.admission
+        self._scheduler: FairScheduler | None = None
+        if adm.enabled:
+            weights = {t.id: t.weight for t in config.federation.tenants} if config.federation else {}
+            self._scheduler = FairScheduler(
+                adm.slots or self._default_slots(None),
+                max_wait_s=adm.max_wait_share * config.http.request_timeout_s,
+                initial_service_s=adm.initial_token_s,
+                max_queue=adm.max_queue,
+                weights=weights,
+                lease_ttl_s=config.http.request_timeout_s + 30,
+            )
+        self._slots_checked = 0.0
+
+    def _default_slots(self, running_engines: int | None) -> int:
+        """Engine concurrency per router replica: running engine replicas (else the configured count)
+        x max_ongoing_requests / router replicas."""
+        eng, rtr = self._cfg.engine_deployment, self._cfg.router_deployment
+        if running_engines is None:
+            running_engines = eng.autoscaling.min_replicas if eng.autoscaling else eng.num_replicas
+        routers = rtr.autoscaling.min_replicas if rtr.autoscaling else rtr.num_replicas
+        return max(1, max(running_engines, 1) * eng.max_ongoing_requests // max(routers, 1))
+
+    async def _refresh_slots(self) -> None:
+        """Follow the engine deployment's running replicas (autoscaling, replaced replicas), every 2 s."""
+        if self._scheduler is None or self._cfg.admission.slots is not None:
+            return
+        now = time.monotonic()
+        if now - self._slots_checked < 2:
+            return
+        self._slots_checked = now
+        try:
+            app = serve.get_replica_context().app_name
+            status = await asyncio.to_thread(serve.status)
+            states = status.applications[app].deployments["engine"].replica_states
+            running = sum(
+                int(n) for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"
+            )
+        except Exception:  # outside Serve, or the controller is busy: keep the current value
+            return
+        if running:
+            self._scheduler.set_slots(self._default_slots(running))
 
     # ---- probes ----------------------------------------------------------------------------
     @api.get("/healthz")
@@ -299,15 +380,116 @@ class Router:
         client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if body.get("stream"):  # ask for usage (token metrics); hidden again unless the client asked
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        lease: Lease | None = None
+        cost = _cost(body, self._cfg.admission.default_max_tokens)
+        if self._scheduler is not None:
+            await self._refresh_slots()
+            try:
+                lease = await asyncio.wait_for(
+                    self._scheduler.acquire(tenant.id if tenant else "anonymous", cost),
+                    timeout=deadline - time.monotonic(),
+                )
+            except Shed as e:
+                self._metrics.sheds.inc(tags={"reason": e.reason})
+                err = _error(
+                    str(e), 503, "service_unavailable", {**headers, "retry-after": str(e.retry_after_s)}
+                )
+                return self._finish(label, 503, started, err)
+            except TimeoutError:
+                return self._deadline_exceeded(None, label, started, headers)
+            self._metrics.queue_wait.observe(lease.waited_s)
+        for attempt in (0, 1):
+            try:
+                response = await self._dispatch(
+                    kind,
+                    body,
+                    lora_name,
+                    stack,
+                    label,
+                    started,
+                    deadline,
+                    headers,
+                    request_id,
+                    client_usage,
+                    lease,
+                )
+                break
+            except _EnginesFull as full:
+                self._release(lease)
+                lease = None
+                if self._scheduler is None or attempt:
+                    return self._engine_failed(full.error, None, label, started, headers, request_id)
+                # fewer engine slots than we thought (a replica lost or starting): shrink, queue again
+                self._scheduler.set_slots(max(1, self._scheduler.inflight))
+                self._slots_checked = 0.0
+                self._metrics.retries.inc(tags={"reason": "engines_full"})
+                try:
+                    lease = await asyncio.wait_for(
+                        self._scheduler.acquire(tenant.id if tenant else "anonymous", cost),
+                        timeout=deadline - time.monotonic(),
+                    )
+                except Shed as e:
+                    self._metrics.sheds.inc(tags={"reason": e.reason})
+                    err = _error(
+                        str(e), 503, "service_unavailable", {**headers, "retry-after": str(e.retry_after_s)}
+                    )
+                    return self._finish(label, 503, started, err)
+                except TimeoutError:
+                    return self._deadline_exceeded(None, label, started, headers)
+            except BaseException:
+                self._release(lease)
+                raise
+        if not isinstance(response, StreamingResponse):
+            self._release(lease)
+        return response
+
+    def _release(self, lease: Lease | None) -> None:
+        if lease is not None and self._scheduler is not None:
+            self._scheduler.release(lease)
+
+    async def _dispatch(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        lora_name: str,
+        stack: Any,
+        label: str,
+        started: float,
+        deadline: float,
+        headers: dict[str, str],
+        request_id: str,
+        client_usage: bool,
+        lease: Lease | None,
+    ) -> Response:
+        """Call the engine; retry once on another replica when the first one was lost before anything
+        reached the client (see the module text)."""
         handle = self._engine.options(stream=True, multiplexed_model_id=lora_name)
-        gen: Any = None
-        try:
-            gen = handle.generate.remote(kind, body)  # may raise BackPressureError at once
-            head: Head = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
-        except TimeoutError:
-            return self._deadline_exceeded(gen, label, started, headers)
-        except Exception as e:
-            return self._engine_failed(e, gen, label, started, headers, request_id)
+        for attempt in (0, 1):
+            gen: Any = None
+            first: Any = None
+            try:
+                if attempt:
+                    body = {**body, "request_id": f"{request_id}-retry"}
+                gen = handle.generate.remote(kind, body)  # may raise BackPressureError at once
+                head: Head = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
+                if head.stream:  # the first chunk too: until it exists the client has seen nothing
+                    with contextlib.suppress(StopAsyncIteration):
+                        first = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
+                else:
+                    first = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
+            except TimeoutError:
+                return self._deadline_exceeded(gen, label, started, headers)
+            except Exception as e:
+                if _is_backpressure(e) and lease is not None:
+                    _cancel(gen)
+                    raise _EnginesFull(e) from e
+                if _replica_lost(e) and attempt == 0:
+                    _cancel(gen)
+                    self._metrics.retries.inc(tags={"reason": "replica_lost"})
+                    log.warning("engine replica lost; retrying once", extra={"request_id": request_id})
+                    continue
+                return self._engine_failed(e, gen, label, started, headers, request_id)
+            break
         headers["x-rmn-replica"] = str(head.replica)
         headers["x-rmn-model"] = head.lora_name or self._cfg.model.served_name
         log.info(
@@ -324,19 +506,14 @@ class Router:
             for part in stack.parts:
                 self._metrics.components.inc(tags={"component": part.id})
         if not head.stream:
-            try:
-                item: Body = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
-            except TimeoutError:
-                return self._deadline_exceeded(gen, label, started, headers)
-            except Exception as e:
-                return self._engine_failed(e, gen, label, started, headers, request_id)
+            item: Body = first
             self._count_tokens(label, item.body.get("usage"))
             self._metrics.ttft.observe(time.monotonic() - started, tags={"composition": label})
             return self._finish(
                 label, head.status, started, JSONResponse(item.body, status_code=head.status, headers=headers)
             )
         return StreamingResponse(
-            self._sse(gen, deadline, started, label, client_usage, request_id),
+            self._sse(gen, first, deadline, started, label, client_usage, request_id, lease),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -351,6 +528,11 @@ class Router:
             err = _error(
                 "server overloaded, retry later", 503, "service_unavailable", {**headers, "retry-after": "1"}
             )
+            return self._finish(label, 503, started, err)
+        if _replica_lost(e):
+            log.error("engine replica lost twice", extra={"request_id": request_id, "error": repr(e)})
+            message = f"the engine replica serving this request was lost; retry (request id {request_id})"
+            err = _error(message, 503, "service_unavailable", {**headers, "retry-after": "2"})
             return self._finish(label, 503, started, err)
         log.error("engine call failed", extra={"request_id": request_id, "error": repr(e)})
         message = f"the engine failed to answer: {type(e).__name__} (request id {request_id})"
@@ -376,15 +558,27 @@ class Router:
             )
 
     async def _sse(
-        self, gen: Any, deadline: float, started: float, label: str, client_usage: bool, request_id: str
+        self,
+        gen: Any,
+        first_chunk: str | None,
+        deadline: float,
+        started: float,
+        label: str,
+        client_usage: bool,
+        request_id: str,
+        lease: Lease | None = None,
     ) -> AsyncIterator[str]:
-        """Relay SSE chunks (recording TTFT and usage); past the deadline or when the engine fails
-        mid-stream, end with an OpenAI-shaped error event and ``[DONE]``."""
+        """Relay SSE chunks (``first_chunk`` already read; recording TTFT and usage); past the deadline or
+        when the engine fails mid-stream, end with an OpenAI-shaped error event and ``[DONE]``."""
         status, first = 200, True
+        pending = first_chunk
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
+                    if pending is not None:
+                        chunk, pending = pending, None
+                    else:
+                        chunk = await asyncio.wait_for(gen.__anext__(), timeout=deadline - time.monotonic())
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
@@ -409,4 +603,5 @@ class Router:
                 yield chunk
         finally:
             _cancel(gen)
+            self._release(lease)
             self._finish(label, status, started, Response())

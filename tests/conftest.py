@@ -166,7 +166,7 @@ def make_app_config(
                 "num_replicas": 2,
                 "num_cpus": 0.05 if fake else 0.5,
                 "max_ongoing_requests": 4,
-                "max_queued_requests": 4,
+                "max_queued_requests": 64,  # the router's fair queue is the queue; this only absorbs lost capacity
                 "graceful_shutdown_timeout_s": 5,
                 "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
             },

@@ -9,7 +9,8 @@ answered by a JSON object that matches the schema's enums and required keys. Ada
 removed like vLLM's (the PEFT directory must exist and hold ``adapter_config.json``).
 
 Faults for tests: ``engine.fake_token_delay_s`` paces the words (deadlines, overload); a prompt that
-contains ``FAKE_FAIL`` makes :meth:`handle` raise after the head, as a crashing engine would.
+contains ``FAKE_FAIL`` makes :meth:`handle` raise after the head, as a crashing engine would; ``FAKE_BREAK``
+makes a stream raise after its first chunk (a failure mid-stream).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from serving.engines.protocol import Kind
 from serving.replies import Body, EngineItem, Head, error_items
 
 FAKE_FAIL = "FAKE_FAIL"
+FAKE_BREAK = "FAKE_BREAK"
 _WORDS = (
     "ad",
     "shelf",
@@ -190,6 +192,8 @@ class FakeEngine:
         chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         for i, word in enumerate(words):
             await asyncio.sleep(self._delay)
+            if i == 1 and FAKE_BREAK in prompt:
+                raise RuntimeError("fake engine failure mid-stream (FAKE_BREAK in the prompt)")
             piece = word if i == 0 else f" {word}"
             last = i == len(words) - 1
             if kind == "chat":

@@ -82,13 +82,13 @@ def test_two_replica_adapter_affinity(serve_url: str) -> None:
 
 
 def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
-    """2 replicas x (4 ongoing) + 4 queued: a burst of 40 requests must see 503s, never a hang. Accepted
-    work (12 x 0.2 s over 8 slots) is far inside the 3 s deadline: a 504 here would be a queue that admits
-    more than it can serve."""
+    """2 replicas x 4 ongoing = 8 slots; a burst of 40 requests of 1 s each is 5 s of queue, above the
+    admission limit (half the 3 s deadline): 503s at once, never a hang; what is admitted finishes inside
+    the deadline (a 504 here would be a queue that admits more than it can serve)."""
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120, headers=ADMIN) as c:
-            body = {"model": "base", "messages": MSG, "max_tokens": 20, "temperature": 0, "ignore_eos": True}
+            body = {"model": "base", "messages": MSG, "max_tokens": 100, "temperature": 0, "ignore_eos": True}
             return await asyncio.gather(
                 *[c.post(f"{serve_url}/v1/chat/completions", json=body) for _ in range(40)]
             )
@@ -101,7 +101,7 @@ def test_overload_answers_503_at_once_and_loses_nothing(serve_url: str) -> None:
         if r.status_code == 503:
             assert r.headers.get("retry-after") and r.json()["error"]["code"] == 503, (r.headers, r.text)
         else:
-            assert r.json()["usage"]["completion_tokens"] == 20
+            assert r.json()["usage"]["completion_tokens"] == 100
 
 
 @pytest.mark.parametrize(
@@ -157,10 +157,19 @@ def test_engine_failure_is_an_openai_500_not_plain_text(serve_url: str) -> None:
     assert (
         err["code"] == 500 and err["type"] == "server_error" and r.headers["x-request-id"] in err["message"]
     )
+    # streaming, failing before the first chunk: nothing was sent yet, so the same JSON 500
+    r = httpx.post(
+        f"{serve_url}/v1/chat/completions", json={**body, "stream": True}, headers=ADMIN, timeout=30
+    )
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+    # failing after the first chunk: the stream ends with an OpenAI-shaped error event and [DONE]
+    broken = {**body, "messages": [{"role": "user", "content": "FAKE_BREAK now"}], "stream": True}
     with httpx.stream(
-        "POST", f"{serve_url}/v1/chat/completions", json={**body, "stream": True}, headers=ADMIN, timeout=30
+        "POST", f"{serve_url}/v1/chat/completions", json=broken, headers=ADMIN, timeout=30
     ) as s:
+        assert s.status_code == 200
         events = [ln[6:] for ln in s.iter_lines() if ln.startswith("data: ")]
+    assert json.loads(events[0])["choices"][0]["delta"]["content"]  # the first chunk arrived
     assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == 500
 
 

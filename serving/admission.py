@@ -1,0 +1,217 @@
+"""Admission control and fair queueing in front of the engine deployment (one per router replica).
+
+Contract of :class:`FairScheduler`:
+- at most ``slots`` requests are dispatched to the engines at once (the engines' concurrency, so Serve's own
+  queue stays empty and waiting happens here, where it can be fair and measured);
+- a request that finds no free slot waits in its tenant's queue; queues are served by start-time fair queueing
+  (a tenant of weight w gets w shares of the slots while it has waiters), so a tenant flooding the router cannot
+  starve a light one: the light tenant's request is served after at most one turn of each active tenant;
+- before queueing, the wait is ESTIMATED from the measured service time per unit of cost (EWMA over
+  completed requests, from dispatch to end; a request's cost is what the caller says, e.g. its max_tokens) and
+  the cost of the requests ahead of it in fair order; when it exceeds ``max_wait_s`` the request is
+  refused at once (:class:`Shed`, HTTP 503 + Retry-After), so an accepted request starts within ``max_wait_s``
+  and overload becomes fast refusals, not long waits. ``max_queue`` bounds the waiters in all;
+- nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
+Pure asyncio; no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+class Shed(Exception):
+    """Refused before queueing: ``reason`` (``queue_wait`` or ``queue_full``), ``retry_after_s``."""
+
+    def __init__(self, message: str, reason: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Waiter:
+    tag: float
+    cost: float
+    future: asyncio.Future[None]
+
+
+@dataclass
+class _Tenant:
+    weight: float
+    queue: deque[_Waiter] = field(default_factory=deque)
+    last_tag: float = 0.0
+    inflight: int = 0
+
+
+@dataclass(eq=False)
+class Lease:
+    """A dispatched request: give it back with :meth:`FairScheduler.release` (once; again is a no-op)."""
+
+    tenant: str
+    started: float
+    waited_s: float
+    cost: float = 1.0
+
+
+class FairScheduler:
+    """See the module contract. ``weights``: tenant -> weight (default 1)."""
+
+    def __init__(
+        self,
+        slots: int,
+        max_wait_s: float,
+        initial_service_s: float = 1.0,
+        max_queue: int = 1024,
+        weights: dict[str, float] | None = None,
+        lease_ttl_s: float = 600.0,
+    ) -> None:
+        self.slots = max(1, slots)
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.unit_s = initial_service_s  # seconds per unit of cost (EWMA)
+        self._weights = dict(weights or {})
+        self._tenants: dict[str, _Tenant] = {}
+        self._inflight = 0
+        self._leases: dict[int, Lease] = {}
+        self.lease_ttl_s = (
+            lease_ttl_s  # a lease older than this was leaked (its request is past its deadline)
+        )
+        self._vtime = 0.0  # virtual time: the tag of the last request dispatched
+        self.shed_counts: dict[str, int] = {"queue_wait": 0, "queue_full": 0}
+
+    # ---- what the router reads ----------------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        """Requests dispatched and not yet released."""
+        return self._inflight
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued in all."""
+        return sum(len(t.queue) for t in self._tenants.values())
+
+    def set_slots(self, slots: int) -> None:
+        """Resize (the engine deployment scaled); waiters are dispatched into new slots at once."""
+        self.slots = max(1, slots)
+        self._dispatch()
+
+    def estimate_wait(self, tenant: str) -> float:
+        """Seconds a new request of ``tenant`` would wait before dispatch (0 with a free slot): the cost
+        ahead of it in fair order, plus about half of what runs now, over the slots."""
+        if self._inflight < self.slots and not self.waiting:
+            return 0.0
+        running = sum(lease.cost for lease in self._leases.values()) / max(len(self._leases), 1)
+        return (self._ahead_cost(tenant) + running / 2) * self.unit_s / self.slots
+
+    # ---- the request path ----------------------------------------------------------------------
+    async def acquire(self, tenant: str, cost: float = 1.0) -> Lease:
+        """Dispatch now, or queue fairly, or raise :class:`Shed` (see the module contract)."""
+        t0 = time.monotonic()
+        self._reap(t0)
+        state = self._tenant(tenant)
+        if self._inflight < self.slots and not self.waiting:
+            return self._start(state, tenant, t0, cost)
+        wait = self.estimate_wait(tenant)
+        if self.waiting >= self.max_queue:
+            self.shed_counts["queue_full"] += 1
+            raise Shed("server overloaded: the queue is full, retry later", "queue_full", _retry(wait))
+        if wait > self.max_wait_s:
+            self.shed_counts["queue_wait"] += 1
+            raise Shed(
+                f"server overloaded: the estimated wait ({wait:.1f}s) exceeds {self.max_wait_s:.1f}s, retry later",
+                "queue_wait",
+                _retry(wait - self.max_wait_s),
+            )
+        tag = max(self._vtime, state.last_tag) + 1.0 / state.weight
+        state.last_tag = tag
+        waiter = _Waiter(tag, cost, asyncio.get_running_loop().create_future())
+        state.queue.append(waiter)
+        try:
+            await waiter.future
+        except BaseException:
+            if waiter in state.queue:  # gave up while queued: nothing to release
+                state.queue.remove(waiter)
+            elif waiter.future.done() and not waiter.future.cancelled():
+                self._release_slot(state)  # dispatched just as it was cancelled: hand the slot on
+            raise
+        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost))
+
+    def release(self, lease: Lease) -> None:
+        """The request ended (any outcome): update the service time and dispatch the next waiter."""
+        if self._leases.pop(id(lease), None) is None:
+            return
+        seconds = time.monotonic() - lease.started
+        self.unit_s = 0.8 * self.unit_s + 0.2 * seconds / max(lease.cost, 1e-9)
+        self._release_slot(self._tenant(lease.tenant))
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _tenant(self, tenant: str) -> _Tenant:
+        state = self._tenants.get(tenant)
+        if state is None:
+            state = self._tenants[tenant] = _Tenant(max(self._weights.get(tenant, 1.0), 1e-3))
+        return state
+
+    def _start(self, state: _Tenant, tenant: str, t0: float, cost: float) -> Lease:
+        self._inflight += 1
+        state.inflight += 1
+        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost))
+
+    def _track(self, lease: Lease) -> Lease:
+        self._leases[id(lease)] = lease
+        return lease
+
+    def _reap(self, now: float) -> None:
+        """Reclaim leaked leases (a response never iterated, so never released)."""
+        for key, lease in list(self._leases.items()):
+            if now - lease.started > self.lease_ttl_s:
+                del self._leases[key]
+                self._release_slot(self._tenant(lease.tenant))
+
+    def _release_slot(self, state: _Tenant) -> None:
+        self._inflight -= 1
+        state.inflight -= 1
+        self._dispatch()
+        self._forget_idle()
+
+    def _dispatch(self) -> None:
+        while self._inflight < self.slots:
+            best: _Tenant | None = None
+            for state in self._tenants.values():
+                if state.queue and (best is None or state.queue[0].tag < best.queue[0].tag):
+                    best = state
+            if best is None:
+                return
+            waiter = best.queue.popleft()
+            if waiter.future.done():  # cancelled meanwhile
+                continue
+            self._vtime = waiter.tag
+            self._inflight += 1
+            best.inflight += 1
+            waiter.future.set_result(None)
+
+    def _ahead_cost(self, tenant: str) -> float:
+        """Cost of the requests that fair order puts before a new one of ``tenant``."""
+        me = self._tenants.get(tenant)
+        mine = len(me.queue) if me else 0
+        w = me.weight if me else max(self._weights.get(tenant, 1.0), 1e-3)
+        ahead = sum(x.cost for x in me.queue) if me else 0.0
+        for name, state in self._tenants.items():
+            if name != tenant and state.queue:
+                n = math.ceil((mine + 1) * state.weight / w)
+                ahead += sum(x.cost for x in list(state.queue)[:n])
+        return ahead
+
+    def _forget_idle(self) -> None:
+        """Drop idle tenants' state (bounded memory for any number of tenants)."""
+        if len(self._tenants) > 64:
+            for name in [n for n, s in self._tenants.items() if not s.queue and not s.inflight]:
+                del self._tenants[name]
+
+
+def _retry(seconds: float) -> int:
+    return max(1, math.ceil(seconds))

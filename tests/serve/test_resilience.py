@@ -1,0 +1,180 @@
+"""Faults and overload as they happen (Serve tier, FakeEngine at 10 ms per word, 2 engine replicas x 4
+ongoing requests, a 3 s deadline): an engine replica killed through Ray's actor API under load, a burst at
+4x the measured capacity, one tenant flooding while another asks lightly."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import statistics
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.replicas import engine_stats
+from tests.serve.conftest import APP
+from tests.tenants import ADMIN, auth
+
+pytestmark = pytest.mark.serve
+
+T0: dict[str, float] = {}
+MODELS = ["base", "base:alpha", "base:beta", "base:alpha*0.5+beta*0.5", "base:beta+gamma"]
+
+
+def _chat(model: str, max_tokens: int, text: str = "hello") -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+
+
+async def _one(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> dict[str, Any]:
+    t = time.monotonic()
+    T0.setdefault("t", t)
+    try:
+        r = await client.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=15)
+    except Exception as e:  # no answer at all: what must never happen
+        return {"status": None, "error": repr(e), "s": time.monotonic() - t}
+    shaped = True
+    if r.status_code != 200:
+        try:
+            err = r.json()["error"]
+            shaped = isinstance(err["message"], str) and err["code"] == r.status_code
+        except Exception:
+            shaped = False
+    text = r.text[:200] if r.status_code != 200 else ""
+    return {
+        "status": r.status_code,
+        "shaped": shaped,
+        "s": time.monotonic() - t,
+        "headers": dict(r.headers),
+        "text": text,
+        "at": round(t - T0["t"], 2),
+    }
+
+
+def _engine_running() -> int:
+    from ray import serve
+
+    states = serve.status().applications[APP].deployments["engine"].replica_states
+    return sum(int(n) for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+
+
+def test_killing_an_engine_replica_under_load_loses_nothing(serve_url: str) -> None:
+    import ray
+
+    victim = next(iter(engine_stats(APP).values()))["actor"]
+
+    async def main() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        stop = time.monotonic() + 6.0
+
+        async def client(i: int) -> None:
+            async with httpx.AsyncClient() as c:
+                n = 0
+                while time.monotonic() < stop:
+                    out.append(await _one(c, serve_url, _chat(MODELS[(i + n) % len(MODELS)], 10), ADMIN))
+                    n += 1
+
+        async def killer() -> None:
+            await asyncio.sleep(1.5)
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+
+        await asyncio.gather(*(client(i) for i in range(12)), killer())
+        return out
+
+    results = asyncio.run(main())
+    killed_at = time.monotonic()
+    codes = collections.Counter(r["status"] for r in results)
+    assert None not in codes, [r for r in results if r["status"] is None][:3]  # every request got an answer
+    assert all(r["shaped"] for r in results), [r for r in results if not r["shaped"]][:3]
+    assert codes[200] >= 0.9 * len(results), (
+        codes,
+        [(r["at"], r["status"], round(r["s"], 2)) for r in results if r["status"] != 200],
+    )
+    assert set(codes) <= {200, 503}, codes  # a lost replica is retried, else 503 + Retry-After
+    assert all(r["headers"].get("retry-after") for r in results if r["status"] == 503)
+    while _engine_running() < 2:  # back to full strength (Serve replaces the replica)
+        assert time.monotonic() - killed_at < 90, "the engine deployment did not recover within 90 s"
+        time.sleep(0.5)
+    assert victim not in {s["actor"] for s in engine_stats(APP).values()}
+    print(
+        f"killed under load: {dict(codes)}; full strength again {time.monotonic() - killed_at:.1f}s after the load"
+    )
+
+
+def _capacity(serve_url: str, tokens: int) -> float:
+    """Requests per second the fake app serves with 8 closed-loop clients (its 8 engine slots)."""
+
+    async def main() -> int:
+        done = 0
+        stop = time.monotonic() + 3.0
+
+        async def client() -> None:
+            nonlocal done
+            async with httpx.AsyncClient() as c:
+                while time.monotonic() < stop:
+                    r = await _one(c, serve_url, _chat("base", tokens), ADMIN)
+                    done += r["status"] == 200
+
+        await asyncio.gather(*(client() for _ in range(8)))
+        return done
+
+    return asyncio.run(main()) / 3.0
+
+
+def test_overload_at_4x_capacity_sheds_fast_and_serves_the_rest_in_time(
+    serve_url: str, app_config: Any
+) -> None:
+    tokens = 40  # 0.4 s per request
+    capacity = _capacity(serve_url, tokens)
+    rate, seconds = 4 * capacity, 5.0
+
+    async def main() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=500)) as c:
+            tasks = []
+            start = time.monotonic()
+            for i in range(int(rate * seconds)):  # open loop: arrivals do not wait for answers
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+                tasks.append(asyncio.create_task(_one(c, serve_url, _chat("base", tokens), ADMIN)))
+            return list(await asyncio.gather(*tasks))
+
+    results = asyncio.run(main())
+    deadline = app_config.http.request_timeout_s
+    codes = collections.Counter(r["status"] for r in results)
+    shed = sorted(r["s"] for r in results if r["status"] == 503)
+    served = [r["s"] for r in results if r["status"] == 200]
+    assert set(codes) <= {200, 503} and codes[503] and codes[200], codes  # nothing waited into a 504
+    assert shed[int(0.99 * (len(shed) - 1))] < 1.0, shed[-5:]  # p99 time to refusal
+    assert max(served) < deadline, max(served)
+    assert all(r["headers"].get("retry-after") for r in results if r["status"] == 503)
+    print(f"capacity {capacity:.1f}/s, offered {rate:.1f}/s: {dict(codes)}, p99 refusal {shed[-1]:.3f}s")
+
+
+def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
+    tokens = 20
+
+    async def light_p50(flood: bool) -> float:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as c:
+            stop = time.monotonic() + 4.0
+            light: list[float] = []
+
+            async def flooder() -> None:
+                while time.monotonic() < stop:
+                    await _one(c, serve_url, _chat("base", tokens), auth("brand_y"))
+
+            async def lighter() -> None:
+                while time.monotonic() < stop:
+                    r = await _one(c, serve_url, _chat("base", tokens), auth("brand_x"))
+                    if r["status"] == 200:
+                        light.append(r["s"])
+                    await asyncio.sleep(0.2)
+
+            await asyncio.gather(lighter(), *(flooder() for _ in range(40 if flood else 0)))
+            return statistics.median(light)
+
+    alone = asyncio.run(light_p50(False))
+    loaded = asyncio.run(light_p50(True))
+    assert loaded <= 2 * alone, (alone, loaded)
+    print(f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s")

@@ -1,0 +1,133 @@
+"""The router's fair scheduler (serving/admission.py): dispatch, fair queues, fast shedding, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.admission import FairScheduler, Shed
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, timeout=10))  # a scheduler bug hangs: fail instead
+
+
+def test_free_slots_dispatch_at_once_and_the_rest_queue_until_the_wait_is_too_long() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=2, max_wait_s=2.2, initial_service_s=1.0)
+        a, b = await s.acquire("t"), await s.acquire("t")
+        assert s.inflight == 2 and a.waited_s < 0.01
+        queued = [asyncio.create_task(s.acquire("t")) for _ in range(4)]  # waits 0.25 .. 1.75 s
+        await asyncio.sleep(0)
+        assert s.waiting == 4
+        assert s.estimate_wait("t") == pytest.approx(2.25)  # (4 ahead + half of one running) x 1 s / 2 slots
+        with pytest.raises(Shed) as e:
+            await s.acquire("t")
+        assert e.value.reason == "queue_wait" and e.value.retry_after_s >= 1
+        s.release(a)
+        await asyncio.sleep(0)
+        assert queued[0].done() and s.inflight == 2 and s.waiting == 3
+        s.release(a)  # twice: a no-op
+        assert s.inflight == 2
+        for t in queued[1:]:
+            t.cancel()
+        await asyncio.sleep(0)
+        assert s.waiting == 0
+        s.release(b)
+        s.release(queued[0].result())
+        assert s.inflight == 0
+
+    run(main())
+
+
+def test_a_flooding_tenant_cannot_starve_a_light_one() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=1000, initial_service_s=1.0)
+        first = await s.acquire("flood")
+        order: list[str] = []
+
+        async def ask(tenant: str) -> None:
+            lease = await s.acquire(tenant)
+            order.append(tenant)
+            await asyncio.sleep(0)
+            s.release(lease)
+
+        tasks = [asyncio.create_task(ask("flood")) for _ in range(20)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(ask("light")))
+        await asyncio.sleep(0)
+        s.release(first)
+        await asyncio.gather(*tasks)
+        assert order.index("light") <= 1  # after at most one turn of the flooding tenant
+
+    run(main())
+
+
+def test_weights_share_the_slots() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=1000, initial_service_s=1.0, weights={"gold": 3.0})
+        blocker = await s.acquire("x")
+        order: list[str] = []
+
+        async def ask(tenant: str) -> None:
+            lease = await s.acquire(tenant)
+            order.append(tenant)
+            await asyncio.sleep(0)
+            s.release(lease)
+
+        tasks = [asyncio.create_task(ask(t)) for t in ["bronze"] * 8 + ["gold"] * 24]
+        await asyncio.sleep(0)
+        s.release(blocker)
+        await asyncio.gather(*tasks)
+        first16 = order[:16]
+        assert first16.count("gold") == 12 and first16.count("bronze") == 4  # 3:1 while both wait
+
+    run(main())
+
+
+def test_the_estimate_follows_the_measured_service_time_and_the_queue_is_bounded() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=100, initial_service_s=10.0, max_queue=2)
+        for _ in range(20):  # fast requests: the estimate drops from 10 s per unit towards 0
+            s.release(await s.acquire("t", cost=5))
+        assert s.unit_s < 0.2
+        held = await s.acquire("t")
+        waiting = [asyncio.create_task(s.acquire(f"t{i}")) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Shed) as e:
+            await s.acquire("t9")
+        assert e.value.reason == "queue_full" and s.shed_counts["queue_full"] == 1
+        s.release(held)
+        for w in waiting:
+            s.release(await w)
+        assert s.inflight == 0 and s.waiting == 0
+
+    run(main())
+
+
+def test_leaked_leases_are_reclaimed() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=0.01, initial_service_s=1.0, lease_ttl_s=0.05)
+        await s.acquire("t")  # never released (a response never iterated)
+        with pytest.raises(Shed):
+            await s.acquire("t")
+        await asyncio.sleep(0.06)
+        s.release(await s.acquire("t"))  # the leaked slot was reclaimed
+        assert s.inflight == 0
+
+    run(main())
+
+
+def test_the_wait_counts_what_is_ahead_by_cost() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=1000, initial_service_s=0.01)
+        held = await s.acquire("t", cost=100)
+        big = asyncio.create_task(s.acquire("t", cost=300))
+        await asyncio.sleep(0)
+        # a new request waits for the 300-token request ahead plus half of the running 100: 3.5 s
+        assert s.estimate_wait("t") == pytest.approx(3.5)
+        s.release(held)
+        s.release(await big)
+
+    run(main())
