@@ -4,7 +4,9 @@ Contract: :meth:`CompositeCache.get_or_build` returns the directory of the compo
 stack, building it at most once per node even under concurrent callers (a thread lock plus an
 ``flock`` across processes), publishing by atomic rename (a crash mid-build leaves only a
 ``.tmp-*`` directory that :meth:`gc` removes) and evicting least-recently-used entries beyond
-``max_bytes``. A stack whose total rank exceeds ``max_rank`` is refused, unless ``compress`` is set:
+``max_bytes`` (eviction is serialised across processes by a cache-wide ``flock``). Memory and disk
+stay bounded for any number of composites: per-composite locks live only while someone waits on them,
+lock files are removed after use, and only the last 256 build times are kept. A stack whose total rank exceeds ``max_rank`` is refused, unless ``compress`` is set:
 then the summed delta of each module is truncated by SVD to ``max_rank`` and the measured relative
 error is recorded in the entry's ``composite.json``.
 """
@@ -19,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +42,7 @@ class CacheStats:
 
     hits: int = 0
     misses: int = 0
-    build_seconds: list[float] = field(default_factory=list)
+    build_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=256))  # the latest builds
 
 
 @dataclass(frozen=True)
@@ -124,21 +127,39 @@ class CompositeCache:
         self.compress = compress
         self.stats = CacheStats()
         self._on_event = on_event  # ("hit", 0.0) or ("build", seconds), e.g. for metrics
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, list[Any]] = {}  # cid -> [lock, users]; gone when nobody holds or waits
         self._locks_guard = threading.Lock()
 
     @contextlib.contextmanager
     def _lock(self, cid: str) -> Iterator[None]:
         with self._locks_guard:
-            lock = self._locks.setdefault(cid, threading.Lock())
-        with lock:
-            (self.root / ".locks").mkdir(exist_ok=True)
-            with open(self.root / ".locks" / f"{cid}.lock", "w") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+            entry = self._locks.setdefault(cid, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                (self.root / ".locks").mkdir(exist_ok=True)
+                path = self.root / ".locks" / f"{cid}.lock"
+                with open(path, "w") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        # another process may hold the same path's older inode; the caller re-checks the
+                        # published entry under the lock, so removing the path never allows a double build
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                        fcntl.flock(fh, fcntl.LOCK_UN)
+        finally:
+            with self._locks_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._locks.pop(cid, None)
+
+    @property
+    def lock_count(self) -> int:
+        """Per-composite locks alive now (held or waited on)."""
+        with self._locks_guard:
+            return len(self._locks)
 
     def _hit(self) -> None:
         self.stats.hits += 1
@@ -165,7 +186,12 @@ class CompositeCache:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
             try:
                 self._build(stack, tmp)
-                os.rename(tmp, dest)
+                try:
+                    os.rename(tmp, dest)
+                except OSError:
+                    if not (dest / INFO).is_file():
+                        raise
+                    shutil.rmtree(tmp, ignore_errors=True)  # a racing builder published it first
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -205,6 +231,14 @@ class CompositeCache:
         """Drop interrupted builds (their process is gone), then LRU entries until the cache fits
         ``max_bytes``; returns removals. Builds in progress (a live process's) are left alone."""
         keep = keep or set()
+        with open(self.root / ".gc.lock", "w") as fh:  # one eviction pass at a time on this node
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                return self._gc(keep)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _gc(self, keep: set[str]) -> int:
         removed = 0
         for tmp in self.root.glob(".tmp-*"):
             if _builder_alive(tmp.name):

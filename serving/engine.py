@@ -134,6 +134,8 @@ class EngineDeployment:
                 yield item.at(self._replica, lora_name or None) if isinstance(item, Head) else item
         finally:
             self._inflight[lora_name] -= 1
+            if self._inflight[lora_name] <= 0:
+                del self._inflight[lora_name]  # bounded: one entry per composition in flight, not ever seen
 
     async def stats(self) -> dict[str, Any]:
         """Replica id (and Ray actor name), adapters resident in vLLM, loads and evictions so far."""
@@ -148,7 +150,9 @@ class EngineDeployment:
             "composite_cache": {
                 "hits": self._cache.stats.hits,
                 "misses": self._cache.stats.misses,
-                "build_seconds": self._cache.stats.build_seconds[-20:],
+                "build_seconds": list(self._cache.stats.build_seconds)[-20:],
+                "locks": self._cache.lock_count,
+                "inflight_keys": len(self._inflight),
             },
         }
 

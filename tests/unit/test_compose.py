@@ -213,3 +213,51 @@ def test_gc_spares_builds_in_progress(registry: AdapterRegistry, tmp_path: Path)
     legacy.mkdir()
     cache.get_or_build(resolve(registry, parse_stack("qv4+ko8")))  # builds, then collects garbage
     assert live.is_dir() and not dead.exists() and not legacy.exists()
+
+
+_BUILDER = """
+import sys, time
+from adapters import AdapterRegistry
+from adapters.cache import CompositeCache, resolve
+from adapters.stack import parse_stack
+root, cache_dir, max_bytes, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+reg = AdapterRegistry(root, max_rank=64)
+cache = CompositeCache(cache_dir, reg, max_bytes=max_bytes)
+stacks = ["qv4*0.5+ko8"] + [f"qv4*0.{i}{tag}+ko8" for i in range(1, 9)]
+for text in stacks:
+    cache.get_or_build(resolve(reg, parse_stack(text)))
+print(cache.lock_count, cache.stats.misses, cache.stats.hits)
+"""
+
+
+def test_two_processes_keep_the_cache_within_its_bound_and_leave_no_locks(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    """Two processes build the same composite and 8 different ones each into one cache bounded to about
+    3 composites: afterwards the cache is within its bound, no lock file, build dir or lock object is
+    left, and every build succeeded (a racing publish of the same composite is a hit, not an error)."""
+    import subprocess
+    import sys
+
+    probe = CompositeCache(tmp_path / "probe", registry)
+    one = sum(f.stat().st_size for f in probe.get_or_build(resolve(registry, parse_stack("qv4+ko8"))).iterdir())
+    bound = 3 * one + one // 2
+    cache_dir = tmp_path / "shared-cache"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILDER, str(registry.root), str(cache_dir), str(bound), tag],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("1", "2")
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    for out, _ in outs:
+        locks, misses, hits = map(int, out.split())
+        assert locks == 0 and misses + hits == 9
+    entries = [d for d in cache_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    total = sum(f.stat().st_size for d in entries for f in d.iterdir())
+    assert total <= bound and 1 <= len(entries) <= 3, (total, bound, len(entries))
+    assert not list(cache_dir.glob(".tmp-*")) and not list((cache_dir / ".locks").glob("*.lock"))
