@@ -51,7 +51,15 @@ def _rss(marker: str) -> int:
 
 
 def _dir_bytes(root: Path) -> int:
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+    """Bytes under ``root`` (builds come and go while we walk: vanished files count 0)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
 
 
 def _plot(series: list[dict[str, Any]], latencies: list[tuple[float, float]], out: Path) -> None:

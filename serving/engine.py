@@ -85,6 +85,7 @@ class EngineDeployment:
         await self._engine.add_adapter(lora_name, str(path))
         self._loads += 1
         self._metrics.loads.inc()
+        self._metrics.resident.set(len(self._engine.loaded_adapters()))
         log.info("adapter loaded", extra={"lora_name": lora_name, "replica": self._replica})
         return _Resident(lora_name, self._schedule_evict)
 
@@ -106,6 +107,7 @@ class EngineDeployment:
         await self._engine.remove_adapter(lora_name)
         self._evictions += 1
         self._metrics.evictions.inc()
+        self._metrics.resident.set(len(self._engine.loaded_adapters()))
         log.info("adapter evicted", extra={"lora_name": lora_name, "replica": self._replica})
 
     async def generate(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[EngineItem]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 
 def _keys(*names: str) -> Any:
@@ -93,6 +93,10 @@ class EngineMetrics:
             "rmn_composite_build_seconds",
             description="Composite build time.",
             boundaries=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+        )
+        self.resident = Gauge(
+            "rmn_engine_loras_resident",
+            description="Adapters (or composites) resident in this engine replica's vLLM (bounded: a count).",
         )
 
 

@@ -64,6 +64,22 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
     return args
 
 
+def _bounded_ray_stat_logger() -> Any:
+    """vLLM's engine metrics (running/waiting requests, KV-cache usage, TTFT, time per output token,
+    preemptions, ...) through Ray's metrics, so the node's /metrics exports them tagged with the Serve
+    ``ReplicaId``, replacing vLLM's own Prometheus registry (which Ray does not scrape). Without
+    ``vllm:lora_requests_info``: its labels list the running adapters, one series per set of adapters
+    (unbounded with thousands of compositions); ``rmn_engine_loras_resident`` counts them instead."""
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    class BoundedRayStatLogger(RayPrometheusStatLogger):
+        def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+            super().__init__(vllm_config, engine_indexes)
+            self.gauge_lora_info = None
+
+    return BoundedRayStatLogger
+
+
 class VLLMEngine:
     """One vLLM ``AsyncLLM`` with vLLM's OpenAI serving objects and runtime LoRA add/remove."""
 
@@ -96,6 +112,7 @@ class VLLMEngine:
             usage_context=UsageContext.OPENAI_API_SERVER,
             enable_log_requests=False,
             disable_log_stats=False,
+            stat_loggers=[_bounded_ray_stat_logger()],
         )
         self._state = State()
         tasks = await self._client.get_supported_tasks()

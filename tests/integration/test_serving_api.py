@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -143,3 +144,21 @@ def test_stack_is_composed_and_served(serve_url: str) -> None:
     assert again.json()["choices"][0]["message"]["content"] == text
     order = chat(serve_url, "base:beta*0.5+alpha")
     assert order.headers["x-rmn-composite"] != r.headers["x-rmn-composite"]
+
+
+def test_vllm_engine_metrics_are_exported_through_ray(serve_url: str, app_config: Any) -> None:
+    """vLLM's own engine metrics (queue, KV cache, TTFT/TPOT) and the resident-adapter gauge reach the node's
+    /metrics through Ray (the dashboard's engine panels), tagged by Serve replica, without the unbounded
+    ``lora_requests_info`` series."""
+    from tests.serve.test_observability import assert_scraped
+    from tests.unit.test_deploy import dashboard_metrics
+
+    body = {"model": "base:alpha", "prompt": "coffee", "max_tokens": 4}
+    assert httpx.post(f"{serve_url}/v1/completions", json=body, timeout=120, headers=ADMIN).status_code == 200
+    wanted = {m for m in dashboard_metrics() if m.startswith("ray_vllm_")} | {"ray_rmn_engine_loras_resident"}
+    assert len(wanted) >= 5
+    assert_scraped(wanted, app_config.http.metrics_port)
+    text = httpx.get(f"http://127.0.0.1:{app_config.http.metrics_port}/metrics", timeout=10).text
+    running = [ln for ln in text.splitlines() if ln.startswith("ray_vllm_num_requests_running{")]
+    assert running and all('ReplicaId="' in ln for ln in running)
+    assert "lora_requests_info" not in text

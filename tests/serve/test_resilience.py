@@ -178,3 +178,10 @@ def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
     loaded = asyncio.run(light_p50(True))
     assert loaded <= 2 * alone, (alone, loaded)
     print(f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s")
+
+
+def test_retries_and_sheds_reach_the_dashboard(app_config: Any) -> None:
+    """After the tests above (a lost replica, an overload): the dashboard's retry and shed series exist."""
+    from tests.serve.test_observability import EVENT_DRIVEN, assert_scraped
+
+    assert_scraped(EVENT_DRIVEN, app_config.http.metrics_port)

@@ -240,7 +240,9 @@ def test_two_processes_keep_the_cache_within_its_bound_and_leave_no_locks(
     import sys
 
     probe = CompositeCache(tmp_path / "probe", registry)
-    one = sum(f.stat().st_size for f in probe.get_or_build(resolve(registry, parse_stack("qv4+ko8"))).iterdir())
+    one = sum(
+        f.stat().st_size for f in probe.get_or_build(resolve(registry, parse_stack("qv4+ko8"))).iterdir()
+    )
     bound = 3 * one + one // 2
     cache_dir = tmp_path / "shared-cache"
     procs = [
