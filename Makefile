@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo serve test test-fast lint bench clean help
+.PHONY: setup demo serve test test-fast lint bench bench-long clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
@@ -46,6 +46,10 @@ bench: setup ## serving, adapter, router, clean-room and planning benchmarks -> 
 	$(BIN)/python -m bench.router --model $(BENCH_MODEL)
 	$(BIN)/python -m bench.cleanroom
 	$(BIN)/python -m bench.planning
+
+bench-long: setup ## the long ones: 10 min of 1,100 compositions (bench/scale.py), engine replicas sharing cores (bench/replicas.py)
+	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.replicas
 
 clean: ## remove build leftovers (keeps .venv and artifacts/)
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

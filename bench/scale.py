@@ -224,6 +224,13 @@ def main() -> None:
         mean = statistics.mean(vals)
         return round(max(abs(v - mean) for v in vals) / mean, 4) if mean else 0.0
 
+    def slope(key: str) -> float:
+        """Least-squares growth after warm-up, MB per minute (flat: about 0)."""
+        xs, ys = [s["t"] / 60 for s in warm], [s[key] for s in warm]
+        mx, my = statistics.mean(xs), statistics.mean(ys)
+        den = sum((x - mx) ** 2 for x in xs)
+        return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den, 3) if den else 0.0
+
     cache = final["composite_cache"]
     summary = {
         "requests": len(records),
@@ -241,6 +248,8 @@ def main() -> None:
         },
         "router_rss_max_drift_from_mean": drift("router_rss_mb"),
         "engine_rss_max_drift_from_mean": drift("engine_rss_mb"),
+        "router_rss_mb_per_minute_after_warmup": slope("router_rss_mb"),
+        "engine_rss_mb_per_minute_after_warmup": slope("engine_rss_mb"),
         "cache_mb_max": max(s["cache_mb"] for s in series),
         "cache_bound_mb": args.cache_mb,
         "loads": final["loads"],

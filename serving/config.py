@@ -80,6 +80,13 @@ class EngineConfig(_Strict):
         default=True,
         description="Guided decoding by xgrammar with compact JSON (no free whitespace: small models otherwise spend tokens on it).",
     )
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU only: cores this engine replica binds its vLLM threads to, claimed so that replicas on "
+        "one node do not overlap (serving/engines/cpu_threads.py); null: the replica's num_cpus (at least 1). "
+        "Ignored when the replica's env sets VLLM_CPU_OMP_THREADS_BIND to anything but 'auto'.",
+    )
     cpu_lora: Literal["grouped", "grouped_exact", "vllm"] = Field(
         default="grouped",
         description="CPU only: 'grouped' applies LoRA with one GEMM pair per adapter slot in the batch (fastest; "

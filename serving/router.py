@@ -380,24 +380,15 @@ class Router:
         client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if body.get("stream"):  # ask for usage (token metrics); hidden again unless the client asked
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        lease: Lease | None = None
+        who = tenant.id if tenant else "anonymous"
         cost = _cost(body, self._cfg.admission.default_max_tokens)
+        lease: Lease | None = None
         if self._scheduler is not None:
             await self._refresh_slots()
-            try:
-                lease = await asyncio.wait_for(
-                    self._scheduler.acquire(tenant.id if tenant else "anonymous", cost),
-                    timeout=deadline - time.monotonic(),
-                )
-            except Shed as e:
-                self._metrics.sheds.inc(tags={"reason": e.reason})
-                err = _error(
-                    str(e), 503, "service_unavailable", {**headers, "retry-after": str(e.retry_after_s)}
-                )
-                return self._finish(label, 503, started, err)
-            except TimeoutError:
-                return self._deadline_exceeded(None, label, started, headers)
-            self._metrics.queue_wait.observe(lease.waited_s)
+            admitted = await self._admit(who, cost, deadline, label, started, headers)
+            if isinstance(admitted, Response):
+                return admitted
+            lease = admitted
         for attempt in (0, 1):
             try:
                 response = await self._dispatch(
@@ -423,25 +414,35 @@ class Router:
                 self._scheduler.set_slots(max(1, self._scheduler.inflight))
                 self._slots_checked = 0.0
                 self._metrics.retries.inc(tags={"reason": "engines_full"})
-                try:
-                    lease = await asyncio.wait_for(
-                        self._scheduler.acquire(tenant.id if tenant else "anonymous", cost),
-                        timeout=deadline - time.monotonic(),
-                    )
-                except Shed as e:
-                    self._metrics.sheds.inc(tags={"reason": e.reason})
-                    err = _error(
-                        str(e), 503, "service_unavailable", {**headers, "retry-after": str(e.retry_after_s)}
-                    )
-                    return self._finish(label, 503, started, err)
-                except TimeoutError:
-                    return self._deadline_exceeded(None, label, started, headers)
+                admitted = await self._admit(who, cost, deadline, label, started, headers)
+                if isinstance(admitted, Response):
+                    return admitted
+                lease = admitted
             except BaseException:
                 self._release(lease)
                 raise
         if not isinstance(response, StreamingResponse):
             self._release(lease)
         return response
+
+    async def _admit(
+        self, who: str, cost: float, deadline: float, label: str, started: float, headers: dict[str, str]
+    ) -> Lease | Response:
+        """A lease from the fair scheduler, or the answer when there is none: 503 + Retry-After (shed),
+        504 (the deadline passed while queued)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise RuntimeError("admission control is off")
+        try:
+            lease = await asyncio.wait_for(scheduler.acquire(who, cost), timeout=deadline - time.monotonic())
+        except Shed as e:
+            self._metrics.sheds.inc(tags={"reason": e.reason})
+            err = _error(str(e), 503, "service_unavailable", {**headers, "retry-after": str(e.retry_after_s)})
+            return self._finish(label, 503, started, err)
+        except TimeoutError:
+            return self._deadline_exceeded(None, label, started, headers)
+        self._metrics.queue_wait.observe(lease.waited_s)
+        return lease
 
     def _release(self, lease: Lease | None) -> None:
         if lease is not None and self._scheduler is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -88,11 +90,32 @@ class VLLMEngine:
         self.engine_cfg = engine
         self._client: Any = None
         self._state: Any = None
+        self._core_claims: list[Any] = []
+
+    def _bind_cores(self) -> None:
+        """Bind vLLM's CPU threads to cores of this replica's own (``engine.cpu_threads``, else the
+        replica's CPUs), claimed against other replicas on the node; an explicit binding is kept."""
+        if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
+            return
+        from serving.engines.cpu_threads import claim_cores
+
+        n = self.engine_cfg.cpu_threads
+        if n is None:
+            import ray
+
+            if ray.is_initialized():  # a Serve replica: its share of the node
+                n = max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+            else:
+                n = len(os.sched_getaffinity(0))
+        cores, self._core_claims = claim_cores(n, Path(tempfile.gettempdir()) / "rmn-cpu-claims")
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+        log.info("vLLM CPU threads bound to cores %s", cores)
 
     async def start(self) -> None:
         """Start the engine (seconds on CPU) and build vLLM's OpenAI handlers."""
         if self.engine_cfg.device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            self._bind_cores()
             # read by the LoRA plugin in every vLLM process this one starts (they inherit the environment)
             os.environ["RMN_CPU_LORA"] = self.engine_cfg.cpu_lora
         from starlette.datastructures import State
