@@ -59,7 +59,11 @@ def _run(cfg: Any, clients: int, tokens: int, seconds: float) -> dict[str, Any]:
 
         asyncio.run(warm())
         stop = time.monotonic() + seconds
-        asyncio.run(asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), seconds + 300))
+
+        async def load() -> None:
+            await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), seconds + 300)
+
+        asyncio.run(load())
     return {
         "requests": len(lat),
         "tokens_per_s": round(len(lat) * tokens / seconds, 1),
