@@ -50,10 +50,14 @@ def _rss(marker: str) -> int:
     return total
 
 
-def _dir_bytes(root: Path) -> int:
-    """Bytes under ``root`` (builds come and go while we walk: vanished files count 0)."""
+def _dir_bytes(root: Path, published_only: bool = False) -> int:
+    """Bytes under ``root`` (builds come and go while we walk: vanished files count 0); with
+    ``published_only``, only published composites (not builds in progress, not lock files)."""
     total = 0
     for dirpath, _dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if published_only and (rel == "." or rel.startswith(".")):
+            continue
         for name in files:
             try:
                 total += os.stat(os.path.join(dirpath, name)).st_size
@@ -197,6 +201,7 @@ def main() -> None:
                         "router_rss_mb": round(_rss(f"ServeReplica:{APP_NAME}:router") / 2**20, 1),
                         "engine_rss_mb": round(_rss(f"ServeReplica:{APP_NAME}:engine") / 2**20, 1),
                         "cache_mb": round(_dir_bytes(cache_dir) / 2**20, 2),
+                        "cache_published_mb": round(_dir_bytes(cache_dir, published_only=True) / 2**20, 2),
                         "requests": len(records),
                         "distinct_served": len({s for _, _, code, s in records if code == 200}),
                         "loads": stats["loads"],
@@ -251,6 +256,7 @@ def main() -> None:
         "router_rss_mb_per_minute_after_warmup": slope("router_rss_mb"),
         "engine_rss_mb_per_minute_after_warmup": slope("engine_rss_mb"),
         "cache_mb_max": max(s["cache_mb"] for s in series),
+        "cache_published_mb_max": max(s["cache_published_mb"] for s in series),
         "cache_bound_mb": args.cache_mb,
         "loads": final["loads"],
         "evictions": final["evictions"],

@@ -82,7 +82,7 @@ class FairScheduler:
             lease_ttl_s  # a lease older than this was leaked (its request is past its deadline)
         )
         self._vtime = 0.0  # virtual time: the tag of the last request dispatched
-        self.shed_counts: dict[str, int] = {"queue_wait": 0, "queue_full": 0}
+        self.shed_counts: dict[str, int] = {"queue_wait": 0, "queue_full": 0, "deadline": 0}
 
     # ---- what the router reads ----------------------------------------------------------------
     @property
@@ -109,8 +109,10 @@ class FairScheduler:
         return (self._ahead_cost(tenant) + running / 2) * self.unit_s / self.slots
 
     # ---- the request path ----------------------------------------------------------------------
-    async def acquire(self, tenant: str, cost: float = 1.0) -> Lease:
-        """Dispatch now, or queue fairly, or raise :class:`Shed` (see the module contract)."""
+    async def acquire(self, tenant: str, cost: float = 1.0, time_left_s: float | None = None) -> Lease:
+        """Dispatch now, or queue fairly, or raise :class:`Shed` (see the module contract). With
+        ``time_left_s`` (the request's deadline), a request that would wait and then run past 75 % of it
+        is refused too (reason ``deadline``): accepted work finishes in time."""
         t0 = time.monotonic()
         self._reap(t0)
         state = self._tenant(tenant)
@@ -120,6 +122,14 @@ class FairScheduler:
         if self.waiting >= self.max_queue:
             self.shed_counts["queue_full"] += 1
             raise Shed("server overloaded: the queue is full, retry later", "queue_full", _retry(wait))
+        finish = wait + cost * self.unit_s
+        if time_left_s is not None and finish > 0.75 * time_left_s:
+            self.shed_counts["deadline"] += 1
+            raise Shed(
+                f"server overloaded: queued, it would finish in about {finish:.1f}s, past its deadline; retry later",
+                "deadline",
+                _retry(finish - 0.75 * time_left_s),
+            )
         if wait > self.max_wait_s:
             self.shed_counts["queue_wait"] += 1
             raise Shed(

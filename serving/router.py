@@ -434,7 +434,8 @@ class Router:
         if scheduler is None:
             raise RuntimeError("admission control is off")
         try:
-            lease = await asyncio.wait_for(scheduler.acquire(who, cost), timeout=deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            lease = await asyncio.wait_for(scheduler.acquire(who, cost, left), timeout=left)
         except Shed as e:
             self._metrics.sheds.inc(tags={"reason": e.reason})
             err = _error(str(e), 503, "service_unavailable", {**headers, "retry-after": str(e.retry_after_s)})

@@ -183,6 +183,8 @@ def make_app_config(
                 "request_timeout_s": 3 if fake else 60,
                 "metrics_port": METRICS_PORT,
             },
+            # a 3 s deadline on a 2-core machine that also runs the load: queue at most 0.9 s
+            "admission": {"max_wait_share": 0.3},
             "cleanroom": {
                 "retailers": [
                     {"db_path": str(crdir / "acme.duckdb"), "policy": acme_policy},

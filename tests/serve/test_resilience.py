@@ -93,7 +93,7 @@ def test_killing_an_engine_replica_under_load_loses_nothing(serve_url: str) -> N
         codes,
         [(r["at"], r["status"], round(r["s"], 2)) for r in results if r["status"] != 200],
     )
-    assert set(codes) <= {200, 503}, codes  # a lost replica is retried, else 503 + Retry-After
+    assert set(codes) <= {200, 503, 504}, codes  # retried, else 503 + Retry-After (or past the 3 s deadline)
     assert all(r["headers"].get("retry-after") for r in results if r["status"] == 503)
     while _engine_running() < 2:  # back to full strength (Serve replaces the replica)
         assert time.monotonic() - killed_at < 90, "the engine deployment did not recover within 90 s"

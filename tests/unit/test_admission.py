@@ -131,3 +131,18 @@ def test_the_wait_counts_what_is_ahead_by_cost() -> None:
         s.release(await big)
 
     run(main())
+
+
+def test_a_queued_request_that_would_finish_past_its_deadline_is_refused() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=100, initial_service_s=0.01)
+        held = await s.acquire("t", cost=100)  # 1 s of work running
+        with pytest.raises(Shed) as e:  # waits ~0.5 s, then runs 2 s: past 75 % of 2 s
+            await s.acquire("t", cost=200, time_left_s=2.0)
+        assert e.value.reason == "deadline"
+        ok = asyncio.create_task(s.acquire("t", cost=50, time_left_s=2.5))  # 0.5 + 0.5 s: in time
+        await asyncio.sleep(0)
+        s.release(held)
+        s.release(await ok)
+
+    run(main())
