@@ -160,9 +160,11 @@ def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
             stop = time.monotonic() + 4.0
             light: list[float] = []
 
-            async def flooder() -> None:
+            async def flooder() -> None:  # as many requests as it may; on 503 it backs off as told
                 while time.monotonic() < stop:
-                    await _one(c, serve_url, _chat("base", tokens), auth("brand_y"))
+                    r = await _one(c, serve_url, _chat("base", tokens), auth("brand_y"))
+                    if r["status"] == 503:
+                        await asyncio.sleep(min(1.0, float(r["headers"].get("retry-after", 1))))
 
             async def lighter() -> None:
                 while time.monotonic() < stop:
