@@ -41,6 +41,7 @@ def _generate(room: Any, n: int) -> None:
         [n],
     )
     room.version = 1
+    room.data_id = room._compute_data_id()  # rows inserted behind the loader's back
 
 
 def main() -> None:

@@ -103,6 +103,13 @@ class EpsilonLedger:
                     totals[who][1] += delta
         return totals
 
+    def spent(self, tenant: str) -> tuple[int, int, float]:
+        """In the current period, one pass: (``tenant``'s micro-epsilon, the room's micro-epsilon,
+        ``tenant``'s delta)."""
+        with self._lock:
+            totals = self._totals(time.time())
+            return int(totals[tenant][0]), int(totals[ROOM][0]), float(totals[tenant][1])
+
     def spent_micro(self, tenant: str) -> int:
         """Micro-epsilon ``tenant`` (:data:`ROOM`: everyone) has spent in the current period."""
         with self._lock:

@@ -33,7 +33,6 @@ from typing import Any
 from cleanroom.audit import QueryAudit
 from cleanroom.dp import (
     MICRO,
-    ROOM,
     EpsilonLedger,
     existence_delta,
     laplace,
@@ -139,12 +138,12 @@ class CleanRoom:
         )
         row = self._con.execute('SELECT COALESCE(MAX("_batch"), 0) FROM events').fetchone()
         self.version = int(row[0]) if row else 0
+        self.data_id = self._compute_data_id()
 
     # ---- data --------------------------------------------------------------------------------
-    @property
-    def data_id(self) -> str:
+    def _compute_data_id(self) -> str:
         """Identifies the data a query sees: the loaded files' hashes and the version (stored answers are
-        keyed by it, so new data never gets an old answer)."""
+        keyed by it, so new data never gets an old answer). Kept in ``data_id``, renewed by each load."""
         loads = self._con.execute("SELECT batch, sha256 FROM _loads ORDER BY batch").fetchall()
         text = "|".join(f"{b}:{h}" for b, h in loads) + f"|v{self.version}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -204,6 +203,7 @@ class CleanRoom:
                 raise CleanRoomError(f"{path.name}: {e}") from e
             self._con.execute("COMMIT")
             self.version = batch
+            self.data_id = self._compute_data_id()
             return LoadReport(path.name, digest, batch, rows, dup)
 
     def _check_batch(self, name: str, batch: int, base: int, has_event_id: bool) -> None:
@@ -252,7 +252,7 @@ class CleanRoom:
         """``tenant``'s and the room's differential-privacy budgets: total, spent, remaining (epsilon),
         delta spent, the per-query default, floor and maximum, and when the period ends."""
         dp, on = self.policy.dp, self.policy.dp_on
-        spent, room = self.ledger.spent_micro(tenant), self.ledger.spent_micro(ROOM)
+        spent, room, delta = self.ledger.spent(tenant)
         return {
             "retailer": self.policy.retailer,
             "tenant": tenant,
@@ -264,7 +264,7 @@ class CleanRoom:
             "room_epsilon_budget": dp.room_epsilon_budget if on else None,
             "room_epsilon_spent": room / MICRO,
             "room_epsilon_remaining": max(to_micro(dp.room_epsilon_budget) - room, 0) / MICRO if on else None,
-            "delta_spent": self.ledger.spent_delta(tenant),
+            "delta_spent": delta,
             "epsilon_per_query": dp.epsilon_per_query if on else None,
             "min_epsilon_per_query": dp.min_epsilon_per_query if on else None,
             "max_epsilon_per_query": dp.max_epsilon_per_query if on else None,

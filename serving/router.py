@@ -157,6 +157,7 @@ class Router:
                 lease_ttl_s=config.http.request_timeout_s + 30,
             )
         self._slots_checked = 0.0
+        self._slots_task: asyncio.Task[None] | None = None
 
     def _default_slots(self, running_engines: int | None) -> int:
         """Engine concurrency per router replica: running engine replicas (else the configured count)
@@ -167,14 +168,20 @@ class Router:
         routers = rtr.autoscaling.min_replicas if rtr.autoscaling else rtr.num_replicas
         return max(1, max(running_engines, 1) * eng.max_ongoing_requests // max(routers, 1))
 
-    async def _refresh_slots(self) -> None:
-        """Follow the engine deployment's running replicas (autoscaling, replaced replicas), every 2 s."""
+    def _refresh_slots(self) -> None:
+        """Follow the engine deployment's running replicas (autoscaling, replaced replicas), every 2 s:
+        the controller is read in a background task, so no request waits for it."""
         if self._scheduler is None or self._cfg.admission.slots is not None:
             return
         now = time.monotonic()
-        if now - self._slots_checked < 2:
+        if now - self._slots_checked < 2 or (self._slots_task is not None and not self._slots_task.done()):
             return
         self._slots_checked = now
+        self._slots_task = asyncio.get_running_loop().create_task(self._read_running_engines())
+
+    async def _read_running_engines(self) -> None:
+        if self._scheduler is None:
+            return
         try:
             app = serve.get_replica_context().app_name
             status = await asyncio.to_thread(serve.status)
@@ -384,7 +391,7 @@ class Router:
         cost = _cost(body, self._cfg.admission.default_max_tokens)
         lease: Lease | None = None
         if self._scheduler is not None:
-            await self._refresh_slots()
+            self._refresh_slots()
             admitted = await self._admit(who, cost, deadline, label, started, headers)
             if isinstance(admitted, Response):
                 return admitted
