@@ -8,7 +8,7 @@ EXTRA=${EXTRA:-cpu}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 quiet() { grep -v -e "is ignored: it is neither a file nor a directory" -e "not installed" || true; }
 .venv/bin/pip install -q --upgrade pip 2>&1 | quiet
-.venv/bin/pip install -q -e ".[${EXTRA},dev,demo]" 2>&1 | quiet
+.venv/bin/pip install -q -e ".[${EXTRA},dev,demo,agents]" 2>&1 | quiet
 if [ "$EXTRA" = "cpu" ]; then
   .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | quiet
 fi

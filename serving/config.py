@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cleanroom.policy import CleanRoomPolicy
 from federation.config import FederationConfig
@@ -26,6 +34,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+BUNDLED_TEMPLATES = {"chatml-tools": "chatml_tools.jinja"}
+
+
+def read_chat_template(spec: str) -> str:
+    """The Jinja source of a bundled template name or a template file; ValueError says what is wrong."""
+    import jinja2
+
+    if spec in BUNDLED_TEMPLATES:
+        path = Path(__file__).parent / "templates" / BUNDLED_TEMPLATES[spec]
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            known = ", ".join(BUNDLED_TEMPLATES)
+            raise ValueError(f"{spec!r} is neither a bundled template ({known}) nor a file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the chat template {path}: {e}") from e
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"chat template {path} line {e.lineno}: {e.message}") from e
+    return text
+
+
 class ModelConfig(_Strict):
     """The base model every adapter applies to."""
 
@@ -37,6 +70,41 @@ class ModelConfig(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
         description="Name clients use for the base model; adapters are '<served_name>:<adapter>'.",
     )
+    chat_template: str | None = Field(
+        default=None,
+        description="Chat template replacing the model's own: 'chatml-tools' (bundled: ChatML with a "
+        "Hermes-style tools section, for ChatML models such as SmolLM2) or a Jinja file, read when the config "
+        "loads (engine nodes need not have it); null: the model's own template.",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Default keywords for the chat template (a request's chat_template_kwargs win), e.g. "
+        "{default_system: ...} for 'chatml-tools'.",
+    )
+    tool_call_parser: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        description="vLLM tool-call parser matching the template's tool-call format ('hermes' for "
+        "'chatml-tools'; checked against vLLM's parsers when the engine starts). Needed for any tool_choice "
+        "but 'none': named and 'required' are forced by structured outputs; null: such requests get 400.",
+    )
+    auto_tool_choice: bool = Field(
+        default=True,
+        description="With a tool_call_parser: allow tool_choice 'auto' (the model decides; its template must "
+        "show it the tools).",
+    )
+    _chat_template_text: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _read_template(self) -> ModelConfig:
+        self._chat_template_text = (
+            None if self.chat_template is None else read_chat_template(self.chat_template)
+        )
+        return self
+
+    def chat_template_text(self) -> str | None:
+        """The chat template's Jinja source (read at validation, so it travels with the config), or None."""
+        return self._chat_template_text
 
 
 class EngineConfig(_Strict):
@@ -78,7 +146,14 @@ class EngineConfig(_Strict):
     seed: int = Field(default=0, description="Engine seed.")
     compact_json: bool = Field(
         default=True,
-        description="Guided decoding by xgrammar with compact JSON (no free whitespace: small models otherwise spend tokens on it).",
+        description="Guided decoding by xgrammar with compact JSON (no free whitespace: small models otherwise spend "
+        "tokens on it), forced tool calls included (VLLM_ENFORCE_STRICT_TOOL_CALLING=0 unless the env sets it).",
+    )
+    json_object: Literal["bounded", "vllm"] = Field(
+        default="bounded",
+        description="response_format json_object: 'bounded' serves it with a compact JSON grammar whose strings, "
+        "keys, members and depth are bounded, plus repetition_penalty 1.1 unless the request sets one (small "
+        "models otherwise repeat until max_tokens; serving/engines/json_mode.py); 'vllm': vLLM's own.",
     )
     cpu_threads: int | None = Field(
         default=None,

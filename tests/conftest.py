@@ -150,13 +150,14 @@ def make_app_config(
         "max_loras": 2,
         "max_cpu_loras": 4,
         "max_lora_rank": 16,
-        "max_model_len": 512,
+        "max_model_len": 1024,  # tool schemas in the prompt: the tiny tokenizer spends a token per 2-3 characters
     }
     if fake:
         engine_cfg.update(kind="fake", fake_token_delay_s=0.01)
     return AppConfig.model_validate(
         {
-            "model": {"path": str(tiny_model)},
+            # the tools template renders plain ChatML without tools: the tiny model's own template
+            "model": {"path": str(tiny_model), "chat_template": "chatml-tools", "tool_call_parser": "hermes"},
             "adapters": {
                 "root": str(registry_root),
                 "cache_root": str(tmp.mktemp(f"composites-{engine}")),

@@ -29,6 +29,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"rmn serve: model directory {cfg.model.path} has no config.json "
             "(run `rmn model prepare` or set model.path in the config)"
         )
+    if cfg.engine.kind == "vllm" and cfg.model.tool_call_parser is not None:
+        from serving.engines.vllm_engine import check_tool_parser
+
+        try:  # before Ray starts: a typo should not cost a cluster start
+            check_tool_parser(cfg.model.tool_call_parser)
+        except ValueError as e:
+            raise SystemExit(f"rmn serve: {e}") from e
     with local_app(cfg) as url:
         stop_on_signals()  # after ray.init, which installs its own SIGTERM handler
         print(

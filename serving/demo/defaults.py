@@ -19,11 +19,21 @@ def demo_model_dir() -> Path:
     return home() / "models" / "smollm2-135m"
 
 
+# SmolLM2's own template adds this system message when a conversation has none; kept with the tools template
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
 def default_config() -> AppConfig:
     """Local single-node config: demo model, local registry, CPU vLLM, 127.0.0.1:8000."""
     return AppConfig.model_validate(
         {
-            "model": {"path": str(demo_model_dir()), "served_name": "base"},
+            "model": {
+                "path": str(demo_model_dir()),
+                "served_name": "base",
+                "chat_template": "chatml-tools",  # SmolLM2's own template has no tools section
+                "chat_template_kwargs": {"default_system": SMOLLM2_SYSTEM},
+                "tool_call_parser": "hermes",
+            },
             "adapters": {"root": str(home() / "adapters")},
             "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 64, "max_model_len": 2048},
         }

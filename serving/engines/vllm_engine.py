@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from federation.errors import first_error
 from serving.config import EngineConfig, ModelConfig
+from serving.engines.json_mode import bounded_json_object
 from serving.engines.protocol import Kind
 from serving.replies import Body, EngineItem, Head, error_body
 
@@ -44,6 +45,13 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
         "disable_log_stats": False,
         "enable_log_requests": False,
     }
+    if model.chat_template_text() is not None:
+        settings["chat_template"] = model.chat_template_text()
+    if model.chat_template_kwargs:
+        settings["default_chat_template_kwargs"] = dict(model.chat_template_kwargs)
+    if model.tool_call_parser is not None:
+        settings["tool_call_parser"] = model.tool_call_parser
+        settings["enable_auto_tool_choice"] = model.auto_tool_choice
     if engine.lora_target_modules is not None:
         settings["lora_target_modules"] = list(engine.lora_target_modules)
     if engine.max_model_len is not None:
@@ -63,7 +71,21 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
         if not hasattr(args, key):
             raise ValueError(f"engine.extra: {key!r} is not a vLLM engine argument")
         setattr(args, key, value)
+    check_tool_parser(args.tool_call_parser)
     return args
+
+
+def check_tool_parser(name: str | None) -> None:
+    """Raise ValueError naming ``model.tool_call_parser`` unless ``name`` is None or one of vLLM's parsers."""
+    if name is None:
+        return
+    from vllm.tool_parsers import ToolParserManager
+
+    known = ToolParserManager.list_registered()
+    if name not in known:
+        raise ValueError(
+            f"model.tool_call_parser: {name!r} is not a vLLM tool-call parser; known: {', '.join(known)}"
+        )
 
 
 def _bounded_ray_stat_logger() -> Any:
@@ -118,6 +140,10 @@ class VLLMEngine:
             self._bind_cores()
             # read by the LoRA plugin in every vLLM process this one starts (they inherit the environment)
             os.environ["RMN_CPU_LORA"] = self.engine_cfg.cpu_lora
+        if self.engine_cfg.compact_json:
+            # forced tool calls (named, "required") through the JSON-schema path, which honours compact JSON;
+            # vLLM's strict structural tags allow any whitespace, where small models loop until max_tokens
+            os.environ.setdefault("VLLM_ENFORCE_STRICT_TOOL_CALLING", "0")
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -125,8 +151,10 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         import serving.engines.lora_plugin as fix
+        from serving.engines import tool_calls
 
         fix.register()  # the entry point does this too; explicit for editable installs without metadata
+        tool_calls.install()
         args = _vllm_args(self.model_cfg, self.engine_cfg)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
@@ -178,6 +206,8 @@ class VLLMEngine:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
         from vllm.exceptions import VLLMClientError
 
+        if self.engine_cfg.json_object == "bounded":
+            body = bounded_json_object(body)
         try:
             if kind == "chat":
                 req: Any = ChatCompletionRequest.model_validate(body)
