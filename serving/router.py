@@ -1,7 +1,7 @@
 """The OpenAI-compatible ingress (federation router): authenticate, pick the stack, route, stream.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``POST /v1/federation/resolve``, ``GET /healthz`` (liveness), ``GET /readyz`` (an engine replica answers).
+``POST /v1/federation/resolve``, ``POST /v1/harmonize``, ``POST /v1/governance/check``, ``GET /healthz`` (liveness), ``GET /readyz`` (an engine replica answers).
 Every answer carries ``x-request-id``; generations also ``x-rmn-model`` (the version-pinned stack that
 served it), ``x-rmn-composite`` (its content-addressed id) and ``x-rmn-replica``. Errors use OpenAI's
 shape: 400 malformed, 401 no/invalid key, 403 forbidden component, 404 unknown model, 429 rate limit,
@@ -37,6 +37,7 @@ from adapters import AdapterRegistry
 from federation.access import Gate
 from federation.errors import GateError
 from federation.graph import composition_graph
+from federation.planning.creatives import check_line
 from federation.tenants import Role, Tenant
 from serving.admission import FairScheduler, Lease, Shed
 from serving.config import AppConfig
@@ -337,6 +338,57 @@ class Router:
         except GateError as e:
             return _error(str(e), e.status, e.err_type, e.headers)
         return JSONResponse(answer.body, status_code=answer.status)
+
+    @api.post("/v1/harmonize")
+    async def harmonize_fields(self, request: Request) -> Response:
+        """Map a retailer export's own field names onto the clean room's event schema, as loads do:
+        ``{"fields": [...]}`` (1-200 names of at most 64 characters) -> mapping, unmapped, missing."""
+        from dataclasses import asdict
+
+        from cleanroom.schema import EVENT_COLUMNS
+        from federation.planning.harmonize import harmonize
+
+        try:
+            self._tenant(request, "harmonisation")
+            body = await _read_body(request)
+            fields = body.get("fields")
+            if set(body) != {"fields"} or not isinstance(fields, list) or not 1 <= len(fields) <= 200:
+                raise GateError(400, 'the body must be {"fields": [1 to 200 field names]} and nothing else')
+            if not all(isinstance(x, str) and 0 < len(x) <= 64 for x in fields) or len(set(fields)) < len(
+                fields
+            ):
+                raise GateError(
+                    400, "field names must be distinct non-empty strings of at most 64 characters"
+                )
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        return JSONResponse(asdict(harmonize(fields, list(EVENT_COLUMNS))))
+
+    @api.post("/v1/governance/check")
+    async def governance_check(self, request: Request) -> Response:
+        """The brand-governance rule check the comparison applies to its ad lines, for any lines:
+        ``{"lines": [...]}`` (1-20 strings of at most 1,000 characters) -> one verdict per line and the rules."""
+        if self._cfg.comparison is None:
+            return _error(
+                "planning (and its governance rules) is not configured here", 404, "not_found_error"
+            )
+        try:
+            self._tenant(request, "governance checks")
+            body = await _read_body(request)
+            lines = body.get("lines")
+            if set(body) != {"lines"} or not isinstance(lines, list) or not 1 <= len(lines) <= 20:
+                raise GateError(400, 'the body must be {"lines": [1 to 20 strings]} and nothing else')
+            if not all(isinstance(x, str) and len(x) <= 1000 for x in lines):
+                raise GateError(400, "every line must be a string of at most 1,000 characters")
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        g = self._cfg.comparison.governance
+        return JSONResponse(
+            {
+                "verdicts": [check_line(x, g.banned_words, g.max_chars, g.min_chars) for x in lines],
+                "rules": g.model_dump(),
+            }
+        )
 
     async def complete(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Completion:
         """One non-streamed chat completion through the federation (for text the router writes itself);

@@ -91,3 +91,63 @@ def test_bad_requests(serve_url: str, body: dict, tenant: str, status: int, need
     r = compare(serve_url, body, tenant)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
+
+
+def test_governance_check_gives_one_verdict_per_line(serve_url: str) -> None:
+    lines = ["Fresh roast coffee, now on acme.com", "Guaranteed the best ever coffee!", "short"]
+    r = httpx.post(
+        f"{serve_url}/v1/governance/check", json={"lines": lines}, headers=auth("brand_x"), timeout=30
+    )
+    assert r.status_code == 200, r.text
+    v = r.json()["verdicts"]
+    assert [x["ok"] for x in v] == [True, False, False]
+    assert any("guaranteed" in x for x in v[1]["violations"]) and "shorter than" in v[2]["violations"][0]
+    assert "guaranteed" in r.json()["rules"]["banned_words"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        ({"lines": ["a fine line of copy"]}, {}, 401),
+        ({"lines": []}, auth("brand_x"), 400),
+        ({"lines": ["x"] * 21}, auth("brand_x"), 400),
+        ({"lines": [1]}, auth("brand_x"), 400),
+        ({"lines": ["ok line here"], "extra": 1}, auth("brand_x"), 400),
+        ({"lines": ["y" * 1001]}, auth("brand_x"), 400),
+    ],
+)
+def test_governance_check_refuses_bad_input(serve_url: str, body: dict, headers: dict, status: int) -> None:
+    r = httpx.post(f"{serve_url}/v1/governance/check", json=body, headers=headers, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+
+
+def test_harmonize_maps_a_retailer_export_header(serve_url: str) -> None:
+    fields = ["cust_key", "txn_day", "evt", "item_id", "sales_amt", "loyalty_tier"]
+    r = httpx.post(f"{serve_url}/v1/harmonize", json={"fields": fields}, headers=auth("brand_x"), timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mapping"] == {
+        "cust_key": "shopper_id",
+        "txn_day": "event_date",
+        "evt": "event_type",
+        "item_id": "sku",
+        "sales_amt": "revenue",
+    }
+    assert body["unmapped"] == ["loyalty_tier"] and "placement" in body["missing"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        ({"fields": ["sku"]}, {}, 401),
+        ({"fields": []}, auth("brand_x"), 400),
+        ({"fields": ["a", "a"]}, auth("brand_x"), 400),
+        ({"fields": [""]}, auth("brand_x"), 400),
+        ({"fields": "sku"}, auth("brand_x"), 400),
+        ({"fields": ["x" * 65]}, auth("brand_x"), 400),
+    ],
+)
+def test_harmonize_refuses_bad_input(serve_url: str, body: dict, headers: dict, status: int) -> None:
+    r = httpx.post(f"{serve_url}/v1/harmonize", json=body, headers=headers, timeout=30)
+    assert r.status_code == status, r.text
