@@ -192,12 +192,15 @@ class Crew:
         def run(metric: str) -> tuple[str, dict[str, Any]]:
             status, body = self.api.call("GET", "/v1/cleanroom/budget", params={"retailer": self.retailer})
             budget = body if status == 200 else {"error": refusal(status, body)}
+            spent = {
+                k: budget[k] for k in ("mode", "epsilon_spent", "epsilon_budget", "error") if k in budget
+            }
             c = data.get("comparison")
             if c is None:
-                return json.dumps({"comparison": "none", "budget": budget})[:400], {"privacy": budget}
+                return json.dumps({"comparison": "none", "privacy": spent}), {"privacy": budget}
             m = {"full": c["full"]["score"][metric], "cleanroom": c["cleanroom"]["score"][metric],
                  "delta": c["deltas"][metric]}  # fmt: skip
-            return json.dumps({metric: m, "budget": budget})[:400], {"privacy": budget, "measured": metric}
+            return json.dumps({metric: m, "privacy": spent}), {"privacy": budget, "measured": metric}
 
         return schema, run
 
@@ -270,7 +273,7 @@ class Crew:
                         *messages,
                         ai,
                         ToolMessage(result, tool_call_id=call["id"]),
-                        HumanMessage("Your note, briefly:"),
+                        HumanMessage("In one short sentence, what does this answer mean for the plan?"),
                     ]
                 )
                 record["note"] = str(note.content).strip()
@@ -321,9 +324,10 @@ def final_message(brand: str, retailer: str, steps: list[dict[str, Any]], data: 
     if "governance" in data:
         v = data["governance"]
         lines.append(f"ad lines approved: {sum(x['ok'] for x in v)} of {len(v)}")
-    if isinstance(data.get("privacy"), dict) and "spent" in data["privacy"]:
+    p = data.get("privacy")
+    if isinstance(p, dict) and p.get("dp"):
         lines.append(
-            f"privacy budget at {retailer}: spent {data['privacy']['spent']} of {data['privacy'].get('total')}"
+            f"privacy budget at {retailer}: epsilon spent {p['epsilon_spent']} of {p['epsilon_budget']}"
         )
     for s in steps:
         if "error" in s:

@@ -151,7 +151,7 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         import serving.engines.lora_plugin as fix
-        from serving.engines import tool_calls
+        import serving.engines.tool_calls as tool_calls
 
         fix.register()  # the entry point does this too; explicit for editable installs without metadata
         tool_calls.install()

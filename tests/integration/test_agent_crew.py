@@ -55,7 +55,7 @@ def test_crew_runs_six_roles_and_reports_the_measured_comparison(serve_url: str)
     assert direct["verdict"] in out["final"]
     lines = out["data"]["governance"]
     assert (
-        1 <= len(lines)
+        len(lines) >= 1
         and f"ad lines approved: {sum(x['ok'] for x in lines)} of {len(lines)}" in out["final"]
     )
 
