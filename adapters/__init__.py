@@ -4,7 +4,7 @@ Public surface: :class:`AdapterManifest`, :class:`AdapterRegistry`, :class:`Adap
 :func:`validate_adapter_id`. Imports nothing from the rest of rmn-lora.
 """
 
-from adapters.errors import AdapterError, AdapterNotFound, InvalidAdapter
+from adapters.errors import AdapterError, AdapterNotFound, AdapterRetired, InvalidAdapter
 from adapters.manifest import AdapterKind, AdapterManifest, Visibility, validate_adapter_id
 from adapters.registry import AdapterRegistry
 
@@ -14,6 +14,7 @@ __all__ = [
     "AdapterManifest",
     "AdapterNotFound",
     "AdapterRegistry",
+    "AdapterRetired",
     "InvalidAdapter",
     "Visibility",
     "validate_adapter_id",

@@ -1,6 +1,7 @@
 """Exact composition of LoRA adapters by rank concatenation.
 
-Maths, per target module (shapes in comments; s_i = w_i * alpha_i / r_i):
+Maths, per target module (shapes in comments; s_i = w_i * alpha_i / r_i, or w_i * alpha_i / sqrt(r_i) for an
+rsLoRA component — the scale folds into A either way):
 
     delta_W = sum_i s_i * B_i @ A_i                       # B_i: [out, r_i], A_i: [r_i, in]
             = [B_1, ..., B_n] @ [s_1*A_1; ...; s_n*A_n]   # B: [out, R], A: [R, in], R = sum r_i
@@ -43,16 +44,21 @@ class LoraTensors:
     rank: int
     alpha: float
     target_modules: list[str]
+    rslora: bool = False
+
+    @property
+    def scale(self) -> float:
+        """PEFT's scaling of ``B @ A``: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
 
 
 def load_lora(path: Path) -> LoraTensors:
-    """Read a PEFT LoRA directory (plain LoRA only: no DoRA, rsLoRA or per-module rank patterns)."""
+    """Read a PEFT LoRA directory (LoRA or rsLoRA; no DoRA, no per-module rank patterns)."""
     from safetensors.torch import load_file
 
     cfg = json.loads((path / "adapter_config.json").read_text())
-    for flag in ("use_dora", "use_rslora"):
-        if cfg.get(flag):
-            raise InvalidAdapter(f"{path.name}: {flag} adapters cannot be composed exactly here")
+    if cfg.get("use_dora"):
+        raise InvalidAdapter(f"{path.name}: use_dora adapters cannot be composed exactly here")
     for pattern in ("rank_pattern", "alpha_pattern"):
         if cfg.get(pattern):
             raise InvalidAdapter(f"{path.name}: {pattern} is not supported; use one rank for all modules")
@@ -69,7 +75,11 @@ def load_lora(path: Path) -> LoraTensors:
             raise InvalidAdapter(f"{path.name}: module {module!r} lacks lora_A or lora_B")
         modules[module] = (ab["A"], ab["B"])
     return LoraTensors(
-        modules, int(cfg["r"]), float(cfg["lora_alpha"]), list(cfg.get("target_modules") or [])
+        modules,
+        int(cfg["r"]),
+        float(cfg["lora_alpha"]),
+        list(cfg.get("target_modules") or []),
+        rslora=bool(cfg.get("use_rslora")),
     )
 
 
@@ -96,7 +106,7 @@ def compose_tensors(parts: Sequence[tuple[LoraTensors, float]]) -> tuple[dict[st
         for lora, weight in parts:
             if module in lora.modules:
                 a, b = lora.modules[module]
-                scale = weight * lora.alpha / lora.rank
+                scale = weight * lora.scale
                 a_rows.append(a.to(torch.float32) * scale)  # [r_i, in]
                 b_cols.append(b.to(torch.float32))  # [out, r_i]
             else:  # absent module: zero contribution, keeps rank R everywhere

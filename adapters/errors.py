@@ -11,3 +11,7 @@ class AdapterNotFound(AdapterError):
 
 class InvalidAdapter(AdapterError):
     """An adapter (or an id naming one) failed validation; nothing was registered."""
+
+
+class AdapterRetired(AdapterNotFound):
+    """The version asked for was retired: no new request resolves to it (HTTP 410 for a pinned request)."""

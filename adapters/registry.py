@@ -1,6 +1,7 @@
 """A versioned adapter registry over a directory store.
 
-Layout: ``<root>/<id>/<version>/{manifest.json, adapter_config.json, adapter_model.safetensors}``.
+Layout: ``<root>/<id>/<version>/{manifest.json, adapter_config.json, adapter_model.safetensors}`` and, once
+a version is retired, ``retired.json`` beside them (its files stay: composites in use may reference them).
 Registration validates first and then publishes with one atomic rename, so a reader never sees a
 half-registered adapter and a crash leaves at most a ``.tmp-*`` directory that ``gc`` removes.
 In a multi-node cluster ``root`` must be shared storage (see README, "Multi-node").
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import AdapterNotFound, InvalidAdapter
+from adapters.errors import AdapterNotFound, AdapterRetired, InvalidAdapter
 from adapters.hashing import sha256_file
 from adapters.manifest import AdapterManifest, validate_adapter_id, validate_version, version_key
 from adapters.validate import base_revision, check_against_base
@@ -24,17 +25,23 @@ from adapters.validate import base_revision, check_against_base
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 MANIFEST = "manifest.json"
+RETIRED = "retired.json"
 _FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def _check_weights_finite(path: Path) -> None:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            t = f.get_tensor(key)
-            if not bool(t.float().isfinite().all()):
-                raise InvalidAdapter(f"tensor {key!r} in {path.name} contains NaN or Inf")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                t = f.get_tensor(key)
+                if not bool(t.float().isfinite().all()):
+                    raise InvalidAdapter(f"tensor {key!r} in {path.name} contains NaN or Inf")
+    except InvalidAdapter:
+        raise
+    except Exception as e:  # safetensors' own error types: a truncated or foreign file
+        raise InvalidAdapter(f"{path.name} is not a readable safetensors file: {e}") from e
 
 
 class AdapterRegistry:
@@ -57,20 +64,58 @@ class AdapterRegistry:
         return sorted(found, key=version_key)
 
     def get(self, adapter_id: str, version: str | None = None) -> AdapterManifest:
-        """The manifest of ``adapter_id`` at ``version`` (latest when None); raises AdapterNotFound."""
+        """The manifest of ``adapter_id`` at ``version`` (the latest one not retired when None); raises
+        AdapterNotFound, or AdapterRetired for a retired version asked by number."""
         versions = self.versions(adapter_id)
         if not versions:
             raise AdapterNotFound(f"adapter {adapter_id!r} is not registered")
         if version is None:
-            version = versions[-1]
+            live = [v for v in versions if not self.retired(adapter_id, v)]
+            if not live:
+                raise AdapterRetired(f"every version of adapter {adapter_id!r} is retired")
+            version = live[-1]
         elif version not in versions:
             raise AdapterNotFound(f"adapter {adapter_id!r} has no version {version!r} (has {versions})")
-        return AdapterManifest.model_validate_json((self.root / adapter_id / version / MANIFEST).read_text())
+        elif self.retired(adapter_id, version):
+            raise AdapterRetired(f"adapter {adapter_id!r} version {version!r} is retired")
+        return self.manifest(adapter_id, version)
+
+    def manifest(self, adapter_id: str, version: str) -> AdapterManifest:
+        """The stored manifest of one version, retired or not (raises AdapterNotFound)."""
+        validate_adapter_id(adapter_id)
+        validate_version(version)
+        try:
+            text = (self.root / adapter_id / version / MANIFEST).read_text()
+        except FileNotFoundError as e:
+            raise AdapterNotFound(f"adapter {adapter_id!r} has no version {version!r}") from e
+        return AdapterManifest.model_validate_json(text)
+
+    def retired(self, adapter_id: str, version: str) -> dict[str, Any] | None:
+        """The retirement record of a version (``{"at", "by"}``), or None while it is live."""
+        try:
+            return dict(json.loads((self.root / adapter_id / version / RETIRED).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def created(self, adapter_id: str, version: str) -> float:
+        """When a version was published (its manifest's mtime, seconds since the epoch)."""
+        return (self.root / adapter_id / version / MANIFEST).stat().st_mtime
+
+    def next_version(self, adapter_id: str) -> str:
+        """The version a new registration of ``adapter_id`` gets: one major above every version so far."""
+        versions = self.versions(adapter_id)
+        return str(version_key(versions[-1])[0] + 1) if versions else "1"
 
     def path(self, adapter_id: str, version: str | None = None) -> Path:
         """Local directory holding the PEFT files of ``adapter_id`` (latest version when None)."""
         m = self.get(adapter_id, version)
         return self.root / m.id / m.version
+
+    def ids(self) -> list[str]:
+        """Every adapter id with at least one registered version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
     def list(self) -> list[AdapterManifest]:
         """Latest version of every registered adapter, by id."""
@@ -112,7 +157,12 @@ class AdapterRegistry:
             cfg = json.loads(config.read_text())
         except json.JSONDecodeError as e:
             raise InvalidAdapter(f"{CONFIG} is not valid JSON: {e}") from e
-        rank, alpha = int(cfg.get("r", 0)), float(cfg.get("lora_alpha", 0))
+        if not isinstance(cfg, dict):
+            raise InvalidAdapter(f"{CONFIG} must be a JSON object")
+        try:
+            rank, alpha = int(cfg.get("r", 0)), float(cfg.get("lora_alpha", 0))
+        except (TypeError, ValueError) as e:
+            raise InvalidAdapter(f"{CONFIG}: r and lora_alpha must be numbers ({e})") from e
         modules = cfg.get("target_modules") or []
         if isinstance(modules, str):
             raise InvalidAdapter("target_modules must be an explicit list of module names, not a regex")
@@ -159,6 +209,21 @@ class AdapterRegistry:
                 ) from e
             raise
         return manifest
+
+    def retire(self, adapter_id: str, version: str, by: str) -> dict[str, Any]:
+        """Retire one version: no request resolves to it any more (latest skips it; pinned ones get
+        AdapterRetired); its files stay. Idempotent: retiring again returns the first record."""
+        import time
+
+        self.manifest(adapter_id, version)  # exists
+        if (record := self.retired(adapter_id, version)) is not None:
+            return record
+        record = {"at": time.time(), "by": by}
+        d = self.root / adapter_id / version
+        tmp = d / f".{RETIRED}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, d / RETIRED)
+        return record
 
     def remove(self, adapter_id: str, version: str) -> None:
         """Delete one version of an adapter."""

@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapters import AdapterManifest, AdapterNotFound, AdapterRegistry, InvalidAdapter, Visibility
+from adapters import (
+    AdapterManifest,
+    AdapterNotFound,
+    AdapterRegistry,
+    AdapterRetired,
+    InvalidAdapter,
+    Visibility,
+)
 from adapters.cache import ResolvedStack, check_rank, resolve
 from federation.audit import AuditLog
 from federation.config import FederationConfig
@@ -54,6 +61,8 @@ def _as_gate_error(e: Exception, model: object) -> GateError:
     if isinstance(e, ValidationError):
         loc, msg = first_error(e)
         return GateError(400, f"invalid 'federation' object: {loc}: {msg}")
+    if isinstance(e, AdapterRetired):
+        return GateError(410, f"model {model!r} is no longer served: {e}", "not_found_error")
     if isinstance(e, AdapterNotFound):
         return GateError(404, f"model {model!r} does not exist: {e}", "not_found_error")
     if isinstance(e, Forbidden):
@@ -103,6 +112,10 @@ class Gate:
                 {"retry-after": str(math.ceil(wait))},
             )
         return tenant
+
+    def audit(self, **fields: Any) -> None:
+        """Append one record to the federation audit log (adapter registrations and retirements)."""
+        self._audit.record(**fields)
 
     def visible(self, tenant: Tenant | None, manifest: AdapterManifest) -> bool:
         """Whether ``tenant`` may see (and use) an adapter; private ones stay invisible to others."""

@@ -325,6 +325,12 @@ class AdaptersConfig(_Strict):
         "true compresses it by truncated SVD to max_lora_rank (approximate; error recorded).",
     )
 
+    max_upload_bytes: int = Field(
+        default=256 << 20,
+        gt=0,
+        description="Largest POST /v1/adapters body (both files and the form); larger gets 413.",
+    )
+
     def cache_dir(self) -> Path:
         """The composite cache directory on this node."""
         import tempfile

@@ -21,10 +21,11 @@ from ray import serve
 from adapters import AdapterError, AdapterNotFound, AdapterRegistry, InvalidAdapter
 from adapters.cache import CompositeCache, resolve
 from federation.model_names import ModelNameError, parse_model_name
+from serving.adapter_api import register_files
 from serving.config import AppConfig
 from serving.engines import Kind, create_engine
 from serving.metrics import EngineMetrics
-from serving.replies import EngineItem, Head, error_items
+from serving.replies import EngineItem, Head, Reply, error_items
 
 log = logging.getLogger("ray.serve")
 
@@ -138,6 +139,21 @@ class EngineDeployment:
             self._inflight[lora_name] -= 1
             if self._inflight[lora_name] <= 0:
                 del self._inflight[lora_name]  # bounded: one entry per composition in flight, not ever seen
+
+    async def register_adapter(self, files: dict[str, bytes], fields: dict[str, Any]) -> Reply:
+        """Register an uploaded adapter (``POST /v1/adapters``) checked against this replica's base model:
+        201 + manifest, 400 with the reason, 409 when the version was taken meanwhile. Nothing is written
+        on a refusal."""
+        try:
+            m = await asyncio.to_thread(register_files, self._registry, self._cfg.model.path, files, fields)
+        except InvalidAdapter as e:
+            status = 409 if "already exists" in str(e) else 400
+            return Reply.error(status, f"adapter refused: {e}")
+        except Exception as e:  # a check that broke, not a verdict: nothing was published (atomic rename)
+            log.exception("adapter registration failed")
+            return Reply.error(500, f"adapter registration failed on the engine replica: {e}", "server_error")
+        log.info("adapter registered", extra={"lora_name": f"{m.id}@{m.version}", "replica": self._replica})
+        return Reply(201, m.model_dump(mode="json"))
 
     async def stats(self) -> dict[str, Any]:
         """Replica id (and Ray actor name), adapters resident in vLLM, loads and evictions so far."""

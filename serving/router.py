@@ -1,7 +1,8 @@
 """The OpenAI-compatible ingress (federation router): authenticate, pick the stack, route, stream.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``POST /v1/federation/resolve``, ``POST /v1/harmonize``, ``POST /v1/governance/check``, ``GET /healthz`` (liveness), ``GET /readyz`` (an engine replica answers).
+``POST /v1/federation/resolve``, ``POST|GET /v1/adapters``, ``GET /v1/adapters/{id}``, ``DELETE /v1/adapters/{id}/versions/{v}``,
+``POST /v1/harmonize``, ``POST /v1/governance/check``, ``GET /healthz`` (liveness), ``GET /readyz`` (an engine replica answers).
 Every answer carries ``x-request-id``; generations also ``x-rmn-model`` (the version-pinned stack that
 served it), ``x-rmn-composite`` (its content-addressed id) and ``x-rmn-replica``. Errors use OpenAI's
 shape: 400 malformed, 401 no/invalid key, 403 forbidden component, 404 unknown model, 429 rate limit,
@@ -33,12 +34,13 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from adapters import AdapterRegistry
+from adapters import AdapterError, AdapterRegistry
 from federation.access import Gate
 from federation.errors import GateError
 from federation.graph import composition_graph
 from federation.planning.creatives import check_line
 from federation.tenants import Role, Tenant
+from serving.adapter_api import FIELDS, FILES, adapter_view, may_retire, may_see, upload_fields
 from serving.admission import FairScheduler, Lease, Shed
 from serving.config import AppConfig
 from serving.metrics import RouterMetrics
@@ -338,6 +340,120 @@ class Router:
         except GateError as e:
             return _error(str(e), e.status, e.err_type, e.headers)
         return JSONResponse(answer.body, status_code=answer.status)
+
+    # ---- adapters -----------------------------------------------------------------------------
+    @api.post("/v1/adapters")
+    async def adapters_register(self, request: Request) -> Response:
+        """Register an adapter (multipart: ``adapter_config.json``, ``adapter_model.safetensors`` files and
+        the manifest fields id, kind, visibility, description; admins also owner) as a new version,
+        validated on an engine replica against the base model: 201 + manifest (serving/adapter_api.py)."""
+        from starlette.datastructures import UploadFile
+
+        request_id = _request_id(request)
+        limit = self._cfg.adapters.max_upload_bytes
+        try:
+            tenant = self._tenant(request, "adapter uploads")
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                raise GateError(411, "an adapter upload needs a Content-Length header")
+            if int(length) > limit:
+                raise GateError(413, f"the upload is {int(length)} bytes, over the {limit}-byte limit")
+            try:
+                form = await request.form(max_files=len(FILES), max_fields=len(FIELDS))
+            except Exception as e:  # starlette's MultiPartException and malformed bodies
+                raise GateError(400, f"the body is not a valid multipart upload: {e}") from e
+            files: dict[str, bytes] = {}
+            fields: dict[str, str] = {}
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key not in FILES or key in files:
+                        raise GateError(
+                            400, f"unexpected file part {key!r}; send {' and '.join(FILES)} once each"
+                        )
+                    files[key] = await value.read()
+                else:
+                    fields[key] = str(value)
+            if set(files) != set(FILES):
+                raise GateError(400, f"missing file parts: {', '.join(sorted(set(FILES) - set(files)))}")
+            manifest_fields = upload_fields(tenant, fields, self._registry)
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        try:
+            answer: Reply = await self._engine.register_adapter.remote(files, manifest_fields)
+        except Exception as e:  # the engine replica died or refused the call: nothing was published
+            status = 503 if _replica_lost(e) or _is_backpressure(e) else 500
+            return _error(
+                f"adapter registration did not run: {e}", status, "server_error", {"retry-after": "5"}
+            )
+        self._gate.audit(
+            event="adapter_register",
+            request_id=request_id,
+            tenant=tenant.id,
+            adapter=f"{manifest_fields['id']}@{manifest_fields['version']}",
+            status=answer.status,
+            reason=None if answer.ok else answer.body["error"]["message"],
+        )
+        return JSONResponse(answer.body, status_code=answer.status)
+
+    @api.get("/v1/adapters")
+    async def adapters_list(self, request: Request) -> Response:
+        """Every adapter the caller may see, with its versions (private ones of others are not listed)."""
+        try:
+            tenant = self._gate.admit(request.headers.get("authorization"))
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        views = []
+        for adapter_id in self._registry.ids():
+            with contextlib.suppress(AdapterError):
+                view = adapter_view(self._registry, adapter_id)
+                if may_see(tenant, view):
+                    views.append(view)
+        return JSONResponse({"object": "list", "data": views})
+
+    @api.get("/v1/adapters/{adapter_id}")
+    async def adapters_show(self, adapter_id: str, request: Request) -> Response:
+        """One adapter's metadata and versions; 404 when it does not exist or the caller may not see it."""
+        try:
+            tenant = self._gate.admit(request.headers.get("authorization"))
+            view = self._visible_adapter(tenant, adapter_id)
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        return JSONResponse(view)
+
+    @api.delete("/v1/adapters/{adapter_id}/versions/{version}")
+    async def adapters_retire(self, adapter_id: str, version: str, request: Request) -> Response:
+        """Retire a version: requests no longer resolve to it (pinned ones get 410); files are kept."""
+        request_id = _request_id(request)
+        try:
+            tenant = self._tenant(request, "retiring adapters")
+            view = self._visible_adapter(tenant, adapter_id)
+            if not may_retire(tenant, view):
+                raise GateError(
+                    403, f"tenant {tenant.id!r} may not retire {adapter_id!r}", "permission_error"
+                )
+            if version not in [v["version"] for v in view["versions"]]:
+                raise GateError(404, f"adapter {adapter_id!r} has no version {version!r}", "not_found_error")
+            record = self._registry.retire(adapter_id, version, by=tenant.id)
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        self._gate.audit(
+            event="adapter_retire",
+            request_id=request_id,
+            tenant=tenant.id,
+            adapter=f"{adapter_id}@{version}",
+            status=200,
+        )
+        return JSONResponse({"id": adapter_id, "version": version, "retired": record})
+
+    def _visible_adapter(self, tenant: Tenant | None, adapter_id: str) -> dict[str, Any]:
+        """The adapter's view, or GateError 404 (also when the caller may not see it: no existence leak)."""
+        try:
+            view = adapter_view(self._registry, adapter_id)
+        except AdapterError:
+            view = None
+        if view is None or not may_see(tenant, view):
+            raise GateError(404, f"adapter {adapter_id!r} does not exist", "not_found_error")
+        return view
 
     @api.post("/v1/harmonize")
     async def harmonize_fields(self, request: Request) -> Response:

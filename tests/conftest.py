@@ -161,6 +161,7 @@ def make_app_config(
             "adapters": {
                 "root": str(registry_root),
                 "cache_root": str(tmp.mktemp(f"composites-{engine}")),
+                "max_upload_bytes": 4 << 20,  # the test adapters are tens of KB; 413 is tested
             },
             "engine": engine_cfg,
             "engine_deployment": {

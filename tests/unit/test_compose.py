@@ -22,7 +22,9 @@ SPECS = {  # name: (seed, rank, alpha, modules) — mixed ranks, partial module 
     "qv4": (11, 4, 8, ("q_proj", "v_proj")),
     "ko8": (12, 8, 8, ("k_proj", "o_proj")),
     "qup16": (13, 16, 32, ("q_proj", "up_proj", "gate_proj")),
+    "rs16": (14, 16, 8, ("q_proj", "v_proj")),  # rsLoRA: scaled alpha / sqrt(r) = 2, not alpha / r = 0.5
 }
+RSLORA = {"rs16"}
 META = {"kind": "task", "owner": "t", "base_model": "tiny", "base_model_revision": "rev"}
 
 
@@ -32,7 +34,9 @@ def comps(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
     root = tmp_path_factory.mktemp("compose-src")
     return {
-        n: make_random_adapter(tiny_model, root / n, seed=s, rank=r, alpha=a, target_modules=m, scale=0.1)
+        n: make_random_adapter(
+            tiny_model, root / n, seed=s, rank=r, alpha=a, target_modules=m, scale=0.1, rslora=n in RSLORA
+        )
         for n, (s, r, a, m) in SPECS.items()
     }
 
@@ -43,17 +47,22 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_model(tiny_model: Path, parts: list[tuple[Path, float]]) -> torch.nn.Module:
-    """Base weights + sum_i w_i * (alpha_i/r_i) * B_i @ A_i, merged by hand."""
+    """Base weights + sum_i w_i * s_i * B_i @ A_i, merged by hand; s_i = alpha_i / r_i, or alpha_i / sqrt(r_i)
+    where the adapter's own config says use_rslora (read here, not through load_lora's scale)."""
+    import json
+    import math
+
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float64)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for path, weight in parts:
-            lora = load_lora(path)
-            for module, (a, b) in lora.modules.items():
+            cfg = json.loads((path / "adapter_config.json").read_text())
+            s = cfg["lora_alpha"] / (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else cfg["r"])
+            for module, (a, b) in load_lora(path).modules.items():
                 name = module.removeprefix("base_model.model.") + ".weight"
-                params[name] += weight * lora.alpha / lora.rank * (b.double() @ a.double())
+                params[name] += weight * s * (b.double() @ a.double())
     return model
 
 
@@ -64,8 +73,17 @@ def _reference_model(tiny_model: Path, parts: list[tuple[Path, float]]) -> torch
         [("qv4", 1.0), ("ko8", 1.0)],
         [("qv4", 0.5), ("ko8", 2.0), ("qup16", 0.25)],
         [("qup16", 1.0), ("qv4", 1.0)],
+        [("rs16", 1.0)],
+        [("qv4", 0.5), ("rs16", 0.25), ("ko8", 1.0)],  # weights whose scales are exact in fp32 (storage)
     ],
-    ids=["single", "disjoint-modules", "weighted-mixed-ranks", "overlapping-q"],
+    ids=[
+        "single",
+        "disjoint-modules",
+        "weighted-mixed-ranks",
+        "overlapping-q",
+        "rslora",
+        "rslora-in-a-stack",
+    ],
 )
 def test_composite_equals_base_plus_sum_of_deltas(
     tiny_model: Path, comps: dict[str, Path], tmp_path: Path, stack: list[tuple[str, float]]
@@ -263,3 +281,31 @@ def test_two_processes_keep_the_cache_within_its_bound_and_leave_no_locks(
     total = sum(f.stat().st_size for d in entries for f in d.iterdir())
     assert total <= bound and 1 <= len(entries) <= 3, (total, bound, len(entries))
     assert not list(cache_dir.glob(".tmp-*")) and not list((cache_dir / ".locks").glob("*.lock"))
+
+
+def test_rslora_composite_matches_peft_applying_rslora_itself(
+    tiny_model: Path, comps: dict[str, Path], tmp_path: Path
+) -> None:
+    """Independent of our maths: PEFT loading the rsLoRA adapter as it is (scaling alpha / sqrt(r) itself)
+    gives the same logits as the composite (r = alpha = 16, plain LoRA) of that one adapter."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert json.loads((comps["rs16"] / "adapter_config.json").read_text())["use_rslora"] is True
+    compose_to_dir([Component(comps["rs16"], 1.0)], tmp_path / "composite")
+    ids = torch.tensor([[3, 9, 27, 81, 243]])
+
+    def logits(path: Path) -> torch.Tensor:
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float64)
+        return _logits(PeftModel.from_pretrained(base, str(path)).double(), ids)
+
+    from transformers import AutoModelForCausalLM as Auto
+
+    got, want = logits(tmp_path / "composite"), logits(comps["rs16"])
+    plain = _logits(Auto.from_pretrained(str(tiny_model), dtype=torch.float64), ids)
+    # PEFT's own rsLoRA path agrees at fp32 level (~1e-6 here; its adapter arithmetic is not all float64);
+    # scaling by alpha / r instead would move the logits by > 1e-2 (asserted), 3 orders above the bound
+    assert (want - plain).abs().max() > 1e-2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

@@ -179,3 +179,58 @@ def test_base_model_mismatch_is_refused(tmp_path: Path, over, modules, fields, r
             **fields,
         )
     assert reg.list() == []
+
+
+def test_retired_versions_are_skipped_by_latest_and_refused_when_pinned(tmp_path: Path) -> None:
+    from adapters import AdapterRetired
+
+    reg = AdapterRegistry(tmp_path / "reg")
+    assert reg.next_version("acme") == "1"
+    reg.register(peft_dir(tmp_path / "a", value=0.1), id="acme", **META)
+    reg.register(peft_dir(tmp_path / "b", value=0.2), id="acme", version=reg.next_version("acme"), **META)
+    assert reg.next_version("acme") == "3" and reg.ids() == ["acme"]
+    record = reg.retire("acme", "2", by="ops")
+    assert record["by"] == "ops" and reg.retire("acme", "2", by="other") == record  # idempotent
+    assert reg.get("acme").version == "1"  # latest skips the retired version
+    with pytest.raises(AdapterRetired, match="retired"):
+        reg.get("acme", "2")
+    assert (
+        reg.manifest("acme", "2").version == "2"
+        and (tmp_path / "reg/acme/2/adapter_model.safetensors").is_file()
+    )
+    reg.retire("acme", "1", by="ops")
+    with pytest.raises(AdapterRetired, match="every version"):
+        reg.get("acme")
+    assert reg.list() == [] and reg.next_version("acme") == "3"  # a retired number is never reused
+    with pytest.raises(AdapterNotFound):
+        reg.retire("acme", "7", by="ops")
+
+
+def test_upload_rules_per_role(tmp_path: Path) -> None:
+    from federation.errors import GateError
+    from federation.tenants import Tenant
+    from serving.adapter_api import upload_fields
+
+    reg = AdapterRegistry(tmp_path / "reg")
+    brand = Tenant(id="brewmax", role="manufacturer", api_key_sha256="0" * 64)
+    other = Tenant(id="other", role="manufacturer", api_key_sha256="1" * 64)
+    admin = Tenant(id="admin", role="admin", api_key_sha256="2" * 64)
+    retailer = Tenant(id="acme", role="retailer", api_key_sha256="3" * 64)
+    fields = upload_fields(brand, {"id": "bm", "kind": "manufacturer"}, reg)
+    assert fields == {"id": "bm", "version": "1", "kind": "manufacturer", "visibility": "private",
+                      "owner": "brewmax", "description": ""}  # fmt: skip
+    reg.register(peft_dir(tmp_path / "a"), **{**fields, "base_model": "tiny", "base_model_revision": "x"})
+    assert upload_fields(brand, {"id": "bm", "kind": "manufacturer"}, reg)["version"] == "2"
+    for tenant, form, status in [
+        (other, {"id": "bm", "kind": "manufacturer"}, 403),  # someone else's id
+        (brand, {"id": "x", "kind": "task"}, 403),
+        (brand, {"id": "x", "kind": "manufacturer", "visibility": "public"}, 403),
+        (retailer, {"id": "x", "kind": "retailer"}, 403),
+        (admin, {"id": "bm", "kind": "task"}, 400),  # a new version keeps its kind
+        (brand, {"id": "x"}, 400),
+        (brand, {"id": "x", "kind": "manufacturer", "description": "d" * 501}, 400),
+    ]:
+        with pytest.raises(GateError) as e:
+            upload_fields(tenant, form, reg)
+        assert e.value.status == status, (tenant.id, form)
+    assert upload_fields(admin, {"id": "rm", "kind": "industry"}, reg)["visibility"] == "public"

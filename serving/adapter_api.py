@@ -1,0 +1,140 @@
+"""Adapters over HTTP: who may register, read and retire what, and the upload's checks.
+
+The router calls these; the registration itself runs on an engine replica (:meth:`EngineDeployment.
+register_adapter`), which has the base model to check shapes against, as ``rmn adapters register`` does.
+
+Rules: an admin registers any kind and visibility; a manufacturer tenant registers only private manufacturer
+adapters it owns (a new id, or a new version of its own); other roles register nothing. Reading: an adapter's
+metadata is shown to whoever may use it (private ones to their owner, grantees and admins; to anyone else they do
+not exist: 404). Retiring: admins, and a manufacturer its own adapters. Every registration gets a new version
+(one major above the last); nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from adapters import AdapterManifest, AdapterRegistry, InvalidAdapter
+from adapters.errors import AdapterNotFound
+from adapters.registry import CONFIG, WEIGHTS
+from federation.errors import GateError
+from federation.tenants import Role, Tenant
+
+FILES = (CONFIG, WEIGHTS)
+FIELDS = ("id", "kind", "visibility", "description", "owner")
+
+
+def upload_fields(tenant: Tenant, form: dict[str, str], registry: AdapterRegistry) -> dict[str, Any]:
+    """The manifest fields of an upload by ``tenant`` (with the new version), or GateError 400/403."""
+    unknown = set(form) - set(FIELDS)
+    if unknown:
+        raise GateError(
+            400, f"unknown form fields {sorted(unknown)}; allowed: {', '.join(FIELDS)} and the two files"
+        )
+    for name in ("id", "kind"):
+        if not form.get(name):
+            raise GateError(400, f"form field {name!r} is required")
+    adapter_id, kind = form["id"], form["kind"]
+    admin = tenant.role == Role.admin
+    visibility = form.get("visibility") or ("public" if admin else "private")
+    owner = form.get("owner") or tenant.id
+    if not admin:
+        if tenant.role != Role.manufacturer:
+            raise GateError(
+                403,
+                f"tenant {tenant.id!r} ({tenant.role.value}) may not register adapters",
+                "permission_error",
+            )
+        if kind != "manufacturer" or visibility != "private" or owner != tenant.id:
+            raise GateError(
+                403,
+                f"tenant {tenant.id!r} may register only private manufacturer adapters it owns "
+                "(kind=manufacturer, visibility=private, no other owner)",
+                "permission_error",
+            )
+    if len(form.get("description", "")) > 500:
+        raise GateError(400, "description is longer than 500 characters")
+    try:
+        versions = registry.versions(adapter_id)
+    except InvalidAdapter as e:
+        raise GateError(400, str(e)) from e
+    if versions:
+        last = registry.manifest(adapter_id, versions[-1])
+        if not admin and last.owner != tenant.id:
+            raise GateError(403, f"adapter {adapter_id!r} belongs to another tenant", "permission_error")
+        if last.kind.value != kind:
+            raise GateError(
+                400, f"adapter {adapter_id!r} is a {last.kind.value} adapter; a new version keeps its kind"
+            )
+    return {
+        "id": adapter_id,
+        "version": registry.next_version(adapter_id),
+        "kind": kind,
+        "visibility": visibility,
+        "owner": owner,
+        "description": form.get("description", ""),
+    }
+
+
+def register_files(
+    registry: AdapterRegistry, model_dir: Path, files: dict[str, bytes], fields: dict[str, Any]
+) -> AdapterManifest:
+    """Write the uploaded files to a scratch directory and register them checked against the base model
+    (every check of ``rmn adapters register``); the scratch directory is removed. Raises InvalidAdapter."""
+    tmp = Path(tempfile.mkdtemp(prefix="rmn-upload-"))
+    try:
+        for name in FILES:
+            (tmp / name).write_bytes(files[name])
+        return registry.register(tmp, base_model_dir=model_dir, base_model=model_dir.name, **fields)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def adapter_view(registry: AdapterRegistry, adapter_id: str) -> dict[str, Any]:
+    """An adapter's metadata: the latest manifest's fields and every version (sha256, rank, created, retired)."""
+    versions = registry.versions(adapter_id)
+    if not versions:
+        raise AdapterNotFound(f"adapter {adapter_id!r} is not registered")
+    rows = []
+    for v in versions:
+        m = registry.manifest(adapter_id, v)
+        rows.append(
+            {
+                "version": v,
+                "sha256": m.sha256,
+                "rank": m.rank,
+                "alpha": m.alpha,
+                "target_modules": m.target_modules,
+                "created": registry.created(adapter_id, v),
+                "retired": registry.retired(adapter_id, v),
+            }
+        )
+    last = registry.manifest(adapter_id, versions[-1])
+    live = [r["version"] for r in rows if r["retired"] is None]
+    return {
+        "id": adapter_id,
+        "kind": last.kind.value,
+        "owner": last.owner,
+        "visibility": last.visibility.value,
+        "description": last.description,
+        "base_model": last.base_model,
+        "latest": live[-1] if live else None,
+        "versions": rows,
+    }
+
+
+def may_see(tenant: Tenant | None, view: dict[str, Any]) -> bool:
+    """Whether ``tenant`` may read the adapter's metadata (the same rule as using it)."""
+    return tenant is None or tenant.may_use(view["id"], view["owner"], view["visibility"] == "private")
+
+
+def may_retire(tenant: Tenant | None, view: dict[str, Any]) -> bool:
+    """Admins retire anything; a manufacturer its own adapters; nobody else (an open gate: anyone)."""
+    return (
+        tenant is None
+        or tenant.role == Role.admin
+        or (tenant.role == Role.manufacturer and view["owner"] == tenant.id)
+    )

@@ -1,0 +1,148 @@
+"""Adapters over HTTP on the Serve tier: a brand uploads its private adapter, serves it, publishes a new
+version without a restart, retires the old one (pinned requests get 410); every refusal leaves nothing behind.
+Registration runs on an engine replica against the base model, with the CLI's checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters import AdapterRegistry
+from tests.tenants import ADMIN, auth
+
+ID = "brand_x_promo"
+
+
+def files(src: Path, config: bytes | None = None, weights: bytes | None = None) -> dict[str, Any]:
+    return {
+        "adapter_config.json": ("adapter_config.json", config or (src / "adapter_config.json").read_bytes()),
+        "adapter_model.safetensors": ("w", weights or (src / "adapter_model.safetensors").read_bytes()),
+    }
+
+
+def upload(url: str, headers: dict[str, str], src: Path, **kw: Any) -> httpx.Response:
+    data = {"id": ID, "kind": "manufacturer", "description": "summer promo tone", **kw.pop("data", {})}
+    return httpx.post(f"{url}/v1/adapters", headers=headers, data=data, files=files(src, **kw), timeout=60)
+
+
+def chat(url: str, headers: dict[str, str], model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    return httpx.post(f"{url}/v1/chat/completions", headers=headers, json=body, timeout=30)
+
+
+def stored(registry_root: Path) -> list[str]:
+    """Everything under the adapter's directory (versions, temp dirs, retirement records)."""
+    d = registry_root / ID
+    return sorted(str(p.relative_to(registry_root)) for p in d.rglob("*")) if d.exists() else []
+
+
+def test_upload_serve_new_version_retire(
+    serve_url: str, adapter_dirs: dict[str, Path], registry_root: Path, app_config: Any
+) -> None:
+    r = upload(serve_url, auth("brand_x"), adapter_dirs["alpha"])
+    assert r.status_code == 201, r.text
+    m = r.json()
+    assert (m["id"], m["version"], m["owner"], m["visibility"], m["kind"]) == (
+        ID,
+        "1",
+        "brand_x",
+        "private",
+        "manufacturer",
+    )
+    sha1 = m["sha256"]
+    # served at once, to its owner only
+    r = chat(serve_url, auth("brand_x"), f"base:{ID}")
+    assert r.status_code == 200 and r.headers["x-rmn-model"] == f"base:{ID}@1"
+    assert chat(serve_url, auth("brand_y"), f"base:{ID}").status_code == 403
+    # metadata: the owner and admins see it; another brand does not know it exists
+    show = httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=auth("brand_x")).json()
+    assert (
+        show["latest"] == "1" and show["versions"][0]["sha256"] == sha1 and show["versions"][0]["rank"] == 8
+    )
+    assert httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=ADMIN).status_code == 200
+    assert httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=auth("brand_y")).status_code == 404
+    listed = {a["id"] for a in httpx.get(f"{serve_url}/v1/adapters", headers=auth("brand_y")).json()["data"]}
+    assert ID not in listed and "brand_y" in listed and "brand_x" not in listed
+
+    # a new version (other weights) is served without a restart; the old one stays reachable pinned
+    r = upload(serve_url, auth("brand_x"), adapter_dirs["beta"])
+    assert r.status_code == 201 and r.json()["version"] == "2" and r.json()["sha256"] != sha1
+    assert chat(serve_url, auth("brand_x"), f"base:{ID}").headers["x-rmn-model"] == f"base:{ID}@2"
+    assert chat(serve_url, auth("brand_x"), f"base:{ID}@1").status_code == 200
+
+    # retire v1: another brand cannot (it does not see it), the owner can; pinned requests get 410
+    url = f"{serve_url}/v1/adapters/{ID}/versions/1"
+    assert httpx.delete(url, headers=auth("brand_y")).status_code == 404
+    r = httpx.delete(url, headers=auth("brand_x"))
+    assert r.status_code == 200 and r.json()["retired"]["by"] == "brand_x"
+    gone = chat(serve_url, auth("brand_x"), f"base:{ID}@1")
+    assert gone.status_code == 410 and "retired" in gone.json()["error"]["message"]
+    assert chat(serve_url, auth("brand_x"), f"base:{ID}").headers["x-rmn-model"] == f"base:{ID}@2"
+    assert httpx.delete(url, headers=auth("brand_x")).status_code == 200  # idempotent
+    versions = httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=auth("brand_x")).json()["versions"]
+    assert [v["retired"] is not None for v in versions] == [True, False]
+    assert (registry_root / ID / "1" / "adapter_model.safetensors").is_file()  # files kept
+    # the audit log has both the registration and the retirement
+    audit = [json.loads(x) for x in Path(app_config.federation.audit_log).read_text().splitlines()]
+    events = {(e["event"], e.get("adapter")) for e in audit}
+    assert ("adapter_register", f"{ID}@2") in events and ("adapter_retire", f"{ID}@1") in events
+
+
+def _big_config(src: Path) -> bytes:
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    cfg["r"] = 32  # above max_lora_rank 16
+    return json.dumps(cfg).encode()
+
+
+@pytest.mark.parametrize(
+    ("who", "kw", "status", "needle"),
+    [
+        ("brand_y", {}, 403, "belongs to another tenant"),
+        ("brand_x", {"data": {"kind": "retailer"}}, 403, "only private manufacturer adapters"),
+        ("brand_x", {"data": {"visibility": "public"}}, 403, "only private manufacturer adapters"),
+        ("brand_x", {"data": {"owner": "brand_y"}}, 403, "only private manufacturer adapters"),
+        ("agency", {}, 403, "may not register"),
+        (None, {}, 401, "API key"),
+        ("brand_x", {"config": b"{not json"}, 400, "not valid JSON"),
+        ("brand_x", {"weights": b"\x00" * 64}, 400, "not a readable safetensors file"),
+        ("brand_x", {"config": b"[1, 2]"}, 400, "must be a JSON object"),
+        ("brand_x", {"config": b'{"r": "x", "lora_alpha": 8}'}, 400, "must be numbers"),
+        ("brand_x", {"config_from": "big"}, 400, "rank 32 is above"),
+        ("brand_x", {"weights": b"\x00" * (5 << 20)}, 413, "limit"),
+        ("brand_x", {"data": {"id": "../etc"}}, 400, "invalid adapter id"),
+        ("brand_x", {"data": {"color": "red"}}, 400, "unknown form fields"),
+    ],
+)
+def test_refusals_write_nothing(
+    serve_url: str,
+    adapter_dirs: dict[str, Path],
+    registry_root: Path,
+    who: str | None,
+    kw: dict[str, Any],
+    status: int,
+    needle: str,
+) -> None:
+    before = stored(registry_root)
+    if kw.pop("config_from", None):
+        kw["config"] = _big_config(adapter_dirs["alpha"])
+    if status == 403 and who == "brand_y":  # an id that exists and belongs to brand_x
+        AdapterRegistry(registry_root, max_rank=16).versions(ID) or pytest.skip("needs the upload test first")
+    headers = auth(who) if who else {}
+    r = upload(serve_url, headers, adapter_dirs["gamma"], **kw)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    assert stored(registry_root) == before
+
+
+def test_unknown_adapter_is_404_and_missing_parts_are_400(serve_url: str) -> None:
+    assert httpx.get(f"{serve_url}/v1/adapters/nope", headers=ADMIN).status_code == 404
+    assert httpx.delete(f"{serve_url}/v1/adapters/nope/versions/1", headers=ADMIN).status_code == 404
+    assert httpx.delete(f"{serve_url}/v1/adapters/rm/versions/9", headers=ADMIN).status_code == 404
+    r = httpx.post(
+        f"{serve_url}/v1/adapters", headers=auth("brand_x"), data={"id": "x", "kind": "manufacturer"}
+    )
+    assert r.status_code == 400 and "missing file parts" in r.json()["error"]["message"]
