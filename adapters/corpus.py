@@ -13,23 +13,31 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     """Read a corpus; raises InvalidAdapter naming the file and line of the first bad record."""
     if not path.is_file():
         raise InvalidAdapter(f"corpus {path} does not exist")
+    return parse_pairs(path.read_text(), str(path))
+
+
+def parse_pairs(text: str, source: str = "data", max_records: int | None = None) -> list[tuple[str, str]]:
+    """Parse JSONL corpus text (``source`` names it in errors); at least 10 records, at most
+    ``max_records``; raises InvalidAdapter naming the line of the first bad record."""
     pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InvalidAdapter(f"{path}:{n}: not JSON ({e.msg})") from e
+            raise InvalidAdapter(f"{source}:{n}: not JSON ({e.msg})") from e
         if (
             not isinstance(rec, dict)
             or not isinstance(rec.get("prompt"), str)
             or not isinstance(rec.get("response"), str)
         ):
-            raise InvalidAdapter(f'{path}:{n}: expected {{"prompt": <string>, "response": <string>}}')
+            raise InvalidAdapter(f'{source}:{n}: expected {{"prompt": <string>, "response": <string>}}')
         pairs.append((rec["prompt"], rec["response"]))
+        if max_records is not None and len(pairs) > max_records:
+            raise InvalidAdapter(f"{source}: more than {max_records} records")
     if len(pairs) < 10:
-        raise InvalidAdapter(f"{path}: need at least 10 records, got {len(pairs)}")
+        raise InvalidAdapter(f"{source}: need at least 10 records, got {len(pairs)}")
     return pairs
 
 

@@ -9,7 +9,7 @@ for a seed on CPU.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,13 @@ def _batches(texts: list[str], tok: object, seq_len: int, batch: int, rng: rando
     return out
 
 
+def pick_device() -> str:
+    """ "cuda" when torch sees a GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def train_lora(
     base_dir: Path | str,
     pairs: Sequence[tuple[str, str]],
@@ -54,8 +61,13 @@ def train_lora(
     seq_len: int = 96,
     seed: int = 0,
     desc: str = "train",
+    on_step: Callable[[int, float], None] | None = None,
+    on_heldout: Callable[[str, float], None] | None = None,
+    device: str = "cpu",
 ) -> TrainReport:
-    """Fine-tune a LoRA on chat ``pairs`` (10% held out) and save it to ``out_dir``."""
+    """Fine-tune a LoRA on chat ``pairs`` (10% held out) and save it to ``out_dir``; ``on_step(step, loss)``
+    after every step, ``on_heldout("base" | "adapter", loss)`` when measured; ``device`` "cuda" trains on
+    the GPU."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -76,16 +88,24 @@ def train_lora(
     rng.shuffle(texts)
     n_eval = max(2, len(texts) // 10)
     heldout, train = texts[:n_eval], texts[n_eval:]
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    model = model.to(device)
+
+    def on(b: dict) -> dict:
+        return {k: v.to(device) for k, v in b.items()}
 
     def heldout_loss(m: torch.nn.Module) -> float:
         m.eval()
         with torch.no_grad():
-            losses = [float(m(**b).loss) for b in _batches(heldout, tok, seq_len, batch, random.Random(0))]
+            losses = [
+                float(m(**on(b)).loss) for b in _batches(heldout, tok, seq_len, batch, random.Random(0))
+            ]
         m.train()
         return sum(losses) / len(losses)
 
     base_loss = heldout_loss(model)
+    if on_heldout is not None:
+        on_heldout("base", base_loss)
     cfg = LoraConfig(
         r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0, task_type="CAUSAL_LM"
     )
@@ -94,16 +114,20 @@ def train_lora(
     data: list[dict] = []
     bar = tqdm(range(steps), desc=desc, unit="step")
     loss_value = float("nan")
-    for _ in bar:
+    for step in bar:
         if not data:
             data = _batches(train, tok, seq_len, batch, rng)
-        loss = peft_model(**data.pop()).loss
+        loss = peft_model(**on(data.pop())).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
         loss_value = float(loss.detach())
         bar.set_postfix(loss=f"{loss_value:.3f}")
+        if on_step is not None:
+            on_step(step + 1, loss_value)
     adapter_loss = heldout_loss(peft_model)
+    if on_heldout is not None:
+        on_heldout("adapter", adapter_loss)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
     return TrainReport(steps, loss_value, base_loss, adapter_loss)

@@ -395,6 +395,103 @@ class Router:
         )
         return JSONResponse(answer.body, status_code=answer.status)
 
+    @api.post("/v1/adapters/train")
+    async def adapters_train(self, request: Request) -> Response:
+        """Train an adapter on the tenant's private pairs as a cluster job (multipart: a ``data.jsonl`` file of
+        ``{"prompt", "response"}`` lines; fields id, kind, description and the TrainSettings fields):
+        202 + the job (serving/training_jobs.py). The result is registered like an upload."""
+        from pydantic import ValidationError
+        from starlette.datastructures import UploadFile
+
+        from adapters import InvalidAdapter
+        from adapters.corpus import parse_pairs
+        from federation.errors import first_error
+        from serving.training_jobs import TrainSettings, board, submit
+
+        request_id = _request_id(request)
+        limit = self._cfg.adapters.max_upload_bytes
+        try:
+            tenant = self._tenant(request, "training jobs")
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                raise GateError(411, "a training upload needs a Content-Length header")
+            if int(length) > limit:
+                raise GateError(413, f"the upload is {int(length)} bytes, over the {limit}-byte limit")
+            try:
+                form = await request.form(max_files=1, max_fields=20)
+            except Exception as e:
+                raise GateError(400, f"the body is not a valid multipart upload: {e}") from e
+            data, fields = None, {}
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key != "data.jsonl":
+                        raise GateError(400, f"unexpected file part {key!r}; send data.jsonl")
+                    data = (await value.read()).decode("utf-8", errors="strict")
+                else:
+                    fields[key] = str(value)
+            if data is None:
+                raise GateError(400, "missing file part: data.jsonl")
+            manifest_keys = {"id", "kind", "description"}
+            raw = {k: v for k, v in fields.items() if k not in manifest_keys}
+            if "target_modules" in raw:
+                raw["target_modules"] = [m for m in raw.pop("target_modules").split(",") if m]  # type: ignore[assignment]
+            try:
+                settings = TrainSettings.model_validate(raw)
+            except ValidationError as e:
+                loc, msg = first_error(e)
+                raise GateError(400, f"training setting {loc}: {msg}") from e
+            if settings.rank > self._cfg.engine.max_lora_rank:
+                raise GateError(
+                    400,
+                    f"rank {settings.rank} is above engine.max_lora_rank {self._cfg.engine.max_lora_rank}",
+                )
+            manifest = upload_fields(
+                tenant, {k: v for k, v in fields.items() if k in manifest_keys}, self._registry
+            )
+            try:
+                pairs = parse_pairs(data, "data.jsonl", max_records=100_000)
+            except InvalidAdapter as e:
+                raise GateError(400, str(e)) from e
+        except UnicodeDecodeError:
+            return _error("data.jsonl is not UTF-8 text", 400)
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        manifest.pop("version")  # the job takes the next version when it registers
+        jobs = board()
+        job = await jobs.create.remote(tenant.id, manifest["id"], settings.model_dump(), len(pairs))
+        submit(
+            jobs,
+            job["id"],
+            str(self._cfg.model.path),
+            str(self._cfg.adapters.root),
+            self._cfg.engine.max_lora_rank,
+            pairs,
+            settings.model_dump(),
+            manifest,
+        )
+        self._gate.audit(
+            event="adapter_train",
+            request_id=request_id,
+            tenant=tenant.id,
+            job=job["id"],
+            adapter=manifest["id"],
+        )
+        return JSONResponse(job, status_code=202, headers={"location": f"/v1/adapters/jobs/{job['id']}"})
+
+    @api.get("/v1/adapters/jobs/{job_id}")
+    async def adapters_job(self, job_id: str, request: Request) -> Response:
+        """A training job's state, step, loss and held-out losses; 404 for another tenant's job."""
+        from serving.training_jobs import board
+
+        try:
+            tenant = self._tenant(request, "training jobs")
+        except GateError as e:
+            return _error(str(e), e.status, e.err_type, e.headers)
+        job = await board().get.remote(job_id) if len(job_id) <= 64 else None
+        if job is None or (tenant.role != Role.admin and job["tenant"] != tenant.id):
+            return _error(f"no training job {job_id!r}", 404, "not_found_error")
+        return JSONResponse(job)
+
     @api.get("/v1/adapters")
     async def adapters_list(self, request: Request) -> Response:
         """Every adapter the caller may see, with its versions (private ones of others are not listed)."""

@@ -146,3 +146,86 @@ def test_unknown_adapter_is_404_and_missing_parts_are_400(serve_url: str) -> Non
         f"{serve_url}/v1/adapters", headers=auth("brand_x"), data={"id": "x", "kind": "manufacturer"}
     )
     assert r.status_code == 400 and "missing file parts" in r.json()["error"]["message"]
+
+
+PAIRS = [
+    {
+        "prompt": f"Write a promo line {i} for brand_x coffee.",
+        "response": "Bold roast coffee, deal of the week.",
+    }
+    for i in range(30)
+]
+
+
+def train(url: str, who: str, data: str | None = None, **fields: str) -> httpx.Response:
+    form = {"id": "brand_x_tuned", "kind": "manufacturer", "steps": "12", "rank": "4", "lr": "0.01", **fields}
+    body = data if data is not None else "\n".join(json.dumps(p) for p in PAIRS)
+    return httpx.post(
+        f"{url}/v1/adapters/train",
+        headers=auth(who),
+        data=form,
+        files={"data.jsonl": ("data.jsonl", body.encode())},
+        timeout=60,
+    )
+
+
+def test_train_job_registers_a_private_adapter_usable_in_a_stack(
+    serve_url: str, adapter_dirs: dict[str, Path]
+) -> None:
+    import glob
+    import tempfile
+    import time
+
+    r = train(serve_url, "brand_x")
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] == "queued" and r.headers["location"] == f"/v1/adapters/jobs/{job['id']}"
+    deadline = time.monotonic() + 180
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = httpx.get(f"{serve_url}/v1/adapters/jobs/{job['id']}", headers=auth("brand_x")).json()
+    assert job["state"] == "succeeded", job
+    assert job["step"] == 12 and job["heldout_loss_after"] < job["heldout_loss_before"], job
+    assert job["adapter"] == "brand_x_tuned@1" and job["records"] == 30
+    assert httpx.get(f"{serve_url}/v1/adapters/jobs/{job['id']}", headers=auth("brand_y")).status_code == 404
+    # the training data's scratch directory is gone
+    assert not glob.glob(f"{tempfile.gettempdir()}/rmn-{job['id']}-*")
+    # private to brand_x, usable alone and in a stack
+    assert httpx.get(f"{serve_url}/v1/adapters/brand_x_tuned", headers=auth("brand_y")).status_code == 404
+    view = httpx.get(f"{serve_url}/v1/adapters/brand_x_tuned", headers=auth("brand_x")).json()
+    assert (view["owner"], view["visibility"], view["versions"][0]["rank"]) == ("brand_x", "private", 4)
+    # a stack with an adapter uploaded over HTTP (the session's fixture adapters carry a made-up base
+    # revision, so composing with them is refused, rightly)
+    up = upload(serve_url, auth("brand_x"), adapter_dirs["gamma"], data={"id": "brand_x_tone"})
+    assert up.status_code == 201, up.text
+    r = chat(serve_url, auth("brand_x"), "base:brand_x_tone+brand_x_tuned")
+    assert r.status_code == 200 and r.headers["x-rmn-model"] == "base:brand_x_tone@1+brand_x_tuned@1", r.text
+    assert chat(serve_url, auth("brand_y"), "base:brand_x_tuned").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("who", "data", "fields", "status", "needle"),
+    [
+        ("brand_x", "\n".join(json.dumps(p) for p in PAIRS[:5]), {}, 400, "need at least 10 records"),
+        ("brand_x", '{"prompt": 1}\n' * 12, {}, 400, "data.jsonl:1: expected"),
+        ("brand_x", None, {"steps": "0"}, 400, "training setting steps"),
+        ("brand_x", None, {"epochs": "3"}, 400, "training setting epochs"),
+        ("brand_x", None, {"rank": "32"}, 400, "above engine.max_lora_rank"),
+        ("brand_x", None, {"kind": "retailer"}, 403, "only private manufacturer adapters"),
+        ("agency", None, {}, 403, "may not register"),
+    ],
+)
+def test_train_refusals_start_nothing(
+    serve_url: str,
+    registry_root: Path,
+    who: str,
+    data: str | None,
+    fields: dict[str, str],
+    status: int,
+    needle: str,
+) -> None:
+    before = sorted(p.name for p in registry_root.iterdir())
+    r = train(serve_url, who, data, id="never_trained", **fields)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    assert sorted(p.name for p in registry_root.iterdir()) == before

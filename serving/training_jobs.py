@@ -1,0 +1,158 @@
+"""Training an adapter as a cluster job (``POST /v1/adapters/train``): a Ray task, progress on a job board.
+
+A job trains a PEFT LoRA on the tenant's (prompt, response) pairs with :func:`adapters.training.train_lora`
+as a Ray task (one GPU where the cluster has one, else one CPU), then registers the result as the tenant's
+private adapter (next version, every registration check) in the registry. The training data exists only in the
+task's arguments (Ray's object store) and the job's scratch directory, which is deleted when the task ends,
+whatever happens. Progress (state, step, loss, held-out loss before/after, the adapter it made or the error)
+lives on :class:`JobBoard`, one named Ray actor per cluster, so every router replica answers
+``GET /v1/adapters/jobs/{id}``. The board keeps the last 1,000 jobs in memory; a lost board loses the job
+records, not the adapters already registered.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BOARD_NAME = "rmn-adapter-jobs"
+BOARD_NAMESPACE = "rmn"
+
+
+class TrainSettings(BaseModel):
+    """Training settings of ``POST /v1/adapters/train`` (form fields); bounded so one tenant cannot hog
+    the cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(default=8, ge=1, le=64, description="LoRA rank.")
+    alpha: int = Field(default=16, ge=1, le=512, description="LoRA alpha.")
+    steps: int = Field(default=30, ge=1, le=2000, description="Optimizer steps.")
+    lr: float = Field(default=2e-3, gt=0, le=1, description="Learning rate.")
+    batch: int = Field(default=8, ge=1, le=64, description="Pairs per step.")
+    seq_len: int = Field(default=96, ge=16, le=2048, description="Tokens per training sequence.")
+    seed: int = Field(default=0, ge=0, le=2**31, description="Seed (deterministic on CPU).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, description="Modules to adapt."
+    )
+
+
+class JobBoard:
+    """Job records by id (Ray actor; see the module docstring)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._keep = keep
+
+    def create(self, tenant: str, adapter_id: str, settings: dict[str, Any], records: int) -> dict[str, Any]:
+        job_id = "job-" + uuid.uuid4().hex[:16]
+        job = {
+            "id": job_id,
+            "tenant": tenant,
+            "adapter_id": adapter_id,
+            "state": "queued",
+            "created": time.time(),
+            "records": records,
+            "settings": settings,
+            "step": 0,
+            "steps": settings["steps"],
+            "loss": None,
+            "heldout_loss_before": None,
+            "heldout_loss_after": None,
+            "adapter": None,
+            "error": None,
+        }
+        self._jobs[job_id] = job
+        while len(self._jobs) > self._keep:
+            self._jobs.pop(next(iter(self._jobs)))
+        return dict(job)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        if job_id in self._jobs:
+            self._jobs[job_id].update(fields)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else dict(job)
+
+
+def board() -> Any:
+    """The cluster's job board (created on first use; detached, so it outlives the replica that made it)."""
+    import ray
+
+    actor = ray.remote(num_cpus=0)(JobBoard)
+    return actor.options(
+        name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()
+
+
+def run_job(
+    job_id: str,
+    board_handle: Any,
+    model_dir: str,
+    registry_root: str,
+    max_rank: int,
+    pairs: list[tuple[str, str]],
+    settings: dict[str, Any],
+    manifest: dict[str, Any],
+) -> dict[str, Any]:
+    """The Ray task: train in a scratch directory, register, report; the scratch directory is removed."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from adapters import AdapterRegistry
+    from adapters.training import pick_device, train_lora
+
+    def report(**fields: Any) -> None:
+        board_handle.update.remote(job_id, **fields)
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"rmn-{job_id}-"))
+    try:
+        device = pick_device()
+        report(state="running", device=device, started=time.time())
+        train_lora(
+            model_dir,
+            pairs,
+            scratch / "adapter",
+            desc=job_id,
+            device=device,
+            on_step=lambda step, loss: report(step=step, loss=round(loss, 5)),
+            on_heldout=lambda which, loss: report(
+                **{"heldout_loss_before" if which == "base" else "heldout_loss_after": round(loss, 5)}
+            ),
+            **settings,
+        )
+        registry = AdapterRegistry(registry_root, max_rank=max_rank)
+        fields = {**manifest, "version": registry.next_version(manifest["id"])}
+        m = registry.register(
+            scratch / "adapter", base_model_dir=Path(model_dir), base_model=Path(model_dir).name, **fields
+        )
+        report(state="succeeded", adapter=f"{m.id}@{m.version}", finished=time.time())
+        return {"adapter": f"{m.id}@{m.version}"}
+    except Exception as e:  # reported on the board; the task itself ends normally
+        report(state="failed", error=f"{type(e).__name__}: {e}", finished=time.time())
+        return {"error": str(e)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def submit(
+    board_handle: Any,
+    job_id: str,
+    model_dir: str,
+    registry_root: str,
+    max_rank: int,
+    pairs: list[tuple[str, str]],
+    settings: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Any:
+    """Start :func:`run_job` as a Ray task on a GPU when the cluster has one (else one CPU)."""
+    import ray
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_job)
+    return task.remote(job_id, board_handle, model_dir, registry_root, max_rank, pairs, settings, manifest)
