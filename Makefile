@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo serve test test-fast lint bench bench-long clean help
+.PHONY: setup demo serve crew test test-fast lint bench bench-long clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
@@ -27,6 +27,9 @@ demo: setup ## prepare demo model + adapters, serve them, print each adapter's a
 serve: setup ## serve on 127.0.0.1:8000 with the embedded defaults
 	$(BIN)/rmn model prepare && $(BIN)/rmn serve
 
+crew: setup ## the six-role agent crew (examples/agents/crew.py) against the federated demo app it starts (after make demo)
+	$(BIN)/python -m examples.agents.crew --local $(CREW_ARGS)
+
 test: setup ## every tier: unit, serve (Ray Serve + FakeEngine), integration (real vLLM on CPU, the UI in chromium)
 	bash scripts/ensure-chromium.sh
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
@@ -35,8 +38,8 @@ test-fast: setup ## unit + serve tiers (no vLLM engine; about a minute and a hal
 	bash scripts/run-tests.sh -m "not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff + mypy
-	$(BIN)/ruff check serving adapters federation cleanroom tests bench
-	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench
+	$(BIN)/ruff check serving adapters federation cleanroom tests bench examples
+	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench examples
 	$(BIN)/mypy
 
 bench: setup ## serving, adapter, router, clean-room and planning benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
