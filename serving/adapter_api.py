@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
+
 from adapters import AdapterManifest, AdapterRegistry, InvalidAdapter
 from adapters.errors import AdapterNotFound
 from adapters.registry import CONFIG, WEIGHTS
@@ -25,6 +27,39 @@ from federation.tenants import Role, Tenant
 
 FILES = (CONFIG, WEIGHTS)
 FIELDS = ("id", "kind", "visibility", "description", "owner")
+
+
+async def read_upload(
+    request: Request, limit: int, file_parts: tuple[str, ...], max_fields: int
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The multipart body's files (exactly ``file_parts``, each once) and text fields; GateError 400 for a
+    malformed body or unexpected/missing parts, 411 without Content-Length, 413 above ``limit`` bytes (checked
+    before anything is read)."""
+    from starlette.datastructures import UploadFile
+
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise GateError(411, "an upload needs a Content-Length header")
+    if int(length) > limit:
+        raise GateError(413, f"the upload is {int(length)} bytes, over the {limit}-byte limit")
+    try:
+        form = await request.form(max_files=len(file_parts), max_fields=max_fields)
+    except Exception as e:  # starlette's MultiPartException and malformed bodies
+        raise GateError(400, f"the body is not a valid multipart upload: {e}") from e
+    files: dict[str, bytes] = {}
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key not in file_parts or key in files:
+                raise GateError(
+                    400, f"unexpected file part {key!r}; send {' and '.join(file_parts)} once each"
+                )
+            files[key] = await value.read()
+        else:
+            fields[key] = str(value)
+    if set(files) != set(file_parts):
+        raise GateError(400, f"missing file parts: {', '.join(sorted(set(file_parts) - set(files)))}")
+    return files, fields
 
 
 def upload_fields(tenant: Tenant, form: dict[str, str], registry: AdapterRegistry) -> dict[str, Any]:

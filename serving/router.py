@@ -40,7 +40,7 @@ from federation.errors import GateError
 from federation.graph import composition_graph
 from federation.planning.creatives import check_line
 from federation.tenants import Role, Tenant
-from serving.adapter_api import FIELDS, FILES, adapter_view, may_retire, may_see, upload_fields
+from serving.adapter_api import FIELDS, FILES, adapter_view, may_retire, may_see, read_upload, upload_fields
 from serving.admission import FairScheduler, Lease, Shed
 from serving.config import AppConfig
 from serving.metrics import RouterMetrics
@@ -347,34 +347,11 @@ class Router:
         """Register an adapter (multipart: ``adapter_config.json``, ``adapter_model.safetensors`` files and
         the manifest fields id, kind, visibility, description; admins also owner) as a new version,
         validated on an engine replica against the base model: 201 + manifest (serving/adapter_api.py)."""
-        from starlette.datastructures import UploadFile
-
         request_id = _request_id(request)
-        limit = self._cfg.adapters.max_upload_bytes
         try:
             tenant = self._tenant(request, "adapter uploads")
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                raise GateError(411, "an adapter upload needs a Content-Length header")
-            if int(length) > limit:
-                raise GateError(413, f"the upload is {int(length)} bytes, over the {limit}-byte limit")
-            try:
-                form = await request.form(max_files=len(FILES), max_fields=len(FIELDS))
-            except Exception as e:  # starlette's MultiPartException and malformed bodies
-                raise GateError(400, f"the body is not a valid multipart upload: {e}") from e
-            files: dict[str, bytes] = {}
-            fields: dict[str, str] = {}
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    if key not in FILES or key in files:
-                        raise GateError(
-                            400, f"unexpected file part {key!r}; send {' and '.join(FILES)} once each"
-                        )
-                    files[key] = await value.read()
-                else:
-                    fields[key] = str(value)
-            if set(files) != set(FILES):
-                raise GateError(400, f"missing file parts: {', '.join(sorted(set(FILES) - set(files)))}")
+            limit = self._cfg.adapters.max_upload_bytes
+            files, fields = await read_upload(request, limit, FILES, max_fields=len(FIELDS))
             manifest_fields = upload_fields(tenant, fields, self._registry)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, e.headers)
@@ -400,67 +377,21 @@ class Router:
         """Train an adapter on the tenant's private pairs as a cluster job (multipart: a ``data.jsonl`` file of
         ``{"prompt", "response"}`` lines; fields id, kind, description and the TrainSettings fields):
         202 + the job (serving/training_jobs.py). The result is registered like an upload."""
-        from pydantic import ValidationError
-        from starlette.datastructures import UploadFile
-
-        from adapters import InvalidAdapter
-        from adapters.corpus import parse_pairs
-        from federation.errors import first_error
-        from serving.training_jobs import TrainSettings, board, submit
+        from serving.training_jobs import JobSpec, board, parse_train_request, submit
 
         request_id = _request_id(request)
-        limit = self._cfg.adapters.max_upload_bytes
         try:
             tenant = self._tenant(request, "training jobs")
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                raise GateError(411, "a training upload needs a Content-Length header")
-            if int(length) > limit:
-                raise GateError(413, f"the upload is {int(length)} bytes, over the {limit}-byte limit")
-            try:
-                form = await request.form(max_files=1, max_fields=20)
-            except Exception as e:
-                raise GateError(400, f"the body is not a valid multipart upload: {e}") from e
-            data, fields = None, {}
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    if key != "data.jsonl":
-                        raise GateError(400, f"unexpected file part {key!r}; send data.jsonl")
-                    data = (await value.read()).decode("utf-8", errors="strict")
-                else:
-                    fields[key] = str(value)
-            if data is None:
-                raise GateError(400, "missing file part: data.jsonl")
-            manifest_keys = {"id", "kind", "description"}
-            raw = {k: v for k, v in fields.items() if k not in manifest_keys}
-            if "target_modules" in raw:
-                raw["target_modules"] = [m for m in raw.pop("target_modules").split(",") if m]  # type: ignore[assignment]
-            try:
-                settings = TrainSettings.model_validate(raw)
-            except ValidationError as e:
-                loc, msg = first_error(e)
-                raise GateError(400, f"training setting {loc}: {msg}") from e
-            if settings.rank > self._cfg.engine.max_lora_rank:
-                raise GateError(
-                    400,
-                    f"rank {settings.rank} is above engine.max_lora_rank {self._cfg.engine.max_lora_rank}",
-                )
-            manifest = upload_fields(
-                tenant, {k: v for k, v in fields.items() if k in manifest_keys}, self._registry
+            limit = self._cfg.adapters.max_upload_bytes
+            files, fields = await read_upload(request, limit, ("data.jsonl",), max_fields=20)
+            settings, manifest, pairs = parse_train_request(
+                tenant, fields, files["data.jsonl"], self._registry, self._cfg.engine.max_lora_rank
             )
-            try:
-                pairs = parse_pairs(data, "data.jsonl", max_records=100_000)
-            except InvalidAdapter as e:
-                raise GateError(400, str(e)) from e
-        except UnicodeDecodeError:
-            return _error("data.jsonl is not UTF-8 text", 400)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, e.headers)
-        manifest.pop("version")  # the job takes the next version when it registers
         jobs = board()
         job = await jobs.create.remote(tenant.id, manifest["id"], settings.model_dump(), len(pairs))
-        submit(
-            jobs,
+        spec = JobSpec(
             job["id"],
             str(self._cfg.model.path),
             str(self._cfg.adapters.root),
@@ -469,6 +400,7 @@ class Router:
             settings.model_dump(),
             manifest,
         )
+        submit(spec, jobs)
         self._gate.audit(
             event="adapter_train",
             request_id=request_id,

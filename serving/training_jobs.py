@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapters import AdapterRegistry, InvalidAdapter
+from adapters.corpus import parse_pairs
+from federation.errors import GateError, first_error
+from federation.tenants import Tenant
+from serving.adapter_api import upload_fields
 
 BOARD_NAME = "rmn-adapter-jobs"
 BOARD_NAMESPACE = "rmn"
@@ -38,6 +45,35 @@ class TrainSettings(BaseModel):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "v_proj"], min_length=1, description="Modules to adapt."
     )
+
+
+MANIFEST_FIELDS = ("id", "kind", "description")
+
+
+def parse_train_request(
+    tenant: Tenant, fields: dict[str, str], data: bytes, registry: AdapterRegistry, max_rank: int
+) -> tuple[TrainSettings, dict[str, Any], list[tuple[str, str]]]:
+    """The settings, manifest fields (without a version: the job takes the next one when it registers) and
+    pairs of a ``POST /v1/adapters/train``; GateError 400/403 naming what is wrong."""
+    raw: dict[str, Any] = {k: v for k, v in fields.items() if k not in MANIFEST_FIELDS}
+    if "target_modules" in raw:
+        raw["target_modules"] = [m for m in raw["target_modules"].split(",") if m]
+    try:
+        settings = TrainSettings.model_validate(raw)
+    except ValidationError as e:
+        loc, msg = first_error(e)
+        raise GateError(400, f"training setting {loc}: {msg}") from e
+    if settings.rank > max_rank:
+        raise GateError(400, f"rank {settings.rank} is above engine.max_lora_rank {max_rank}")
+    manifest = upload_fields(tenant, {k: v for k, v in fields.items() if k in MANIFEST_FIELDS}, registry)
+    manifest.pop("version")
+    try:
+        pairs = parse_pairs(data.decode("utf-8"), "data.jsonl", max_records=100_000)
+    except UnicodeDecodeError as e:
+        raise GateError(400, "data.jsonl is not UTF-8 text") from e
+    except InvalidAdapter as e:
+        raise GateError(400, str(e)) from e
+    return settings, manifest, pairs
 
 
 class JobBoard:
@@ -89,48 +125,50 @@ def board() -> Any:
     ).remote()
 
 
-def run_job(
-    job_id: str,
-    board_handle: Any,
-    model_dir: str,
-    registry_root: str,
-    max_rank: int,
-    pairs: list[tuple[str, str]],
-    settings: dict[str, Any],
-    manifest: dict[str, Any],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a training task needs (it runs on any node that has the base model and the registry)."""
+
+    job_id: str
+    model_dir: str
+    registry_root: str
+    max_rank: int
+    pairs: list[tuple[str, str]]
+    settings: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def run_job(spec: JobSpec, board_handle: Any) -> dict[str, Any]:
     """The Ray task: train in a scratch directory, register, report; the scratch directory is removed."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from adapters import AdapterRegistry
     from adapters.training import pick_device, train_lora
 
     def report(**fields: Any) -> None:
-        board_handle.update.remote(job_id, **fields)
+        board_handle.update.remote(spec.job_id, **fields)
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"rmn-{job_id}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"rmn-{spec.job_id}-"))
     try:
         device = pick_device()
         report(state="running", device=device, started=time.time())
         train_lora(
-            model_dir,
-            pairs,
+            spec.model_dir,
+            spec.pairs,
             scratch / "adapter",
-            desc=job_id,
+            desc=spec.job_id,
             device=device,
             on_step=lambda step, loss: report(step=step, loss=round(loss, 5)),
             on_heldout=lambda which, loss: report(
                 **{"heldout_loss_before" if which == "base" else "heldout_loss_after": round(loss, 5)}
             ),
-            **settings,
+            **spec.settings,
         )
-        registry = AdapterRegistry(registry_root, max_rank=max_rank)
-        fields = {**manifest, "version": registry.next_version(manifest["id"])}
-        m = registry.register(
-            scratch / "adapter", base_model_dir=Path(model_dir), base_model=Path(model_dir).name, **fields
-        )
+        registry = AdapterRegistry(spec.registry_root, max_rank=spec.max_rank)
+        fields = {**spec.manifest, "version": registry.next_version(spec.manifest["id"])}
+        base = Path(spec.model_dir)
+        m = registry.register(scratch / "adapter", base_model_dir=base, base_model=base.name, **fields)
         report(state="succeeded", adapter=f"{m.id}@{m.version}", finished=time.time())
         return {"adapter": f"{m.id}@{m.version}"}
     except Exception as e:  # reported on the board; the task itself ends normally
@@ -140,19 +178,9 @@ def run_job(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def submit(
-    board_handle: Any,
-    job_id: str,
-    model_dir: str,
-    registry_root: str,
-    max_rank: int,
-    pairs: list[tuple[str, str]],
-    settings: dict[str, Any],
-    manifest: dict[str, Any],
-) -> Any:
+def submit(spec: JobSpec, board_handle: Any) -> Any:
     """Start :func:`run_job` as a Ray task on a GPU when the cluster has one (else one CPU)."""
     import ray
 
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_job)
-    return task.remote(job_id, board_handle, model_dir, registry_root, max_rank, pairs, settings, manifest)
+    return ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_job).remote(spec, board_handle)
