@@ -10,7 +10,9 @@ removed like vLLM's (the PEFT directory must exist and hold ``adapter_config.jso
 
 Faults for tests: ``engine.fake_token_delay_s`` paces the words (deadlines, overload); a prompt that
 contains ``FAKE_FAIL`` makes :meth:`handle` raise after the head, as a crashing engine would; ``FAKE_BREAK``
-makes a stream raise after its first chunk (a failure mid-stream).
+makes a stream raise after its first chunk (a failure mid-stream); ``FAKE_LOST`` raises Ray's
+``ActorUnavailableError`` before anything is sent, as a replica that is draining or unreachable does (the router
+retries such a request once on another replica).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from serving.replies import Body, EngineItem, Head, error_items
 
 FAKE_FAIL = "FAKE_FAIL"
 FAKE_BREAK = "FAKE_BREAK"
+FAKE_LOST = "FAKE_LOST"
 _WORDS = (
     "ad",
     "shelf",
@@ -151,6 +154,10 @@ class FakeEngine:
             for item in errors:
                 yield item
             return
+        if FAKE_LOST in prompt:
+            from ray.exceptions import ActorUnavailableError
+
+            raise ActorUnavailableError("fake engine replica unavailable (FAKE_LOST in the prompt)", None)
         model = str(body["model"])
         words = _words(f"{model}\x00{prompt}", max_tokens)
         fmt = body.get("response_format") or {}

@@ -225,7 +225,9 @@ class VLLMEngine:
             yield Body(error_body(str(e), 400, param=getattr(e, "parameter", None)))
             return
         if isinstance(result, ErrorResponse):
-            if "--tool-call-parser" in result.error.message:  # vLLM names its CLI flag; ours is a config field
+            if (
+                "--tool-call-parser" in result.error.message
+            ):  # vLLM names its CLI flag; ours is a config field
                 result.error.message += " (rmn-lora: set model.tool_call_parser in the config, e.g. 'hermes')"
             yield Head(result.error.code, False)
             yield Body(result.model_dump())

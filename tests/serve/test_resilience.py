@@ -182,8 +182,20 @@ def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
     print(f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s")
 
 
+def test_a_request_whose_replica_is_lost_before_answering_is_retried_once_then_503(serve_url: str) -> None:
+    """Deterministic (the chaos test above depends on where the kill lands): every engine replica answers this
+    prompt with ActorUnavailableError before sending anything; the router retries once, then 503 + Retry-After."""
+    body = {"model": "base", "messages": [{"role": "user", "content": "FAKE_LOST now"}], "max_tokens": 4}
+    for stream in (False, True):
+        r = httpx.post(
+            f"{serve_url}/v1/chat/completions", json={**body, "stream": stream}, headers=ADMIN, timeout=30
+        )
+        assert r.status_code == 503, r.text
+        assert r.headers.get("retry-after") and "replica" in r.json()["error"]["message"], r.text
+
+
 def test_retries_and_sheds_reach_the_dashboard(app_config: Any) -> None:
-    """After the tests above (a lost replica, an overload): the dashboard's retry and shed series exist."""
+    """After the tests above (lost replicas, an overload): the dashboard's retry and shed series exist."""
     from tests.serve.test_observability import EVENT_DRIVEN, assert_scraped
 
     assert_scraped(EVENT_DRIVEN, app_config.http.metrics_port)
