@@ -113,6 +113,15 @@ class Gate:
             )
         return tenant
 
+    def identify(self, authorization: str | None) -> str | None:
+        """The tenant id a key belongs to, without rate limiting (for audit records); None if unknown."""
+        if self._tenants is None:
+            return None
+        try:
+            return self._tenants.authenticate(authorization).id
+        except AuthError:
+            return None
+
     def audit(self, **fields: Any) -> None:
         """Append one record to the federation audit log (adapter registrations and retirements)."""
         self._audit.record(**fields)

@@ -354,7 +354,7 @@ class Router:
             files, fields = await read_upload(request, limit, FILES, max_fields=len(FIELDS))
             manifest_fields = upload_fields(tenant, fields, self._registry)
         except GateError as e:
-            return _error(str(e), e.status, e.err_type, e.headers)
+            return self._refused("adapter_register", request, request_id, e)
         try:
             answer: Reply = await self._engine.register_adapter.remote(files, manifest_fields)
         except Exception as e:  # the engine replica died or refused the call: nothing was published
@@ -388,7 +388,7 @@ class Router:
                 tenant, fields, files["data.jsonl"], self._registry, self._cfg.engine.max_lora_rank
             )
         except GateError as e:
-            return _error(str(e), e.status, e.err_type, e.headers)
+            return self._refused("adapter_train", request, request_id, e)
         jobs = board()
         job = await jobs.create.remote(tenant.id, manifest["id"], settings.model_dump(), len(pairs))
         spec = JobSpec(
@@ -464,7 +464,7 @@ class Router:
                 raise GateError(404, f"adapter {adapter_id!r} has no version {version!r}", "not_found_error")
             record = self._registry.retire(adapter_id, version, by=tenant.id)
         except GateError as e:
-            return _error(str(e), e.status, e.err_type, e.headers)
+            return self._refused("adapter_retire", request, request_id, e, f"{adapter_id}@{version}")
         self._gate.audit(
             event="adapter_retire",
             request_id=request_id,
@@ -473,6 +473,19 @@ class Router:
             status=200,
         )
         return JSONResponse({"id": adapter_id, "version": version, "retired": record})
+
+    def _refused(
+        self, event: str, request: Request, request_id: str, e: GateError, adapter: str | None = None
+    ) -> Response:
+        """Audit a refused adapter operation (who, if known, and why), then answer it."""
+        key = request.headers.get("authorization")
+        tenant = None
+        with contextlib.suppress(Exception):
+            tenant = self._gate.identify(key)
+        self._gate.audit(
+            event=event, request_id=request_id, tenant=tenant, adapter=adapter, status=e.status, reason=str(e)
+        )
+        return _error(str(e), e.status, e.err_type, e.headers)
 
     def _visible_adapter(self, tenant: Tenant | None, adapter_id: str) -> dict[str, Any]:
         """The adapter's view, or GateError 404 (also when the caller may not see it: no existence leak)."""

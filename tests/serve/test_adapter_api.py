@@ -119,6 +119,7 @@ def _big_config(src: Path) -> bytes:
 )
 def test_refusals_write_nothing(
     serve_url: str,
+    app_config: Any,
     adapter_dirs: dict[str, Path],
     registry_root: Path,
     who: str | None,
@@ -136,6 +137,11 @@ def test_refusals_write_nothing(
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
     assert stored(registry_root) == before
+    # audited, with who asked (when the key is known) and why
+    rid = r.headers["x-request-id"]
+    records = [json.loads(x) for x in Path(app_config.federation.audit_log).read_text().splitlines()]
+    mine = [x for x in records if x.get("request_id") == rid]
+    assert [(x["event"], x["status"], x["tenant"]) for x in mine] == [("adapter_register", status, who)], mine
 
 
 def test_unknown_adapter_is_404_and_missing_parts_are_400(serve_url: str) -> None:
