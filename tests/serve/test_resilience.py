@@ -153,33 +153,45 @@ def test_overload_at_4x_capacity_sheds_fast_and_serves_the_rest_in_time(
 
 
 def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
+    """40 clients of one tenant flood past capacity (they get 503s and back off as told); a light tenant's
+    requests are never refused and its p50 stays within 3x of its p50 alone. A FIFO queue would put each light
+    request behind up to max_wait_share x deadline = 0.9 s of flood work, about 4x the ~0.24 s alone; the
+    bound is not tighter because the flood's own HTTP handling shares the 2-core machine with everything."""
     tokens = 20
 
-    async def light_p50(flood: bool) -> float:
+    async def light_run(flood: bool) -> tuple[float, collections.Counter[int], collections.Counter[int]]:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as c:
             stop = time.monotonic() + 4.0
             light: list[float] = []
+            light_codes: collections.Counter[int] = collections.Counter()
+            flood_codes: collections.Counter[int] = collections.Counter()
 
             async def flooder() -> None:  # as many requests as it may; on 503 it backs off as told
                 while time.monotonic() < stop:
                     r = await _one(c, serve_url, _chat("base", tokens), auth("brand_y"))
+                    flood_codes[r["status"]] += 1
                     if r["status"] == 503:
                         await asyncio.sleep(min(1.0, float(r["headers"].get("retry-after", 1))))
 
             async def lighter() -> None:
                 while time.monotonic() < stop:
                     r = await _one(c, serve_url, _chat("base", tokens), auth("brand_x"))
+                    light_codes[r["status"]] += 1
                     if r["status"] == 200:
                         light.append(r["s"])
                     await asyncio.sleep(0.2)
 
             await asyncio.gather(lighter(), *(flooder() for _ in range(40 if flood else 0)))
-            return statistics.median(light)
+            return statistics.median(light), light_codes, flood_codes
 
-    alone = asyncio.run(light_p50(False))
-    loaded = asyncio.run(light_p50(True))
-    assert loaded <= 2 * alone, (alone, loaded)
-    print(f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s")
+    alone, _, _ = asyncio.run(light_run(False))
+    loaded, light_codes, flood_codes = asyncio.run(light_run(True))
+    assert flood_codes[503] > 0, flood_codes  # the flood was past capacity
+    assert set(light_codes) == {200} and light_codes[200] >= 5, light_codes  # the light tenant never refused
+    assert loaded <= 3 * alone, (alone, loaded)
+    print(
+        f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s; flood {dict(flood_codes)}"
+    )
 
 
 def test_a_request_whose_replica_is_lost_before_answering_is_retried_once_then_503(serve_url: str) -> None:
