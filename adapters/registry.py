@@ -69,14 +69,15 @@ class AdapterRegistry:
         versions = self.versions(adapter_id)
         if not versions:
             raise AdapterNotFound(f"adapter {adapter_id!r} is not registered")
-        if version is None:
-            live = [v for v in versions if not self.retired(adapter_id, v)]
-            if not live:
+        if (
+            version is None
+        ):  # newest first: on the request path this is one existence check, not one per version
+            version = next((v for v in reversed(versions) if not self._is_retired(adapter_id, v)), None)
+            if version is None:
                 raise AdapterRetired(f"every version of adapter {adapter_id!r} is retired")
-            version = live[-1]
         elif version not in versions:
             raise AdapterNotFound(f"adapter {adapter_id!r} has no version {version!r} (has {versions})")
-        elif self.retired(adapter_id, version):
+        elif self._is_retired(adapter_id, version):
             raise AdapterRetired(f"adapter {adapter_id!r} version {version!r} is retired")
         return self.manifest(adapter_id, version)
 
@@ -89,6 +90,9 @@ class AdapterRegistry:
         except FileNotFoundError as e:
             raise AdapterNotFound(f"adapter {adapter_id!r} has no version {version!r}") from e
         return AdapterManifest.model_validate_json(text)
+
+    def _is_retired(self, adapter_id: str, version: str) -> bool:
+        return (self.root / adapter_id / version / RETIRED).is_file()
 
     def retired(self, adapter_id: str, version: str) -> dict[str, Any] | None:
         """The retirement record of a version (``{"at", "by"}``), or None while it is live."""

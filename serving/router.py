@@ -348,13 +348,14 @@ class Router:
         the manifest fields id, kind, visibility, description; admins also owner) as a new version,
         validated on an engine replica against the base model: 201 + manifest (serving/adapter_api.py)."""
         request_id = _request_id(request)
+        tenant: Tenant | None = None
         try:
             tenant = self._tenant(request, "adapter uploads")
             limit = self._cfg.adapters.max_upload_bytes
             files, fields = await read_upload(request, limit, FILES, max_fields=len(FIELDS))
             manifest_fields = upload_fields(tenant, fields, self._registry)
         except GateError as e:
-            return self._refused("adapter_register", request, request_id, e)
+            return self._refused("adapter_register", request, request_id, e, tenant)
         try:
             answer: Reply = await self._engine.register_adapter.remote(files, manifest_fields)
         except Exception as e:  # the engine replica died or refused the call: nothing was published
@@ -380,6 +381,7 @@ class Router:
         from serving.training_jobs import JobSpec, board, parse_train_request, submit
 
         request_id = _request_id(request)
+        tenant: Tenant | None = None
         try:
             tenant = self._tenant(request, "training jobs")
             limit = self._cfg.adapters.max_upload_bytes
@@ -388,7 +390,7 @@ class Router:
                 tenant, fields, files["data.jsonl"], self._registry, self._cfg.engine.max_lora_rank
             )
         except GateError as e:
-            return self._refused("adapter_train", request, request_id, e)
+            return self._refused("adapter_train", request, request_id, e, tenant)
         jobs = board()
         job = await jobs.create.remote(tenant.id, manifest["id"], settings.model_dump(), len(pairs))
         spec = JobSpec(
@@ -453,6 +455,7 @@ class Router:
     async def adapters_retire(self, adapter_id: str, version: str, request: Request) -> Response:
         """Retire a version: requests no longer resolve to it (pinned ones get 410); files are kept."""
         request_id = _request_id(request)
+        tenant: Tenant | None = None
         try:
             tenant = self._tenant(request, "retiring adapters")
             view = self._visible_adapter(tenant, adapter_id)
@@ -464,7 +467,7 @@ class Router:
                 raise GateError(404, f"adapter {adapter_id!r} has no version {version!r}", "not_found_error")
             record = self._registry.retire(adapter_id, version, by=tenant.id)
         except GateError as e:
-            return self._refused("adapter_retire", request, request_id, e, f"{adapter_id}@{version}")
+            return self._refused("adapter_retire", request, request_id, e, tenant, f"{adapter_id}@{version}")
         self._gate.audit(
             event="adapter_retire",
             request_id=request_id,
@@ -475,15 +478,19 @@ class Router:
         return JSONResponse({"id": adapter_id, "version": version, "retired": record})
 
     def _refused(
-        self, event: str, request: Request, request_id: str, e: GateError, adapter: str | None = None
+        self,
+        event: str,
+        request: Request,
+        request_id: str,
+        e: GateError,
+        tenant: Tenant | None,
+        adapter: str | None = None,
     ) -> Response:
-        """Audit a refused adapter operation (who, if known, and why), then answer it."""
-        key = request.headers.get("authorization")
-        tenant = None
-        with contextlib.suppress(Exception):
-            tenant = self._gate.identify(key)
+        """Audit a refused adapter operation (who, if known, and why), then answer it. ``tenant`` is the
+        authenticated caller; None when authentication itself refused (401/429): the key is looked up then."""
+        who = tenant.id if tenant is not None else self._gate.identify(request.headers.get("authorization"))
         self._gate.audit(
-            event=event, request_id=request_id, tenant=tenant, adapter=adapter, status=e.status, reason=str(e)
+            event=event, request_id=request_id, tenant=who, adapter=adapter, status=e.status, reason=str(e)
         )
         return _error(str(e), e.status, e.err_type, e.headers)
 

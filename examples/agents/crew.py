@@ -121,8 +121,9 @@ class Crew:
 
     def cleanroom_tool(self, data: dict[str, Any]) -> tuple[dict[str, Any], Callable[..., Any]]:
         status, schema_body = self.api.call("GET", "/v1/cleanroom/schema", params={"retailer": self.retailer})
-        metrics = schema_body.get("metrics") or ["purchases"] if status == 200 else ["purchases"]
-        dims = schema_body.get("dimensions") or ["placement"] if status == 200 else ["placement"]
+        allowed = schema_body if status == 200 else {}  # a refused schema: the query below gets the refusal
+        metrics = allowed.get("metrics") or ["purchases"]
+        dims = allowed.get("dimensions") or ["placement"]
         schema = _fn("cleanroom_query", "One aggregate of the retailer's events under its clean-room policy",
                      {"metric": {"type": "string", "enum": list(metrics)},
                       "dimension": {"type": "string", "enum": list(dims)}})  # fmt: skip
