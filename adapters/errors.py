@@ -15,3 +15,7 @@ class InvalidAdapter(AdapterError):
 
 class AdapterRetired(AdapterNotFound):
     """The version asked for was retired: no new request resolves to it (HTTP 410 for a pinned request)."""
+
+
+class RegistryUnavailable(AdapterError):
+    """The adapter store could not be reached (after retries); the caller should answer 503 and retry."""

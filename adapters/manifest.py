@@ -81,6 +81,13 @@ class AdapterManifest(BaseModel):
     capabilities: list[str] = Field(default_factory=list, description="Free-form tags (e.g. planning, tone).")
     description: str = Field(default="", description="One line for humans.")
     sha256: str = Field(description="sha256 of adapter_model.safetensors.")
+    config_sha256: str | None = Field(
+        default=None,
+        description="sha256 of adapter_config.json (set at registration; null in manifests of 0.1).",
+    )
+    created: float | None = Field(
+        default=None, description="When the version was registered (seconds since the epoch; null in 0.1)."
+    )
 
     def model_post_init(self, __context: object) -> None:
         validate_adapter_id(self.id)

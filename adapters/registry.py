@@ -1,32 +1,36 @@
-"""A versioned adapter registry over a directory store.
+"""A versioned adapter registry over a store: a directory, or an object store (``s3://...``).
 
-Layout: ``<root>/<id>/<version>/{manifest.json, adapter_config.json, adapter_model.safetensors}`` and, once
-a version is retired, ``retired.json`` beside them (its files stay: composites in use may reference them).
-Registration validates first and then publishes with one atomic rename, so a reader never sees a
-half-registered adapter and a crash leaves at most a ``.tmp-*`` directory that ``gc`` removes.
-In a multi-node cluster ``root`` must be shared storage (see README, "Multi-node").
+Layout per version: ``<id>/<version>/`` with ``manifest.json`` (its presence publishes the version), the
+PEFT files, and ``retired.json`` once retired (the files stay: composites in use may reference them). See
+:mod:`adapters.store` for how each store publishes atomically and how object-store files reach a node.
+Registration validates first, then publishes; a crash leaves at most leftovers that ``gc`` removes.
+
+Reads on the request path are cached for ``metadata_ttl_s`` (default: 0 for a directory, 2 s for an
+object store): a new version or a retirement is seen by every process within that time. Manifests of a
+version never change, so they are cached for good (bounded). When the store is unreachable, reads
+answer from the last metadata seen if any, else raise :class:`RegistryUnavailable`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-import shutil
-import tempfile
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import AdapterNotFound, AdapterRetired, InvalidAdapter
+from adapters.errors import AdapterNotFound, AdapterRetired, InvalidAdapter, RegistryUnavailable
 from adapters.hashing import sha256_file
 from adapters.manifest import AdapterManifest, validate_adapter_id, validate_version, version_key
+from adapters.store import CONFIG, MANIFEST, RETIRED, WEIGHTS, AdapterStore, open_store
 from adapters.validate import base_revision, check_against_base
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
-MANIFEST = "manifest.json"
-RETIRED = "retired.json"
 _FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_MANIFESTS_KEPT = 4096
+log = logging.getLogger(__name__)
 
 
 def _check_weights_finite(path: Path) -> None:
@@ -45,39 +49,80 @@ def _check_weights_finite(path: Path) -> None:
 
 
 class AdapterRegistry:
-    """Adapters by id and version in a directory; thread- and process-safe for readers."""
+    """Adapters by id and version in a store; thread- and process-safe for readers."""
 
-    def __init__(self, root: Path | str, max_rank: int = 64, max_bytes: int = 512 << 20) -> None:
-        self.root = Path(root)
+    def __init__(
+        self,
+        root: Path | str,
+        max_rank: int = 64,
+        max_bytes: int = 512 << 20,
+        *,
+        store: AdapterStore | None = None,
+        metadata_ttl_s: float | None = None,
+    ) -> None:
+        """``root``: a directory or an object-store URL (:func:`adapters.store.open_store`; pass
+        ``store`` to choose its download cache and options)."""
+        self.store = store or open_store(root)
+        self.root: Path | str = getattr(self.store, "root", None) or self.store.url
+        self.url = self.store.url
         self.max_rank = max_rank
         self.max_bytes = max_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = (2.0 if self.store.remote else 0.0) if metadata_ttl_s is None else metadata_ttl_s
+        self._scans: dict[str, tuple[float, dict[str, bool]]] = {}
+        self._manifests: OrderedDict[tuple[str, str], AdapterManifest] = OrderedDict()
+        self._lock = threading.Lock()
 
     # ---- reading -------------------------------------------------------------------------
+    def _scan(self, adapter_id: str, fresh: bool = False) -> dict[str, bool]:
+        """version -> retired, at most ``ttl_s`` old (``fresh``: from the store now)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._scans.get(adapter_id)
+        if hit is not None and not fresh and now - hit[0] < self.ttl_s:
+            return hit[1]
+        try:
+            scan = self.store.scan(adapter_id)
+        except RegistryUnavailable:
+            if hit is None:
+                raise
+            log.warning(
+                "adapter store unreachable; using metadata of %s from %.0f s ago", adapter_id, now - hit[0]
+            )
+            return hit[1]
+        if self.ttl_s > 0:
+            with self._lock:
+                if len(self._scans) > _MANIFESTS_KEPT:
+                    self._scans.clear()
+                self._scans[adapter_id] = (now, scan)
+        return scan
+
+    def invalidate(self, adapter_id: str) -> None:
+        """Forget cached metadata of ``adapter_id`` (after this process changed it)."""
+        with self._lock:
+            self._scans.pop(adapter_id, None)
+
     def versions(self, adapter_id: str) -> list[str]:
         """Registered versions of ``adapter_id``, oldest first."""
         validate_adapter_id(adapter_id)
-        d = self.root / adapter_id
-        if not d.is_dir():
-            return []
-        found = [p.name for p in d.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith(".")]
-        return sorted(found, key=version_key)
+        return sorted(self._scan(adapter_id), key=version_key)
 
     def get(self, adapter_id: str, version: str | None = None) -> AdapterManifest:
         """The manifest of ``adapter_id`` at ``version`` (the latest one not retired when None); raises
         AdapterNotFound, or AdapterRetired for a retired version asked by number."""
-        versions = self.versions(adapter_id)
-        if not versions:
+        validate_adapter_id(adapter_id)
+        scan = self._scan(adapter_id)
+        if version is not None and version not in scan and self.ttl_s > 0:
+            scan = self._scan(adapter_id, fresh=True)  # published since the cached listing?
+        if not scan:
             raise AdapterNotFound(f"adapter {adapter_id!r} is not registered")
-        if (
-            version is None
-        ):  # newest first: on the request path this is one existence check, not one per version
-            version = next((v for v in reversed(versions) if not self._is_retired(adapter_id, v)), None)
+        versions = sorted(scan, key=version_key)
+        if version is None:
+            version = next((v for v in reversed(versions) if not scan[v]), None)
             if version is None:
                 raise AdapterRetired(f"every version of adapter {adapter_id!r} is retired")
-        elif version not in versions:
+        elif version not in scan:
             raise AdapterNotFound(f"adapter {adapter_id!r} has no version {version!r} (has {versions})")
-        elif self._is_retired(adapter_id, version):
+        elif scan[version]:
             raise AdapterRetired(f"adapter {adapter_id!r} version {version!r} is retired")
         return self.manifest(adapter_id, version)
 
@@ -85,51 +130,64 @@ class AdapterRegistry:
         """The stored manifest of one version, retired or not (raises AdapterNotFound)."""
         validate_adapter_id(adapter_id)
         validate_version(version)
+        with self._lock:
+            m = self._manifests.get((adapter_id, version))
+        if m is not None:
+            return m
         try:
-            text = (self.root / adapter_id / version / MANIFEST).read_text()
+            text = self.store.read(adapter_id, version, MANIFEST)
         except FileNotFoundError as e:
             raise AdapterNotFound(f"adapter {adapter_id!r} has no version {version!r}") from e
-        return AdapterManifest.model_validate_json(text)
-
-    def _is_retired(self, adapter_id: str, version: str) -> bool:
-        return (self.root / adapter_id / version / RETIRED).is_file()
+        m = AdapterManifest.model_validate_json(text)
+        with self._lock:
+            self._manifests[(adapter_id, version)] = m
+            while len(self._manifests) > _MANIFESTS_KEPT:
+                self._manifests.popitem(last=False)
+        return m
 
     def retired(self, adapter_id: str, version: str) -> dict[str, Any] | None:
         """The retirement record of a version (``{"at", "by"}``), or None while it is live."""
         try:
-            return dict(json.loads((self.root / adapter_id / version / RETIRED).read_text()))
+            return dict(json.loads(self.store.read(adapter_id, version, RETIRED)))
         except FileNotFoundError:
             return None
 
+    def is_retired(self, adapter_id: str, version: str) -> bool:
+        """Whether a version is retired (from the cached listing, like :meth:`get`)."""
+        return self._scan(adapter_id).get(version, False)
+
     def created(self, adapter_id: str, version: str) -> float:
-        """When a version was published (its manifest's mtime, seconds since the epoch)."""
-        return (self.root / adapter_id / version / MANIFEST).stat().st_mtime
+        """When a version was published (seconds since the epoch)."""
+        m = self.manifest(adapter_id, version)
+        return m.created if m.created is not None else self.store.created(adapter_id, version)
 
     def next_version(self, adapter_id: str) -> str:
         """The version a new registration of ``adapter_id`` gets: one major above every version so far."""
-        versions = self.versions(adapter_id)
+        validate_adapter_id(adapter_id)
+        versions = sorted(self._scan(adapter_id, fresh=True), key=version_key)
         return str(version_key(versions[-1])[0] + 1) if versions else "1"
 
     def path(self, adapter_id: str, version: str | None = None) -> Path:
-        """Local directory holding the PEFT files of ``adapter_id`` (latest version when None)."""
-        m = self.get(adapter_id, version)
-        return self.root / m.id / m.version
+        """Local directory holding the PEFT files of ``adapter_id`` (latest live version when None)."""
+        return self.store.local_dir(self.get(adapter_id, version))
+
+    def files(self, adapter_id: str, version: str) -> Path:
+        """Local directory holding the PEFT files of one version, retired or not (engine replicas use it:
+        which versions new requests may pin is decided where requests are resolved)."""
+        return self.store.local_dir(self.manifest(adapter_id, version))
 
     def ids(self) -> list[str]:
-        """Every adapter id with at least one registered version, sorted."""
-        if not self.root.is_dir():
-            return []
-        return sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        """Every adapter id with something stored, sorted."""
+        return self.store.ids()
 
     def list(self) -> list[AdapterManifest]:
-        """Latest version of every registered adapter, by id."""
+        """Latest live version of every registered adapter, by id."""
         out = []
-        for d in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            if d.is_dir() and not d.name.startswith("."):
-                try:
-                    out.append(self.get(d.name))
-                except (AdapterNotFound, InvalidAdapter):
-                    continue
+        for adapter_id in self.ids():
+            try:
+                out.append(self.get(adapter_id))
+            except (AdapterNotFound, InvalidAdapter):
+                continue
         return out
 
     # ---- writing -------------------------------------------------------------------------
@@ -194,51 +252,38 @@ class AdapterRegistry:
                 raise InvalidAdapter(
                     f"base_model_revision {given!r} is not the base model's ({revision[:12]}...)"
                 )
+        manifest_fields["config_sha256"] = sha256_file(config)
+        manifest_fields.setdefault("created", time.time())
         manifest = AdapterManifest(**manifest_fields)
-        dest = self.root / manifest.id / manifest.version
-        if dest.exists():
-            raise InvalidAdapter(f"adapter {manifest.id!r} version {manifest.version!r} already exists")
-        (self.root / manifest.id).mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / manifest.id))
         try:
-            shutil.copy2(weights, tmp / WEIGHTS)
-            shutil.copy2(config, tmp / CONFIG)
-            (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-            os.rename(tmp, dest)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if dest.exists():
-                raise InvalidAdapter(
-                    f"adapter {manifest.id!r} version {manifest.version!r} already exists"
-                ) from e
-            raise
+            self.store.publish(manifest, weights, config)
+        except FileExistsError as e:
+            raise InvalidAdapter(
+                f"adapter {manifest.id!r} version {manifest.version!r} already exists"
+            ) from e
+        finally:
+            self.invalidate(manifest.id)
         return manifest
 
     def retire(self, adapter_id: str, version: str, by: str) -> dict[str, Any]:
         """Retire one version: no request resolves to it any more (latest skips it; pinned ones get
         AdapterRetired); its files stay. Idempotent: retiring again returns the first record."""
-        import time
-
         self.manifest(adapter_id, version)  # exists
         if (record := self.retired(adapter_id, version)) is not None:
             return record
         record = {"at": time.time(), "by": by}
-        d = self.root / adapter_id / version
-        tmp = d / f".{RETIRED}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, d / RETIRED)
+        self.store.put(adapter_id, version, RETIRED, json.dumps(record).encode())
+        self.invalidate(adapter_id)
         return record
 
     def remove(self, adapter_id: str, version: str) -> None:
         """Delete one version of an adapter."""
-        validate_version(version)
         self.get(adapter_id, version)
-        shutil.rmtree(self.root / adapter_id / version)
+        self.store.remove(adapter_id, version)
+        self.invalidate(adapter_id)
+        with self._lock:
+            self._manifests.pop((adapter_id, version), None)
 
     def gc(self) -> int:
         """Remove leftovers of interrupted registrations; returns how many were removed."""
-        removed = 0
-        for tmp in self.root.glob("*/.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed += 1
-        return removed
+        return self.store.gc()

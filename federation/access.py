@@ -20,6 +20,7 @@ from adapters import (
     AdapterRegistry,
     AdapterRetired,
     InvalidAdapter,
+    RegistryUnavailable,
     Visibility,
 )
 from adapters.cache import ResolvedStack, check_rank, resolve
@@ -61,6 +62,10 @@ def _as_gate_error(e: Exception, model: object) -> GateError:
     if isinstance(e, ValidationError):
         loc, msg = first_error(e)
         return GateError(400, f"invalid 'federation' object: {loc}: {msg}")
+    if isinstance(e, RegistryUnavailable):
+        return GateError(
+            503, f"adapter registry unavailable: {e}", "service_unavailable", {"retry-after": "5"}
+        )
     if isinstance(e, AdapterRetired):
         return GateError(410, f"model {model!r} is no longer served: {e}", "not_found_error")
     if isinstance(e, AdapterNotFound):
@@ -172,6 +177,7 @@ class Gate:
             ValidationError,
             AdapterNotFound,
             InvalidAdapter,
+            RegistryUnavailable,
             PolicyError,
             Forbidden,
         ) as e:

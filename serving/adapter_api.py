@@ -144,7 +144,7 @@ def adapter_view(registry: AdapterRegistry, adapter_id: str) -> dict[str, Any]:
                 "alpha": m.alpha,
                 "target_modules": m.target_modules,
                 "created": registry.created(adapter_id, v),
-                "retired": registry.retired(adapter_id, v),
+                "retired": registry.retired(adapter_id, v) if registry.is_retired(adapter_id, v) else None,
             }
         )
     last = registry.manifest(adapter_id, versions[-1])

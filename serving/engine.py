@@ -18,13 +18,14 @@ from typing import Any
 
 from ray import serve
 
-from adapters import AdapterError, AdapterNotFound, AdapterRegistry, InvalidAdapter
+from adapters import AdapterError, AdapterNotFound, InvalidAdapter, RegistryUnavailable
 from adapters.cache import CompositeCache, resolve
 from federation.model_names import ModelNameError, parse_model_name
 from serving.adapter_api import register_files
 from serving.config import AppConfig
 from serving.engines import Kind, create_engine
 from serving.metrics import EngineMetrics
+from serving.node import node_name
 from serving.replies import EngineItem, Head, Reply, error_items
 
 log = logging.getLogger("ray.serve")
@@ -50,9 +51,10 @@ class EngineDeployment:
     async def __init__(self, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         self._cfg = config
         self._metrics = EngineMetrics()
-        self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
+        node = node_name()
+        self._registry = config.adapters.registry(config.engine.max_lora_rank, node)
         self._cache = CompositeCache(
-            config.adapters.cache_dir(),
+            config.adapters.cache_dir(node),
             self._registry,
             max_bytes=config.adapters.cache_max_bytes,
             max_rank=config.engine.max_lora_rank,
@@ -80,9 +82,11 @@ class EngineDeployment:
         if ref.is_base or any(p.version is None for p in ref.parts):
             raise ModelNameError(f"multiplexed model id {lora_name!r} is not a version-pinned stack", 400)
         if len(ref.parts) == 1 and ref.parts[0].weight == 1.0:
-            path = self._registry.path(ref.parts[0].id, ref.parts[0].version)  # no composition needed
+            path = await asyncio.to_thread(self._registry.files, ref.parts[0].id, str(ref.parts[0].version))
         else:  # compose on THIS node from the registry (cache hit is the normal case)
-            path = await asyncio.to_thread(self._cache.get_or_build, resolve(self._registry, ref.parts))
+            path = await asyncio.to_thread(
+                lambda: self._cache.get_or_build(resolve(self._registry, ref.parts, live_only=False))
+            )
         await self._engine.add_adapter(lora_name, str(path))
         self._loads += 1
         self._metrics.loads.inc()
@@ -124,6 +128,10 @@ class EngineDeployment:
                 failure = error_items(
                     status, str(e), "not_found_error" if status == 404 else "invalid_request_error"
                 )
+            except RegistryUnavailable as e:
+                failure = error_items(
+                    503, f"adapter {lora_name!r} cannot be fetched now: {e}", "service_unavailable"
+                )
             except (AdapterError, RuntimeError) as e:
                 failure = error_items(500, f"adapter {lora_name!r} could not be loaded: {e}", "server_error")
             if failure:
@@ -149,6 +157,10 @@ class EngineDeployment:
         except InvalidAdapter as e:
             status = 409 if "already exists" in str(e) else 400
             return Reply.error(status, f"adapter refused: {e}")
+        except RegistryUnavailable as e:
+            return Reply.error(
+                503, f"adapter not registered: {e}", "service_unavailable", headers={"retry-after": "5"}
+            )
         except Exception as e:  # a check that broke, not a verdict: nothing was published (atomic rename)
             log.exception("adapter registration failed")
             return Reply.error(500, f"adapter registration failed on the engine replica: {e}", "server_error")

@@ -34,7 +34,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from adapters import AdapterError, AdapterRegistry
+from adapters import AdapterError, RegistryUnavailable
 from federation.access import Gate
 from federation.errors import GateError
 from federation.graph import composition_graph
@@ -44,11 +44,23 @@ from serving.adapter_api import FIELDS, FILES, adapter_view, may_retire, may_see
 from serving.admission import FairScheduler, Lease, Shed
 from serving.config import AppConfig
 from serving.metrics import RouterMetrics
+from serving.node import node_name
 from serving.replies import Body, Head, Reply, error_body
+from serving.usage import UsageCounter
 from serving.writer import Completion, write_texts
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="rmn-lora", version="0.1.0")
+
+
+@api.exception_handler(RegistryUnavailable)
+async def _store_unavailable(request: Request, exc: RegistryUnavailable) -> Response:
+    """Any route that reached an unreachable adapter store (after retries): 503, retry later."""
+    return JSONResponse(
+        error_body(f"adapter registry unavailable: {exc}", 503, "service_unavailable"),
+        status_code=503,
+        headers={"retry-after": "5"},
+    )
 
 
 def _error(
@@ -138,7 +150,7 @@ class Router:
         self._cleanroom = cleanroom
         self._comparison = comparison
         self._cfg = config
-        self._registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
+        self._registry = config.adapters.registry(config.engine.max_lora_rank, node_name())
         self._gate = Gate(
             config.federation,
             self._registry,
@@ -147,6 +159,7 @@ class Router:
             config.adapters.compress_overflow,
         )
         self._metrics = RouterMetrics(config.federation.metrics_top_n if config.federation else 20)
+        self._usage = UsageCounter()
         adm = config.admission
         self._scheduler: FairScheduler | None = None
         if adm.enabled:
@@ -358,6 +371,7 @@ class Router:
             return self._refused("adapter_register", request, request_id, e, tenant)
         try:
             answer: Reply = await self._engine.register_adapter.remote(files, manifest_fields)
+            self._registry.invalidate(manifest_fields["id"])  # this replica serves the new version at once
         except Exception as e:  # the engine replica died or refused the call: nothing was published
             status = 503 if _replica_lost(e) or _is_backpressure(e) else 500
             return _error(
@@ -371,7 +385,7 @@ class Router:
             status=answer.status,
             reason=None if answer.ok else answer.body["error"]["message"],
         )
-        return JSONResponse(answer.body, status_code=answer.status)
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
     @api.post("/v1/adapters/train")
     async def adapters_train(self, request: Request) -> Response:
@@ -396,7 +410,7 @@ class Router:
         spec = JobSpec(
             job["id"],
             str(self._cfg.model.path),
-            str(self._cfg.adapters.root),
+            self._cfg.adapters,
             self._cfg.engine.max_lora_rank,
             pairs,
             settings.model_dump(),
@@ -433,12 +447,8 @@ class Router:
             tenant = self._gate.admit(request.headers.get("authorization"))
         except GateError as e:
             return _error(str(e), e.status, e.err_type, e.headers)
-        views = []
-        for adapter_id in self._registry.ids():
-            with contextlib.suppress(AdapterError):
-                view = adapter_view(self._registry, adapter_id)
-                if may_see(tenant, view):
-                    views.append(view)
+        views = [v for v in await asyncio.to_thread(self._adapter_views) if may_see(tenant, v)]
+        await self._with_usage(views)
         return JSONResponse({"object": "list", "data": views})
 
     @api.get("/v1/adapters/{adapter_id}")
@@ -446,9 +456,10 @@ class Router:
         """One adapter's metadata and versions; 404 when it does not exist or the caller may not see it."""
         try:
             tenant = self._gate.admit(request.headers.get("authorization"))
-            view = self._visible_adapter(tenant, adapter_id)
+            view = await asyncio.to_thread(self._visible_adapter, tenant, adapter_id)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, e.headers)
+        await self._with_usage([view])
         return JSONResponse(view)
 
     @api.delete("/v1/adapters/{adapter_id}/versions/{version}")
@@ -458,14 +469,14 @@ class Router:
         tenant: Tenant | None = None
         try:
             tenant = self._tenant(request, "retiring adapters")
-            view = self._visible_adapter(tenant, adapter_id)
+            view = await asyncio.to_thread(self._visible_adapter, tenant, adapter_id)
             if not may_retire(tenant, view):
                 raise GateError(
                     403, f"tenant {tenant.id!r} may not retire {adapter_id!r}", "permission_error"
                 )
             if version not in [v["version"] for v in view["versions"]]:
                 raise GateError(404, f"adapter {adapter_id!r} has no version {version!r}", "not_found_error")
-            record = self._registry.retire(adapter_id, version, by=tenant.id)
+            record = await asyncio.to_thread(self._registry.retire, adapter_id, version, tenant.id)
         except GateError as e:
             return self._refused("adapter_retire", request, request_id, e, tenant, f"{adapter_id}@{version}")
         self._gate.audit(
@@ -494,10 +505,32 @@ class Router:
         )
         return _error(str(e), e.status, e.err_type, e.headers)
 
+    def _adapter_views(self) -> list[dict[str, Any]]:
+        """Every registered adapter's view (in a worker thread: an object store answers over the network)."""
+        views = []
+        for adapter_id in self._registry.ids():
+            try:
+                views.append(adapter_view(self._registry, adapter_id))
+            except RegistryUnavailable:
+                raise
+            except AdapterError:
+                continue
+        return views
+
+    async def _with_usage(self, views: list[dict[str, Any]]) -> None:
+        """Add cluster-wide usage counts to adapter views: per version and ``requests`` in total."""
+        usage = await self._usage.read([v["id"] for v in views])
+        for view in views:
+            for row in view["versions"]:
+                row["usage"] = usage.get(f"{view['id']}@{row['version']}", {"requests": 0, "last_used": None})
+            view["requests"] = sum(row["usage"]["requests"] for row in view["versions"])
+
     def _visible_adapter(self, tenant: Tenant | None, adapter_id: str) -> dict[str, Any]:
         """The adapter's view, or GateError 404 (also when the caller may not see it: no existence leak)."""
         try:
             view = adapter_view(self._registry, adapter_id)
+        except RegistryUnavailable:
+            raise
         except AdapterError:
             view = None
         if view is None or not may_see(tenant, view):
@@ -731,6 +764,9 @@ class Router:
         if head.status == 200 and stack is not None:
             for part in stack.parts:
                 self._metrics.components.inc(tags={"component": part.id})
+            self._usage.count([(p.id, str(p.version)) for p in stack.parts])
+        if head.status == 503:  # the engine could not fetch the adapter from its store: a transient state
+            headers["retry-after"] = "5"
         if not head.stream:
             item: Body = first
             self._count_tokens(label, item.body.get("usage"))

@@ -24,6 +24,7 @@ from adapters.corpus import parse_pairs
 from federation.errors import GateError, first_error
 from federation.tenants import Tenant
 from serving.adapter_api import upload_fields
+from serving.config import AdaptersConfig
 
 BOARD_NAME = "rmn-adapter-jobs"
 BOARD_NAMESPACE = "rmn"
@@ -131,7 +132,7 @@ class JobSpec:
 
     job_id: str
     model_dir: str
-    registry_root: str
+    adapters: AdaptersConfig
     max_rank: int
     pairs: list[tuple[str, str]]
     settings: dict[str, Any]
@@ -165,7 +166,7 @@ def run_job(spec: JobSpec, board_handle: Any) -> dict[str, Any]:
             ),
             **spec.settings,
         )
-        registry = AdapterRegistry(spec.registry_root, max_rank=spec.max_rank)
+        registry = spec.adapters.registry(spec.max_rank)
         fields = {**spec.manifest, "version": registry.next_version(spec.manifest["id"])}
         base = Path(spec.model_dir)
         m = registry.register(scratch / "adapter", base_model_dir=base, base_model=base.name, **fields)

@@ -28,6 +28,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
+def s3() -> Iterator[Any]:
+    """One S3-compatible server (moto, loopback, own process) for the session; tests make their buckets."""
+    from tests.s3 import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from serving.modelprep.tiny import build_tiny_model
 

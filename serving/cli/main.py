@@ -70,7 +70,7 @@ def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from adapters import AdapterRegistry
     from serving.demo.defaults import home
 
-    return AdapterRegistry(Path(args.root) if args.root else home() / "adapters", max_rank=args.max_rank)
+    return AdapterRegistry(args.root or home() / "adapters", max_rank=args.max_rank)
 
 
 def _cmd_adapters_list(args: argparse.Namespace) -> int:
@@ -244,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def reg_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        x.add_argument("--root", help="registry directory (default: $RMN_HOME/adapters)")
+        x.add_argument(
+            "--root",
+            help="registry directory or object-store URL, e.g. s3://bucket/adapters (credentials and "
+            "AWS_ENDPOINT_URL from the environment; default: $RMN_HOME/adapters)",
+        )
         x.add_argument("--max-rank", type=int, default=64, help="largest rank accepted")
         return x
 

