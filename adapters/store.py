@@ -72,6 +72,9 @@ class AdapterStore(Protocol):
     def remove(self, adapter_id: str, version: str) -> None:
         """Delete a version and its files."""
 
+    def listing(self, adapter_id: str | None = None) -> list[str]:
+        """Every stored name under ``adapter_id`` (or the whole store), relative, sorted; leftovers too."""
+
     def gc(self) -> int:
         """Remove leftovers of interrupted or lost publications; returns how many."""
 
@@ -133,6 +136,12 @@ class DirStore:
 
     def remove(self, adapter_id: str, version: str) -> None:
         shutil.rmtree(self.root / adapter_id / version)
+
+    def listing(self, adapter_id: str | None = None) -> list[str]:
+        d = self.root / adapter_id if adapter_id else self.root
+        if not d.exists():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in d.rglob("*") if p.is_file())
 
     def gc(self) -> int:
         removed = 0
@@ -300,6 +309,15 @@ class ObjectStore:
     def remove(self, adapter_id: str, version: str) -> None:
         key = self._key(adapter_id, version)
         self._call(f"remove {adapter_id}/{version}", lambda: self._fs.rm(key, recursive=True))
+
+    def listing(self, adapter_id: str | None = None) -> list[str]:
+        def find() -> list[str]:
+            try:
+                return list(self._fs.find(self._key(adapter_id) if adapter_id else self._root))
+            except FileNotFoundError:
+                return []
+
+        return sorted(k[len(self._root) + 1 :] for k in self._call("list", find))
 
     def gc(self, min_age_s: float = 3600.0) -> int:
         """Delete objects that no manifest names (a lost or interrupted upload) once ``min_age_s`` old

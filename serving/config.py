@@ -227,6 +227,14 @@ class DeploymentConfig(_Strict):
     )
     num_cpus: float = Field(default=1, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources reserved per replica (pins replicas to nodes that offer them, "
+        "e.g. {accelerator_type:H100: 0.01} or a node label resource).",
+    )
+    max_replicas_per_node: int | None = Field(
+        default=None, ge=1, description="At most this many replicas on one node (1: spread across nodes)."
+    )
     graceful_shutdown_timeout_s: float = Field(
         default=30, ge=0, description="Time to finish in-flight requests."
     )
@@ -243,10 +251,13 @@ class DeploymentConfig(_Strict):
             "ray_actor_options": {
                 "num_cpus": self.num_cpus,
                 "num_gpus": self.num_gpus,
+                "resources": dict(self.resources),
                 "runtime_env": {"env_vars": dict(self.env)},
             },
             "logging_config": {"encoding": "JSON", "log_level": "INFO"},
         }
+        if self.max_replicas_per_node is not None:
+            opts["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling is not None:
             opts["autoscaling_config"] = self.autoscaling.model_dump()
         else:

@@ -58,12 +58,8 @@ def adapter_dirs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return dirs
 
 
-@pytest.fixture(scope="session")
-def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from adapters import AdapterRegistry
-
-    root = tmp_path_factory.mktemp("registry")
-    reg = AdapterRegistry(root, max_rank=16)
+def populate(reg: Any, adapter_dirs: dict[str, Path]) -> None:
+    """Register the session's adapters: the federation's (tests/tenants.py) and alpha/beta/gamma."""
     from tests.tenants import FED_ADAPTERS
 
     for name, (kind, owner, visibility) in FED_ADAPTERS.items():
@@ -85,7 +81,41 @@ def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPa
             base_model="tiny",
             base_model_revision="test",
         )
+
+
+@pytest.fixture(scope="session")
+def registry_root(adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory registry of the real-engine app (and of the Serve tier's ``dir`` run)."""
+    from adapters import AdapterRegistry
+
+    root = tmp_path_factory.mktemp("registry")
+    populate(AdapterRegistry(root, max_rank=16), adapter_dirs)
     return root
+
+
+@pytest.fixture(scope="session", params=["dir", "s3"])
+def fake_registry(
+    request: pytest.FixtureRequest, registry_root: Path, adapter_dirs: dict[str, Path]
+) -> dict[str, Any]:
+    """The Serve tier's registry, parametrised: the directory, and a bucket on a real S3-compatible server
+    (moto on loopback). ``adapters`` is the config section; ``registry`` a test-side handle on it."""
+    from adapters import AdapterRegistry
+    from adapters.store import open_store
+
+    if request.param == "dir":
+        return {
+            "adapters": {"root": str(registry_root)},
+            "registry": AdapterRegistry(registry_root, max_rank=16),
+        }
+    s3 = request.getfixturevalue("s3")
+    url = s3.make_bucket("rmn-serve-tier") + "/adapters"
+    cache = request.getfixturevalue("tmp_path_factory").mktemp("s3-test-side-cache")
+    store = open_store(url, cache_root=cache, options=s3.options())
+    reg = AdapterRegistry(url, max_rank=16, store=store, metadata_ttl_s=0)
+    populate(reg, adapter_dirs)
+    # one second: the tests see other replicas' changes quickly (the default for object stores is 2 s)
+    section = {"root": url, "storage_options": s3.options(), "metadata_ttl_s": 1.0}
+    return {"adapters": section, "registry": reg}
 
 
 @pytest.fixture(scope="session")
@@ -121,10 +151,15 @@ def llm(make_llm: Callable[..., Any]) -> Any:
 
 
 def make_app_config(
-    tiny_model: Path, registry_root: Path, tmp: pytest.TempPathFactory, engine: str = "vllm"
+    tiny_model: Path,
+    registry_root: Path | str,
+    tmp: pytest.TempPathFactory,
+    engine: str = "vllm",
+    adapters: dict[str, Any] | None = None,
 ) -> Any:
     """The test app's config; ``engine`` "fake" gives the fast Serve tier's app (FakeEngine, light
-    replicas, a 3 s deadline, its own clean-room files: DuckDB allows one writer per file)."""
+    replicas, a 3 s deadline, its own clean-room files: DuckDB allows one writer per file). ``adapters``:
+    more of the config's adapters section (an object-store registry)."""
     from cleanroom import CleanRoom, CleanRoomPolicy
     from serving.config import AppConfig
     from tests.cleanroom_data import write_events
@@ -171,6 +206,7 @@ def make_app_config(
                 "root": str(registry_root),
                 "cache_root": str(tmp.mktemp(f"composites-{engine}")),
                 "max_upload_bytes": 4 << 20,  # the test adapters are tens of KB; 413 is tested
+                **(adapters or {}),
             },
             "engine": engine_cfg,
             "engine_deployment": {
@@ -295,12 +331,20 @@ def serve_url(app_config: Any, ray_serve: None) -> str:
 
 
 @pytest.fixture(scope="session")
-def fake_config(tiny_model: Path, registry_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Config of the session's FakeEngine app (the fast Serve tier)."""
-    return make_app_config(tiny_model, registry_root, tmp_path_factory, engine="fake")
+def fake_config(
+    tiny_model: Path, fake_registry: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """Config of the session's FakeEngine app (the fast Serve tier), on the parametrised registry."""
+    section = fake_registry["adapters"]
+    return make_app_config(tiny_model, section["root"], tmp_path_factory, engine="fake", adapters=section)
 
 
 @pytest.fixture(scope="session")
-def fake_url(fake_config: Any, ray_serve: None) -> str:
-    """The FakeEngine app, beside the real one on the same proxy (route prefix /fake)."""
-    return run_app(fake_config, "fake")
+def fake_url(fake_config: Any, ray_serve: None) -> Iterator[str]:
+    """The FakeEngine app, beside the real one on the same proxy (route prefix /fake); deleted when the
+    Serve tier moves on to the next registry."""
+    from ray import serve
+
+    yield run_app(fake_config, "fake")
+    with contextlib.suppress(Exception):
+        serve.delete(APPS["fake"][0], _blocking=True)

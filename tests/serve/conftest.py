@@ -19,3 +19,9 @@ def serve_url(fake_url: str) -> str:
 @pytest.fixture(scope="session")
 def app_config(fake_config: Any) -> Any:
     return fake_config
+
+
+@pytest.fixture(scope="session")
+def registry(fake_registry: dict[str, Any]) -> Any:
+    """A test-side handle on the Serve tier's registry (directory or S3, as parametrised)."""
+    return fake_registry["registry"]

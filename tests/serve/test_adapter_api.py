@@ -5,6 +5,7 @@ Registration runs on an engine replica against the base model, with the CLI's ch
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,13 @@ def chat(url: str, headers: dict[str, str], model: str) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", headers=headers, json=body, timeout=30)
 
 
-def stored(registry_root: Path) -> list[str]:
-    """Everything under the adapter's directory (versions, temp dirs, retirement records)."""
-    d = registry_root / ID
-    return sorted(str(p.relative_to(registry_root)) for p in d.rglob("*")) if d.exists() else []
+def stored(registry: AdapterRegistry, adapter_id: str | None = ID) -> list[str]:
+    """Everything stored under the adapter (versions, leftovers, retirement records), or in the registry."""
+    return registry.store.listing(adapter_id)
 
 
 def test_upload_serve_new_version_retire(
-    serve_url: str, adapter_dirs: dict[str, Path], registry_root: Path, app_config: Any
+    serve_url: str, adapter_dirs: dict[str, Path], registry: AdapterRegistry, app_config: Any
 ) -> None:
     r = upload(serve_url, auth("brand_x"), adapter_dirs["alpha"])
     assert r.status_code == 201, r.text
@@ -64,6 +64,13 @@ def test_upload_serve_new_version_retire(
         show["latest"] == "1" and show["versions"][0]["sha256"] == sha1 and show["versions"][0]["rank"] == 8
     )
     assert httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=ADMIN).status_code == 200
+    # usage counts: cluster-wide per version (the board outlives apps: compare before and after)
+    used = show["versions"][0]["usage"]["requests"]
+    assert used >= 1 and show["requests"] >= used
+    for _ in range(3):
+        assert chat(serve_url, auth("brand_x"), f"base:{ID}@1").status_code == 200
+    again = httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=ADMIN).json()["versions"][0]["usage"]
+    assert again["requests"] == used + 3 and again["last_used"] > time.time() - 60
     assert httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=auth("brand_y")).status_code == 404
     listed = {a["id"] for a in httpx.get(f"{serve_url}/v1/adapters", headers=auth("brand_y")).json()["data"]}
     assert ID not in listed and "brand_y" in listed and "brand_x" not in listed
@@ -85,7 +92,7 @@ def test_upload_serve_new_version_retire(
     assert httpx.delete(url, headers=auth("brand_x")).status_code == 200  # idempotent
     versions = httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=auth("brand_x")).json()["versions"]
     assert [v["retired"] is not None for v in versions] == [True, False]
-    assert (registry_root / ID / "1" / "adapter_model.safetensors").is_file()  # files kept
+    assert registry.files(ID, "1").is_dir()  # files kept
     # the audit log has both the registration and the retirement
     audit = [json.loads(x) for x in Path(app_config.federation.audit_log).read_text().splitlines()]
     events = {(e["event"], e.get("adapter")) for e in audit}
@@ -121,22 +128,22 @@ def test_refusals_write_nothing(
     serve_url: str,
     app_config: Any,
     adapter_dirs: dict[str, Path],
-    registry_root: Path,
+    registry: AdapterRegistry,
     who: str | None,
     kw: dict[str, Any],
     status: int,
     needle: str,
 ) -> None:
-    before = stored(registry_root)
+    before = stored(registry)
     if kw.pop("config_from", None):
         kw["config"] = _big_config(adapter_dirs["alpha"])
     if status == 403 and who == "brand_y":  # an id that exists and belongs to brand_x
-        AdapterRegistry(registry_root, max_rank=16).versions(ID) or pytest.skip("needs the upload test first")
+        registry.versions(ID) or pytest.skip("needs the upload test first")
     headers = auth(who) if who else {}
     r = upload(serve_url, headers, adapter_dirs["gamma"], **kw)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
-    assert stored(registry_root) == before
+    assert stored(registry) == before
     # audited, with who asked (when the key is known) and why
     rid = r.headers["x-request-id"]
     records = [json.loads(x) for x in Path(app_config.federation.audit_log).read_text().splitlines()]
@@ -223,15 +230,15 @@ def test_train_job_registers_a_private_adapter_usable_in_a_stack(
 )
 def test_train_refusals_start_nothing(
     serve_url: str,
-    registry_root: Path,
+    registry: AdapterRegistry,
     who: str,
     data: str | None,
     fields: dict[str, str],
     status: int,
     needle: str,
 ) -> None:
-    before = sorted(p.name for p in registry_root.iterdir())
+    before = stored(registry, None)
     r = train(serve_url, who, data, id="never_trained", **fields)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
-    assert sorted(p.name for p in registry_root.iterdir()) == before
+    assert stored(registry, None) == before

@@ -28,7 +28,11 @@ def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize(
     ("root", "kept"),
-    [("s3://bucket/adapters/", "s3://bucket/adapters"), ("gs://b/p", "gs://b/p"), ("file:///srv/a", "/srv/a")],
+    [
+        ("s3://bucket/adapters/", "s3://bucket/adapters"),
+        ("gs://b/p", "gs://b/p"),
+        ("file:///srv/a", "/srv/a"),
+    ],
 )
 def test_registry_urls_are_kept_as_urls(tmp_path: Path, root: str, kept: str) -> None:
     cfg = load_config(write(tmp_path, f"model: {{path: m}}\nadapters: {{root: '{root}'}}\n"))
@@ -38,7 +42,9 @@ def test_registry_urls_are_kept_as_urls(tmp_path: Path, root: str, kept: str) ->
 def test_node_placeholder_names_a_cache_per_node(tmp_path: Path) -> None:
     text = "model: {path: m}\nadapters: {root: s3://b/a, download_root: '/c/{node}/dl', cache_root: '/c/{node}'}\n"
     cfg = load_config(write(tmp_path, text))
-    assert cfg.adapters.download_dir("n1") == Path("/c/n1/dl") and cfg.adapters.cache_dir("n2") == Path("/c/n2")
+    assert cfg.adapters.download_dir("n1") == Path("/c/n1/dl") and cfg.adapters.cache_dir("n2") == Path(
+        "/c/n2"
+    )
 
 
 @pytest.mark.parametrize(
