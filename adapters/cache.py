@@ -131,6 +131,11 @@ class CompositeCache:
         """Per-composite locks alive now (held or waited on)."""
         return self._store.lock_count
 
+    @property
+    def max_bytes(self) -> int:
+        """The cache's size bound (LRU beyond it)."""
+        return self._store.max_bytes
+
     def path(self, cid: str) -> Path:
         """Where composite ``cid`` lives (it may not exist yet)."""
         return self._store.path(cid)

@@ -109,7 +109,7 @@ def _cmd_adapters_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapters_gc(args: argparse.Namespace) -> int:
-    print(f"removed {_registry(args).gc()} leftover temporary directories from the registry")
+    print(f"removed {_registry(args).gc()} leftovers of interrupted registrations from the registry")
     cache = _cache(args)
     print(f"removed {cache.gc()} composite cache entries (bound {cache.max_bytes} bytes)")
     return 0
