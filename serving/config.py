@@ -251,11 +251,12 @@ class DeploymentConfig(_Strict):
             "ray_actor_options": {
                 "num_cpus": self.num_cpus,
                 "num_gpus": self.num_gpus,
-                "resources": dict(self.resources),
                 "runtime_env": {"env_vars": dict(self.env)},
             },
             "logging_config": {"encoding": "JSON", "log_level": "INFO"},
         }
+        if self.resources:
+            opts["ray_actor_options"]["resources"] = dict(self.resources)
         if self.max_replicas_per_node is not None:
             opts["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling is not None:
