@@ -73,12 +73,12 @@ class AdapterRegistry:
         self._lock = threading.Lock()
 
     # ---- reading -------------------------------------------------------------------------
-    def _scan(self, adapter_id: str, fresh: bool = False) -> dict[str, bool]:
-        """version -> retired, at most ``ttl_s`` old (``fresh``: from the store now)."""
+    def _scan(self, adapter_id: str, max_age_s: float | None = None) -> dict[str, bool]:
+        """version -> retired, at most ``max_age_s`` (default ``ttl_s``; 0: from the store now) old."""
         now = time.monotonic()
         with self._lock:
             hit = self._scans.get(adapter_id)
-        if hit is not None and not fresh and now - hit[0] < self.ttl_s:
+        if hit is not None and now - hit[0] < (self.ttl_s if max_age_s is None else max_age_s):
             return hit[1]
         try:
             scan = self.store.scan(adapter_id)
@@ -112,7 +112,8 @@ class AdapterRegistry:
         validate_adapter_id(adapter_id)
         scan = self._scan(adapter_id)
         if version is not None and version not in scan and self.ttl_s > 0:
-            scan = self._scan(adapter_id, fresh=True)  # published since the cached listing?
+            # published since the cached listing? (one listing per such request: tenants' rate limits bound it)
+            scan = self._scan(adapter_id, max_age_s=0)
         if not scan:
             raise AdapterNotFound(f"adapter {adapter_id!r} is not registered")
         versions = sorted(scan, key=version_key)
@@ -164,7 +165,7 @@ class AdapterRegistry:
     def next_version(self, adapter_id: str) -> str:
         """The version a new registration of ``adapter_id`` gets: one major above every version so far."""
         validate_adapter_id(adapter_id)
-        versions = sorted(self._scan(adapter_id, fresh=True), key=version_key)
+        versions = sorted(self._scan(adapter_id, max_age_s=0), key=version_key)
         return str(version_key(versions[-1])[0] + 1) if versions else "1"
 
     def path(self, adapter_id: str, version: str | None = None) -> Path:

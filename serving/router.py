@@ -35,7 +35,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from adapters import AdapterError, RegistryUnavailable
-from federation.access import Gate
+from federation.access import Gate, Resolution
 from federation.errors import GateError
 from federation.graph import composition_graph
 from federation.planning.creatives import check_line
@@ -263,7 +263,7 @@ class Router:
                     "kind": "federated",
                 }
             )
-        for m in self._registry.list():
+        for m in await asyncio.to_thread(self._registry.list):
             if self._gate.visible(tenant, m):
                 data.append(
                     {
@@ -285,7 +285,7 @@ class Router:
         try:
             tenant = self._gate.admit(request.headers.get("authorization"))
             body = await _read_body(request)
-            res = self._gate.resolve(tenant, body, request_id)
+            res = await self._resolve(tenant, body, request_id)
         except GateError as e:
             return _error(str(e), e.status, e.err_type, e.headers)
         return JSONResponse(composition_graph(self._cfg.model.served_name, res, tenant))
@@ -588,10 +588,17 @@ class Router:
             }
         )
 
+    async def _resolve(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Resolution:
+        """The gate's resolution; in a worker thread when the registry is an object store (a listing past its
+        TTL waits on the network, and the event loop serving every other request must not)."""
+        if self._registry.store.remote:
+            return await asyncio.to_thread(self._gate.resolve, tenant, body, request_id)
+        return self._gate.resolve(tenant, body, request_id)
+
     async def complete(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Completion:
         """One non-streamed chat completion through the federation (for text the router writes itself);
         raises :class:`GateError` when the stack is refused."""
-        res = self._gate.resolve(tenant, body, request_id)
+        res = await self._resolve(tenant, body, request_id)
         body.pop("federation", None)
         body["request_id"] = f"{request_id}-{uuid.uuid4().hex[:8]}"
         lora_name = "" if res.stack is None else f"{self._cfg.model.served_name}:{res.stack.text}"
@@ -623,7 +630,7 @@ class Router:
         try:
             tenant = self._gate.admit(request.headers.get("authorization"))
             body = await _read_body(request)
-            res = self._gate.resolve(tenant, body, request_id)
+            res = await self._resolve(tenant, body, request_id)
         except GateError as e:
             self._metrics.requests.inc(tags={"composition": "none", "status": str(e.status)})
             return _error(str(e), e.status, e.err_type, {**e.headers, **headers})

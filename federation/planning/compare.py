@@ -37,6 +37,11 @@ class CompareRequest(PlanRequest):
     write_text: bool = Field(
         default=True, description="Write the rationale and ad lines (false: numbers only)."
     )
+    parallel: bool = Field(
+        default=True,
+        description="Plan both sides at once (false: one after the other, the baseline bench/planning.py "
+        "measures the fan-out against).",
+    )
 
 
 class PlanSide(BaseModel):

@@ -141,10 +141,12 @@ async def run_comparison(
         return out, time.perf_counter() - t
 
     started = time.perf_counter()
-    (full, full_s), (clean, clean_s) = await asyncio.gather(
-        timed(backend.plan_full(market_json, req.manufacturer, plan_req)),
-        timed(backend.plan_cleanroom(tenant, room.retailer, market_json, req.manufacturer, plan_req)),
-    )
+    full_side = timed(backend.plan_full(market_json, req.manufacturer, plan_req))
+    clean_side = timed(backend.plan_cleanroom(tenant, room.retailer, market_json, req.manufacturer, plan_req))
+    if req.parallel:
+        (full, full_s), (clean, clean_s) = await asyncio.gather(full_side, clean_side)
+    else:
+        (full, full_s), (clean, clean_s) = await full_side, await clean_side
     wall = time.perf_counter() - started
     if full.plan is None or full.error is not None:
         raise ComparisonError(full.status, full.error or "no full-data plan")

@@ -14,7 +14,11 @@ vLLM's Triton kernels.
 
 Two variants (``engine.cpu_lora``):
 - ``grouped``: one GEMM per slot for the shrink and one for the expand, in the weights' dtype (fp32
-  accumulation inside the GEMM). Fastest; it rounds differently from vLLM's per-token ops at the bf16 level,
+  accumulation inside the GEMM), at the slot's REAL rank: vLLM zero-pads every adapter to
+  ``max_lora_rank`` (64 for 4-adapter stacks; a rank-8 adapter is 7/8 zeros) and zero-fills the slices of
+  modules an adapter does not target, so only the leading nonzero rows of A (and columns of B) are used
+  and all-zero slices are skipped. The ranks are read from the slot buffers once after vLLM fills a slot
+  (:func:`slot_rank`; vLLM's ``activate_adapter`` bumps a generation counter that invalidates them). Fastest; it rounds differently from vLLM's per-token ops at the bf16 level,
   so greedy outputs can diverge from vLLM's after some tokens (measured on the demo: bench/results/cpu-lora.json).
 - ``grouped_exact``: the same grouping, but each slot's rows go through vLLM's own arithmetic (fp32 shrink,
   per-token einsum on the slot's weights broadcast without a copy, bf16 expand): bit-identical to vLLM's ops,
@@ -26,7 +30,27 @@ from __future__ import annotations
 from typing import Any
 
 _GROUPS = "_rmn_slot_groups"
+_RANKS = "_rmn_slot_ranks"
 _MODE = {"exact": False}
+_GENERATION = [0]  # bumped whenever vLLM (re)fills adapter slots: cached slot ranks are read again
+
+
+def slot_rank(lora_a: Any, slot: int) -> int:
+    """How many leading rows of ``A[slot]`` (``[slots, 1, r_max, in]``) hold nonzero weights: the slot's
+    effective rank in this buffer (0 when the adapter does not touch this module/slice). Cached on the
+    buffer tensor until vLLM activates an adapter again."""
+    cached = getattr(lora_a, _RANKS, None)
+    if cached is None or cached[0] != _GENERATION[0]:
+        cached = (_GENERATION[0], {})
+        setattr(lora_a, _RANKS, cached)
+    ranks: dict[int, int] = cached[1]
+    rank = ranks.get(slot)
+    if rank is None:
+        a = lora_a[slot, 0] if lora_a.dim() == 4 else lora_a[slot]
+        nonzero = (a != 0).any(dim=1).nonzero()
+        rank = int(nonzero[-1]) + 1 if nonzero.numel() else 0
+        ranks[slot] = rank
+    return rank
 
 
 def slot_groups(indices: Any) -> list[tuple[int, Any]]:
@@ -63,6 +87,12 @@ def grouped_lora_linear(
         for a, b, size in zip(lora_a, lora_b, output_slices, strict=True):
             a_s = a[slot, 0] if a.dim() == 4 else a[slot]  # [r, in]
             b_s = b[slot, 0] if b.dim() == 4 else b[slot]  # [size, r]
+            if not exact:
+                rank = slot_rank(a, slot)
+                if rank == 0:  # the adapter leaves this module/slice alone
+                    offset += size
+                    continue
+                a_s, b_s = a_s[:rank], b_s[:, :rank]
             if exact:  # vLLM's ops, term for term: fp32 shrink buffer, then expand in y's dtype
                 a32 = a_s.to(torch.float32).unsqueeze(0).expand(n, -1, -1)
                 h = scale * torch.einsum("bi, boi -> bo", xs.to(torch.float32), a32)
@@ -132,12 +162,34 @@ def install(exact: bool = False) -> bool:
             y, x, groups, lora_a_stacked, lora_b_stacked, scale, output_slices, exact=_MODE["exact"]
         )
 
+    _count_activations()
     cls = PunicaWrapperCPU
     cls._rmn_originals = (original_update, original_linear)
     cls.update_metadata = update_metadata
     cls.add_lora_linear = add_lora_linear
     cls._rmn_grouped = True
     return True
+
+
+def _count_activations() -> None:
+    """Make vLLM's ``activate_adapter`` (which fills a slot's buffers) bump :data:`_GENERATION` (once)."""
+    try:
+        from vllm.lora import model_manager
+    except ImportError:
+        return
+    manager: Any = model_manager.LoRAModelManager  # patched at runtime
+    if getattr(manager, "_rmn_counts", False):
+        return
+    original = manager.activate_adapter
+
+    def activate_adapter(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _GENERATION[0] += 1
+
+    manager.activate_adapter = activate_adapter
+    manager._rmn_counts = True
 
 
 def uninstall() -> None:

@@ -120,3 +120,30 @@ def test_plugin_patches_only_the_cpu_path(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("RMN_CPU_LORA", "grouped")
     fix.register()
     assert cpu_lora.installed()
+
+
+def test_grouped_uses_each_slots_real_rank_and_skips_untouched_slices() -> None:
+    """vLLM zero-pads adapters to max_lora_rank and zero-fills slices an adapter does not target: the grouped
+    path must give the same result from the nonzero part alone (and know the ranks)."""
+    import serving.engines.cpu_lora as cpu_lora
+
+    y, x, idx, lora_a, lora_b = _data(11, 48, 16, (24, 8, 8), 3, "mixed", dtype=torch.float32, seed=3)
+    # slot 0: rank 4 (rows 4.. are padding); slot 1: rank 16, but no weights on the middle slice (like k_proj
+    # of a q/v adapter); slot 2: nothing on any slice (an adapter of other modules)
+    for a, b in zip(lora_a, lora_b, strict=True):
+        a[0, 0, 4:] = 0
+        b[0, 0, :, 4:] = 0
+        a[2], b[2] = 0, 0
+    lora_a[1][1], lora_b[1][1] = 0, 0
+    want = reference_f64(y, x, idx, lora_a, lora_b, 0.5, (24, 8, 8))
+    got = y.clone()
+    grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 0.5, (24, 8, 8))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert [cpu_lora.slot_rank(a, 0) for a in lora_a] == [4, 4, 4]
+    assert [cpu_lora.slot_rank(a, 1) for a in lora_a] == [16, 0, 16]
+    assert [cpu_lora.slot_rank(a, 2) for a in lora_a] == [0, 0, 0]
+    # a slot refilled by vLLM (activate_adapter bumps the generation): its rank is read again
+    lora_a[0][2, 0, :6] = 1.0
+    assert cpu_lora.slot_rank(lora_a[0], 2) == 0  # cached until the next activation
+    cpu_lora._GENERATION[0] += 1
+    assert cpu_lora.slot_rank(lora_a[0], 2) == 6

@@ -146,6 +146,20 @@ def test_compare_local_measures_both_plans_and_every_number_moves_with_the_data(
     assert 1 <= len(a["top_skus"]) <= req.creatives and all(t["category"] for t in a["top_skus"])
 
 
+def test_compare_sequential_is_the_same_comparison_one_side_after_the_other(tmp_path: Path) -> None:
+    """``parallel: false`` (the fan-out benchmark's baseline): same plans and scores, the wall time is the
+    sum of the two sides' times (they did not overlap)."""
+    policy = CleanRoomPolicy(retailer="acme", k=20, mode="exact", trusted_tenants=["brewmax"])
+    req = CompareRequest(budget=800, manufacturer="brewmax", roas_floor=0.1)
+    par = compare_local(SMALL, req, policy, tmp_path / "par")
+    seq = compare_local(SMALL, req.model_copy(update={"parallel": False}), policy, tmp_path / "seq")
+    for side in ("full", "cleanroom"):
+        assert seq[side]["score"] == par[side]["score"] and seq[side]["allocation"] == par[side]["allocation"]
+    t = seq["timing"]
+    assert t["wall_s"] >= t["full_s"] + t["cleanroom_s"] - 0.002  # rounding of the reported times
+    assert seq["request"]["parallel"] is False
+
+
 def test_compare_local_under_dp_is_reproducible_by_seed(tmp_path: Path) -> None:
     """The market's clean room draws simulated noise from the market's seed: the same seed, the same plans."""
     policy = CleanRoomPolicy(
