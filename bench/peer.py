@@ -9,7 +9,8 @@ Loads: base model; 4 single adapters; 4 stacks of 4 adapters; 32 distinct compos
 ``--requests`` chat requests, ``--concurrency`` at a time, ``--tokens`` output tokens (``ignore_eos``,
 temperature 0). Writes ``bench/results/peer.json`` with both sides and the ratios rmn/vLLM and LoRA/base.
 
-    python -m bench.peer [--requests 64] [--concurrency 8] [--tokens 32] [--reps 2]
+    python -m bench.peer [--requests 64] [--concurrency 8] [--tokens 32] [--reps 2] [--max-loras 8]
+                         [--max-cpu-loras 64]
 """
 
 from __future__ import annotations
@@ -58,10 +59,15 @@ def _prepare(work: Path) -> dict[str, dict[str, Path]]:
     return {"base": {}, "4 single adapters": singles, "4 stacks": stacks, "32 compositions": many}
 
 
+ENGINE = {"max_loras": 8, "max_cpu_loras": 64}  # set from the command line; the same for both sides
+
+
 def _engine_args() -> dict[str, Any]:
+    """Engine settings both sides get: ``max_loras`` >= the concurrency (every running request has a slot)
+    and ``max_cpu_loras`` above the 32 compositions (none is reloaded from disk), by default."""
     return {
-        "max_loras": 4,
-        "max_cpu_loras": 16,
+        "max_loras": ENGINE["max_loras"],
+        "max_cpu_loras": ENGINE["max_cpu_loras"],
         "max_lora_rank": 64,
         "max_model_len": 2048,
         "dtype": "bfloat16",
@@ -185,7 +191,10 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--max-loras", type=int, default=8, help="adapter slots per engine step (both sides)")
+    ap.add_argument("--max-cpu-loras", type=int, default=64, help="adapters kept in CPU memory (both sides)")
     args = ap.parse_args()
+    ENGINE.update(max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras)
     from serving.demo.defaults import demo_model_dir
 
     model = demo_model_dir()
