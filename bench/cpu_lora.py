@@ -1,12 +1,12 @@
 """CPU LoRA kernels, in-process on the demo model: vLLM's per-token ops vs the grouped path, in one run.
 
-One vLLM ``LLM`` (bf16, eager, prefix caching off, ``max_loras`` 4, ``max_cpu_loras`` 16, ``max_lora_rank`` 64)
+One vLLM ``LLM`` (bf16, eager, prefix caching off, ``max_loras`` 8, ``max_cpu_loras`` 64 by default, ``max_lora_rank`` 64)
 generates the same batches with each CPU path (``grouped``, ``grouped_exact``, vLLM's own masked ops), the
 order alternated, each load repeated ``--reps`` times: base model; 4 single demo adapters mixed; 4 demo stacks (4 adapters each, composed
 exactly); 32 distinct compositions. A second engine restricted to the modules the adapters target
 (``lora_target_modules=["qkv_proj"]``) runs the grouped path again. Writes ``bench/results/cpu-lora.json``.
 
-    python -m bench.cpu_lora [--prompts 32] [--tokens 32] [--reps 2]
+    python -m bench.cpu_lora [--prompts 32] [--tokens 32] [--reps 2] [--max-loras 8] [--max-cpu-loras 64]
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--max-loras", type=int, default=8, help="adapter slots per step")
+    ap.add_argument("--max-cpu-loras", type=int, default=64, help="adapters kept in CPU memory")
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams
@@ -80,8 +82,8 @@ def main() -> None:
             model=str(demo_model_dir()),
             dtype="bfloat16",
             enable_lora=True,
-            max_loras=4,
-            max_cpu_loras=16,
+            max_loras=args.max_loras,
+            max_cpu_loras=args.max_cpu_loras,
             max_lora_rank=64,
             kv_cache_memory_bytes=1 << 30,
             max_model_len=512,
@@ -147,7 +149,7 @@ def main() -> None:
     out = {
         "model": "SmolLM2-135M-Instruct (demo), bf16, eager, prefix caching off",
         "load": f"{args.prompts} prompts (~16 tokens) x {args.tokens} output tokens, ignore_eos, temperature 0, reps {args.reps}",
-        "engine": {"max_loras": 4, "max_cpu_loras": 16, "max_lora_rank": 64},
+        "engine": {"max_loras": args.max_loras, "max_cpu_loras": args.max_cpu_loras, "max_lora_rank": 64},
         "tokens_per_s": results,
         "tokens_per_s_qkv_only_grouped": targeted,
         "median_tokens_per_s": med,

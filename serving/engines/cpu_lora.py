@@ -1,28 +1,31 @@
-"""Grouped CPU LoRA for vLLM's linear layers: one matmul pair per adapter slot present in the batch.
+"""Grouped CPU LoRA for vLLM's linear layers and lm_head: a few GEMMs per layer instead of a per-token gather.
 
 vLLM's CPU punica wrapper applies LoRA with pure-torch ops that gather a (rank x hidden) matrix PER TOKEN
-(``lora_a[indices]``) and contract it with an einsum; on CPU that costs several times the base layer's own
-matmul. Here the tokens of a batch are grouped by slot once per step (when vLLM updates the wrapper's
-metadata), and each linear layer does, for each slot ``s`` present and each output slice ``i``:
+(``lora_a[indices]``; for lm_head a vocab x rank matrix per sequence) and contract it with an einsum; on CPU
+that costs several times the base layer's own matmul. Here the tokens of a batch are grouped by slot once
+per step (when vLLM updates the wrapper's metadata) and, per layer, with ``S`` the slots present:
 
-    h            = x[rows_s] @ A_i[s].T                      # [n_s, r]      A_i: [slots, 1, r, in]
-    y[rows_s, o] += (scale * h) @ B_i[s].T                   # [n_s, size_i] B_i: [slots, 1, size_i, r]
+    A   = concat_{i, s in S} A_i[s, :r_is]      (fp32)   # [cols, in]  slice-major; r_is: the REAL rank
+    h   = x @ A.T                                        # [n, cols]   one GEMM for every slot and slice
+    h  *= (owner(col) == slot(token))                    # a token keeps its own slot's columns only
+    y[:, slice_i] += round_y(scale * h[:, cols_i]) @ B_i.T   # one GEMM per touched slice
 
-Rows whose slot is -1 (requests without an adapter) are left untouched (the upstream bug that applied the
-last slot to them cannot happen here). Only the CPU wrapper is patched (:func:`install`); the CUDA path keeps
-vLLM's Triton kernels.
+vLLM zero-pads every slot to ``max_lora_rank`` (64 for 4-adapter stacks: a rank-8 adapter is 7/8 zeros) and
+zero-fills the slices of modules an adapter does not target; :func:`slot_rank` reads the real rank once after a
+slot is filled (vLLM's ``activate_adapter`` marks it refilled) and untouched slices cost nothing. The fused
+weights are cached per layer and slot set. Batches above 256 tokens (prefill) take one GEMM pair per slot on
+its own rows instead (the masked form would multiply the FLOPs by the number of slots). Rows whose slot is -1
+(requests without an adapter) are left untouched, bit for bit (the upstream bug that applied the last slot to
+them cannot happen here). Only the CPU wrapper is patched (:func:`install`); the CUDA path keeps vLLM's Triton
+kernels.
 
 Two variants (``engine.cpu_lora``):
-- ``grouped``: one GEMM per slot for the shrink and one for the expand, in the weights' dtype (fp32
-  accumulation inside the GEMM), at the slot's REAL rank: vLLM zero-pads every adapter to
-  ``max_lora_rank`` (64 for 4-adapter stacks; a rank-8 adapter is 7/8 zeros) and zero-fills the slices of
-  modules an adapter does not target, so only the leading nonzero rows of A (and columns of B) are used
-  and all-zero slices are skipped. The ranks are read from the slot buffers once after vLLM fills a slot
-  (:func:`slot_rank`; vLLM's ``activate_adapter`` marks the slot refilled, which invalidates them). Fastest; it rounds differently from vLLM's per-token ops at the bf16 level,
-  so greedy outputs can diverge from vLLM's after some tokens (measured on the demo: bench/results/cpu-lora.json).
+- ``grouped``: the above. The shrink accumulates in fp32 and its result is rounded to y's dtype before the
+  expand, as vLLM does; only the summation order differs, so results are as close to float64 as vLLM's
+  (tested) but greedy text can diverge from vLLM's ops in some sequences (measured: bench/results/cpu-lora.json).
 - ``grouped_exact``: the same grouping, but each slot's rows go through vLLM's own arithmetic (fp32 shrink,
   per-token einsum on the slot's weights broadcast without a copy, bf16 expand): bit-identical to vLLM's ops,
-  slower than ``grouped``, still faster than the per-token gather.
+  slower than ``grouped``.
 """
 
 from __future__ import annotations
@@ -32,9 +35,8 @@ from typing import Any
 _GROUPS = "_rmn_slot_groups"
 _RANKS = "_rmn_slot_ranks"
 _MODE = {"exact": False}
-_SLOT_GENERATIONS: dict[
-    int, int
-] = {}  # slot -> fills so far: a cached rank or fused weight of an older fill is stale
+# slot -> fills so far: a cached rank or fused weight of an older fill is stale
+_SLOT_GENERATIONS: dict[int, int] = {}
 
 
 def refilled(slot: int) -> None:
