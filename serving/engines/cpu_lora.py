@@ -75,7 +75,9 @@ def slot_groups(indices: Any) -> list[tuple[int, Any]]:
 
 
 _DENSE_MAX_TOKENS = 256  # up to this many tokens, one masked GEMM pair for all slots beats one pair per slot
-_BATCHES_KEPT = 8  # fused weights kept per layer for this many slot sets (older ones are rebuilt on demand)
+_BATCHES_KEPT = 4  # fused weights kept per layer for this many slot sets (older ones are rebuilt on demand)
+_FUSED_BUDGET = 256 << 20  # bytes of fused weights across all layers; beyond it every cache starts over
+_FUSED: dict[str, Any] = {"bytes": 0, "caches": []}
 
 
 def _fused(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
@@ -89,6 +91,7 @@ def _fused(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, .
     if batches is None:
         batches = {}
         lora_a[0]._rmn_fused = batches
+        _FUSED["caches"].append(batches)
     key = (slots, tuple(_SLOT_GENERATIONS.get(s, 0) for s in slots))
     if key in batches:
         return batches[key]
@@ -105,10 +108,26 @@ def _fused(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, .
     fused = None
     if a_parts:
         fused = (torch.cat(a_parts).float().contiguous(), b_parts, torch.tensor(owner))
-    if len(batches) >= _BATCHES_KEPT:
-        batches.pop(next(iter(batches)))
+    for old in [k for k in batches if k[0] == slots] + list(batches)[
+        : max(0, len(batches) - _BATCHES_KEPT + 1)
+    ]:
+        _FUSED["bytes"] -= _nbytes(batches.pop(old, None))  # a stale fill of these slots, or the oldest
+    size = _nbytes(fused)
+    if _FUSED["bytes"] + size > _FUSED_BUDGET:
+        for cache in _FUSED["caches"]:
+            cache.clear()
+        _FUSED["bytes"] = 0
     batches[key] = fused
+    _FUSED["bytes"] += size
     return fused
+
+
+def _nbytes(fused: Any) -> int:
+    """Bytes held by one fused entry (0 for None)."""
+    if fused is None:
+        return 0
+    a_all, b_parts, _ = fused
+    return int(a_all.nbytes) + sum(int(b.nbytes) for b in b_parts if b is not None)
 
 
 def grouped_lora_linear(

@@ -148,3 +148,24 @@ def test_grouped_uses_each_slots_real_rank_and_skips_untouched_slices() -> None:
     assert cpu_lora.slot_rank(lora_a[0], 2) == 0  # cached until the next activation
     cpu_lora.refilled(2)
     assert cpu_lora.slot_rank(lora_a[0], 2) == 6
+
+
+def test_fused_weights_stay_within_their_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fused fp32 copies are a cache: bounded per layer (slot sets kept) and across layers (bytes); a
+    refilled slot's stale copy is dropped, and answers stay right after the cache starts over."""
+    import serving.engines.cpu_lora as cpu_lora
+
+    y, x, idx, lora_a, lora_b = _data(33, 64, 16, (64,), 4, "mixed", dtype=torch.float32, seed=5)
+    one = cpu_lora._nbytes(cpu_lora._fused(lora_a, lora_b, (0, 1, 2, 3)))
+    monkeypatch.setattr(cpu_lora, "_FUSED_BUDGET", cpu_lora._FUSED["bytes"] + 2 * one)
+    want = reference_f64(y, x, idx, lora_a, lora_b, 1.0, (64,))
+    for slots in [(0,), (1,), (2,), (3,), (0, 1), (1, 2), (0, 1, 2, 3)]:
+        cpu_lora._fused(lora_a, lora_b, slots)
+        assert len(lora_a[0]._rmn_fused) <= cpu_lora._BATCHES_KEPT
+        assert cpu_lora._FUSED["bytes"] <= cpu_lora._FUSED_BUDGET
+    cpu_lora.refilled(3)
+    cpu_lora._fused(lora_a, lora_b, (0, 1, 2, 3))
+    assert sum(k[0] == (0, 1, 2, 3) for k in lora_a[0]._rmn_fused) == 1  # the stale fill is gone
+    got = y.clone()
+    grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 1.0, (64,), indices=idx)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
