@@ -101,10 +101,15 @@ class AdapterRegistry:
         with self._lock:
             self._scans.pop(adapter_id, None)
 
+    def states(self, adapter_id: str) -> dict[str, bool]:
+        """Registered versions of ``adapter_id``, oldest first -> whether each is retired (one listing)."""
+        validate_adapter_id(adapter_id)
+        scan = self._scan(adapter_id)
+        return {v: scan[v] for v in sorted(scan, key=version_key)}
+
     def versions(self, adapter_id: str) -> list[str]:
         """Registered versions of ``adapter_id``, oldest first."""
-        validate_adapter_id(adapter_id)
-        return sorted(self._scan(adapter_id), key=version_key)
+        return list(self.states(adapter_id))
 
     def get(self, adapter_id: str, version: str | None = None) -> AdapterManifest:
         """The manifest of ``adapter_id`` at ``version`` (the latest one not retired when None); raises
@@ -152,10 +157,6 @@ class AdapterRegistry:
             return dict(json.loads(self.store.read(adapter_id, version, RETIRED)))
         except FileNotFoundError:
             return None
-
-    def is_retired(self, adapter_id: str, version: str) -> bool:
-        """Whether a version is retired (from the cached listing, like :meth:`get`)."""
-        return self._scan(adapter_id).get(version, False)
 
     def created(self, adapter_id: str, version: str) -> float:
         """When a version was published (seconds since the epoch)."""

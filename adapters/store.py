@@ -246,17 +246,22 @@ class ObjectStore:
 
         return sorted(n for n in self._call("list adapters", ls) if not n.startswith("."))
 
-    def scan(self, adapter_id: str) -> dict[str, bool]:
+    def _find(self, key: str) -> list[str]:
+        """Every object under ``key`` (none when the prefix does not exist), retried."""
+
         def find() -> list[str]:
             try:
-                return list(self._fs.find(self._key(adapter_id)))
+                return list(self._fs.find(key))
             except FileNotFoundError:
                 return []
 
+        return self._call(f"list {key}", find)
+
+    def scan(self, adapter_id: str) -> dict[str, bool]:
         published: set[str] = set()
         retired: set[str] = set()
         prefix = self._key(adapter_id) + "/"
-        for key in self._call(f"list {adapter_id}", find):
+        for key in self._find(self._key(adapter_id)):
             rel = key[len(prefix) :] if key.startswith(prefix) else ""
             version, _, name = rel.partition("/")
             if name == MANIFEST:
@@ -311,13 +316,8 @@ class ObjectStore:
         self._call(f"remove {adapter_id}/{version}", lambda: self._fs.rm(key, recursive=True))
 
     def listing(self, adapter_id: str | None = None) -> list[str]:
-        def find() -> list[str]:
-            try:
-                return list(self._fs.find(self._key(adapter_id) if adapter_id else self._root))
-            except FileNotFoundError:
-                return []
-
-        return sorted(k[len(self._root) + 1 :] for k in self._call("list", find))
+        keys = self._find(self._key(adapter_id) if adapter_id else self._root)
+        return sorted(k[len(self._root) + 1 :] for k in keys)
 
     def gc(self, min_age_s: float = 3600.0) -> int:
         """Delete objects that no manifest names (a lost or interrupted upload) once ``min_age_s`` old

@@ -130,9 +130,10 @@ def register_files(
 
 def adapter_view(registry: AdapterRegistry, adapter_id: str) -> dict[str, Any]:
     """An adapter's metadata: the latest manifest's fields and every version (sha256, rank, created, retired)."""
-    versions = registry.versions(adapter_id)
-    if not versions:
+    states = registry.states(adapter_id)  # one listing for every version (a directory is not cached)
+    if not states:
         raise AdapterNotFound(f"adapter {adapter_id!r} is not registered")
+    versions = list(states)
     rows = []
     for v in versions:
         m = registry.manifest(adapter_id, v)
@@ -144,7 +145,7 @@ def adapter_view(registry: AdapterRegistry, adapter_id: str) -> dict[str, Any]:
                 "alpha": m.alpha,
                 "target_modules": m.target_modules,
                 "created": registry.created(adapter_id, v),
-                "retired": registry.retired(adapter_id, v) if registry.is_retired(adapter_id, v) else None,
+                "retired": registry.retired(adapter_id, v) if states[v] else None,
             }
         )
     last = registry.manifest(adapter_id, versions[-1])

@@ -507,15 +507,17 @@ class Router:
 
     def _adapter_views(self) -> list[dict[str, Any]]:
         """Every registered adapter's view (in a worker thread: an object store answers over the network)."""
-        views = []
-        for adapter_id in self._registry.ids():
-            try:
-                views.append(adapter_view(self._registry, adapter_id))
-            except RegistryUnavailable:
-                raise
-            except AdapterError:
-                continue
-        return views
+        views = (self._view(adapter_id) for adapter_id in self._registry.ids())
+        return [v for v in views if v is not None]
+
+    def _view(self, adapter_id: str) -> dict[str, Any] | None:
+        """An adapter's view, None when it is not registered or unreadable (an unreachable store raises)."""
+        try:
+            return adapter_view(self._registry, adapter_id)
+        except RegistryUnavailable:
+            raise
+        except AdapterError:
+            return None
 
     async def _with_usage(self, views: list[dict[str, Any]]) -> None:
         """Add cluster-wide usage counts to adapter views: per version and ``requests`` in total."""
@@ -527,12 +529,7 @@ class Router:
 
     def _visible_adapter(self, tenant: Tenant | None, adapter_id: str) -> dict[str, Any]:
         """The adapter's view, or GateError 404 (also when the caller may not see it: no existence leak)."""
-        try:
-            view = adapter_view(self._registry, adapter_id)
-        except RegistryUnavailable:
-            raise
-        except AdapterError:
-            view = None
+        view = self._view(adapter_id)
         if view is None or not may_see(tenant, view):
             raise GateError(404, f"adapter {adapter_id!r} does not exist", "not_found_error")
         return view

@@ -22,20 +22,18 @@ log = logging.getLogger("ray.serve")
 
 
 class UsageBoard:
-    """``"id@version" -> [requests, last_used]`` (Ray actor)."""
+    """``"id@version" -> (requests, last_used)`` (Ray actor)."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, list[float]] = {}
+        self._counts: dict[str, tuple[int, float]] = {}
 
     def add(self, counts: dict[str, tuple[int, float]]) -> None:
         for key, (n, last) in counts.items():
-            row = self._counts.setdefault(key, [0, 0.0])
-            row[0] += n
-            row[1] = max(row[1], last)
+            _add(self._counts, key, n, last)
 
     def get(self, adapter_ids: list[str]) -> dict[str, tuple[int, float]]:
         wanted = set(adapter_ids)
-        return {k: (int(v[0]), v[1]) for k, v in self._counts.items() if k.split("@", 1)[0] in wanted}
+        return {k: v for k, v in self._counts.items() if k.split("@", 1)[0] in wanted}
 
 
 def usage_board() -> Any:
@@ -46,6 +44,12 @@ def usage_board() -> Any:
     return actor.options(
         name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote()
+
+
+def _add(counts: dict[str, tuple[int, float]], key: str, n: int, last: float) -> None:
+    """``counts[key] += (n requests, last used)``."""
+    m, t = counts.get(key, (0, 0.0))
+    counts[key] = (n + m, max(last, t))
 
 
 class UsageCounter:
@@ -60,9 +64,7 @@ class UsageCounter:
         """One answered request that used these ``(id, version)`` pairs."""
         now = time.time()
         for adapter_id, version in set(versions):
-            key = f"{adapter_id}@{version}"
-            n, _ = self._pending.get(key, (0, 0.0))
-            self._pending[key] = (n + 1, now)
+            _add(self._pending, f"{adapter_id}@{version}", 1, now)
         if self._task is None or self._task.done():
             with contextlib.suppress(RuntimeError):  # no running loop: counted, flushed by the next reader
                 self._task = asyncio.get_running_loop().create_task(self._flush_later())
@@ -81,8 +83,7 @@ class UsageCounter:
         except Exception as e:
             log.warning("adapter usage flush failed (kept for the next one): %s", e)
             for key, (n, last) in batch.items():
-                m, t = self._pending.get(key, (0, 0.0))
-                self._pending[key] = (n + m, max(last, t))
+                _add(self._pending, key, n, last)
 
     async def read(self, adapter_ids: list[str]) -> dict[str, dict[str, Any]]:
         """``"id@version" -> {"requests", "last_used"}`` for these adapters, cluster-wide."""
@@ -94,6 +95,5 @@ class UsageCounter:
         wanted = set(adapter_ids)
         for key, (n, last) in self._pending.items():
             if key.split("@", 1)[0] in wanted:
-                m, t = counts.get(key, (0, 0.0))
-                counts[key] = (n + m, max(last, t))
+                _add(counts, key, n, last)
         return {k: {"requests": n, "last_used": last} for k, (n, last) in counts.items()}

@@ -144,13 +144,13 @@ def grouped_lora_linear(
     """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot (see the module docstring;
     ``exact``: the ``grouped_exact`` arithmetic; ``indices``: the per-token slots ``groups`` came from, which
     lets small batches take the one-GEMM-pair path)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y2 = y.view(-1, y.shape[-1])
     if exact:
-        _exact_linear(y, x, groups, lora_a, lora_b, scale, output_slices)
+        _exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices)
         return
     if not groups:
         return
-    x2 = x.reshape(-1, x.shape[-1])
-    y2 = y.view(-1, y.shape[-1])
     one_slot = len(groups) == 1 and groups[0][1] is None  # every token has the same adapter
     if one_slot or (indices is not None and x2.shape[0] <= _DENSE_MAX_TOKENS):
         fused = _fused(lora_a, lora_b, tuple(slot for slot, _ in groups))
@@ -191,20 +191,19 @@ def _expand(
 
 
 def _exact_linear(
-    y: Any,
-    x: Any,
+    y2: Any,
+    x2: Any,
     groups: list[tuple[int, Any]],
     lora_a: tuple[Any, ...],
     lora_b: tuple[Any, ...],
     scale: float,
     output_slices: tuple[int, ...],
 ) -> None:
-    """``grouped_exact``: each slot's rows through vLLM's own arithmetic (fp32 shrink, per-token einsum on
-    the slot's weights broadcast without a copy, expand in y's dtype): bit-identical to vLLM's ops."""
+    """``grouped_exact`` on 2-D ``y2``/``x2``: each slot's rows through vLLM's own arithmetic (fp32 shrink,
+    per-token einsum on the slot's weights broadcast without a copy, expand in y's dtype): bit-identical to
+    vLLM's ops."""
     import torch
 
-    x2 = x.reshape(-1, x.shape[-1])
-    y2 = y.view(-1, y.shape[-1])
     for slot, rows in groups:
         xs = x2 if rows is None else x2.index_select(0, rows)
         n = xs.shape[0]
