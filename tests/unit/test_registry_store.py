@@ -117,7 +117,16 @@ def test_racing_uploads_of_one_version_publish_exactly_one(s3: Any, tmp_path: Pa
     files = fresh.path("acme")  # verified against the winner's manifest
     assert sha256_file(files / "adapter_model.safetensors") == won[0].sha256
     assert isinstance(fresh.store, ObjectStore)
-    assert fresh.store.gc(min_age_s=0) == 3  # the losers' weights (their configs equal the winner's)
+    # what the losers uploaded before losing (none for one that saw the manifest first) is orphaned; gc removes
+    # exactly that and keeps the winner's three objects
+    keep = {
+        "acme/1/manifest.json",
+        f"acme/1/adapter_model.{won[0].sha256}.safetensors",
+        f"acme/1/adapter_config.{won[0].config_sha256}.json",
+    }
+    orphans = set(fresh.store.listing("acme")) - keep
+    assert fresh.store.gc(min_age_s=0) == len(orphans)
+    assert set(fresh.store.listing("acme")) == keep
     assert fresh.path("acme") == files and fresh.store.gc(min_age_s=0) == 0
 
 
