@@ -163,11 +163,11 @@ class EngineConfig(_Strict):
         "one node do not overlap (serving/engines/cpu_threads.py); null: the replica's num_cpus (at least 1). "
         "Ignored when the replica's env sets VLLM_CPU_OMP_THREADS_BIND to anything but 'auto'.",
     )
-    cpu_lora: Literal["grouped", "grouped_exact", "vllm"] = Field(
+    cpu_lora: Literal["grouped", "vllm"] = Field(
         default="grouped",
-        description="CPU only: 'grouped' applies LoRA with one GEMM pair per adapter slot in the batch (fastest; "
-        "bf16 rounding differs from vLLM's ops); 'grouped_exact' groups the same way with vLLM's arithmetic "
-        "(bit-identical, slower); 'vllm' keeps vLLM's per-token ops (with the index -1 fix).",
+        description="CPU only: 'grouped' applies LoRA with a few batched ops per layer for all adapter slots in "
+        "the batch, bit-identical to vLLM's ops (serving/engines/cpu_lora.py); 'vllm' keeps vLLM's per-token "
+        "ops (with the index -1 fix).",
     )
     lora_target_modules: list[str] | None = Field(
         default=None,

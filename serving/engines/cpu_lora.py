@@ -1,4 +1,5 @@
-"""Grouped CPU LoRA for vLLM's linear layers and lm_head: a few GEMMs per layer instead of a per-token gather.
+"""Grouped CPU LoRA for vLLM's linear layers and lm_head: a few batched ops per layer instead of a per-token
+gather, with results bit-identical to vLLM's own ops.
 
 vLLM's CPU punica wrapper applies LoRA with pure-torch ops that gather a (rank x hidden) matrix PER TOKEN
 (``lora_a[indices]``; for lm_head a vocab x rank matrix per sequence) and contract it with an einsum; on CPU
@@ -6,26 +7,33 @@ that costs several times the base layer's own matmul. Here the tokens of a batch
 per step (when vLLM updates the wrapper's metadata) and, per layer, with ``S`` the slots present:
 
     A   = concat_{i, s in S} A_i[s, :r_is]      (fp32)   # [cols, in]  slice-major; r_is: the REAL rank
-    h   = x @ A.T                                        # [n, cols]   one GEMM for every slot and slice
+    h   = x @ A.T                                        # [n, cols]   one batched op, every slot and slice
     h  *= (owner(col) == slot(token))                    # a token keeps its own slot's columns only
-    y[:, slice_i] += round_y(scale * h[:, cols_i]) @ B_i.T   # one GEMM per touched slice
+    y[:, slice_i] += round_y(scale * h)[:, cols_i] @ B_i.T   # one matmul per touched slice, in y's dtype
 
 vLLM zero-pads every slot to ``max_lora_rank`` (64 for 4-adapter stacks: a rank-8 adapter is 7/8 zeros) and
 zero-fills the slices of modules an adapter does not target; :func:`slot_rank` reads the real rank once after a
 slot is filled (vLLM's ``activate_adapter`` marks it refilled) and untouched slices cost nothing. The fused
-weights are cached per layer and slot set. Batches above 256 tokens (prefill) take one GEMM pair per slot on
-its own rows instead (the masked form would multiply the FLOPs by the number of slots). Rows whose slot is -1
-(requests without an adapter) are left untouched, bit for bit (the upstream bug that applied the last slot to
-them cannot happen here). Only the CPU wrapper is patched (:func:`install`); the CUDA path keeps vLLM's Triton
-kernels.
+weights are cached per layer and slot set. Batches above 256 tokens (prefill) take one shrink/expand per slot
+on its own rows instead (the masked form would multiply the FLOPs by the number of slots). Rows whose slot is
+-1 (requests without an adapter) get exactly zero, as with vLLM's masked ops (the upstream bug that applied
+the last slot to them cannot happen here). Only the CPU wrapper is patched (:func:`install`); the CUDA path
+keeps vLLM's Triton kernels.
 
-Two variants (``engine.cpu_lora``):
-- ``grouped``: the above. The shrink accumulates in fp32 and its result is rounded to y's dtype before the
-  expand, as vLLM does; only the summation order differs, so results are as close to float64 as vLLM's
-  (tested) but greedy text can diverge from vLLM's ops in some sequences (measured: bench/results/cpu-lora.json).
-- ``grouped_exact``: the same grouping, but each slot's rows go through vLLM's own arithmetic (fp32 shrink,
-  per-token einsum on the slot's weights broadcast without a copy, bf16 expand): bit-identical to vLLM's ops,
-  slower than ``grouped``.
+Bit-identical, not just close: a different summation order changes roundings, and a greedy token then
+changes in some sequences (measured: a plain ``x @ A.T`` GEMM changed 5-9 of 32 sequences). So every sum runs
+in the order vLLM's ops run it:
+- shrink (fp32): vLLM's einsum is one gemv per token over that token's gathered rows; here
+  ``bmm(x[:, None], A.T broadcast)`` runs the same gemv per token over the shared fused rows (no copy). MKL
+  takes a gemv's rows in blocks of four and sums a trailing partial block differently, so each slot's rows
+  are rounded up to a whole block (zero rows of vLLM's padding): a row's sum does not depend on its
+  neighbours, so truncating to the real rank and fusing slots and slices changes no bit.
+- expand (bf16): oneDNN sums a row's products in the same order for one token or many and exact zeros
+  (other slots' masked columns, padding) add nothing, so one matmul over all tokens gives vLLM's per-token
+  result. For other dtypes (fp32 models) that does not hold and :func:`_exact_linear` runs vLLM's per-token
+  einsums on each slot's rows (still no gather).
+Tested bit for bit against vLLM's ops (tests/unit/test_cpu_lora_grouped.py) and token for token on the real
+engine (tests/integration/test_lora_batch_regression.py, bench/cpu_lora.py).
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ from typing import Any
 
 _GROUPS = "_rmn_slot_groups"
 _RANKS = "_rmn_slot_ranks"
-_MODE = {"exact": False}
 # slot -> fills so far: a cached rank or fused weight of an older fill is stale
 _SLOT_GENERATIONS: dict[int, int] = {}
 
@@ -74,17 +81,28 @@ def slot_groups(indices: Any) -> list[tuple[int, Any]]:
     return [(int(s), (indices == s).nonzero().squeeze(1)) for s in slots if s >= 0]
 
 
-_DENSE_MAX_TOKENS = 256  # up to this many tokens, one masked GEMM pair for all slots beats one pair per slot
+_DENSE_MAX_TOKENS = 256  # up to this many tokens, one masked shrink/expand for all slots beats one per slot
 _BATCHES_KEPT = 4  # fused weights kept per layer for this many slot sets (older ones are rebuilt on demand)
 _FUSED_BUDGET = 256 << 20  # bytes of fused weights across all layers; beyond it every cache starts over
 _FUSED: dict[str, Any] = {"bytes": 0, "caches": []}
+_ROW_BLOCK = (
+    4  # MKL's gemv takes a matrix's rows four at a time; a trailing partial block sums in another order
+)
+
+
+def _rows(a: Any, slot: int) -> int:
+    """The rows of ``A[slot]`` that enter the fused shrink: the real rank rounded up to whole row blocks
+    (zero rows, still inside vLLM's zero-padded buffer), so every real row keeps the summation order it has
+    in vLLM's per-token gemv over the full padded buffer."""
+    rank = slot_rank(a, slot)
+    return min(-(-rank // _ROW_BLOCK) * _ROW_BLOCK, a.shape[-2]) if rank else 0
 
 
 def _fused(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
-    """fp32 weights of ``slots`` across every slice, at their real ranks: ``(A, Bs, owner)`` with
-    ``A`` [cols, in] (slice-major, then slot), ``Bs[i]`` [size_i, cols_i] (None for an untouched slice) and
-    ``owner`` [cols] (each column's slot); None when no slot touches any slice. Cached on the layer's first
-    A buffer until vLLM activates an adapter again."""
+    """The weights of ``slots`` across every slice: ``(A, Bs, owner)`` with ``A`` [cols, in] in fp32
+    (slice-major, then slot; each slot's rows from :func:`_rows`), ``Bs[i]`` [size_i, cols_i] in B's dtype
+    (None for a slice no slot touches) and ``owner`` [cols] (each column's slot); None when no slot touches
+    any slice. Cached on the layer's first A buffer per slot set until vLLM refills one of the slots."""
     import torch
 
     batches: dict[tuple[Any, ...], Any] | None = getattr(lora_a[0], "_rmn_fused", None)
@@ -99,12 +117,12 @@ def _fused(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, .
     for a, b in zip(lora_a, lora_b, strict=True):
         cols = []
         for slot in slots:
-            rank = slot_rank(a, slot)
-            if rank:
-                a_parts.append(a[slot, 0, :rank] if a.dim() == 4 else a[slot, :rank])
-                cols.append(b[slot, 0, :, :rank] if b.dim() == 4 else b[slot, :, :rank])
-                owner += [slot] * rank
-        b_parts.append(torch.cat(cols, dim=1).float().contiguous() if cols else None)
+            rows = _rows(a, slot)
+            if rows:
+                a_parts.append(a[slot, 0, :rows] if a.dim() == 4 else a[slot, :rows])
+                cols.append(b[slot, 0, :, :rows] if b.dim() == 4 else b[slot, :, :rows])
+                owner += [slot] * rows
+        b_parts.append(torch.cat(cols, dim=1).contiguous() if cols else None)
     fused = None
     if a_parts:
         fused = (torch.cat(a_parts).float().contiguous(), b_parts, torch.tensor(owner))
@@ -138,18 +156,17 @@ def grouped_lora_linear(
     lora_b: tuple[Any, ...],
     scale: float,
     output_slices: tuple[int, ...],
-    exact: bool = False,
     indices: Any = None,
 ) -> None:
-    """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot (see the module docstring;
-    ``exact``: the ``grouped_exact`` arithmetic; ``indices``: the per-token slots ``groups`` came from, which
-    lets small batches take the one-GEMM-pair path)."""
+    """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot, bit-identical to vLLM's
+    per-token ops (see the module docstring; ``indices``: the per-token slots ``groups`` came from, which lets
+    batches of up to 256 tokens take the one masked shrink/expand)."""
     x2 = x.reshape(-1, x.shape[-1])
     y2 = y.view(-1, y.shape[-1])
-    if exact:
-        _exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices)
-        return
     if not groups:
+        return
+    if not _fast_dtype(y2) or lora_a[0].shape[-2] % _ROW_BLOCK:
+        _exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices)
         return
     one_slot = len(groups) == 1 and groups[0][1] is None  # every token has the same adapter
     if one_slot or (indices is not None and x2.shape[0] <= _DENSE_MAX_TOKENS):
@@ -157,30 +174,48 @@ def grouped_lora_linear(
         if fused is None:
             return
         a_all, b_parts, owner = fused
-        h = x2.float() @ a_all.T  # [n, cols]: every token against every present slot's A
+        h = _shrink(x2, a_all)  # [n, cols]: every token against every present slot's A
         if not one_slot:  # keep each token's own slot's columns only (none for tokens without an adapter)
             h *= owner.unsqueeze(0) == indices.reshape(-1, 1)
         _expand(y2, h, b_parts, output_slices, scale, None)
         return
-    for slot, rows in groups:  # large mixed batches: one GEMM pair per slot, on its rows only
+    for slot, rows in groups:  # large mixed batches: one shrink/expand per slot, on its rows only
         fused = _fused(lora_a, lora_b, (slot,))
         if fused is not None:
             a_s, b_parts, _ = fused
-            _expand(y2, x2.index_select(0, rows).float() @ a_s.T, b_parts, output_slices, scale, rows)
+            _expand(y2, _shrink(x2.index_select(0, rows), a_s), b_parts, output_slices, scale, rows)
+
+
+def _fast_dtype(y2: Any) -> bool:
+    """The fused expand is bit-identical to vLLM's per-token one in bf16 (oneDNN sums a row's products in the
+    same order for one token or many); other dtypes take :func:`_exact_linear`."""
+    import torch
+
+    return bool(y2.dtype == torch.bfloat16)
+
+
+def _shrink(x2: Any, a_all: Any) -> Any:
+    """``x2 @ a_all.T`` in fp32 [n, cols] with vLLM's per-token arithmetic: one batched matmul whose every
+    batch is one token times the shared weights (broadcast, no copy), i.e. the gemv vLLM's einsum runs per
+    token, over all slots and slices at once."""
+    import torch
+
+    n = x2.shape[0]
+    return torch.bmm(x2.float().unsqueeze(1), a_all.T.unsqueeze(0).expand(n, -1, -1)).view(n, -1)
 
 
 def _expand(
     y2: Any, h: Any, b_parts: list[Any], output_slices: tuple[int, ...], scale: float, rows: Any
 ) -> None:
-    """``y2[rows, slice_i] += scale * h[:, cols_i] @ B_i.T`` for every touched slice (one rounding to y's dtype)."""
+    """``y2[rows, slice_i] += round_y(scale * h[:, cols_i]) @ B_i.T`` for every touched slice, in y's dtype
+    like vLLM's expand."""
     if scale != 1.0:
         h = h * scale
-    if h.dtype != y2.dtype:  # vLLM's expand reads the shrink result in y's dtype: round alike
-        h = h.to(y2.dtype).float()
+    h = h.to(y2.dtype)
     offset = col = 0
     for b, size in zip(b_parts, output_slices, strict=True):
         if b is not None:
-            out = (h[:, col : col + b.shape[1]] @ b.T).to(y2.dtype)
+            out = h[:, col : col + b.shape[1]] @ b.T
             target = y2[:, offset : offset + size]
             if rows is None:
                 target += out
@@ -199,9 +234,9 @@ def _exact_linear(
     scale: float,
     output_slices: tuple[int, ...],
 ) -> None:
-    """``grouped_exact`` on 2-D ``y2``/``x2``: each slot's rows through vLLM's own arithmetic (fp32 shrink,
-    per-token einsum on the slot's weights broadcast without a copy, expand in y's dtype): bit-identical to
-    vLLM's ops."""
+    """The grouping on 2-D ``y2``/``x2`` for y dtypes other than bf16: each slot's rows through vLLM's own
+    per-token einsums (fp32 shrink, expand in y's dtype) on the slot's full padded weights broadcast without a
+    copy; bit-identical to vLLM's ops, slower than the fused path."""
     import torch
 
     for slot, rows in groups:
@@ -235,10 +270,8 @@ def _wrapper_class() -> Any:
     return PunicaWrapperCPU
 
 
-def install(exact: bool = False) -> bool:
-    """Patch vLLM's CPU punica wrapper (idempotent; ``exact`` selects ``grouped_exact``); False when this
-    vLLM has none."""
-    _MODE["exact"] = exact
+def install() -> bool:
+    """Patch vLLM's CPU punica wrapper (idempotent); False when this vLLM has none."""
     PunicaWrapperCPU = _wrapper_class()
     if PunicaWrapperCPU is None:
         return False
@@ -282,7 +315,6 @@ def install(exact: bool = False) -> bool:
             lora_b_stacked,
             scale,
             output_slices,
-            exact=_MODE["exact"],
             indices=indices,
         )
 
@@ -312,7 +344,6 @@ def install(exact: bool = False) -> bool:
             (lora_b_stacked[..., :size, :],),
             scale,
             (size,),
-            exact=_MODE["exact"],
             indices=indices,
         )
 

@@ -12,8 +12,8 @@ The sgmv ops call the bgmv ones through module globals, so they are fixed too. R
 ``vllm.general_plugins`` entry point, which vLLM loads in every process it starts (Ray workers included).
 Idempotent: loading it twice patches once.
 
-It also installs the grouped CPU LoRA path (:mod:`serving.engines.cpu_lora`: one matmul per adapter slot
-instead of a per-token gather) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``; ``grouped_exact`` selects the bit-identical variant); the fixed ops
+It also installs the grouped CPU LoRA path (:mod:`serving.engines.cpu_lora`: a few batched ops per layer
+instead of a per-token gather, bit-identical) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``); the fixed ops
 above still serve the paths it does not replace (logits, embeddings, padded batches). Both touch only
 vLLM's CPU code: on CUDA vLLM uses its Triton kernels and this plugin changes nothing they run.
 """
@@ -94,7 +94,7 @@ def register() -> None:
     if mode == "vllm":
         cpu_lora.uninstall()
     else:
-        cpu_lora.install(exact=mode == "grouped_exact")
+        cpu_lora.install()
     if _PATCHED:
         return
     import importlib
