@@ -219,3 +219,16 @@ def test_fused_weights_stay_within_their_memory_budget(monkeypatch: pytest.Monke
     got = y.clone()
     grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 1.0, (64,), indices=idx)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_slot_rank_reads_bit_patterns_right(dtype: torch.dtype) -> None:
+    """The rank scan compares bit patterns: tiny values, negative values and -0.0 (a zero) all read right."""
+    import serving.engines.cpu_lora as cpu_lora
+
+    a = torch.zeros(3, 1, 16, 8, dtype=dtype)
+    a[0, 0, 5, 3] = -torch.finfo(dtype).tiny  # a negative subnormal-ish value is nonzero
+    a[1, 0, :9] = -0.0  # negative zeros everywhere are still zeros
+    a[1, 0, 2, 1] = 1.0
+    a[2, 0, 15, 7] = -2.0
+    assert [cpu_lora.slot_rank(a, s) for s in range(3)] == [6, 3, 16]
