@@ -91,9 +91,11 @@ _DENSE_MAX_TOKENS = 256  # up to this many tokens, one masked shrink/expand for 
 _BATCHES_KEPT = 4  # fused weights kept per layer for this many slot sets (older ones are rebuilt on demand)
 _FUSED_BUDGET = 256 << 20  # bytes of fused weights across all layers; beyond it every cache starts over
 _FUSED: dict[str, Any] = {"bytes": 0, "caches": []}
-_ROW_BLOCK = (
-    4  # MKL's gemv takes a matrix's rows four at a time; a trailing partial block sums in another order
-)
+# MKL's gemv takes a matrix's rows four at a time (AVX-512) and sums a trailing partial block in another order;
+# 8 keeps whole blocks for 4 or 8 (rank-8 adapters stay at 8 rows)
+_ROW_BLOCK = 8
+# whether the fused path is bit-identical to vLLM's ops on this CPU/MKL/oneDNN (checked once by _probe)
+_FUSED_EXACT: dict[str, bool] = {}
 
 
 def _rows(a: Any, slot: int) -> int:
@@ -171,7 +173,7 @@ def grouped_lora_linear(
     y2 = y.view(-1, y.shape[-1])
     if not groups:
         return
-    if not _fast_dtype(y2) or lora_a[0].shape[-2] % _ROW_BLOCK:
+    if not _fast_dtype(y2) or lora_a[0].shape[-2] % _ROW_BLOCK or not _FUSED_EXACT.get("ok", True):
         _exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices)
         return
     one_slot = len(groups) == 1 and groups[0][1] is None  # every token has the same adapter
@@ -276,11 +278,57 @@ def _wrapper_class() -> Any:
     return PunicaWrapperCPU
 
 
+def probe() -> bool:
+    """Check once per process that the fused path gives vLLM's bits on this machine (its exactness rests on
+    how this CPU's MKL and oneDNN order their sums): a few bf16 batches of mixed slots, real ranks and
+    no-adapter tokens against vLLM's masked per-token ops. False: every call takes :func:`_exact_linear`
+    (bit-identical by construction, slower) and a warning says so."""
+    if "ok" in _FUSED_EXACT:
+        return _FUSED_EXACT["ok"]
+    import logging
+
+    import torch
+
+    from serving.engines import lora_plugin
+
+    _FUSED_EXACT["ok"] = True  # the probe itself runs the fused path
+    g = torch.Generator().manual_seed(0)
+    ok = True
+    slices, hidden, ranks = (96, 32, 32), 96, (8, 5, 64, 21)
+    lora_a = tuple(torch.zeros(len(ranks), 1, 64, hidden, dtype=torch.bfloat16) for _ in slices)
+    lora_b = tuple(torch.zeros(len(ranks), 1, size, 64, dtype=torch.bfloat16) for size in slices)
+    for slot, rank in enumerate(ranks):
+        for a, b in zip(lora_a, lora_b, strict=True):
+            a[slot, 0, :rank] = torch.randn(rank, hidden, generator=g).div(hidden**0.5)
+            b[slot, 0, :, :rank] = torch.randn(b.shape[2], rank, generator=g)
+    for tokens in (1, 7, 40, 300):
+        x = torch.randn(tokens, hidden, generator=g).to(torch.bfloat16)
+        y = torch.randn(tokens, sum(slices), generator=g).to(torch.bfloat16)
+        idx = torch.randint(-1, len(ranks), (tokens,), generator=g)
+        want, offset = y.clone(), 0
+        for a, b, size in zip(lora_a, lora_b, slices, strict=True):
+            buf = torch.zeros(tokens, 64, dtype=torch.float32)
+            lora_plugin.bgmv_shrink(x, a, buf, idx, 0.5)
+            lora_plugin.bgmv_expand_slice(buf, b, want, idx, offset, size, add_inputs=True)
+            offset += size
+        got = y.clone()
+        grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 0.5, slices, indices=idx)
+        ok = ok and bool(torch.equal(got, want))
+    _FUSED_EXACT["ok"] = ok
+    if not ok:
+        logging.getLogger(__name__).warning(
+            "grouped CPU LoRA: the fused path is not bit-identical to vLLM's ops on this CPU; "
+            "using the per-token arithmetic (exact, slower)"
+        )
+    return ok
+
+
 def install() -> bool:
-    """Patch vLLM's CPU punica wrapper (idempotent); False when this vLLM has none."""
+    """Patch vLLM's CPU punica wrapper (idempotent) after :func:`probe`; False when this vLLM has none."""
     PunicaWrapperCPU = _wrapper_class()
     if PunicaWrapperCPU is None:
         return False
+    probe()
     if getattr(PunicaWrapperCPU, "_rmn_grouped", False):
         return True
     original_update = PunicaWrapperCPU.update_metadata

@@ -232,3 +232,23 @@ def test_slot_rank_reads_bit_patterns_right(dtype: torch.dtype) -> None:
     a[1, 0, 2, 1] = 1.0
     a[2, 0, 15, 7] = -2.0
     assert [cpu_lora.slot_rank(a, s) for s in range(3)] == [6, 3, 16]
+
+
+def test_probe_passes_here_and_a_failing_probe_takes_the_per_token_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The install-time probe finds the fused path bit-identical on this machine; where it would not be (another
+    CPU's MKL/oneDNN), every call goes through the per-token arithmetic and stays bit-identical."""
+    import serving.engines.cpu_lora as cpu_lora
+
+    monkeypatch.setattr(cpu_lora, "_FUSED_EXACT", {})
+    assert cpu_lora.probe() is True
+    calls: list[int] = []
+    original = cpu_lora._exact_linear
+    monkeypatch.setattr(cpu_lora, "_exact_linear", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(cpu_lora, "_FUSED_EXACT", {"ok": False})
+    y, x, idx, lora_a, lora_b = _data(33, 64, 16, (64,), 4, "mixed", dtype=torch.bfloat16, seed=7)
+    want = reference_vllm(y, x, idx, lora_a, lora_b, 0.5, (64,))
+    got = y.clone()
+    grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 0.5, (64,), indices=idx)
+    assert calls and torch.equal(got, want)
