@@ -64,7 +64,7 @@ def _http_engine_class() -> Any:
     class HttpEngine(EngineDeployment):
         async def __call__(self, request: Request) -> JSONResponse:
             items = [x async for x in self.generate("completion", await request.json())]
-            return JSONResponse(items[1]["body"], status_code=items[0]["status"])
+            return JSONResponse(items[1].body, status_code=items[0].status)
 
     return HttpEngine
 
@@ -85,7 +85,7 @@ def _hop_class(app_name: str) -> Any:
                 stream=True, multiplexed_model_id=request.headers["serve_multiplexed_model_id"]
             )
             items = [x async for x in handle.generate.remote("completion", await request.json())]
-            return JSONResponse(items[1]["body"], status_code=items[0]["status"])
+            return JSONResponse(items[1].body, status_code=items[0].status)
 
     return Hop
 
@@ -145,7 +145,9 @@ def main() -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     results: dict[str, Any] = {"model": args.model, "stack": stack, "requests": args.requests}
 
-    gate = Gate(cfg, reg)  # the router's own work, in-process
+    gate = Gate(  # the router's own work, in-process, configured as the router configures it
+        cfg.federation, reg, cfg.model.served_name, cfg.engine.max_lora_rank, cfg.adapters.compress_overflow
+    )
     body = {"model": f"base:{stack}", "prompt": "coffee"}
     gate_times = []
     for _ in range(200):
@@ -165,7 +167,7 @@ def main() -> None:
         def direct() -> float:
             t = time.perf_counter()
             items = list(engine.generate.remote("completion", req))
-            assert items[0]["status"] == 200, items
+            assert items[0].status == 200, items
             return (time.perf_counter() - t) * 1000
 
         def http() -> float:
