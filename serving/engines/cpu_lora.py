@@ -26,7 +26,7 @@ in the order vLLM's ops run it:
 - shrink (fp32): vLLM's einsum is one gemv per token over that token's gathered rows; here
   ``bmm(x[:, None], A.T broadcast)`` runs the same gemv per token over the shared fused rows (no copy). MKL
   takes a gemv's rows in blocks of four and sums a trailing partial block differently, so each slot's rows
-  are rounded up to a whole block (zero rows of vLLM's padding): a row's sum does not depend on its
+  are rounded up to a multiple of 8 (zero rows of vLLM's padding): a row's sum does not depend on its
   neighbours, so truncating to the real rank and fusing slots and slices changes no bit.
 - expand (bf16): oneDNN sums a row's products in the same order for one token or many and exact zeros
   (other slots' masked columns, padding) add nothing, so one matmul over all tokens gives vLLM's per-token
@@ -289,7 +289,7 @@ def probe() -> bool:
 
     import torch
 
-    from serving.engines import lora_plugin
+    import serving.engines.masked_ops as masked_ops
 
     _FUSED_EXACT["ok"] = True  # the probe itself runs the fused path
     g = torch.Generator().manual_seed(0)
@@ -308,8 +308,8 @@ def probe() -> bool:
         want, offset = y.clone(), 0
         for a, b, size in zip(lora_a, lora_b, slices, strict=True):
             buf = torch.zeros(tokens, 64, dtype=torch.float32)
-            lora_plugin.bgmv_shrink(x, a, buf, idx, 0.5)
-            lora_plugin.bgmv_expand_slice(buf, b, want, idx, offset, size, add_inputs=True)
+            masked_ops.bgmv_shrink(x, a, buf, idx, 0.5)
+            masked_ops.bgmv_expand_slice(buf, b, want, idx, offset, size, add_inputs=True)
             offset += size
         got = y.clone()
         grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 0.5, slices, indices=idx)

