@@ -4,33 +4,33 @@ gather, with results bit-identical to vLLM's own ops.
 vLLM's CPU punica wrapper applies LoRA with pure-torch ops that gather a (rank x hidden) matrix PER TOKEN
 (``lora_a[indices]``; for lm_head a vocab x rank matrix per sequence) and contract it with an einsum; on CPU
 that costs several times the base layer's own matmul. Here the tokens of a batch are grouped by slot once
-per step (when vLLM updates the wrapper's metadata) and, per layer, with ``S`` the slots present:
+per step (when vLLM updates the wrapper's metadata) and, per layer, each slot's weights are cut to its REAL
+rank and kept in fp32 (``P_s``: slice-major rows, cached until vLLM refills the slot). Then:
 
-    A   = concat_{i, s in S} A_i[s, :r_is]      (fp32)   # [cols, in]  slice-major; r_is: the REAL rank
-    h   = x @ A.T                                        # [n, cols]   one batched op, every slot and slice
-    h  *= (owner(col) == slot(token))                    # a token keeps its own slot's columns only
-    y[:, slice_i] += round_y(scale * h)[:, cols_i] @ B_i.T   # one matmul per touched slice, in y's dtype
+    a slot with many tokens (a prefill chunk)    h = x_s @ P_s.T ; y[rows_s, slice_i] += round_y(scale h) @ B_si.T
+    the slots with few tokens each (decodes),    stacked per slot set: A [S, R, in], B_i [S, size_i, R_i]
+      up to 256 stacked rows:  h = x @ A.view(S*R, in).T, masked to each token's own slot, one expand per slice
+      beyond:                  h_t = x_t @ A[slot(t)].T (a view when every slot has one token) , per-token expand
 
-vLLM zero-pads every slot to ``max_lora_rank`` (64 for 4-adapter stacks: a rank-8 adapter is 7/8 zeros) and
-zero-fills the slices of modules an adapter does not target; :func:`slot_rank` reads the real rank once after a
-slot is filled (vLLM's ``activate_adapter`` marks it refilled) and untouched slices cost nothing. The fused
-weights are cached per layer and slot set. Batches above 256 tokens (prefill) take one shrink/expand per slot
-on its own rows instead (the masked form would multiply the FLOPs by the number of slots). Rows whose slot is
--1 (requests without an adapter) get exactly zero, as with vLLM's masked ops (the upstream bug that applied
-the last slot to them cannot happen here). Only the CPU wrapper is patched (:func:`install`); the CUDA path
-keeps vLLM's Triton kernels.
+so a token never pays for the other slots' rows where those are many (32 compositions: 8 slots x rank 32),
+and a prefill chunk reads its slot's weights once. vLLM zero-pads every slot to ``max_lora_rank`` (64 for
+4-adapter stacks: a rank-8 adapter is 7/8 zeros) and zero-fills the slices of modules an adapter does not
+target; :func:`slot_rank` reads the real rank once after a slot is filled (vLLM's ``activate_adapter`` marks
+it refilled) and untouched slices cost nothing. Rows whose slot is -1 (requests without an adapter) get
+exactly zero, as with vLLM's masked ops (the upstream bug that applied the last slot to them cannot happen
+here). Only the CPU wrapper is patched (:func:`install`); the CUDA path keeps vLLM's Triton kernels.
 
 Bit-identical, not just close: a different summation order changes roundings, and a greedy token then
 changes in some sequences (measured: a plain ``x @ A.T`` GEMM changed 5-9 of 32 sequences). So every sum runs
 in the order vLLM's ops run it:
-- shrink (fp32): vLLM's einsum is one gemv per token over that token's gathered rows; here
-  ``bmm(x[:, None], A.T broadcast)`` runs the same gemv per token over the shared fused rows (no copy). MKL
+- shrink (fp32): vLLM's einsum is one gemv per token over that token's gathered rows; here a ``bmm`` with one
+  token per batch runs the same gemv per token over the shared or stacked rows (no gather). MKL
   takes a gemv's rows in blocks of four and sums a trailing partial block differently, so each slot's rows
   are rounded up to a multiple of 8 (zero rows of vLLM's padding): a row's sum does not depend on its
   neighbours, so truncating to the real rank and fusing slots and slices changes no bit.
 - expand (bf16): oneDNN sums a row's products in the same order for one token or many and exact zeros
-  (other slots' masked columns, padding) add nothing, so one matmul over all tokens gives vLLM's per-token
-  result. For other dtypes (fp32 models) that does not hold and :func:`_exact_linear` runs vLLM's per-token
+  (other slots' masked columns, padding) add nothing, so one matmul over many tokens, or a per-token bmm
+  over a slot's real rank, gives vLLM's per-token result. For other dtypes (fp32 models) that does not hold and :func:`_exact_linear` runs vLLM's per-token
   einsums on each slot's rows (still no gather).
 Tested bit for bit against vLLM's ops (tests/unit/test_cpu_lora_grouped.py) and token for token on the real
 engine (tests/integration/test_lora_batch_regression.py, bench/cpu_lora.py).
@@ -87,9 +87,14 @@ def slot_groups(indices: Any) -> list[tuple[int, Any]]:
     return [(int(s), (indices == s).nonzero().squeeze(1)) for s in slots if s >= 0]
 
 
-_DENSE_MAX_TOKENS = 256  # up to this many tokens, one masked shrink/expand for all slots beats one per slot
-_BATCHES_KEPT = 4  # fused weights kept per layer for this many slot sets (older ones are rebuilt on demand)
-_FUSED_BUDGET = 256 << 20  # bytes of fused weights across all layers; beyond it every cache starts over
+# a slot with this many tokens in a batch runs alone (its weights read once for all of them); below, its tokens
+# join the batched per-token path, which repeats a slot's weights for each of its tokens
+_ALONE_TOKENS = 4
+# up to this many stacked rows (fp32: 576 KiB at hidden 576, cache-resident), tokens batched together read all
+# slots' rows and keep their own (one masked shrink); beyond, each reads only its own slot's rows
+_DENSE_MAX_COLS = 256
+_BATCHES_KEPT = 8  # stacked weights kept per layer for this many slot sets (older ones are rebuilt on demand)
+_FUSED_BUDGET = 256 << 20  # bytes of stacked weights across all layers; beyond it every cache starts over
 _FUSED: dict[str, Any] = {"bytes": 0, "caches": []}
 # MKL's gemv takes a matrix's rows four at a time (AVX-512) and sums a trailing partial block in another order;
 # 8 keeps whole blocks for 4 or 8 (rank-8 adapters stay at 8 rows)
@@ -106,11 +111,41 @@ def _rows(a: Any, slot: int) -> int:
     return min(-(-rank // _ROW_BLOCK) * _ROW_BLOCK, a.shape[-2]) if rank else 0
 
 
-def _fused(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
-    """The weights of ``slots`` across every slice: ``(A, Bs, owner)`` with ``A`` [cols, in] in fp32
-    (slice-major, then slot; each slot's rows from :func:`_rows`), ``Bs[i]`` [size_i, cols_i] in B's dtype
-    (None for a slice no slot touches) and ``owner`` [cols] (each column's slot); None when no slot touches
-    any slice. Cached on the layer's first A buffer per slot set until vLLM refills one of the slots."""
+def _slot_part(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slot: int) -> Any:
+    """One slot's weights across every slice: ``(A, Bs)`` with ``A`` [cols, in] fp32 (slice-major; each
+    slice's rows from :func:`_rows`) and ``Bs[i]`` [size_i, rows_i] (None for an untouched slice); None when
+    the slot touches no slice.
+    Cached on the layer's first A buffer per slot until vLLM refills it: at most one entry per slot, so
+    these fp32 copies hold at most twice vLLM's own bf16 slot buffers."""
+    import torch
+
+    parts: dict[int, tuple[int, Any]] | None = getattr(lora_a[0], "_rmn_parts", None)
+    if parts is None:
+        parts = {}
+        lora_a[0]._rmn_parts = parts
+    generation = _SLOT_GENERATIONS.get(slot, 0)
+    hit = parts.get(slot)
+    if hit is not None and hit[0] == generation:
+        return hit[1]
+    a_parts, b_parts = [], []
+    for a, b in zip(lora_a, lora_b, strict=True):
+        rows = _rows(a, slot)
+        if rows:
+            a_parts.append(a[slot, 0, :rows] if a.dim() == 4 else a[slot, :rows])
+            b_parts.append((b[slot, 0, :, :rows] if b.dim() == 4 else b[slot, :, :rows]).contiguous())
+        else:
+            b_parts.append(None)
+    part = (torch.cat(a_parts).float(), b_parts) if a_parts else None
+    parts[slot] = (generation, part)
+    return part
+
+
+def _stacked(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
+    """The weights of ``slots`` (each touching some slice) stacked slot by slot, zero-padded to common shapes:
+    ``(A, Bs)`` with ``A`` [S, R, in] fp32 (slice-major within a slot: slice i's rows padded to
+    ``R_i`` = their most over the slots, whole row blocks) and ``Bs[i]`` [S, size_i, R_i] in B's dtype (None
+    for a slice no slot touches). Built from the slots' parts (:func:`_slot_part`) and cached on the layer's
+    first A buffer per slot set until vLLM refills one of the slots."""
     import torch
 
     batches: dict[tuple[Any, ...], Any] | None = getattr(lora_a[0], "_rmn_fused", None)
@@ -121,39 +156,45 @@ def _fused(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, .
     key = (slots, tuple(_SLOT_GENERATIONS.get(s, 0) for s in slots))
     if key in batches:
         return batches[key]
-    a_parts, b_parts, owner = [], [], []
-    for a, b in zip(lora_a, lora_b, strict=True):
-        cols = []
-        for slot in slots:
-            rows = _rows(a, slot)
-            if rows:
-                a_parts.append(a[slot, 0, :rows] if a.dim() == 4 else a[slot, :rows])
-                cols.append(b[slot, 0, :, :rows] if b.dim() == 4 else b[slot, :, :rows])
-                owner += [slot] * rows
-        b_parts.append(torch.cat(cols, dim=1).contiguous() if cols else None)
-    fused = None
-    if a_parts:
-        fused = (torch.cat(a_parts).float().contiguous(), b_parts, torch.tensor(owner))
+    parts = [_slot_part(lora_a, lora_b, slot) for slot in slots]
+    rows = [[0 if b is None else b.shape[1] for b in part[1]] for part in parts]
+    most = [max(r[i] for r in rows) for i in range(len(lora_b))]
+    a_sm = torch.zeros(len(slots), sum(most), lora_a[0].shape[-1], dtype=torch.float32)
+    b_sm: list[Any] = [
+        torch.zeros(len(slots), b.shape[-2], r_i, dtype=b.dtype) if r_i else None
+        for b, r_i in zip(lora_b, most, strict=True)
+    ]
+    for j, ((a_s, bs), r_s) in enumerate(zip(parts, rows, strict=True)):
+        src = dst = 0
+        for i, r in enumerate(r_s):
+            if r:
+                a_sm[j, dst : dst + r] = a_s[src : src + r]
+                b_sm[i][j, :, :r] = bs[i]
+            src += r
+            dst += most[i]
+    b_flat = [None if b is None else b.permute(1, 0, 2).reshape(b.shape[1], -1) for b in b_sm]
+    owner = torch.tensor(slots).repeat_interleave(a_sm.shape[1])
+    stacked = (a_sm, b_sm, b_flat, owner)
     for old in [k for k in batches if k[0] == slots] + list(batches)[
         : max(0, len(batches) - _BATCHES_KEPT + 1)
     ]:
         _FUSED["bytes"] -= _nbytes(batches.pop(old, None))  # a stale fill of these slots, or the oldest
-    size = _nbytes(fused)
+    size = _nbytes(stacked)
     if _FUSED["bytes"] + size > _FUSED_BUDGET:
         for cache in _FUSED["caches"]:
             cache.clear()
         _FUSED["bytes"] = 0
-    batches[key] = fused
+    batches[key] = stacked
     _FUSED["bytes"] += size
-    return fused
+    return stacked
 
 
-def _nbytes(fused: Any) -> int:
-    """Bytes held by one fused entry (0 for None)."""
-    if fused is None:
+def _nbytes(stacked: Any) -> int:
+    """Bytes held by one cached entry (0 for None)."""
+    if stacked is None:
         return 0
-    a_all, b_parts, _ = fused
-    return int(a_all.nbytes) + sum(int(b.nbytes) for b in b_parts if b is not None)
+    a_sm, b_sm, b_flat, _ = stacked
+    return int(a_sm.nbytes) + sum(int(b.nbytes) for b in (*b_sm, *b_flat) if b is not None)
 
 
 def grouped_lora_linear(
@@ -168,7 +209,8 @@ def grouped_lora_linear(
 ) -> None:
     """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot, bit-identical to vLLM's
     per-token ops (see the module docstring; ``indices``: the per-token slots ``groups`` came from, which lets
-    batches of up to 256 tokens take the one masked shrink/expand)."""
+    slots share one masked shrink/expand; without it every slot runs alone)."""
+
     x2 = x.reshape(-1, x.shape[-1])
     y2 = y.view(-1, y.shape[-1])
     if not groups:
@@ -176,22 +218,95 @@ def grouped_lora_linear(
     if not _fast_dtype(y2) or lora_a[0].shape[-2] % _ROW_BLOCK or not _FUSED_EXACT.get("ok", True):
         _exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices)
         return
-    one_slot = len(groups) == 1 and groups[0][1] is None  # every token has the same adapter
-    if one_slot or (indices is not None and x2.shape[0] <= _DENSE_MAX_TOKENS):
-        fused = _fused(lora_a, lora_b, tuple(slot for slot, _ in groups))
-        if fused is None:
-            return
-        a_all, b_parts, owner = fused
-        h = _shrink(x2, a_all)  # [n, cols]: every token against every present slot's A
-        if not one_slot:  # keep each token's own slot's columns only (none for tokens without an adapter)
-            h *= owner.unsqueeze(0) == indices.reshape(-1, 1)
-        _expand(y2, h, b_parts, output_slices, scale, None)
+    if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
+        part = _slot_part(lora_a, lora_b, groups[0][0])
+        if part is not None:
+            _expand(y2, _shrink(x2, part[0]), part[1], output_slices, scale, None)
         return
-    for slot, rows in groups:  # large mixed batches: one shrink/expand per slot, on its rows only
-        fused = _fused(lora_a, lora_b, (slot,))
-        if fused is not None:
-            a_s, b_parts, _ = fused
-            _expand(y2, _shrink(x2.index_select(0, rows), a_s), b_parts, output_slices, scale, rows)
+    alone, together = _split(groups, lora_a, lora_b) if indices is not None else (groups, [])
+    if together:
+        stacked = _stacked(lora_a, lora_b, tuple(s for s, _ in together))
+        _together(y2, x2, indices, together, bool(alone), stacked, scale, output_slices)
+    for slot, rows in alone:  # one shrink/expand on the slot's own rows, its weights shared by its tokens
+        part = _slot_part(lora_a, lora_b, slot)
+        if part is not None:
+            _expand(y2, _shrink(x2.index_select(0, rows), part[0]), part[1], output_slices, scale, rows)
+
+
+def _together(
+    y2: Any,
+    x2: Any,
+    indices: Any,
+    together: list[tuple[int, Any]],
+    alone: bool,
+    stacked: Any,
+    scale: float,
+    output_slices: tuple[int, ...],
+) -> None:
+    """The slots with few tokens each (decodes) in one batched shrink and one batched expand per slice.
+    Up to :data:`_DENSE_MAX_COLS` stacked rows: every token against all of them (one gemv per token over shared
+    weights), other slots' columns masked to zero, one expand matmul per slice (``alone``: other slots run
+    alone, so only these slots' tokens are taken). Beyond: every token against its own slot's rows only
+    (viewed, or repeated when a slot has several tokens), vLLM's per-token gemv and per-token bmm."""
+    import torch
+
+    a_sm, b_sm, b_flat, owner = stacked
+    n_slots, r_all = a_sm.shape[0], a_sm.shape[1]
+    if n_slots * r_all <= _DENSE_MAX_COLS:  # small enough to read whole for every token: no copies
+        rows, xs, slots = None, x2, indices.reshape(-1)
+        if alone:  # only the tokens of these slots
+            rows = torch.cat([r for _, r in together])
+            xs, slots = x2.index_select(0, rows), slots.index_select(0, rows)
+        h = _shrink(xs, a_sm.view(n_slots * r_all, -1))  # [n, S*R]: every token against every slot
+        h *= owner.unsqueeze(0) == slots.unsqueeze(1)  # a token keeps its own slot's columns only
+        if scale != 1.0:
+            h = h * scale
+        hv = h.to(y2.dtype).view(-1, n_slots, r_all)
+        col = offset = 0
+        for b, size in zip(b_flat, output_slices, strict=True):
+            if b is not None:
+                r_i = b.shape[1] // n_slots
+                out = hv[:, :, col : col + r_i].reshape(-1, b.shape[1]) @ b.T
+                target = y2[:, offset : offset + size]
+                if rows is None:
+                    target += out
+                else:
+                    target.index_add_(0, rows, out)
+                col += r_i
+            offset += size
+        return
+    rows = torch.cat([r for _, r in together])  # tokens in slot order
+    counts = [r.shape[0] for _, r in together]
+    xs = x2.index_select(0, rows)
+    if any(c != 1 for c in counts):
+        repeats = torch.tensor(counts)
+        a_sm = a_sm.repeat_interleave(repeats, dim=0)
+        b_sm = [None if b is None else b.repeat_interleave(repeats, dim=0) for b in b_sm]
+    h = torch.bmm(xs.float().unsqueeze(1), a_sm.transpose(1, 2))  # [n, 1, R]
+    if scale != 1.0:
+        h = h * scale
+    h = h.to(y2.dtype)
+    col = offset = 0
+    for b, size in zip(b_sm, output_slices, strict=True):
+        if b is not None:
+            out = torch.bmm(h[:, :, col : col + b.shape[2]], b.transpose(1, 2)).squeeze(1)
+            y2[:, offset : offset + size].index_add_(0, rows, out)
+            col += b.shape[2]
+        offset += size
+
+
+def _split(
+    groups: list[tuple[int, Any]], lora_a: tuple[Any, ...], lora_b: tuple[Any, ...]
+) -> tuple[list[tuple[int, Any]], list[tuple[int, Any]]]:
+    """``(alone, together)``: slots with at least :data:`_ALONE_TOKENS` tokens (a prefill chunk) run on their
+    own rows with their weights shared by those tokens; the others batch together (:func:`_together`), where
+    each token reads its own slot's weights; slots that touch none of this layer's slices drop out."""
+    alone: list[tuple[int, Any]] = []
+    together: list[tuple[int, Any]] = []
+    for slot, rows in groups:
+        if _slot_part(lora_a, lora_b, slot) is not None:
+            (alone if rows.shape[0] >= _ALONE_TOKENS else together).append((slot, rows))
+    return alone, together
 
 
 def _fast_dtype(y2: Any) -> bool:

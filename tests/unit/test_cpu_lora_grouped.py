@@ -105,21 +105,39 @@ DEMO_MODULES = [  # SmolLM2-135M: (input size, output slices) of qkv, o, gate_up
 ]
 
 
+@pytest.mark.parametrize("dense_max", [0, 256, 1 << 20], ids=["own-rows", "default", "all-masked"])
 @pytest.mark.parametrize("seed", range(6))
-def test_bit_identical_on_the_demo_models_shapes(seed: int) -> None:
+def test_bit_identical_on_the_demo_models_shapes(
+    seed: int, dense_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The demo model's layer shapes in bf16, up to 8 slots with real ranks that are not multiples of
     anything (1..64 inside vLLM's 64), decode-sized and prefill-sized batches mixing slots and no adapter:
-    every element equals vLLM's per-token ops."""
+    every element equals vLLM's per-token ops. Includes the serving shapes: one decode token per slot (the
+    stacked weights are used as they are), two decodes sharing a slot (repeated), and a prefill chunk among
+    decodes (that slot runs alone); the batched slots take either form (masked over all rows, own rows)."""
+    import serving.engines.cpu_lora as cpu_lora
+
+    monkeypatch.setattr(cpu_lora, "_DENSE_MAX_COLS", dense_max)
     g = torch.Generator().manual_seed(seed)
     slots = 8
+    serving = {
+        "decode": torch.randperm(slots, generator=g),
+        "shared": torch.tensor([3, 0, 5, 3, 1, -1, 7, 2]),
+        "prefill": torch.cat([torch.full((40,), 6), torch.tensor([0, -1, 1, 2, 2, 3, 4, 5, 7])]),
+    }
     for hidden, slices in DEMO_MODULES:
         ranks = torch.randint(1, 65, (slots,), generator=g).tolist()
         ranks[seed % slots] = 64  # one slot at the full padded rank
         lora_a, lora_b = _padded(slots, 64, hidden, slices, ranks, g)
-        for tokens, present in ((1, 1), (5, 2), (32, 4), (32, 8), (300, 8)):
+        shapes = [*((1, 1), (5, 2), (32, 4), (32, 8), (300, 8)), *serving.values()]
+        for shape in shapes:
+            if isinstance(shape, tuple):
+                tokens, present = shape
+                idx = torch.randint(-1, present, (tokens,), generator=g)
+            else:
+                idx, tokens, present = shape, shape.shape[0], slots
             x = torch.randn(tokens, hidden, generator=g).to(torch.bfloat16)
             y = torch.randn(tokens, sum(slices), generator=g).to(torch.bfloat16)
-            idx = torch.randint(-1, present, (tokens,), generator=g)
             scale = float(torch.rand(1, generator=g)) + 0.25
             want = reference_vllm(y, x, idx, lora_a, lora_b, scale, slices)
             got = y.clone()
@@ -200,21 +218,21 @@ def test_grouped_uses_each_slots_real_rank_and_skips_untouched_slices() -> None:
     assert cpu_lora.slot_rank(lora_a[0], 2) == 6
 
 
-def test_fused_weights_stay_within_their_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fused fp32 copies are a cache: bounded per layer (slot sets kept) and across layers (bytes); a
+def test_stacked_weights_stay_within_their_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stacked fp32 copies are a cache: bounded per layer (slot sets kept) and across layers (bytes); a
     refilled slot's stale copy is dropped, and answers stay right after the cache starts over."""
     import serving.engines.cpu_lora as cpu_lora
 
     y, x, idx, lora_a, lora_b = _data(33, 64, 16, (64,), 4, "mixed", dtype=torch.float32, seed=5)
-    one = cpu_lora._nbytes(cpu_lora._fused(lora_a, lora_b, (0, 1, 2, 3)))
+    one = cpu_lora._nbytes(cpu_lora._stacked(lora_a, lora_b, (0, 1, 2, 3)))
     monkeypatch.setattr(cpu_lora, "_FUSED_BUDGET", cpu_lora._FUSED["bytes"] + 2 * one)
     want = reference_f64(y, x, idx, lora_a, lora_b, 1.0, (64,))
     for slots in [(0,), (1,), (2,), (3,), (0, 1), (1, 2), (0, 1, 2, 3)]:
-        cpu_lora._fused(lora_a, lora_b, slots)
+        cpu_lora._stacked(lora_a, lora_b, slots)
         assert len(lora_a[0]._rmn_fused) <= cpu_lora._BATCHES_KEPT
         assert cpu_lora._FUSED["bytes"] <= cpu_lora._FUSED_BUDGET
     cpu_lora.refilled(3)
-    cpu_lora._fused(lora_a, lora_b, (0, 1, 2, 3))
+    cpu_lora._stacked(lora_a, lora_b, (0, 1, 2, 3))
     assert sum(k[0] == (0, 1, 2, 3) for k in lora_a[0]._rmn_fused) == 1  # the stale fill is gone
     got = y.clone()
     grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 1.0, (64,), indices=idx)
