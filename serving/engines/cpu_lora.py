@@ -267,11 +267,7 @@ def _together(
             if b is not None:
                 r_i = b.shape[1] // n_slots
                 out = hv[:, :, col : col + r_i].reshape(-1, b.shape[1]) @ b.T
-                target = y2[:, offset : offset + size]
-                if rows is None:
-                    target += out
-                else:
-                    target.index_add_(0, rows, out)
+                _add_rows(y2[:, offset : offset + size], out, rows)
                 col += r_i
             offset += size
         return
@@ -293,6 +289,14 @@ def _together(
             y2[:, offset : offset + size].index_add_(0, rows, out)
             col += b.shape[2]
         offset += size
+
+
+def _add_rows(target: Any, out: Any, rows: Any) -> None:
+    """``target[rows] += out`` (every row when ``rows`` is None), one rounding in target's dtype like vLLM's."""
+    if rows is None:
+        target += out
+    else:
+        target.index_add_(0, rows, out)
 
 
 def _split(
@@ -339,11 +343,7 @@ def _expand(
     for b, size in zip(b_parts, output_slices, strict=True):
         if b is not None:
             out = h[:, col : col + b.shape[1]] @ b.T
-            target = y2[:, offset : offset + size]
-            if rows is None:
-                target += out
-            else:
-                target.index_add_(0, rows, out)
+            _add_rows(y2[:, offset : offset + size], out, rows)
             col += b.shape[1]
         offset += size
 
@@ -376,11 +376,7 @@ def _exact_linear(
             h = scale * torch.einsum("bi, boi -> bo", xs.to(torch.float32), a32)
             hy = h.to(y2.dtype)
             out = torch.einsum("bi, boi -> bo", hy, b_s.to(y2.dtype).unsqueeze(0).expand(n, -1, -1))
-            target = y2[:, offset : offset + size]
-            if rows is None:
-                target += out
-            else:
-                target.index_add_(0, rows, out)
+            _add_rows(y2[:, offset : offset + size], out, rows)
             offset += size
 
 
