@@ -30,8 +30,8 @@ in the order vLLM's ops run it:
   neighbours, so truncating to the real rank and fusing slots and slices changes no bit.
 - expand (bf16): oneDNN sums a row's products in the same order for one token or many and exact zeros
   (other slots' masked columns, padding) add nothing, so one matmul over many tokens, or a per-token bmm
-  over a slot's real rank, gives vLLM's per-token result. For other dtypes (fp32 models) that does not hold and :func:`_exact_linear` runs vLLM's per-token
-  einsums on each slot's rows (still no gather).
+  over a slot's real rank, gives vLLM's per-token result. For other dtypes (fp32 models) that does not hold
+  and :func:`_exact_linear` runs vLLM's per-token einsums on each slot's rows (still no gather).
 Tested bit for bit against vLLM's ops (tests/unit/test_cpu_lora_grouped.py) and token for token on the real
 engine (tests/integration/test_lora_batch_regression.py, bench/cpu_lora.py).
 """
@@ -142,9 +142,9 @@ def _slot_part(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slot: int) -> A
 
 def _stacked(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
     """The weights of ``slots`` (each touching some slice) stacked slot by slot, zero-padded to common shapes:
-    ``(A, Bs)`` with ``A`` [S, R, in] fp32 (slice-major within a slot: slice i's rows padded to
-    ``R_i`` = their most over the slots, whole row blocks) and ``Bs[i]`` [S, size_i, R_i] in B's dtype (None
-    for a slice no slot touches). Built from the slots' parts (:func:`_slot_part`) and cached on the layer's
+    ``(A, Bs, Bflat, owner)`` with ``A`` [S, R, in] fp32 (slice-major within a slot: slice i's rows padded to
+    ``R_i`` = their most over the slots, whole row blocks), ``Bs[i]`` [S, size_i, R_i] in B's dtype (None for a
+    slice no slot touches), ``Bflat[i]`` the same as [size_i, S*R_i] and ``owner`` [S*R] (each row's slot). Built from the slots' parts (:func:`_slot_part`) and cached on the layer's
     first A buffer per slot set until vLLM refills one of the slots."""
     import torch
 
@@ -210,7 +210,6 @@ def grouped_lora_linear(
     """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot, bit-identical to vLLM's
     per-token ops (see the module docstring; ``indices``: the per-token slots ``groups`` came from, which lets
     slots share one masked shrink/expand; without it every slot runs alone)."""
-
     x2 = x.reshape(-1, x.shape[-1])
     y2 = y.view(-1, y.shape[-1])
     if not groups:
@@ -394,6 +393,7 @@ def probe() -> bool:
     how this CPU's MKL and oneDNN order their sums): a few bf16 batches of mixed slots, real ranks and
     no-adapter tokens against vLLM's masked per-token ops. False: every call takes :func:`_exact_linear`
     (bit-identical by construction, slower) and a warning says so."""
+    global _DENSE_MAX_COLS
     if "ok" in _FUSED_EXACT:
         return _FUSED_EXACT["ok"]
     import logging
@@ -422,9 +422,14 @@ def probe() -> bool:
             masked_ops.bgmv_shrink(x, a, buf, idx, 0.5)
             masked_ops.bgmv_expand_slice(buf, b, want, idx, offset, size, add_inputs=True)
             offset += size
-        got = y.clone()
-        grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 0.5, slices, indices=idx)
-        ok = ok and bool(torch.equal(got, want))
+        for dense_max in (0, 1 << 30):  # both batched forms: own rows, every slot's rows masked
+            kept, _DENSE_MAX_COLS = _DENSE_MAX_COLS, dense_max
+            try:
+                got = y.clone()
+                grouped_lora_linear(got, x, slot_groups(idx), lora_a, lora_b, 0.5, slices, indices=idx)
+            finally:
+                _DENSE_MAX_COLS = kept
+            ok = ok and bool(torch.equal(got, want))
     _FUSED_EXACT["ok"] = ok
     if not ok:
         logging.getLogger(__name__).warning(
