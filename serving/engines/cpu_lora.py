@@ -9,8 +9,8 @@ rank and kept in fp32 (``P_s``: slice-major rows, cached until vLLM refills the 
 
     a slot with many tokens (a prefill chunk)    h = x_s @ P_s.T ; y[rows_s, slice_i] += round_y(scale h) @ B_si.T
     the slots with few tokens each (decodes),    stacked per slot set: A [S, R, in], B_i [S, size_i, R_i]
-      up to 256 stacked rows:  h = x @ A.view(S*R, in).T, masked to each token's own slot, one expand per slice
-      beyond:                  h_t = x_t @ A[slot(t)].T (a view when every slot has one token) , per-token expand
+      up to 256 stacked rows:  h = x @ A.T over all S*R rows, masked to each token's own slot, one expand per slice
+      beyond:                  h_t = x_t @ A[slot(t)].T (a view when every slot has one token), per-token expand
 
 so a token never pays for the other slots' rows where those are many (32 compositions: 8 slots x rank 32),
 and a prefill chunk reads its slot's weights once. vLLM zero-pads every slot to ``max_lora_rank`` (64 for
@@ -141,11 +141,16 @@ def _slot_part(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slot: int) -> A
 
 
 def _stacked(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
-    """The weights of ``slots`` (each touching some slice) stacked slot by slot, zero-padded to common shapes:
-    ``(A, Bs, Bflat, owner)`` with ``A`` [S, R, in] fp32 (slice-major within a slot: slice i's rows padded to
-    ``R_i`` = their most over the slots, whole row blocks), ``Bs[i]`` [S, size_i, R_i] in B's dtype (None for a
-    slice no slot touches), ``Bflat[i]`` the same as [size_i, S*R_i] and ``owner`` [S*R] (each row's slot). Built from the slots' parts (:func:`_slot_part`) and cached on the layer's
-    first A buffer per slot set until vLLM refills one of the slots."""
+    """The weights of ``slots`` (each touching some slice), every slot's rows of slice i zero-padded to
+    ``R_i`` (their most over the slots; whole row blocks), ``R = sum(R_i)``, in one of two forms:
+
+    - masked (``S * R <= _DENSE_MAX_COLS``): ``(A, Bs, owner)`` in :func:`_expand`'s layout, ``A`` [S*R, in] fp32
+      slice-major then slot, ``Bs[i]`` [size_i, S*R_i] and ``owner`` [S*R] (each row's slot);
+    - per token: ``(A, Bs, None)`` with ``A`` [S, R, in] fp32 (slice-major within a slot) and ``Bs[i]``
+      [S, size_i, R_i].
+
+    ``Bs[i]`` is None for a slice no slot touches. Built from the slots' parts (:func:`_slot_part`) and cached on
+    the layer's first A buffer per slot set (and form) until vLLM refills one of the slots."""
     import torch
 
     batches: dict[tuple[Any, ...], Any] | None = getattr(lora_a[0], "_rmn_fused", None)
@@ -153,28 +158,39 @@ def _stacked(lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int,
         batches = {}
         lora_a[0]._rmn_fused = batches
         _FUSED["caches"].append(batches)
-    key = (slots, tuple(_SLOT_GENERATIONS.get(s, 0) for s in slots))
+    key = (slots, tuple(_SLOT_GENERATIONS.get(s, 0) for s in slots), _DENSE_MAX_COLS)
     if key in batches:
         return batches[key]
     parts = [_slot_part(lora_a, lora_b, slot) for slot in slots]
-    rows = [[0 if b is None else b.shape[1] for b in part[1]] for part in parts]
-    most = [max(r[i] for r in rows) for i in range(len(lora_b))]
-    a_sm = torch.zeros(len(slots), sum(most), lora_a[0].shape[-1], dtype=torch.float32)
-    b_sm: list[Any] = [
-        torch.zeros(len(slots), b.shape[-2], r_i, dtype=b.dtype) if r_i else None
+    most = [
+        max(0 if part[1][i] is None else part[1][i].shape[1] for part in parts) for i in range(len(lora_b))
+    ]
+    n, total = len(slots), sum(most)
+    starts = [sum(most[:i]) for i in range(len(most))]
+    masked = n * total <= _DENSE_MAX_COLS
+    a_all = torch.zeros(n * total, lora_a[0].shape[-1], dtype=torch.float32)
+    b_all: list[Any] = [
+        None
+        if not r_i
+        else torch.zeros(*((b.shape[-2], n * r_i) if masked else (n, b.shape[-2], r_i)), dtype=b.dtype)
         for b, r_i in zip(lora_b, most, strict=True)
     ]
-    for j, ((a_s, bs), r_s) in enumerate(zip(parts, rows, strict=True)):
-        src = dst = 0
-        for i, r in enumerate(r_s):
-            if r:
-                a_sm[j, dst : dst + r] = a_s[src : src + r]
-                b_sm[i][j, :, :r] = bs[i]
+    for j, (a_s, bs) in enumerate(parts):
+        src = 0
+        for i, b_s in enumerate(bs):
+            if b_s is None:
+                continue
+            r = b_s.shape[1]
+            row = n * starts[i] + j * most[i] if masked else j * total + starts[i]
+            a_all[row : row + r] = a_s[src : src + r]
+            if masked:
+                b_all[i][:, j * most[i] : j * most[i] + r] = b_s
+            else:
+                b_all[i][j, :, :r] = b_s
             src += r
-            dst += most[i]
-    b_flat = [None if b is None else b.permute(1, 0, 2).reshape(b.shape[1], -1) for b in b_sm]
-    owner = torch.tensor(slots).repeat_interleave(a_sm.shape[1])
-    stacked = (a_sm, b_sm, b_flat, owner)
+    stacked: tuple[Any, list[Any], Any] = (a_all.view(n, total, -1), b_all, None)
+    if masked:
+        stacked = (a_all, b_all, torch.cat([torch.tensor(slots).repeat_interleave(r_i) for r_i in most]))
     for old in [k for k in batches if k[0] == slots] + list(batches)[
         : max(0, len(batches) - _BATCHES_KEPT + 1)
     ]:
@@ -193,8 +209,8 @@ def _nbytes(stacked: Any) -> int:
     """Bytes held by one cached entry (0 for None)."""
     if stacked is None:
         return 0
-    a_sm, b_sm, b_flat, _ = stacked
-    return int(a_sm.nbytes) + sum(int(b.nbytes) for b in (*b_sm, *b_flat) if b is not None)
+    a_all, b_all, owner = stacked
+    return sum(int(t.nbytes) for t in (a_all, *b_all, owner) if t is not None)
 
 
 def grouped_lora_linear(
@@ -249,26 +265,15 @@ def _together(
     (viewed, or repeated when a slot has several tokens), vLLM's per-token gemv and per-token bmm."""
     import torch
 
-    a_sm, b_sm, b_flat, owner = stacked
-    n_slots, r_all = a_sm.shape[0], a_sm.shape[1]
-    if n_slots * r_all <= _DENSE_MAX_COLS:  # small enough to read whole for every token: no copies
+    a_sm, b_sm, owner = stacked
+    if owner is not None:  # few rows: every token reads them all (cache-resident) and keeps its own slot's
         rows, xs, slots = None, x2, indices.reshape(-1)
         if alone:  # only the tokens of these slots
             rows = torch.cat([r for _, r in together])
             xs, slots = x2.index_select(0, rows), slots.index_select(0, rows)
-        h = _shrink(xs, a_sm.view(n_slots * r_all, -1))  # [n, S*R]: every token against every slot
+        h = _shrink(xs, a_sm)  # [n, S*R]: every token against every slot
         h *= owner.unsqueeze(0) == slots.unsqueeze(1)  # a token keeps its own slot's columns only
-        if scale != 1.0:
-            h = h * scale
-        hv = h.to(y2.dtype).view(-1, n_slots, r_all)
-        col = offset = 0
-        for b, size in zip(b_flat, output_slices, strict=True):
-            if b is not None:
-                r_i = b.shape[1] // n_slots
-                out = hv[:, :, col : col + r_i].reshape(-1, b.shape[1]) @ b.T
-                _add_rows(y2[:, offset : offset + size], out, rows)
-                col += r_i
-            offset += size
+        _expand(y2, h, b_sm, output_slices, scale, rows)
         return
     rows = torch.cat([r for _, r in together])  # tokens in slot order
     counts = [r.shape[0] for _, r in together]
@@ -278,16 +283,7 @@ def _together(
         a_sm = a_sm.repeat_interleave(repeats, dim=0)
         b_sm = [None if b is None else b.repeat_interleave(repeats, dim=0) for b in b_sm]
     h = torch.bmm(xs.float().unsqueeze(1), a_sm.transpose(1, 2))  # [n, 1, R]
-    if scale != 1.0:
-        h = h * scale
-    h = h.to(y2.dtype)
-    col = offset = 0
-    for b, size in zip(b_sm, output_slices, strict=True):
-        if b is not None:
-            out = torch.bmm(h[:, :, col : col + b.shape[2]], b.transpose(1, 2)).squeeze(1)
-            y2[:, offset : offset + size].index_add_(0, rows, out)
-            col += b.shape[2]
-        offset += size
+    _expand(y2, h, b_sm, output_slices, scale, rows)
 
 
 def _add_rows(target: Any, out: Any, rows: Any) -> None:
@@ -333,17 +329,18 @@ def _shrink(x2: Any, a_all: Any) -> Any:
 def _expand(
     y2: Any, h: Any, b_parts: list[Any], output_slices: tuple[int, ...], scale: float, rows: Any
 ) -> None:
-    """``y2[rows, slice_i] += round_y(scale * h[:, cols_i]) @ B_i.T`` for every touched slice, in y's dtype
-    like vLLM's expand."""
+    """``y2[rows, slice_i] += round_y(scale * h[..., cols_i]) @ B_i.T`` for every touched slice, in y's dtype
+    like vLLM's expand: ``h`` [n, cols] with ``B_i`` [size_i, cols_i] (one matmul), or ``h`` [n, 1, cols] with
+    ``B_i`` [n, size_i, cols_i] (one per-token bmm)."""
     if scale != 1.0:
         h = h * scale
     h = h.to(y2.dtype)
     offset = col = 0
     for b, size in zip(b_parts, output_slices, strict=True):
         if b is not None:
-            out = h[:, col : col + b.shape[1]] @ b.T
-            _add_rows(y2[:, offset : offset + size], out, rows)
-            col += b.shape[1]
+            out = h[..., col : col + b.shape[-1]] @ b.transpose(-1, -2)
+            _add_rows(y2[:, offset : offset + size], out.view(h.shape[0], size), rows)
+            col += b.shape[-1]
         offset += size
 
 
