@@ -3,46 +3,55 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRA ?= cpu
+ENGINE ?= cpu
 BENCH_MODEL ?= tiny
-STAMP := $(VENV)/.installed-$(EXTRA)
+# each target installs only the extras it needs (pyproject.toml), pinned by constraints/$(ENGINE).txt
+SERVE_VENV := $(VENV)/.installed-$(ENGINE)
+DEMO_VENV := $(VENV)/.installed-$(ENGINE),demo
+CREW_VENV := $(VENV)/.installed-$(ENGINE),demo,agents
+TEST_VENV := $(VENV)/.installed-$(ENGINE),demo,agents,test
+LINT_VENV := $(VENV)/.installed-$(ENGINE),demo,agents,test,lint
+DEV_VENV := $(VENV)/.installed-$(ENGINE),dev
 export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo serve crew test test-fast lint bench bench-long clean help
+.PHONY: setup demo serve crew test test-fast lint lock bench bench-long clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
 
-$(STAMP): pyproject.toml scripts/setup-venv.sh
-	EXTRA=$(EXTRA) PY=$(PY) bash scripts/setup-venv.sh
-	touch $(STAMP)
+$(VENV)/.installed-%: pyproject.toml scripts/setup-venv.sh constraints/$(ENGINE).txt
+	EXTRAS=$* PY=$(PY) bash scripts/setup-venv.sh
+	touch '$@'
 
-setup: $(STAMP) ## create .venv with the project, vLLM (CPU) and dev tools
+setup: $(DEV_VENV) ## create .venv with everything a developer uses (ENGINE=gpu for CUDA vLLM)
 
-demo: setup ## prepare demo model + adapters, serve them, print each adapter's answer
+lock: $(SERVE_VENV) ## re-resolve constraints/*.txt from PyPI (+ PyTorch's CPU index; RMN_TORCH_WHEEL=FILE|auto stands in for it)
+	$(BIN)/python scripts/lock.py write $(if $(RMN_TORCH_WHEEL),--torch-wheel $(RMN_TORCH_WHEEL))
+
+demo: $(DEMO_VENV) ## prepare demo model + adapters, serve them, print each adapter's answer
 	$(BIN)/rmn demo $(DEMO_ARGS)
 
-serve: setup ## serve on 127.0.0.1:8000 with the embedded defaults
+serve: $(SERVE_VENV) ## serve on 127.0.0.1:8000 with the embedded defaults
 	$(BIN)/rmn model prepare && $(BIN)/rmn serve
 
-crew: setup ## the six-role agent crew (examples/agents/crew.py) against the federated demo app it starts (after make demo)
+crew: $(CREW_VENV) ## the six-role agent crew (examples/agents/crew.py) against the federated demo app it starts (after make demo)
 	$(BIN)/python -m examples.agents.crew --local $(CREW_ARGS)
 
-test: setup ## every tier: unit, serve (Ray Serve + FakeEngine), integration (real vLLM on CPU, the UI in chromium)
+test: $(TEST_VENV) ## every tier: unit, serve (Ray Serve + FakeEngine), integration (real vLLM on CPU, the UI in chromium)
 	bash scripts/ensure-chromium.sh
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
-test-fast: setup ## unit + serve tiers (no vLLM engine; about a minute and a half)
-	bash scripts/run-tests.sh -m "not slow" $(PYTEST_ARGS)
+test-fast: $(TEST_VENV) ## unit + serve tiers (no vLLM engine; about a minute and a half)
+	bash scripts/run-tests.sh -m "not slow and not network" $(PYTEST_ARGS)
 
-lint: setup ## ruff + mypy
+lint: $(LINT_VENV) ## ruff + mypy
 	$(BIN)/ruff check serving adapters federation cleanroom tests bench examples
 	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench examples
 	$(BIN)/mypy
 
-bench: setup ## serving, adapter, router, clean-room and planning benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
+bench: $(DEV_VENV) ## serving, adapter, router, clean-room and planning benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
 	$(BIN)/rmn model prepare
 	$(BIN)/python -m bench.serving --model $(BENCH_MODEL)
 	$(BIN)/python -m bench.adapters --model demo
@@ -50,7 +59,7 @@ bench: setup ## serving, adapter, router, clean-room and planning benchmarks -> 
 	$(BIN)/python -m bench.cleanroom
 	$(BIN)/python -m bench.planning
 
-bench-long: setup ## the long ones: 10 min of 1,100 compositions (bench/scale.py), engine replicas sharing cores (bench/replicas.py)
+bench-long: $(DEV_VENV) ## the long ones: 10 min of 1,100 compositions (bench/scale.py), engine replicas sharing cores (bench/replicas.py)
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.replicas
 

@@ -104,6 +104,22 @@ def test_dockerfiles_install_the_right_extra() -> None:
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_install_from_the_lock_before_copying_the_source(name: str) -> None:
+    """Dependencies come from constraints/*.txt in a layer of their own, before any source (a code change
+    must not reinstall vLLM and torch); the CPU image names PyTorch's CPU index for torch's +cpu build."""
+    code = [
+        ln for ln in (DEPLOY / "docker" / name).read_text().splitlines() if not ln.lstrip().startswith("#")
+    ]
+    engine = "cpu" if name.endswith("cpu") else "gpu"
+    deps = next(i for i, ln in enumerate(code) if f"-c constraints/{engine}.txt" in ln and '".[' in ln)
+    first_source = next(i for i, ln in enumerate(code) if re.match(r"COPY .*\b(serving|adapters)\b", ln))
+    assert deps < first_source
+    if engine == "cpu":
+        assert "ARG RMN_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in code
+        assert any("--extra-index-url" in ln and "RMN_TORCH_INDEX_URL" in ln for ln in code)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_dockerfiles_fail_on_failed_installs_and_run_unprivileged(name: str) -> None:
     lines = (DEPLOY / "docker" / name).read_text().splitlines()
     code = [ln for ln in lines if not ln.lstrip().startswith("#")]
