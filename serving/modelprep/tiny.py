@@ -32,17 +32,35 @@ def _corpus(seed: int, lines: int = 2000) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(lines)]
 
 
+# architecture -> (transformers config class, extra config fields); every one is a decoder vLLM serves with LoRA
+ARCHITECTURES: dict[str, tuple[str, dict[str, object]]] = {
+    "llama": ("LlamaConfig", {}),
+    "qwen2": ("Qwen2Config", {}),  # q/k/v with biases
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "gemma": ("GemmaConfig", {"head_dim": 32, "hidden_act": "gelu_pytorch_tanh"}),  # head_dim != hidden/heads
+    "phi3": ("Phi3Config", {}),  # fused qkv_proj and gate_up_proj
+}
+
+
 def build_tiny_model(
     out_dir: Path,
     seed: int = 0,
     hidden_size: int = 256,
     num_layers: int = 4,
     vocab_size: int = 512,
+    architecture: str = "llama",
+    max_shard_size: str | None = None,
 ) -> Path:
-    """Write a deterministic tiny LlamaForCausalLM + tokenizer to ``out_dir``; returns ``out_dir``."""
+    """Write a deterministic tiny decoder (``architecture``: a key of :data:`ARCHITECTURES`) + tokenizer to
+    ``out_dir``, sharded when ``max_shard_size`` (e.g. "300KB") is given; returns ``out_dir``."""
     import torch
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture {architecture!r}: one of {sorted(ARCHITECTURES)}")
+    config_cls, extra = ARCHITECTURES[architecture]
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +86,7 @@ def build_tiny_model(
     fast.save_pretrained(out_dir)
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    fields = dict(
         vocab_size=len(fast),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -81,14 +99,17 @@ def build_tiny_model(
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(cfg)
+    fields.update(extra)
+    cfg = getattr(transformers, config_cls)(**fields)
+    model = AutoModelForCausalLM.from_config(cfg)
     # Larger than default init so greedy outputs depend visibly on the prompt (and on adapters).
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.08)
     model = model.bfloat16()
-    model.save_pretrained(out_dir, safe_serialization=True)
+    shard = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(out_dir, safe_serialization=True, **shard)
     (out_dir / "generation_config.json").write_text(
         json.dumps({"bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id, "do_sample": False})
     )

@@ -16,7 +16,6 @@ TORCH_OK = {
     "adapters/cache.py",
     "adapters/training.py",
     "adapters/synthetic.py",
-    "adapters/validate.py",
     "serving/modelprep/smollm2.py",
     "serving/modelprep/tiny.py",
 }

@@ -11,13 +11,21 @@ META = {"kind": "retailer", "owner": "acme", "base_model": "tiny", "base_model_r
 
 
 def peft_dir(
-    path: Path, rank: int = 4, value: float = 0.1, modules: tuple[str, ...] = ("q_proj", "v_proj")
+    path: Path,
+    rank: int = 4,
+    value: float = 0.1,
+    modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    layer: int = 0,
 ) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for m in modules:
-        tensors[f"base_model.model.model.layers.0.self_attn.{m}.lora_A.weight"] = torch.full((rank, 8), value)
-        tensors[f"base_model.model.model.layers.0.self_attn.{m}.lora_B.weight"] = torch.full((8, rank), value)
+        tensors[f"base_model.model.model.layers.{layer}.self_attn.{m}.lora_A.weight"] = torch.full(
+            (rank, 8), value
+        )
+        tensors[f"base_model.model.model.layers.{layer}.self_attn.{m}.lora_B.weight"] = torch.full(
+            (8, rank), value
+        )
     save_file(tensors, str(path / "adapter_model.safetensors"))
     (path / "adapter_config.json").write_text(
         json.dumps({"r": rank, "lora_alpha": 2 * rank, "target_modules": list(modules), "peft_type": "LORA"})
@@ -147,7 +155,32 @@ def base_dir(tmp_path: Path, **over: int) -> Path:
     }
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "rmn-model.json").write_text(json.dumps({"sha256": "f" * 64}))
+    write_llama_weights(d / "model.safetensors", cfg)
     return d
+
+
+def write_llama_weights(path: Path, cfg: dict[str, int]) -> None:
+    """Zero weights in a Llama checkpoint's names and shapes ([out, in]) for the config."""
+    import torch
+    from safetensors.torch import save_file
+
+    hidden, heads, kv, inter = (
+        cfg[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+    )
+    head_dim = hidden // heads
+    shapes = {
+        "self_attn.q_proj": (heads * head_dim, hidden),
+        "self_attn.k_proj": (kv * head_dim, hidden),
+        "self_attn.v_proj": (kv * head_dim, hidden),
+        "self_attn.o_proj": (hidden, heads * head_dim),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
+    }
+    tensors = {"model.embed_tokens.weight": torch.zeros(4, hidden)}
+    for i in range(cfg["num_hidden_layers"]):
+        tensors |= {f"model.layers.{i}.{m}.weight": torch.zeros(shape) for m, shape in shapes.items()}
+    save_file(tensors, str(path))
 
 
 def test_base_model_check_accepts_a_fitting_adapter_and_records_revision(tmp_path: Path) -> None:
@@ -157,12 +190,26 @@ def test_base_model_check_accepts_a_fitting_adapter_and_records_revision(tmp_pat
     assert m.base_model_revision == "f" * 64
 
 
+def test_an_adapter_for_a_deeper_model_is_refused(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    fields = {k: v for k, v in META.items() if k != "base_model_revision"}
+    with pytest.raises(InvalidAdapter, match="layer 2 but the base model has 2 layers"):
+        reg.register(
+            peft_dir(tmp_path / "a", layer=2), base_model_dir=base_dir(tmp_path), id="acme", **fields
+        )
+
+
 @pytest.mark.parametrize(
     ("over", "modules", "fields", "reason"),
     [
         ({"hidden_size": 16}, ("q_proj",), {}, "shape"),
         ({"num_key_value_heads": 1}, ("v_proj",), {}, "shape"),
-        ({"num_hidden_layers": 0}, ("q_proj",), {}, "layer 0"),
+        (
+            {"num_hidden_layers": 0},
+            ("q_proj",),
+            {},
+            r"unknown target modules \['q_proj'\]; this base model \(unknown\) has \[\]",
+        ),
         ({}, ("q_proj", "lm_head"), {}, "unknown target modules"),
         ({}, ("q_proj",), {"base_model_revision": "abc"}, "not the base model's"),
     ],
