@@ -47,8 +47,8 @@ test-fast: $(TEST_VENV) ## unit + serve tiers (no vLLM engine; about a minute an
 	bash scripts/run-tests.sh -m "not slow and not network" $(PYTEST_ARGS)
 
 lint: $(LINT_VENV) ## ruff + mypy
-	$(BIN)/ruff check serving adapters federation cleanroom tests bench examples
-	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench examples
+	$(BIN)/ruff check serving adapters federation cleanroom tests bench examples scripts
+	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench examples scripts
 	$(BIN)/mypy
 
 bench: $(DEV_VENV) ## serving, adapter, router, clean-room and planning benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)

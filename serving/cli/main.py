@@ -20,8 +20,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.local import local_app, stop_on_signals
 
     cfg = load_config(args.config) if args.config else default_config()
-    if args.model is not None:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": Path(args.model)})})
+    if args.model is not None:  # your own model: with the embedded defaults, its own chat template too
+        from serving.config import ModelConfig
+
+        own = (
+            cfg.model.model_copy(update={"path": Path(args.model).resolve()})
+            if args.config
+            else ModelConfig(path=Path(args.model).resolve())
+        )
+        cfg = cfg.model_copy(update={"model": own})
     if args.port is not None or args.host is not None:
         http = cfg.http.model_copy(
             update={k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}

@@ -59,7 +59,7 @@ def _cmd_model_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
     """Attach ``rmn model ...`` to the top-level parser."""
     from serving.modelprep.tiny import ARCHITECTURES
 
