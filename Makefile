@@ -16,7 +16,7 @@ export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo serve crew test test-fast lint lock bench bench-long clean help
+.PHONY: setup demo serve crew test test-fast test-serve lint lock bench bench-long clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
@@ -43,12 +43,15 @@ test: $(TEST_VENV) ## every tier: unit, serve (Ray Serve + FakeEngine), integrat
 	bash scripts/ensure-chromium.sh
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
-test-fast: $(TEST_VENV) ## unit + serve tiers (no vLLM engine; about a minute and a half)
-	bash scripts/run-tests.sh -m "not slow and not network" $(PYTEST_ARGS)
+test-fast: $(TEST_VENV) ## unit + gateway tiers: no Ray cluster, no vLLM engine (docs/development.md has the time)
+	bash scripts/run-tests.sh -m "not slow and not network and not serve" $(PYTEST_ARGS)
+
+test-serve: $(TEST_VENV) ## the Serve tier: real Ray Serve with the FakeEngine
+	bash scripts/run-tests.sh -m serve $(PYTEST_ARGS)
 
 lint: $(LINT_VENV) ## ruff + mypy
-	$(BIN)/ruff check serving adapters federation cleanroom tests bench examples scripts
-	$(BIN)/ruff format --check serving adapters federation cleanroom tests bench examples scripts
+	$(BIN)/ruff check serving adapters federation planning cleanroom tests bench examples scripts
+	$(BIN)/ruff format --check serving adapters federation planning cleanroom tests bench examples scripts
 	$(BIN)/mypy
 
 bench: $(DEV_VENV) ## serving, adapter, router, clean-room and planning benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)

@@ -4,12 +4,20 @@ Public surface: :class:`AdapterManifest`, :class:`AdapterRegistry`, :class:`Adap
 :func:`validate_adapter_id`. Imports nothing from the rest of rmn-lora.
 """
 
-from adapters.errors import AdapterError, AdapterNotFound, AdapterRetired, InvalidAdapter, RegistryUnavailable
+from adapters.errors import (
+    AdapterError,
+    AdapterExists,
+    AdapterNotFound,
+    AdapterRetired,
+    InvalidAdapter,
+    RegistryUnavailable,
+)
 from adapters.manifest import AdapterKind, AdapterManifest, Visibility, validate_adapter_id
 from adapters.registry import AdapterRegistry
 
 __all__ = [
     "AdapterError",
+    "AdapterExists",
     "AdapterKind",
     "AdapterManifest",
     "AdapterNotFound",

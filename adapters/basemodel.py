@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters import hashing
+import adapters.hashing as hashing
 from adapters.errors import InvalidAdapter
 
 MARKER = "rmn-model.json"

@@ -22,7 +22,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import AdapterNotFound, AdapterRetired, InvalidAdapter, RegistryUnavailable
+from adapters.errors import (
+    AdapterExists,
+    AdapterNotFound,
+    AdapterRetired,
+    InvalidAdapter,
+    RegistryUnavailable,
+)
 from adapters.hashing import sha256_file
 from adapters.manifest import AdapterManifest, validate_adapter_id, validate_version, version_key
 from adapters.store import CONFIG, MANIFEST, RETIRED, WEIGHTS, AdapterStore, open_store
@@ -260,9 +266,7 @@ class AdapterRegistry:
         try:
             self.store.publish(manifest, weights, config)
         except FileExistsError as e:
-            raise InvalidAdapter(
-                f"adapter {manifest.id!r} version {manifest.version!r} already exists"
-            ) from e
+            raise AdapterExists(f"adapter {manifest.id!r} version {manifest.version!r} already exists") from e
         finally:
             self.invalidate(manifest.id)
         return manifest

@@ -28,8 +28,8 @@ from bench.record import write_results
 
 
 def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
-    from federation.planning.curves import Curve
-    from federation.planning.planner import CellInput, PlanRequest, solve
+    from planning.curves import Curve
+    from planning.planner import CellInput, PlanRequest, solve
 
     rng = np.random.default_rng(n_skus)
     placements = 5
@@ -53,7 +53,7 @@ def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
         times.append(time.perf_counter() - t)
     agrees = None
     if n_skus == 1000:  # the full LP (every column from the start) must reach the same optimum
-        import federation.planning.planner as planner
+        import planning.planner as planner
 
         initial = planner._initial_columns
         planner._initial_columns = lambda optional, *args: optional.copy()  # type: ignore[assignment]
@@ -84,8 +84,8 @@ def _objective(plan: Any, cells: list[Any]) -> float:
 
 
 def compare_run(reps: int) -> dict[str, Any]:
-    from federation.planning.compare import CompareRequest
-    from federation.planning.workflow import compare_local
+    from planning.compare import CompareRequest
+    from planning.workflow import compare_local
     from serving.demo.defaults import demo_config
 
     cfg = demo_config()

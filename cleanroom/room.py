@@ -154,7 +154,7 @@ class CleanRoom:
 
     def load_file(self, path: Path | str, mapping: dict[str, str] | None = None) -> LoadReport:
         """Append a CSV or Parquet file in the documented schema as a new batch. ``mapping`` renames the
-        file's columns (native -> schema; see ``federation.planning.harmonize``); other columns are
+        file's columns (native -> schema; see ``planning.harmonize``); other columns are
         ignored, except an optional ``event_id`` (rows whose id was loaded before are skipped). A file
         loaded before (same sha256) loads nothing. Refuses the whole file (loading nothing), naming the
         first bad row (1-based, header excluded): missing columns, blank shopper or event ids, unknown

@@ -2,35 +2,43 @@
 
 Contract: :meth:`Gate.admit` authenticates (401) and rate-limits (429) a request; :meth:`Gate.resolve`
 turns (model name, ``federation`` object, prompt) into a version-pinned stack or None for the base
-model, raising :class:`GateError` with the HTTP status and reason (400/403/404). Without a federation
-config the gate is open: no tenant, explicit stacks only. Every decision is audited.
+model, raising the federation's refusal (:mod:`federation.errors`, :class:`Forbidden`; adapter errors as
+they are). Without a federation config the gate is open: no tenant, explicit stacks only. Every decision is
+audited, refusals with the status ``status_of`` (the serving edge's error model) gives them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from adapters import (
+    AdapterError,
     AdapterManifest,
     AdapterNotFound,
     AdapterRegistry,
     AdapterRetired,
-    InvalidAdapter,
-    RegistryUnavailable,
     Visibility,
 )
 from adapters.cache import ResolvedStack, check_rank, resolve
 from federation.audit import AuditLog
 from federation.config import FederationConfig
-from federation.errors import GateError, first_error
-from federation.model_names import ModelNameError, parse_model_name
-from federation.policy import Decision, FederationRequest, PolicyError, check_access, decide
+from federation.errors import (
+    FederationError,
+    InvalidRequest,
+    NoLongerServed,
+    NotFound,
+    RateLimited,
+    first_error,
+)
+from federation.model_names import parse_model_name
+from federation.policy import Decision, FederationRequest, check_access, decide
 from federation.ratelimit import RateLimiter
-from federation.tenants import AuthError, Forbidden, Tenant, TenantDirectory
+from federation.tenants import AuthError, Tenant, TenantDirectory
 
 
 @dataclass(frozen=True)
@@ -53,26 +61,17 @@ def prompt_text(body: dict[str, Any]) -> str:
     return ""
 
 
-def _as_gate_error(e: Exception, model: object) -> GateError:
-    """The HTTP answer for a resolution failure."""
-    if isinstance(e, GateError):
-        return e
-    if isinstance(e, ModelNameError):
-        return GateError(e.status, str(e), "not_found_error" if e.status == 404 else "invalid_request_error")
+def _refusal(e: Exception, model: object) -> Exception:
+    """The federation's refusal for a resolution failure: the error itself, or one saying what the model
+    name asked for."""
     if isinstance(e, ValidationError):
         loc, msg = first_error(e)
-        return GateError(400, f"invalid 'federation' object: {loc}: {msg}")
-    if isinstance(e, RegistryUnavailable):
-        return GateError(
-            503, f"adapter registry unavailable: {e}", "service_unavailable", {"retry-after": "5"}
-        )
+        return InvalidRequest(f"invalid 'federation' object: {loc}: {msg}")
     if isinstance(e, AdapterRetired):
-        return GateError(410, f"model {model!r} is no longer served: {e}", "not_found_error")
+        return NoLongerServed(f"model {model!r} is no longer served: {e}")
     if isinstance(e, AdapterNotFound):
-        return GateError(404, f"model {model!r} does not exist: {e}", "not_found_error")
-    if isinstance(e, Forbidden):
-        return GateError(403, str(e), "permission_error")
-    return GateError(400, str(e))  # InvalidAdapter, PolicyError
+        return NotFound(f"model {model!r} does not exist: {e}")
+    return e  # FederationError (names, policy, access), InvalidAdapter, RegistryUnavailable
 
 
 class Gate:
@@ -85,9 +84,12 @@ class Gate:
         served_name: str,
         max_rank: int,
         compress_overflow: bool = False,
+        status_of: Callable[[BaseException], int] | None = None,
     ) -> None:
         """``federation`` None: an open gate. ``max_rank``/``compress_overflow``: the engine's slot size and
-        whether larger stacks are compressed (else refused with 400 before any replica sees them)."""
+        whether larger stacks are compressed (else refused before any replica sees them). ``status_of``: the
+        answer's status for a refusal, recorded in the audit log (None: not recorded)."""
+        self._status_of = status_of
         self._registry = registry
         self._served_name = served_name
         self._max_rank = max_rank
@@ -100,21 +102,16 @@ class Gate:
         self._audit = AuditLog(fed.audit_log if fed else None)
 
     def admit(self, authorization: str | None) -> Tenant | None:
-        """The calling tenant (None when the gate is open); raises GateError 401/429."""
+        """The calling tenant (None when the gate is open); raises AuthError or RateLimited."""
         if self._tenants is None:
             return None
-        try:
-            tenant = self._tenants.authenticate(authorization)
-        except AuthError as e:
-            raise GateError(401, str(e), "authentication_error", {"www-authenticate": "Bearer"}) from e
+        tenant = self._tenants.authenticate(authorization)
         wait = self._limiter.acquire(tenant.id, tenant.rate_limit_per_minute)
         if wait > 0:
-            raise GateError(
-                429,
+            raise RateLimited(
                 f"rate limit of {tenant.rate_limit_per_minute} requests/minute exceeded for "
                 f"tenant {tenant.id!r}",
-                "rate_limit_error",
-                {"retry-after": str(math.ceil(wait))},
+                math.ceil(wait),
             )
         return tenant
 
@@ -154,7 +151,7 @@ class Gate:
             fed_raw = body.get("federation")
             federation = FederationRequest.model_validate(fed_raw) if fed_raw is not None else None
             if tenant is None and (federation is not None or [p.id for p in ref.parts] == ["auto"]):
-                raise GateError(400, "'federation' and model 'base:auto' need tenants (federation config)")
+                raise InvalidRequest("'federation' and model 'base:auto' need tenants (federation config)")
             if tenant is None or self._policy is None:
                 decision = Decision(ref.parts, (), "explicit" if ref.parts else "base")
             else:
@@ -171,18 +168,10 @@ class Gate:
                 check_access(tenant, stack.manifests)
             if stack is not None:  # refused here already, before any replica is involved
                 check_rank(stack, self._max_rank, self._compress)
-        except (
-            GateError,
-            ModelNameError,
-            ValidationError,
-            AdapterNotFound,
-            InvalidAdapter,
-            RegistryUnavailable,
-            PolicyError,
-            Forbidden,
-        ) as e:
-            err = _as_gate_error(e, model)
-            self._audit.record(**common, decision="denied", status=err.status, reason=str(err))
+        except (FederationError, ValidationError, AdapterError) as e:
+            err = _refusal(e, model)
+            status = self._status_of(err) if self._status_of else None
+            self._audit.record(**common, decision="denied", status=status, reason=str(err))
             if err is e:
                 raise
             raise err from e

@@ -2,7 +2,7 @@
 (``acme``, ``acme@2``, ``retail_media+acme+brand_x*0.5+planning``; see :mod:`adapters.stack`).
 
 Contract: :func:`parse_model_name` returns a :class:`ModelRef` or raises :class:`ModelNameError`
-(``status`` 400 for a malformed name, 404 for a base model this deployment does not serve). It never
+(malformed) or :class:`UnknownModel` (a base model this deployment does not serve). It never
 touches the filesystem: adapter ids are validated as ids, so a name can never be a path.
 """
 
@@ -12,14 +12,15 @@ from dataclasses import dataclass
 
 from adapters import InvalidAdapter
 from adapters.stack import StackPart, parse_stack, stack_text
+from federation.errors import InvalidRequest, NotFound
 
 
-class ModelNameError(ValueError):
-    """The model name is malformed (400) or names an unknown base model (404)."""
+class ModelNameError(InvalidRequest):
+    """The model name is malformed."""
 
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+
+class UnknownModel(NotFound):
+    """The model name asks for a base model this deployment does not serve."""
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,15 @@ class ModelRef:
 def parse_model_name(name: object, served_name: str) -> ModelRef:
     """Parse an OpenAI ``model`` field for a deployment whose base model is ``served_name``."""
     if not isinstance(name, str) or not name:
-        raise ModelNameError("'model' must be a non-empty string like 'base' or 'base:adapter'", 400)
+        raise ModelNameError("'model' must be a non-empty string like 'base' or 'base:adapter'")
     if len(name) > 600:
-        raise ModelNameError("'model' is longer than 600 characters", 400)
+        raise ModelNameError("'model' is longer than 600 characters")
     base, sep, rest = name.partition(":")
     if base != served_name:
-        raise ModelNameError(f"model {name!r} does not exist; this deployment serves {served_name!r}", 404)
+        raise UnknownModel(f"model {name!r} does not exist; this deployment serves {served_name!r}")
     if not sep:
         return ModelRef(base=base)
     try:
         return ModelRef(base=base, parts=parse_stack(rest))
     except InvalidAdapter as e:
-        raise ModelNameError(f"malformed model name {name!r}: {e}", 400) from e
+        raise ModelNameError(f"malformed model name {name!r}: {e}") from e

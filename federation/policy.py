@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters import AdapterManifest, Visibility
 from adapters.manifest import LAYER_ORDER, AdapterKind
 from adapters.stack import StackPart
+from federation.errors import InvalidRequest
 from federation.tenants import Forbidden, Tenant
 
 Layer = AdapterKind  # a stack's layers are the adapter kinds, in LAYER_ORDER
@@ -42,8 +43,8 @@ _TASK_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class PolicyError(ValueError):
-    """The request asks for an impossible stack (HTTP 400)."""
+class PolicyError(InvalidRequest):
+    """The request asks for an impossible stack."""
 
 
 class FederationPolicy(BaseModel):

@@ -1,8 +1,8 @@
 """Tenants, their API keys (stored only as sha256 hashes) and what they may compose.
 
 Contract: :meth:`TenantDirectory.authenticate` maps an ``Authorization`` header to a :class:`Tenant`
-or raises :class:`AuthError` (401); :func:`check_access` raises :class:`Forbidden` (403) naming the first
-private component the tenant may not use. Pure Python: no Ray, no I/O.
+or raises :class:`AuthError`; :func:`check_access` raises :class:`Forbidden` naming the first private
+component the tenant may not use. Pure Python: no Ray, no I/O.
 """
 
 from __future__ import annotations
@@ -13,17 +13,22 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class AuthError(Exception):
-    """Missing or invalid API key (HTTP 401)."""
+from federation.errors import FederationError, PermissionDenied
 
 
-class Forbidden(Exception):
-    """The tenant may not use a component (HTTP 403); ``component`` names it."""
+class AuthError(FederationError):
+    """Missing or invalid API key."""
+
+
+class Forbidden(PermissionDenied):
+    """The tenant may not use a component; ``component`` names it."""
 
     def __init__(self, message: str, component: str) -> None:
         super().__init__(message)
         self.component = component
+
+    def __reduce__(self) -> tuple[type[Forbidden], tuple[str, str]]:
+        return (type(self), (str(self), self.component))
 
 
 class Role(StrEnum):

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from adapters import AdapterManifest, AdapterRegistry, InvalidAdapter
 from adapters.errors import AdapterNotFound
 from adapters.registry import CONFIG, WEIGHTS
-from federation.errors import GateError
+from federation.errors import InvalidRequest, PermissionDenied
 from federation.tenants import Role, Tenant
+from serving.errors import LengthRequired, PayloadTooLarge
 
 FILES = (CONFIG, WEIGHTS)
 FIELDS = ("id", "kind", "visibility", "description", "owner")
@@ -32,77 +33,71 @@ FIELDS = ("id", "kind", "visibility", "description", "owner")
 async def read_upload(
     request: Request, limit: int, file_parts: tuple[str, ...], max_fields: int
 ) -> tuple[dict[str, bytes], dict[str, str]]:
-    """The multipart body's files (exactly ``file_parts``, each once) and text fields; GateError 400 for a
+    """The multipart body's files (exactly ``file_parts``, each once) and text fields; InvalidRequest for a
     malformed body or unexpected/missing parts, 411 without Content-Length, 413 above ``limit`` bytes (checked
     before anything is read)."""
     from starlette.datastructures import UploadFile
 
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
-        raise GateError(411, "an upload needs a Content-Length header")
+        raise LengthRequired("an upload needs a Content-Length header")
     if int(length) > limit:
-        raise GateError(413, f"the upload is {int(length)} bytes, over the {limit}-byte limit")
+        raise PayloadTooLarge(f"the upload is {int(length)} bytes, over the {limit}-byte limit")
     try:
         form = await request.form(max_files=len(file_parts), max_fields=max_fields)
     except Exception as e:  # starlette's MultiPartException and malformed bodies
-        raise GateError(400, f"the body is not a valid multipart upload: {e}") from e
+        raise InvalidRequest(f"the body is not a valid multipart upload: {e}") from e
     files: dict[str, bytes] = {}
     fields: dict[str, str] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
             if key not in file_parts or key in files:
-                raise GateError(
-                    400, f"unexpected file part {key!r}; send {' and '.join(file_parts)} once each"
+                raise InvalidRequest(
+                    f"unexpected file part {key!r}; send {' and '.join(file_parts)} once each"
                 )
             files[key] = await value.read()
         else:
             fields[key] = str(value)
     if set(files) != set(file_parts):
-        raise GateError(400, f"missing file parts: {', '.join(sorted(set(file_parts) - set(files)))}")
+        raise InvalidRequest(f"missing file parts: {', '.join(sorted(set(file_parts) - set(files)))}")
     return files, fields
 
 
 def upload_fields(tenant: Tenant, form: dict[str, str], registry: AdapterRegistry) -> dict[str, Any]:
-    """The manifest fields of an upload by ``tenant`` (with the new version), or GateError 400/403."""
+    """The manifest fields of an upload by ``tenant`` (with the new version), or InvalidRequest / PermissionDenied."""
     unknown = set(form) - set(FIELDS)
     if unknown:
-        raise GateError(
-            400, f"unknown form fields {sorted(unknown)}; allowed: {', '.join(FIELDS)} and the two files"
+        raise InvalidRequest(
+            f"unknown form fields {sorted(unknown)}; allowed: {', '.join(FIELDS)} and the two files"
         )
     for name in ("id", "kind"):
         if not form.get(name):
-            raise GateError(400, f"form field {name!r} is required")
+            raise InvalidRequest(f"form field {name!r} is required")
     adapter_id, kind = form["id"], form["kind"]
     admin = tenant.role == Role.admin
     visibility = form.get("visibility") or ("public" if admin else "private")
     owner = form.get("owner") or tenant.id
     if not admin:
         if tenant.role != Role.manufacturer:
-            raise GateError(
-                403,
-                f"tenant {tenant.id!r} ({tenant.role.value}) may not register adapters",
-                "permission_error",
-            )
+            raise PermissionDenied(f"tenant {tenant.id!r} ({tenant.role.value}) may not register adapters")
         if kind != "manufacturer" or visibility != "private" or owner != tenant.id:
-            raise GateError(
-                403,
+            raise PermissionDenied(
                 f"tenant {tenant.id!r} may register only private manufacturer adapters it owns "
-                "(kind=manufacturer, visibility=private, no other owner)",
-                "permission_error",
+                "(kind=manufacturer, visibility=private, no other owner)"
             )
     if len(form.get("description", "")) > 500:
-        raise GateError(400, "description is longer than 500 characters")
+        raise InvalidRequest("description is longer than 500 characters")
     try:
         versions = registry.versions(adapter_id)
     except InvalidAdapter as e:
-        raise GateError(400, str(e)) from e
+        raise InvalidRequest(str(e)) from e
     if versions:
         last = registry.manifest(adapter_id, versions[-1])
         if not admin and last.owner != tenant.id:
-            raise GateError(403, f"adapter {adapter_id!r} belongs to another tenant", "permission_error")
+            raise PermissionDenied(f"adapter {adapter_id!r} belongs to another tenant")
         if last.kind.value != kind:
-            raise GateError(
-                400, f"adapter {adapter_id!r} is a {last.kind.value} adapter; a new version keeps its kind"
+            raise InvalidRequest(
+                f"adapter {adapter_id!r} is a {last.kind.value} adapter; a new version keeps its kind"
             )
     return {
         "id": adapter_id,

@@ -15,7 +15,7 @@ from serving.cleanroom_service import CleanRoomService
 from serving.comparison import ComparisonService, PlannerService
 from serving.config import AppConfig, load_config
 from serving.engine import EngineDeployment
-from serving.router import Router
+from serving.gateway.ingress import Router
 
 
 def build_app(config: AppConfig) -> Application:

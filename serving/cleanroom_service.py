@@ -24,17 +24,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from cleanroom import (
-    AccessDenied,
-    BudgetExhausted,
     CleanRoom,
     CleanRoomError,
-    PolicyViolation,
     Querier,
     Query,
 )
-from federation.errors import first_error
+from federation.errors import InvalidRequest, NotFound, RateLimited, first_error
 from federation.ratelimit import RateLimiter
 from serving.config import AppConfig
+from serving.errors import error_reply
 from serving.metrics import CleanRoomMetrics
 from serving.replies import Reply
 
@@ -59,8 +57,8 @@ class CleanRoomService:
         """A clean room holding the synthetic market's retailer log (built here, on this replica's node,
         from the seed; harmonised from the retailer's own field names), named ``<retailer>@seed<seed>``.
         The last 8 stay open; returns ``{"retailer": name, "harmonization": {...}}``."""
-        from federation.planning.compare import load_retailer_log
-        from federation.planning.market import MarketConfig, generate
+        from planning.compare import load_retailer_log
+        from planning.market import MarketConfig, generate
 
         cfg = MarketConfig.model_validate_json(market_json)
         name = f"{cfg.retailer}@seed{cfg.seed}"
@@ -88,7 +86,7 @@ class CleanRoomService:
     def _room(self, retailer: object) -> CleanRoom | Reply:
         room = self._rooms.get(retailer) if isinstance(retailer, str) else None
         if room is None:
-            return Reply.error(404, f"no clean room for retailer {retailer!r}", "not_found_error")
+            return error_reply(NotFound(f"no clean room for retailer {retailer!r}"))
         return room
 
     async def query(self, tenant: str, body: dict[str, Any]) -> Reply:
@@ -101,9 +99,7 @@ class CleanRoomService:
             self._count(room, "rate_limited")
             msg = f"clean-room rate limit: {room.policy.queries_per_minute} queries/minute for {room.policy.retailer}"
             await asyncio.to_thread(room.audit_refusal, tenant, body.get("query"), msg)
-            return Reply.error(
-                429, msg, "rate_limit_error", headers={"retry-after": str(max(1, round(wait)))}
-            )
+            return error_reply(RateLimited(msg, max(1, round(wait))))
         answer = await asyncio.to_thread(self._answer, room, tenant, body)  # DuckDB work off the event loop
         self._count(room, "accepted" if answer.ok else "refused")
         if answer.ok and answer.body["epsilon_spent"]:
@@ -128,15 +124,9 @@ class CleanRoomService:
             loc, msg = first_error(e)
             message = f"invalid query: {loc}: {msg}"
             room.audit_refusal(tenant, body.get("query"), message)
-            return Reply.error(400, message, param=loc)
-        except BudgetExhausted as e:
-            return Reply.error(403, str(e), "privacy_budget_exhausted")
-        except AccessDenied as e:
-            return Reply.error(403, str(e), "permission_error")
-        except PolicyViolation as e:
-            return Reply.error(400, str(e), "policy_violation")
-        except CleanRoomError as e:  # QueryFailed: audited as failed (and charged, if it was)
-            return Reply.error(500, str(e), "server_error")
+            return error_reply(InvalidRequest(message), param=loc)
+        except CleanRoomError as e:  # refusals; QueryFailed: audited as failed (and charged, if it was)
+            return error_reply(e)
         return Reply(200, {"retailer": room.policy.retailer, "k": room.policy.k, **asdict(result)})
 
     async def info(self) -> dict[str, Any]:

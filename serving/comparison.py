@@ -1,6 +1,6 @@
 """Planner and comparison deployments (Ray Serve): ``POST /v1/plans/compare`` behind the router.
 
-The workflow is :func:`federation.planning.workflow.run_comparison`; here is only where its steps run.
+The workflow is :func:`planning.workflow.run_comparison`; here is only where its steps run.
 The comparison deployment has the clean-room deployment build the market's room (on its own node, from
 the seed: no file crosses nodes), then fans out the two plans IN PARALLEL through the planner
 deployment's handle (two replicas by default): the full-data plan from the brand's tables, the
@@ -16,10 +16,10 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
-from federation.planning.harmonize import Harmonization
-from federation.planning.market import Market, MarketConfig, generate
-from federation.planning.planner import PlanRequest
-from federation.planning.workflow import (
+from planning.harmonize import Harmonization
+from planning.market import Market, MarketConfig, generate
+from planning.planner import PlanRequest
+from planning.workflow import (
     ComparisonError,
     Room,
     SideOutcome,
@@ -28,6 +28,7 @@ from federation.planning.workflow import (
     run_comparison,
 )
 from serving.config import AppConfig
+from serving.errors import Relayed, error_reply
 from serving.replies import Reply
 
 
@@ -56,7 +57,7 @@ class PlannerService:
         async def ask(q: dict[str, Any]) -> dict[str, Any]:
             ans: Reply = await self._cleanroom.query.remote(tenant, {"retailer": room, "query": q})
             if not ans.ok:
-                raise ComparisonError(ans.status, ans.message)
+                raise ComparisonError(ans.message, Relayed.of(ans))
             return dict(ans.body)
 
         cfg = MarketConfig.model_validate_json(market_json)
@@ -103,4 +104,4 @@ class ComparisonService:
         try:
             return Reply(200, await run_comparison(tenant, body, self._market_cfg, self._backend))
         except ComparisonError as e:
-            return Reply.error(e.status, str(e), e.err_type)
+            return error_reply(e)

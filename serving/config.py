@@ -24,7 +24,7 @@ from pydantic import (
 from adapters import AdapterRegistry
 from cleanroom.policy import CleanRoomPolicy
 from federation.config import FederationConfig
-from federation.planning.market import MarketConfig
+from planning.market import MarketConfig
 
 
 class ConfigError(ValueError):

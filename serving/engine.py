@@ -20,13 +20,15 @@ from ray import serve
 
 from adapters import AdapterError, AdapterNotFound, InvalidAdapter, RegistryUnavailable
 from adapters.cache import CompositeCache, resolve
+from federation.errors import FederationError
 from federation.model_names import ModelNameError, parse_model_name
 from serving.adapter_api import register_files
 from serving.config import AppConfig
 from serving.engines import Kind, create_engine
+from serving.errors import EngineFailed, error_items, error_reply
 from serving.metrics import EngineMetrics
 from serving.node import node_name
-from serving.replies import EngineItem, Head, Reply, error_items
+from serving.replies import EngineItem, Head, Reply
 
 log = logging.getLogger("ray.serve")
 
@@ -80,7 +82,7 @@ class EngineDeployment:
     async def _load_adapter(self, lora_name: str) -> _Resident:
         ref = parse_model_name(lora_name, self._cfg.model.served_name)
         if ref.is_base or any(p.version is None for p in ref.parts):
-            raise ModelNameError(f"multiplexed model id {lora_name!r} is not a version-pinned stack", 400)
+            raise ModelNameError(f"multiplexed model id {lora_name!r} is not a version-pinned stack")
         if len(ref.parts) == 1 and ref.parts[0].weight == 1.0:
             path = await asyncio.to_thread(self._registry.files, ref.parts[0].id, str(ref.parts[0].version))
         else:  # compose on THIS node from the registry (cache hit is the normal case)
@@ -123,17 +125,10 @@ class EngineDeployment:
             failure: list[EngineItem] = []
             try:
                 await self._load(lora_name)
-            except (AdapterNotFound, InvalidAdapter, ModelNameError) as e:
-                status = getattr(e, "status", 404 if isinstance(e, AdapterNotFound) else 400)
-                failure = error_items(
-                    status, str(e), "not_found_error" if status == 404 else "invalid_request_error"
-                )
-            except RegistryUnavailable as e:
-                failure = error_items(
-                    503, f"adapter {lora_name!r} cannot be fetched now: {e}", "service_unavailable"
-                )
+            except (AdapterNotFound, InvalidAdapter, FederationError, RegistryUnavailable) as e:
+                failure = error_items(e)  # a verdict on the request, or a store that is away for now
             except (AdapterError, RuntimeError) as e:
-                failure = error_items(500, f"adapter {lora_name!r} could not be loaded: {e}", "server_error")
+                failure = error_items(EngineFailed(f"adapter {lora_name!r} could not be loaded: {e}"))
             if failure:
                 for item in failure:
                     yield item.at(self._replica, lora_name) if isinstance(item, Head) else item
@@ -150,20 +145,17 @@ class EngineDeployment:
 
     async def register_adapter(self, files: dict[str, bytes], fields: dict[str, Any]) -> Reply:
         """Register an uploaded adapter (``POST /v1/adapters``) checked against this replica's base model:
-        201 + manifest, 400 with the reason, 409 when the version was taken meanwhile. Nothing is written
-        on a refusal."""
+        201 + manifest, or the refusal (:class:`InvalidAdapter`; :class:`AdapterExists` when the version was
+        taken meanwhile). Nothing is written on a refusal."""
         try:
             m = await asyncio.to_thread(register_files, self._registry, self._cfg.model.path, files, fields)
         except InvalidAdapter as e:
-            status = 409 if "already exists" in str(e) else 400
-            return Reply.error(status, f"adapter refused: {e}")
+            return error_reply(e, context="adapter refused: ")
         except RegistryUnavailable as e:
-            return Reply.error(
-                503, f"adapter not registered: {e}", "service_unavailable", headers={"retry-after": "5"}
-            )
+            return error_reply(e, context="adapter not registered: ")
         except Exception as e:  # a check that broke, not a verdict: nothing was published (atomic rename)
             log.exception("adapter registration failed")
-            return Reply.error(500, f"adapter registration failed on the engine replica: {e}", "server_error")
+            return error_reply(EngineFailed(f"adapter registration failed on the engine replica: {e}"))
         log.info("adapter registered", extra={"lora_name": f"{m.id}@{m.version}", "replica": self._replica})
         return Reply(201, m.model_dump(mode="json"))
 

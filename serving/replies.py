@@ -76,8 +76,3 @@ class Body:
 
 EngineItem = Head | Body | str
 """An item of an engine's answer stream."""
-
-
-def error_items(status: int, message: str, err_type: str = "invalid_request_error") -> list[EngineItem]:
-    """An engine error answer: a non-streaming head and the error body."""
-    return [Head(status, False), Body(error_body(message, status, err_type))]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters import AdapterRegistry, InvalidAdapter
 from adapters.corpus import parse_pairs
-from federation.errors import GateError, first_error
+from federation.errors import InvalidRequest, first_error
 from federation.tenants import Tenant
 from serving.adapter_api import upload_fields
 from serving.config import AdaptersConfig
@@ -55,7 +55,7 @@ def parse_train_request(
     tenant: Tenant, fields: dict[str, str], data: bytes, registry: AdapterRegistry, max_rank: int
 ) -> tuple[TrainSettings, dict[str, Any], list[tuple[str, str]]]:
     """The settings, manifest fields (without a version: the job takes the next one when it registers) and
-    pairs of a ``POST /v1/adapters/train``; GateError 400/403 naming what is wrong."""
+    pairs of a ``POST /v1/adapters/train``; InvalidRequest or PermissionDenied naming what is wrong."""
     raw: dict[str, Any] = {k: v for k, v in fields.items() if k not in MANIFEST_FIELDS}
     if "target_modules" in raw:
         raw["target_modules"] = [m for m in raw["target_modules"].split(",") if m]
@@ -63,17 +63,17 @@ def parse_train_request(
         settings = TrainSettings.model_validate(raw)
     except ValidationError as e:
         loc, msg = first_error(e)
-        raise GateError(400, f"training setting {loc}: {msg}") from e
+        raise InvalidRequest(f"training setting {loc}: {msg}") from e
     if settings.rank > max_rank:
-        raise GateError(400, f"rank {settings.rank} is above engine.max_lora_rank {max_rank}")
+        raise InvalidRequest(f"rank {settings.rank} is above engine.max_lora_rank {max_rank}")
     manifest = upload_fields(tenant, {k: v for k, v in fields.items() if k in MANIFEST_FIELDS}, registry)
     manifest.pop("version")
     try:
         pairs = parse_pairs(data.decode("utf-8"), "data.jsonl", max_records=100_000)
     except UnicodeDecodeError as e:
-        raise GateError(400, "data.jsonl is not UTF-8 text") from e
+        raise InvalidRequest("data.jsonl is not UTF-8 text") from e
     except InvalidAdapter as e:
-        raise GateError(400, str(e)) from e
+        raise InvalidRequest(str(e)) from e
     return settings, manifest, pairs
 
 

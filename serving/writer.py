@@ -1,5 +1,5 @@
 """The text of a comparison, written through the composed adapters: a JSON rationale from the planning
-stack (guided decoding: the output must match :data:`federation.planning.creatives.RATIONALE_SCHEMA`) and ad lines
+stack (guided decoding: the output must match :data:`planning.creatives.RATIONALE_SCHEMA`) and ad lines
 from the creative stack, each checked against the brand's governance rules."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from federation.errors import GateError
-from federation.planning.creatives import (
+from adapters import AdapterError
+from federation.errors import FederationError
+from planning.creatives import (
     RATIONALE_SCHEMA,
     check_line,
     creative_messages,
@@ -99,7 +100,7 @@ async def write_texts(
 
     try:
         outputs = await asyncio.gather(rationale(), *[creative(s) for s in result.get("top_skus", [])])
-    except GateError as e:  # the tenant may not compose the stack: numbers only, and say why
+    except (FederationError, AdapterError) as e:  # the stack is refused: numbers only, and say why
         result["rationale"] = {"error": str(e)}
         result["creatives"] = []
         return

@@ -21,10 +21,11 @@ ADAPTERS = {"alpha": 1, "beta": 2, "gamma": 3}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/serve/ are the Serve tier (marker ``serve``)."""
+    """Tests under tests/serve/ are the Serve tier (marker ``serve``), under tests/gateway/ the gateway tier."""
     for item in items:
-        if "tests/serve/" in item.nodeid or "/tests/serve/" in str(item.path):
-            item.add_marker(pytest.mark.serve)
+        for tier in ("serve", "gateway"):
+            if f"tests/{tier}/" in item.nodeid or f"/tests/{tier}/" in str(item.path):
+                item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from typing import Annotated, Any, TypedDict
 
 import httpx
 
-# the retailer's export header of the synthetic market (federation.planning.market.RETAILER_FIELDS)
+# the retailer's export header of the synthetic market (planning.market.RETAILER_FIELDS)
 DEFAULT_EXPORT = ["cust_key", "txn_day", "evt", "item_id", "mfr_name", "dept", "ad_slot", "qty", "sales_amt",
                   "ad_cost", "loyalty_tier"]  # fmt: skip
 METRICS = ("iroas", "incremental_revenue", "profit", "skus_covered", "forecast_wape")

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from federation.planning.compare import CompareRequest
+    from planning.compare import CompareRequest
     from serving.cli.report import format_comparison
 
     fields = {
@@ -48,7 +48,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         import tempfile
 
-        from federation.planning.workflow import compare_local
+        from planning.workflow import compare_local
         from serving.config import load_config
         from serving.demo.defaults import demo_config
 
@@ -63,8 +63,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_market_corpus(args: argparse.Namespace) -> int:
     from adapters.corpus import write_pairs
-    from federation.planning.market import MarketConfig, generate
-    from federation.planning.market_corpus import corpus
+    from planning.market import MarketConfig, generate
+    from planning.market_corpus import corpus
     from serving.config import load_config
     from serving.demo.defaults import demo_config
 

@@ -68,8 +68,8 @@ def ensure_demo_cleanroom(config: AppConfig) -> None:
     import tempfile
 
     from cleanroom import CleanRoom
-    from federation.planning.compare import load_retailer_log
-    from federation.planning.market import generate
+    from planning.compare import load_retailer_log
+    from planning.market import generate
 
     if config.cleanroom is None or config.comparison is None:
         return

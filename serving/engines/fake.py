@@ -26,9 +26,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from federation.errors import InvalidRequest
 from serving.config import EngineConfig, ModelConfig
 from serving.engines.protocol import Kind
-from serving.replies import Body, EngineItem, Head, error_items
+from serving.errors import Relayed, error_items
+from serving.replies import Body, EngineItem, Head
 
 FAKE_FAIL = "FAKE_FAIL"
 FAKE_BREAK = "FAKE_BREAK"
@@ -126,17 +128,22 @@ class FakeEngine:
         """(error items or [], prompt text, max_tokens)."""
         model = body.get("model")
         if model != self._served and model not in self._adapters:
-            return error_items(404, f"The model `{model}` does not exist.", "NotFoundError"), "", 0
+            # vLLM's own answer for an unknown model (status and type are vLLM's, relayed as they are)
+            return error_items(Relayed(f"The model `{model}` does not exist.", 404, "NotFoundError")), "", 0
         prompt = _prompt_text(kind, body)
         if prompt is None:
             field = "prompt" if kind == "completion" else "messages"
-            return error_items(400, f"invalid request: {field}: a non-empty {field} is required"), "", 0
+            return (
+                error_items(InvalidRequest(f"invalid request: {field}: a non-empty {field} is required")),
+                "",
+                0,
+            )
         max_tokens = body.get("max_tokens", 16)
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            return error_items(400, "invalid request: max_tokens: must be an integer >= 1"), "", 0
+            return error_items(InvalidRequest("invalid request: max_tokens: must be an integer >= 1")), "", 0
         temperature = body.get("temperature", 1.0)
         if not isinstance(temperature, int | float) or isinstance(temperature, bool) or temperature < 0:
-            return error_items(400, "invalid request: temperature: must be a number >= 0"), "", 0
+            return error_items(InvalidRequest("invalid request: temperature: must be a number >= 0")), "", 0
         prompt_tokens = len(prompt.split())
         if prompt_tokens + max_tokens > self._max_len:
             message = (
@@ -144,7 +151,7 @@ class FakeEngine:
                 f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
                 "the completion)."
             )
-            return error_items(400, message), "", 0
+            return error_items(InvalidRequest(message)), "", 0
         return [], prompt, max_tokens
 
     async def handle(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[EngineItem]:

@@ -18,11 +18,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from federation.errors import first_error
+from federation.errors import InvalidRequest, first_error
 from serving.config import EngineConfig, ModelConfig
 from serving.engines.json_mode import bounded_json_object
 from serving.engines.protocol import Kind
-from serving.replies import Body, EngineItem, Head, error_body
+from serving.errors import error_items
+from serving.replies import Body, EngineItem, Head
 
 log = logging.getLogger("rmn.engine")
 
@@ -231,14 +232,14 @@ class VLLMEngine:
                 result = await self._state.openai_serving_completion.create_completion(req, None)
         except ValidationError as e:
             loc, msg = first_error(e)
-            yield Head(400, False)
-            yield Body(error_body(f"invalid request: {loc or None}: {msg}", 400, param=loc or None))
+            for item in error_items(InvalidRequest(f"invalid request: {loc or None}: {msg}"), loc or None):
+                yield item
             return
         except (VLLMClientError, ValueError, TypeError) as e:
-            yield Head(400, False)
-            yield Body(error_body(str(e), 400, param=getattr(e, "parameter", None)))
+            for item in error_items(InvalidRequest(str(e)), getattr(e, "parameter", None)):
+                yield item
             return
-        if isinstance(result, ErrorResponse):
+        if isinstance(result, ErrorResponse):  # vLLM's own verdict, relayed with vLLM's status
             if (
                 "--tool-call-parser" in result.error.message
             ):  # vLLM names its CLI flag; ours is a config field

@@ -1,5 +1,5 @@
-"""The layout is the architecture: imports flow serving -> federation -> (adapters, cleanroom), without
-cycles; only serving/ imports Ray; only the engines and the model/adapter builders import vLLM or torch."""
+"""The layout is the architecture: imports flow serving -> (federation, planning) -> (adapters, cleanroom),
+never sideways between packages of one layer, without cycles; only serving/ imports Ray; only the engines and the model/adapter builders import vLLM or torch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("serving", "adapters", "federation", "cleanroom")
+PACKAGES = ("serving", "adapters", "federation", "planning", "cleanroom")
 # files that may import torch / transformers / peft (the adapter maths and the model builders)
 TORCH_OK = {
     "adapters/compose.py",
@@ -19,7 +19,7 @@ TORCH_OK = {
     "serving/modelprep/smollm2.py",
     "serving/modelprep/tiny.py",
 }
-LAYER = {"cleanroom": 0, "adapters": 0, "federation": 1, "serving": 2}
+LAYER = {"cleanroom": 0, "adapters": 0, "federation": 1, "planning": 1, "serving": 2}
 
 
 def _modules() -> dict[str, Path]:
@@ -58,9 +58,9 @@ def test_import_rules(module: str) -> None:
             assert rel.startswith("serving/engines/"), f"{rel} imports vLLM: only serving/engines/ may"
         if root in ("torch", "transformers", "peft"):
             assert rel.startswith("serving/engines/") or rel in TORCH_OK, f"{rel} imports {root}"
-        if root in LAYER:
-            assert LAYER[root] <= LAYER[top], (
-                f"{rel} imports {name}: imports flow serving -> federation -> ..."
+        if root in LAYER and root != top:
+            assert LAYER[root] < LAYER[top], (
+                f"{rel} imports {name}: imports flow serving -> (federation, planning) -> (adapters, cleanroom)"
             )
 
 

@@ -11,14 +11,14 @@ from pydantic import ValidationError
 
 from cleanroom import CleanRoomPolicy
 from cleanroom.schema import EVENT_COLUMNS
-from federation.planning.compare import CompareRequest, plan_full
-from federation.planning.creatives import check_line
-from federation.planning.curves import Curve
-from federation.planning.harmonize import harmonize
-from federation.planning.market import RETAILER_FIELDS, MarketConfig, generate
-from federation.planning.planner import CellInput, PlanningError, PlanRequest, solve
-from federation.planning.scoring import score
-from federation.planning.workflow import ComparisonError, compare_local
+from planning.compare import CompareRequest, plan_full
+from planning.creatives import check_line
+from planning.curves import Curve
+from planning.harmonize import harmonize
+from planning.market import RETAILER_FIELDS, MarketConfig, generate
+from planning.planner import CellInput, PlanningError, PlanRequest, solve
+from planning.scoring import score
+from planning.workflow import ComparisonError, compare_local
 
 SMALL = MarketConfig(seed=5, brands=["brewmax", "beanco"], skus_per_brand=8, days=28, shoppers=500)
 
@@ -121,7 +121,7 @@ def test_scoring_caps_sales_at_true_stock_and_counts_out_of_stock_spend() -> Non
     i = int(np.argmin(market.truth.headroom_units))
     market.truth.headroom_units[i] = 0.0
     sku, placement = market.skus[i], market.placements[0]
-    from federation.planning.planner import Plan
+    from planning.planner import Plan
 
     plan = Plan("profit", {(sku, placement): 500.0}, {(sku, placement): 900.0}, 500.0, 1.8)
     s = score(plan, market)
@@ -175,10 +175,12 @@ def test_compare_local_under_dp_is_reproducible_by_seed(tmp_path: Path) -> None:
 
 
 def test_compare_local_refuses_bad_requests_with_a_status(tmp_path: Path) -> None:
+    from serving.errors import status_of
+
     policy = CleanRoomPolicy(retailer="acme", k=20, mode="exact", trusted_tenants=["brewmax"])
     with pytest.raises(ComparisonError, match="unknown manufacturer") as e:
         compare_local(SMALL, CompareRequest(budget=800, manufacturer="nobody"), policy, tmp_path)
-    assert e.value.status == 400
+    assert status_of(e.value) == 400
 
 
 def test_governance_verdicts() -> None:
@@ -192,7 +194,7 @@ def test_governance_verdicts() -> None:
 
 
 def test_column_generation_reaches_the_full_lp_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
-    import federation.planning.planner as planner
+    import planning.planner as planner
 
     rng = np.random.default_rng(3)
     cells = [
@@ -214,7 +216,7 @@ def test_column_generation_reaches_the_full_lp_optimum(monkeypatch: pytest.Monke
 
 
 def test_market_corpora_carry_the_brands_private_facts_and_move_with_the_seed(tmp_path: Path) -> None:
-    from federation.planning.market_corpus import corpus
+    from planning.market_corpus import corpus
     from serving.cli import main
 
     market = generate(SMALL)

@@ -254,9 +254,10 @@ def test_retired_versions_are_skipped_by_latest_and_refused_when_pinned(tmp_path
 
 
 def test_upload_rules_per_role(tmp_path: Path) -> None:
-    from federation.errors import GateError
+    from federation.errors import FederationError
     from federation.tenants import Tenant
     from serving.adapter_api import upload_fields
+    from serving.errors import status_of
 
     reg = AdapterRegistry(tmp_path / "reg")
     brand = Tenant(id="brewmax", role="manufacturer", api_key_sha256="0" * 64)
@@ -277,7 +278,7 @@ def test_upload_rules_per_role(tmp_path: Path) -> None:
         (brand, {"id": "x"}, 400),
         (brand, {"id": "x", "kind": "manufacturer", "description": "d" * 501}, 400),
     ]:
-        with pytest.raises(GateError) as e:
+        with pytest.raises(FederationError) as e:
             upload_fields(tenant, form, reg)
-        assert e.value.status == status, (tenant.id, form)
+        assert status_of(e.value) == status, (tenant.id, form)
     assert upload_fields(admin, {"id": "rm", "kind": "industry"}, reg)["visibility"] == "public"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
-from federation.planning.market import Market
-from federation.planning.planner import Plan
+from planning.market import Market
+from planning.planner import Plan
 
 
 class Score(BaseModel):

@@ -6,7 +6,7 @@ placements and shoppers; TRUE saturating response curves per SKU x placement: da
 
 - the retailer's event log (impressions/clicks carrying ad cost, purchases attributed to a placement — which
   include a share of baseline sales of exposed shoppers, so attributed ROAS overstates iROAS), in the
-  retailer's OWN field names (:data:`RETAILER_FIELDS`; see :mod:`federation.planning.harmonize`);
+  retailer's OWN field names (:data:`RETAILER_FIELDS`; see :mod:`planning.harmonize`);
 - each brand's private tables: SKU facts (price, margin, stock, elasticity, promo days), its own spend and
   campaign-report attributed revenue per SKU x placement x day, its own sell-out (units, revenue) per SKU x day;
 - :class:`Truth` (the curves, baselines and stock headroom over the planning horizon), which only the

@@ -19,8 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from federation.errors import first_error
-from federation.planning.compare import (
+from planning.compare import (
     CompareRequest,
     build_result,
     cleanroom_queries,
@@ -30,18 +29,25 @@ from federation.planning.compare import (
     plan_full,
     wants,
 )
-from federation.planning.harmonize import Harmonization
-from federation.planning.market import Market, MarketConfig, generate
-from federation.planning.planner import Plan, PlanningError, PlanRequest
+from planning.harmonize import Harmonization
+from planning.market import Market, MarketConfig, generate
+from planning.planner import Plan, PlanningError, PlanRequest
 
 
 class ComparisonError(ValueError):
-    """The comparison cannot be made: ``status`` (400 bad request, else the clean room's), an OpenAI
-    error type and why."""
+    """The comparison cannot be made, and why; ``cause``: the refusal of a side's data source when that is
+    the reason (a clean-room error, passed on as it is: the answer is that refusal's)."""
 
-    def __init__(self, status: int, message: str, err_type: str = "planning_error") -> None:
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
         super().__init__(message)
-        self.status, self.err_type = status, err_type
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[type[ComparisonError], tuple[str, BaseException | None]]:
+        return (type(self), (str(self), self.cause))
+
+
+class InvalidComparison(ComparisonError):
+    """The comparison request itself is malformed."""
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,13 @@ class Room:
 
 @dataclass
 class SideOutcome:
-    """One plan, or why there is none (``error`` with the HTTP ``status`` it deserves)."""
+    """One plan, or why there is none (``error``; ``cause``: the exception behind it)."""
 
     plan: Plan | None = None
     seconds: float = 0.0
     view: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    status: int = 400
+    cause: BaseException | None = None
 
 
 class CompareBackend(Protocol):
@@ -94,7 +100,7 @@ def full_side(market: Market, manufacturer: str, req: PlanRequest) -> SideOutcom
     try:
         plan, seconds = plan_full(market.brand_data(manufacturer), req)
     except PlanningError as e:
-        return SideOutcome(error=f"full-data plan: {e}")
+        return SideOutcome(error=f"full-data plan: {e}", cause=e)
     return SideOutcome(plan, seconds)
 
 
@@ -108,13 +114,13 @@ async def cleanroom_side(
             try:
                 answers[name] = await ask(q)
             except ComparisonError as e:
-                return SideOutcome(error=f"clean room: {e}", status=e.status)
+                return SideOutcome(error=f"clean room: {e}", cause=e.cause)
     try:
         plan, view, seconds = await asyncio.to_thread(
             plan_from_cleanroom, answers, req, history_days, horizon_days
         )
     except PlanningError as e:
-        return SideOutcome(error=f"clean-room plan: {e}")
+        return SideOutcome(error=f"clean-room plan: {e}", cause=e)
     return SideOutcome(plan, seconds, view)
 
 
@@ -127,10 +133,11 @@ async def run_comparison(
         req = CompareRequest.model_validate(body)
         cfg = market_config(base, req)
     except ValidationError as e:
-        loc, msg = first_error(e)
-        raise ComparisonError(400, f"invalid request: {loc}: {msg}", "invalid_request_error") from e
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise InvalidComparison(f"invalid request: {loc}: {first['msg']}") from e
     except ValueError as e:
-        raise ComparisonError(400, str(e), "invalid_request_error") from e
+        raise InvalidComparison(str(e)) from e
     market_json = cfg.model_dump_json()
     room = await backend.prepare_room(market_json)
     plan_req = PlanRequest.model_validate(req.model_dump(include=set(PlanRequest.model_fields)))
@@ -149,9 +156,9 @@ async def run_comparison(
         (full, full_s), (clean, clean_s) = await full_side, await clean_side
     wall = time.perf_counter() - started
     if full.plan is None or full.error is not None:
-        raise ComparisonError(full.status, full.error or "no full-data plan")
+        raise ComparisonError(full.error or "no full-data plan", full.cause)
     if clean.plan is None or clean.error is not None:
-        raise ComparisonError(clean.status, clean.error or "no clean-room plan")
+        raise ComparisonError(clean.error or "no clean-room plan", clean.cause)
     market = await backend.market(market_json)
     result = build_result(
         req, market, (full.plan, full_s), (clean.plan, clean.view, clean_s), room.harmonization, wall
@@ -217,7 +224,7 @@ class LocalBackend:
             try:
                 result = await asyncio.to_thread(cr.query, who, Query.model_validate(q))
             except CleanRoomError as e:
-                raise ComparisonError(400, str(e)) from e
+                raise ComparisonError(str(e), e) from e
             return {"k": cr.policy.k, **asdict(result)}
 
         cfg = MarketConfig.model_validate_json(market_json)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.planning.market import BrandData
+from planning.market import BrandData
 
 GRID = np.geomspace(0.2, 5.0, 14)
 

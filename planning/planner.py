@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from federation.planning.curves import Curve
+from planning.curves import Curve
 
 SEGMENTS = 12
 

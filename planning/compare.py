@@ -5,7 +5,7 @@
 - :func:`cleanroom_queries` + :func:`plan_from_cleanroom`: only what the retailer's clean room releases
   (attributed revenue and spend of cells with >= k shoppers, noisy under DP) → coarser curves → a
   revenue-maximising LP that knows no margins and no stock.
-- :func:`build_result`: both plans scored by :func:`federation.planning.scoring.score` on the market's truth, the
+- :func:`build_result`: both plans scored by :func:`planning.scoring.score` on the market's truth, the
   deltas, and a verdict that says who won — the clean room too, when it does.
 Pure Python: the Ray deployments and ``rmn compare`` call these.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from federation.planning.curves import fit_aggregates, fit_brand
-from federation.planning.harmonize import Harmonization, harmonize
-from federation.planning.market import BrandData, Market, MarketConfig
-from federation.planning.planner import CellInput, Plan, PlanRequest, solve
-from federation.planning.scoring import Score, score
+from planning.curves import fit_aggregates, fit_brand
+from planning.harmonize import Harmonization, harmonize
+from planning.market import BrandData, Market, MarketConfig
+from planning.planner import CellInput, Plan, PlanRequest, solve
+from planning.scoring import Score, score
 
 
 class CompareRequest(PlanRequest):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from federation.planning.market import Market
+from planning.market import Market
 
 GLOSSARY = [
     ("What is iROAS?", "iROAS is incremental revenue divided by ad spend: only sales the ads caused count."),

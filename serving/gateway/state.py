@@ -1,0 +1,200 @@
+"""The gateway's state: config, the federation gate, the registry's read side, metrics, admission, and the
+deployment handles it calls — one object per router replica, shared by every route.
+
+Contract: handles are injected (Serve's ``DeploymentHandle`` in a replica; fakes with the same methods in
+the gateway test tier), so nothing here needs Ray to be running. :meth:`Gateway.engine_for` caches one
+configured engine handle per model id (bounded LRU) instead of calling ``.options()`` per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any
+
+from starlette.requests import Request
+
+from adapters import AdapterError, RegistryUnavailable
+from federation.access import Gate, Resolution
+from federation.tenants import AuthError, Tenant
+from serving.adapter_api import adapter_view, may_see
+from serving.admission import FairScheduler
+from serving.config import AppConfig
+from serving.errors import error_fields, status_of
+from serving.metrics import RouterMetrics
+from serving.usage import UsageCounter
+
+HANDLE_CACHE = 1024  # configured engine handles kept (one per model id in use)
+
+
+class Gateway:
+    """What every route of one router replica works with."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        engine: Any,
+        cleanroom: Any = None,
+        comparison: Any = None,
+        node: str = "local",
+        usage: UsageCounter | None = None,
+    ) -> None:
+        self.cfg = config
+        self.engine, self.cleanroom, self.comparison = engine, cleanroom, comparison
+        self.registry = config.adapters.registry(config.engine.max_lora_rank, node)
+        self.gate = Gate(
+            config.federation,
+            self.registry,
+            config.model.served_name,
+            config.engine.max_lora_rank,
+            config.adapters.compress_overflow,
+            status_of=status_of,
+        )
+        self.metrics = RouterMetrics(config.federation.metrics_top_n if config.federation else 20)
+        self.usage = usage if usage is not None else UsageCounter()
+        self._handles: OrderedDict[str, Any] = OrderedDict()
+        adm = config.admission
+        self.scheduler: FairScheduler | None = None
+        if adm.enabled:
+            weights = {t.id: t.weight for t in config.federation.tenants} if config.federation else {}
+            self.scheduler = FairScheduler(
+                adm.slots or self.default_slots(None),
+                max_wait_s=adm.max_wait_share * config.http.request_timeout_s,
+                initial_service_s=adm.initial_token_s,
+                max_queue=adm.max_queue,
+                weights=weights,
+                lease_ttl_s=config.http.request_timeout_s + 30,
+            )
+        self.slots_checked = 0.0
+        self._slots_task: asyncio.Task[None] | None = None
+
+    # ---- engine handles and slots ------------------------------------------------------------
+    def engine_for(self, lora_name: str) -> Any:
+        """The streaming engine handle routed to replicas holding ``lora_name`` ('' = the base model)."""
+        handle = self._handles.get(lora_name)
+        if handle is None:
+            handle = self.engine.options(stream=True, multiplexed_model_id=lora_name)
+            self._handles[lora_name] = handle
+            while len(self._handles) > HANDLE_CACHE:
+                self._handles.popitem(last=False)
+        else:
+            self._handles.move_to_end(lora_name)
+        return handle
+
+    def default_slots(self, running_engines: int | None) -> int:
+        """Engine concurrency per router replica: running engine replicas (else the configured count)
+        x max_ongoing_requests / router replicas."""
+        eng, rtr = self.cfg.engine_deployment, self.cfg.router_deployment
+        if running_engines is None:
+            running_engines = eng.autoscaling.min_replicas if eng.autoscaling else eng.num_replicas
+        routers = rtr.autoscaling.min_replicas if rtr.autoscaling else rtr.num_replicas
+        return max(1, max(running_engines, 1) * eng.max_ongoing_requests // max(routers, 1))
+
+    def refresh_slots(self) -> None:
+        """Follow the engine deployment's running replicas (autoscaling, replaced replicas), every 2 s:
+        the controller is read in a background task, so no request waits for it."""
+        if self.scheduler is None or self.cfg.admission.slots is not None:
+            return
+        now = time.monotonic()
+        if now - self.slots_checked < 2 or (self._slots_task is not None and not self._slots_task.done()):
+            return
+        self.slots_checked = now
+        self._slots_task = asyncio.get_running_loop().create_task(self._read_running_engines())
+
+    async def _read_running_engines(self) -> None:
+        if self.scheduler is None:
+            return
+        try:
+            from ray import serve
+
+            app = serve.get_replica_context().app_name
+            status = await asyncio.to_thread(serve.status)
+            states = status.applications[app].deployments["engine"].replica_states
+            running = sum(
+                int(n) for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"
+            )
+        except Exception:  # outside Serve, or the controller is busy: keep the current value
+            return
+        if running:
+            self.scheduler.set_slots(self.default_slots(running))
+
+    # ---- metrics ------------------------------------------------------------------------------
+    def record(self, label: str, status: int, started: float) -> None:
+        """Count an answer: requests by composition and status, and its latency."""
+        self.metrics.requests.inc(tags={"composition": label, "status": str(status)})
+        self.metrics.latency.observe(time.monotonic() - started, tags={"composition": label})
+
+    def count_tokens(self, label: str, usage: dict[str, Any] | None) -> None:
+        """Add a completion's prompt and output tokens to the token counters."""
+        if usage:
+            tags = {"composition": label}
+            self.metrics.tokens.inc(usage.get("prompt_tokens", 0), tags={**tags, "direction": "in"})
+            self.metrics.tokens.inc(usage.get("completion_tokens", 0), tags={**tags, "direction": "out"})
+
+    # ---- who is asking ----------------------------------------------------------------------
+    def admit(self, request: Request) -> Tenant | None:
+        """The calling tenant (None when the gate is open); AuthError / RateLimited."""
+        return self.gate.admit(request.headers.get("authorization"))
+
+    def tenant(self, request: Request, what: str) -> Tenant:
+        """The authenticated, rate-admitted tenant; ``what`` needs one (AuthError on an open gate)."""
+        tenant = self.admit(request)
+        if tenant is None:  # config validation (cleanroom/comparison need federation) makes this unreachable
+            raise AuthError(f"{what} need an authenticated tenant")
+        return tenant
+
+    async def resolve(self, tenant: Tenant | None, body: dict[str, Any], request_id: str) -> Resolution:
+        """The gate's resolution; in a worker thread when the registry is an object store (a listing past its
+        TTL waits on the network, and the event loop serving every other request must not)."""
+        if self.registry.store.remote:
+            return await asyncio.to_thread(self.gate.resolve, tenant, body, request_id)
+        return self.gate.resolve(tenant, body, request_id)
+
+    def audit_refusal(
+        self,
+        event: str,
+        request: Request,
+        request_id: str,
+        error: BaseException,
+        tenant: Tenant | None,
+        adapter: str | None = None,
+    ) -> None:
+        """Audit a refused adapter operation: who (the authenticated caller; when authentication itself
+        refused, whoever the key belongs to) and why."""
+        who = tenant.id if tenant is not None else self.gate.identify(request.headers.get("authorization"))
+        self.gate.audit(
+            event=event, request_id=request_id, tenant=who, adapter=adapter, **error_fields(error)
+        )
+
+    # ---- adapters' read side ------------------------------------------------------------------
+    def adapter_views(self) -> list[dict[str, Any]]:
+        """Every registered adapter's view (in a worker thread: an object store answers over the network)."""
+        views = (self.view(adapter_id) for adapter_id in self.registry.ids())
+        return [v for v in views if v is not None]
+
+    def view(self, adapter_id: str) -> dict[str, Any] | None:
+        """An adapter's view, None when it is not registered or unreadable (an unreachable store raises)."""
+        try:
+            return adapter_view(self.registry, adapter_id)
+        except RegistryUnavailable:
+            raise
+        except AdapterError:
+            return None
+
+    def visible_adapter(self, tenant: Tenant | None, adapter_id: str) -> dict[str, Any]:
+        """The adapter's view, or NotFound (also when the caller may not see it: no existence leak)."""
+        from federation.errors import NotFound
+
+        view = self.view(adapter_id)
+        if view is None or not may_see(tenant, view):
+            raise NotFound(f"adapter {adapter_id!r} does not exist")
+        return view
+
+    async def with_usage(self, views: list[dict[str, Any]]) -> None:
+        """Add cluster-wide usage counts to adapter views: per version and ``requests`` in total."""
+        usage = await self.usage.read([v["id"] for v in views])
+        for view in views:
+            for row in view["versions"]:
+                row["usage"] = usage.get(f"{view['id']}@{row['version']}", {"requests": 0, "last_used": None})
+            view["requests"] = sum(row["usage"]["requests"] for row in view["versions"])

@@ -1,0 +1,194 @@
+"""The gateway without Ray: status codes, error bodies, headers, SSE framing, admission and retry decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import BackPressureError
+
+from tests.gateway.conftest import GatewayFactory
+from tests.gateway.fakes import FakeEngineHandle
+from tests.tenants import ADMIN, auth
+
+MSG = [{"role": "user", "content": "plan a coffee campaign"}]
+
+
+def chat_body(model: str = "base", **kw: Any) -> dict[str, Any]:
+    return {"model": model, "messages": MSG, "max_tokens": 6, "temperature": 0, **kw}
+
+
+def assert_openai_error(r: Any, status: int, err_type: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["type"] == err_type and err["code"] == status and err["message"]
+    return dict(err)
+
+
+async def test_a_stack_is_resolved_pinned_and_routed_by_its_model_id(gateway_app: GatewayFactory) -> None:
+    client, gw, engine = gateway_app()
+    r = await client.post("/v1/chat/completions", json=chat_body("base:auto"), headers=auth("brand_x"))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-rmn-model"].startswith("base:rm@1") and "brand_x@1" in r.headers["x-rmn-model"]
+    assert r.headers["x-rmn-replica"] == "fake-replica" and len(r.headers["x-rmn-composite"]) > 8
+    assert engine.calls[-1][0] == r.headers["x-rmn-model"]  # routed by the pinned stack as multiplexed id
+    assert r.json()["choices"][0]["message"]["content"]
+    assert gw.usage.counted  # components counted for usage
+
+
+async def test_refusals_answer_in_openai_shape_with_their_headers(gateway_app: GatewayFactory) -> None:
+    client, _, engine = gateway_app()
+    r = await client.post("/v1/chat/completions", json=chat_body())
+    assert_openai_error(r, 401, "authentication_error")
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = await client.post("/v1/chat/completions", content=b"{not json", headers=ADMIN)
+    assert "not valid JSON" in assert_openai_error(r, 400, "invalid_request_error")["message"]
+    r = await client.post("/v1/chat/completions", json=chat_body("other-base"), headers=ADMIN)
+    assert_openai_error(r, 404, "not_found_error")
+    r = await client.post("/v1/chat/completions", json=chat_body("base:brand_y"), headers=auth("brand_x"))
+    assert "brand_y" in assert_openai_error(r, 403, "permission_error")["message"]
+    r = await client.post("/v1/chat/completions", json=chat_body("base:no_such"), headers=ADMIN)
+    assert_openai_error(r, 404, "not_found_error")
+    assert engine.calls == []  # nothing refused reached an engine
+
+
+async def test_the_rate_limit_answers_429_with_retry_after(gateway_app: GatewayFactory) -> None:
+    client, _, _ = gateway_app()
+    statuses = []
+    for _ in range(3):  # the 'limited' tenant may send 2 a minute
+        r = await client.get("/v1/models", headers=auth("limited"))
+        statuses.append(r.status_code)
+    assert statuses == [200, 200, 429]
+    assert_openai_error(r, 429, "rate_limit_error")
+    assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_sse_framing_and_the_usage_chunk(gateway_app: GatewayFactory) -> None:
+    client, _, _ = gateway_app()
+
+    async def events(**kw: Any) -> list[str]:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=chat_body(stream=True, **kw), headers=ADMIN
+        ) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            text = "".join([chunk async for chunk in r.aiter_text()])
+        assert text.endswith("data: [DONE]\n\n")
+        return [e for e in text.split("\n\n") if e]
+
+    plain = await events()
+    assert all(e.startswith("data: ") for e in plain) and not any('"usage"' in e for e in plain)
+    with_usage = await events(stream_options={"include_usage": True})
+    assert json.loads(with_usage[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 6
+
+
+async def test_a_stream_that_breaks_ends_with_an_error_event(gateway_app: GatewayFactory) -> None:
+    client, _, _ = gateway_app()
+    body = chat_body(stream=True, messages=[{"role": "user", "content": "FAKE_BREAK now"}])
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=ADMIN) as r:
+        assert r.status_code == 200
+        events = [e for e in "".join([c async for c in r.aiter_text()]).split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    err = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert err["type"] == "server_error" and "mid-stream" in err["message"]
+
+
+async def test_a_lost_replica_is_retried_once_then_answered_503(
+    gateway_app: GatewayFactory, gateway_config: Any
+) -> None:
+    lost_first = FakeEngineHandle(gateway_config, fault=lambda n, *_: ActorDiedError() if n == 1 else None)
+    client, gw, engine = gateway_app(engine=lost_first)
+    r = await client.post("/v1/chat/completions", json=chat_body(), headers=ADMIN)
+    assert r.status_code == 200 and len(engine.calls) == 2
+    assert engine.calls[1][1]["request_id"].endswith("-retry")
+    always_lost = FakeEngineHandle(gateway_config, fault=lambda *_: ActorDiedError())
+    client, gw, engine = gateway_app(engine=always_lost)
+    r = await client.post("/v1/chat/completions", json=chat_body(), headers=ADMIN)
+    assert "was lost" in assert_openai_error(r, 503, "service_unavailable")["message"]
+    assert r.headers["retry-after"] == "2" and len(engine.calls) == 2
+    assert all(c.cancelled for c in engine.open)
+    assert gw.scheduler is not None and gw.scheduler.inflight == 0  # the lease came back
+
+
+async def test_a_full_engine_queue_requeues_once_then_answers_503(
+    gateway_app: GatewayFactory, gateway_config: Any
+) -> None:
+    full = FakeEngineHandle(
+        gateway_config, fault=lambda *_: BackPressureError(num_queued_requests=1, max_queued_requests=1)
+    )
+    client, gw, engine = gateway_app(engine=full)
+    r = await client.post("/v1/chat/completions", json=chat_body(), headers=ADMIN)
+    assert "overloaded" in assert_openai_error(r, 503, "service_unavailable")["message"]
+    assert r.headers["retry-after"] == "1" and len(engine.calls) == 2
+    assert gw.scheduler is not None and gw.scheduler.inflight == 0
+
+
+async def test_admission_sheds_at_once_beyond_the_queue(
+    gateway_app: GatewayFactory, gateway_config: Any
+) -> None:
+    """One slot, a queue of one: the third concurrent request is shed with 503 + Retry-After at once."""
+    client, _gw, _ = gateway_app(
+        admission={"slots": 1, "max_queue": 1},
+        engine=FakeEngineHandle(
+            gateway_config.model_copy(
+                update={"engine": gateway_config.engine.model_copy(update={"fake_token_delay_s": 0.2})}
+            )
+        ),
+    )
+    bodies = [chat_body(max_tokens=4) for _ in range(3)]
+    results = await asyncio.gather(
+        *[client.post("/v1/chat/completions", json=b, headers=ADMIN) for b in bodies]
+    )
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [200, 200, 503], [r.text for r in results]
+    shed = next(r for r in results if r.status_code == 503)
+    assert_openai_error(shed, 503, "service_unavailable")
+    assert int(shed.headers["retry-after"]) >= 1
+
+
+async def test_past_the_deadline_answers_504(gateway_app: GatewayFactory, gateway_config: Any) -> None:
+    slow = FakeEngineHandle(
+        gateway_config.model_copy(
+            update={"engine": gateway_config.engine.model_copy(update={"fake_token_delay_s": 5.0})}
+        )
+    )
+    client, _gw, engine = gateway_app(engine=slow, http={"request_timeout_s": 1})
+    r = await client.post("/v1/chat/completions", json=chat_body(max_tokens=3), headers=ADMIN)
+    assert_openai_error(r, 504, "timeout")
+    assert engine.open[0].cancelled
+
+
+async def test_one_configured_engine_handle_per_model_id(gateway_app: GatewayFactory) -> None:
+    client, _, engine = gateway_app()
+    for _ in range(5):
+        for model in ("base", "base:rm", "base:acme"):
+            r = await client.post("/v1/chat/completions", json=chat_body(model), headers=ADMIN)
+            assert r.status_code == 200
+    assert sorted(engine.options_calls) == ["", "base:acme@1", "base:rm@1"]
+
+
+async def test_data_routes_validate_bodies_and_say_what_is_not_configured(
+    gateway_app: GatewayFactory,
+) -> None:
+    client, _, _ = gateway_app()
+    r = await client.post(
+        "/v1/harmonize", json={"fields": ["Customer ID", "Txn-Date"]}, headers=auth("brand_x")
+    )
+    assert r.status_code == 200 and r.json()["mapping"]
+    for body in (
+        {"fields": []},
+        {"fields": ["a", "a"]},
+        {"fields": ["x"], "more": 1},
+        {"fields": ["x" * 65]},
+    ):
+        r = await client.post("/v1/harmonize", json=body, headers=auth("brand_x"))
+        assert_openai_error(r, 400, "invalid_request_error")
+    r = await client.post("/v1/harmonize", json={"fields": ["a"]})
+    assert_openai_error(r, 401, "authentication_error")  # who asks comes before what is asked
+    r = await client.post(
+        "/v1/governance/check", json={"lines": ["Fresh coffee, every morning."]}, headers=ADMIN
+    )
+    assert r.status_code == 200 and len(r.json()["verdicts"]) == 1
+    r = await client.post("/v1/cleanroom/query", json={}, headers=ADMIN)
+    assert_openai_error(r, 404, "not_found_error")  # no clean-room handle on this gateway
