@@ -11,7 +11,8 @@ from cleanroom.dp import BudgetExhausted
 from cleanroom.errors import AccessDenied, CleanRoomError, PolicyViolation, QueryFailed
 from cleanroom.policy import BenchmarkPolicy, CleanRoomPolicy, DPPolicy
 from cleanroom.query import Query
-from cleanroom.room import CleanRoom, LoadReport, Querier, QueryResult
+from cleanroom.results import LoadReport, Querier, QueryResult
+from cleanroom.room import CleanRoom
 
 __all__ = [
     "AccessDenied",

@@ -23,6 +23,42 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
+from serving.config_base import Strict
+
+
+class AdmissionConfig(Strict):
+    """Admission control and fair queueing in the router (serving/admission.py): at most the engines'
+    concurrency is dispatched; the rest waits in per-tenant queues served fairly (tenant `weight`), and a
+    request whose estimated wait exceeds `max_wait_share` of the deadline is refused at once (503 +
+    Retry-After)."""
+
+    enabled: bool = Field(default=True, description="Off: every request goes straight to Serve's queue.")
+    max_wait_share: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Longest estimated queue wait, as a share of http.request_timeout_s; above it: 503 at once.",
+    )
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests one router replica dispatches at once; null: running engine replicas x "
+        "engine_deployment.max_ongoing_requests / router replicas (refreshed every 2 s; shrunk at once when "
+        "Serve's queue refuses a dispatched request).",
+    )
+    initial_token_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="Seconds per requested output token assumed until requests have been measured (the "
+        "estimate then follows an EWMA of measured seconds per requested token).",
+    )
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="Cost assumed for a request that does not set max_tokens."
+    )
+    max_queue: int = Field(default=1024, ge=1, description="Waiting requests per router replica, at most.")
+
 
 class Shed(Exception):
     """Refused before queueing: ``reason`` (``queue_wait`` or ``queue_full``), ``retry_after_s``."""

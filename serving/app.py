@@ -15,12 +15,14 @@ from serving.cleanroom_service import CleanRoomService
 from serving.comparison import ComparisonService, PlannerService
 from serving.config import AppConfig, load_config
 from serving.engine import EngineDeployment
+from serving.engines import EngineFactory
 from serving.gateway.ingress import Router
 
 
-def build_app(config: AppConfig) -> Application:
+def build_app(config: AppConfig, engine_cls: EngineFactory | None = None) -> Application:
     """Router (ingress) → engine deployment, and when configured the clean-room deployment and the
-    comparison deployment (→ planner deployment → clean-room deployment)."""
+    comparison deployment (→ planner deployment → clean-room deployment). ``engine_cls``: the engine the
+    engine replicas make (vLLM's when None; the Serve test tier passes the FakeEngine)."""
     engine = serve.deployment(name="engine", **config.engine_deployment.serve_options())(EngineDeployment)
     router = serve.deployment(name="router", **config.router_deployment.serve_options())(Router)
     cleanroom = comparison = None
@@ -35,7 +37,7 @@ def build_app(config: AppConfig) -> Application:
             ComparisonService
         )
         comparison = compare.bind(config, planner.bind(config, cleanroom), cleanroom)
-    return router.bind(engine.bind(config), config, cleanroom, comparison)
+    return router.bind(engine.bind(config, engine_cls), config, cleanroom, comparison)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -24,7 +24,7 @@ from federation.errors import FederationError
 from federation.model_names import ModelNameError, parse_model_name
 from serving.adapter_api import register_files
 from serving.config import AppConfig
-from serving.engines import Kind, create_engine
+from serving.engines import EngineFactory, Kind, create_engine
 from serving.errors import EngineFailed, error_items, error_reply
 from serving.metrics import EngineMetrics
 from serving.node import node_name
@@ -47,10 +47,12 @@ class _Resident:
 
 
 class EngineDeployment:
-    """Ray Serve deployment class (bound by :func:`serving.app.build_app`); the engine is the one
-    ``config.engine.kind`` names (vLLM, or the FakeEngine in the fast test tier)."""
+    """Ray Serve deployment class (bound by :func:`serving.app.build_app`); the engine is vLLM's, or the one
+    ``engine_cls`` makes (the FakeEngine of the Serve test tier)."""
 
-    async def __init__(self, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits async constructors
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, config: AppConfig, engine_cls: EngineFactory | None = None
+    ) -> None:
         self._cfg = config
         self._metrics = EngineMetrics()
         node = node_name()
@@ -63,7 +65,7 @@ class EngineDeployment:
             compress=config.adapters.compress_overflow,
             on_event=self._on_cache_event,
         )
-        self._engine = create_engine(config.model, config.engine)
+        self._engine = create_engine(config.model, config.engine, engine_cls)
         await self._engine.start()
         self._loop = asyncio.get_running_loop()
         self._inflight: collections.Counter[str] = collections.Counter()

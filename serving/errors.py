@@ -38,7 +38,7 @@ from federation.tenants import AuthError
 from planning.planner import PlanningError
 from planning.workflow import ComparisonError, InvalidComparison
 from serving.admission import Shed
-from serving.config import ConfigError
+from serving.config_base import ConfigError
 from serving.replies import Body, EngineItem, Head, Reply, error_body
 
 

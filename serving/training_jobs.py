@@ -24,7 +24,7 @@ from adapters.corpus import parse_pairs
 from federation.errors import InvalidRequest, first_error
 from federation.tenants import Tenant
 from serving.adapter_api import upload_fields
-from serving.config import AdaptersConfig
+from serving.adapters_config import AdaptersConfig
 
 BOARD_NAME = "rmn-adapter-jobs"
 BOARD_NAMESPACE = "rmn"

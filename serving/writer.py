@@ -19,7 +19,7 @@ from planning.creatives import (
     matches_rationale_schema,
     rationale_messages,
 )
-from serving.config import ComparisonConfig
+from serving.data_config import ComparisonConfig
 
 
 @dataclass(frozen=True)

@@ -197,8 +197,6 @@ def make_app_config(
         "max_lora_rank": 16,
         "max_model_len": 1024,  # tool schemas in the prompt: the tiny tokenizer spends a token per 2-3 characters
     }
-    if fake:
-        engine_cfg.update(kind="fake", fake_token_delay_s=0.01)
     return AppConfig.model_validate(
         {
             # the tools template renders plain ChatML without tools: the tiny model's own template
@@ -308,6 +306,18 @@ def ray_serve() -> Iterator[None]:
         ray.shutdown()
 
 
+FAKE_TOKEN_DELAY_S = 0.01  # the Serve tier's FakeEngine: 10 ms a word
+
+
+def fake_engine(token_delay_s: float = FAKE_TOKEN_DELAY_S) -> Any:
+    """The FakeEngine as the engine class the app's engine replicas make (``build_app(..., engine_cls)``)."""
+    import functools
+
+    from serving.engines.fake import FakeEngine
+
+    return functools.partial(FakeEngine, token_delay_s=token_delay_s)
+
+
 def run_app(config: Any, engine: str) -> str:
     """Deploy the app of ``config`` as the session's ``engine`` app; its base URL."""
     from ray import serve
@@ -315,7 +325,7 @@ def run_app(config: Any, engine: str) -> str:
     from serving.app import build_app
 
     name, prefix = APPS[engine]
-    serve.run(build_app(config), name=name, route_prefix=prefix)
+    serve.run(build_app(config, fake_engine() if engine == "fake" else None), name=name, route_prefix=prefix)
     return f"http://127.0.0.1:{SERVE_PORT}{prefix.rstrip('/')}"
 
 

@@ -1,4 +1,4 @@
-"""A deterministic stand-in for vLLM, for the fast Serve test tier (``engine.kind: fake``).
+"""A deterministic stand-in for vLLM, for the fast test tiers (passed to :func:`serving.app.build_app` as ``engine_cls``).
 
 No model and no tokenizer: words stand for tokens. The answer to a request is ``max_tokens`` words
 picked by sha256 of (model name, prompt), so different adapters give different text and the same
@@ -8,7 +8,7 @@ prompts past ``max_model_len``, 404 for an adapter that is not loaded, ``respons
 answered by a JSON object that matches the schema's enums and required keys. Adapters are added and
 removed like vLLM's (the PEFT directory must exist and hold ``adapter_config.json``).
 
-Faults for tests: ``engine.fake_token_delay_s`` paces the words (deadlines, overload); a prompt that
+Faults for tests: ``token_delay_s`` paces the words (deadlines, overload); a prompt that
 contains ``FAKE_FAIL`` makes :meth:`handle` raise after the head, as a crashing engine would; ``FAKE_BREAK``
 makes a stream raise after its first chunk (a failure mid-stream); ``FAKE_LOST`` raises Ray's
 ``ActorUnavailableError`` before anything is sent, as a replica that is draining or unreachable does (the router
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import InvalidRequest
-from serving.config import EngineConfig, ModelConfig
+from serving.engines.config import EngineConfig, ModelConfig
 from serving.engines.protocol import Kind
 from serving.errors import Relayed, error_items
 from serving.replies import Body, EngineItem, Head
@@ -99,10 +99,10 @@ def _from_schema(schema: dict[str, Any], words: list[str]) -> Any:
 class FakeEngine:
     """Implements :class:`serving.engines.protocol.Engine` without a model (see the module docstring)."""
 
-    def __init__(self, model: ModelConfig, engine: EngineConfig) -> None:
+    def __init__(self, model: ModelConfig, engine: EngineConfig, token_delay_s: float = 0.0) -> None:
         self._served = model.served_name
         self._max_len = engine.max_model_len or 2048
-        self._delay = engine.fake_token_delay_s
+        self._delay = token_delay_s
         self._adapters: dict[str, str] = {}
         self._alive = False
 
@@ -203,7 +203,15 @@ class FakeEngine:
         yield Head(200, True)
         if FAKE_FAIL in prompt:
             raise RuntimeError("fake engine failure (FAKE_FAIL in the prompt)")
-        chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        head = {"id": rid, "created": created, "model": model}
+        async for chunk in self._chunks(kind, words, prompt, head, usage if _wants_usage(body) else None):
+            yield chunk
+
+    async def _chunks(
+        self, kind: Kind, words: list[str], prompt: str, head: dict[str, Any], usage: dict[str, int] | None
+    ) -> AsyncIterator[str]:
+        """The SSE chunks of a streamed answer (``usage``: the final usage-only chunk, when asked for)."""
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         for i, word in enumerate(words):
             await asyncio.sleep(self._delay)
             if i == 1 and FAKE_BREAK in prompt:
@@ -215,17 +223,9 @@ class FakeEngine:
                 choice = {"index": 0, "delta": delta, "finish_reason": "length" if last else None}
             else:
                 choice = {"index": 0, "text": piece, "finish_reason": "length" if last else None}
-            chunk = {"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": [choice]}
-            yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
-        if (body.get("stream_options") or {}).get("include_usage"):
-            tail = {
-                "id": rid,
-                "object": chunk_obj,
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage,
-            }
+            yield f"data: {json.dumps({**head, 'object': obj, 'choices': [choice]}, separators=(',', ':'))}\n\n"
+        if usage is not None:
+            tail = {**head, "object": obj, "choices": [], "usage": usage}
             yield f"data: {json.dumps(tail, separators=(',', ':'))}\n\n"
         yield "data: [DONE]\n\n"
 
@@ -237,3 +237,7 @@ class FakeEngine:
     def shutdown(self) -> None:
         """Stop answering health checks."""
         self._alive = False
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    return bool((body.get("stream_options") or {}).get("include_usage"))

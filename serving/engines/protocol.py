@@ -2,7 +2,7 @@
 
 Two implementations: :class:`serving.engines.vllm_engine.VLLMEngine` (vLLM ``AsyncLLM`` and vLLM's own
 OpenAI layer) and :class:`serving.engines.fake.FakeEngine` (deterministic text, no model: the fast Serve
-test tier). :func:`serving.engines.create_engine` picks one from ``engine.kind`` in the app config.
+test tier). :func:`serving.engines.create_engine` makes vLLM's unless an ``engine_cls`` is given.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from federation.errors import InvalidRequest, first_error
-from serving.config import EngineConfig, ModelConfig
+from serving.engines.config import EngineConfig, ModelConfig
 from serving.engines.json_mode import bounded_json_object
 from serving.engines.protocol import Kind
 from serving.errors import error_items

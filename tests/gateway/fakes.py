@@ -44,8 +44,14 @@ class FakeEngineHandle:
     """The engine deployment: :class:`FakeEngine` behind ``options(multiplexed_model_id=...)``, with the
     replica and adapter stamped on the head; ``fault`` makes chosen calls fail as Ray would."""
 
-    def __init__(self, config: AppConfig, fault: Fault | None = None, replica: str = "fake-replica") -> None:
-        self.engine = FakeEngine(config.model, config.engine)
+    def __init__(
+        self,
+        config: AppConfig,
+        fault: Fault | None = None,
+        replica: str = "fake-replica",
+        token_delay_s: float = 0.0,
+    ) -> None:
+        self.engine = FakeEngine(config.model, config.engine, token_delay_s)
         self.fault = fault
         self.replica = replica
         self.calls: list[tuple[str, dict[str, Any]]] = []  # (model id, body) per generate call

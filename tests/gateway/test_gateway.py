@@ -130,11 +130,7 @@ async def test_admission_sheds_at_once_beyond_the_queue(
     """One slot, a queue of one: the third concurrent request is shed with 503 + Retry-After at once."""
     client, _gw, _ = gateway_app(
         admission={"slots": 1, "max_queue": 1},
-        engine=FakeEngineHandle(
-            gateway_config.model_copy(
-                update={"engine": gateway_config.engine.model_copy(update={"fake_token_delay_s": 0.2})}
-            )
-        ),
+        engine=FakeEngineHandle(gateway_config, token_delay_s=0.2),
     )
     bodies = [chat_body(max_tokens=4) for _ in range(3)]
     results = await asyncio.gather(
@@ -148,11 +144,7 @@ async def test_admission_sheds_at_once_beyond_the_queue(
 
 
 async def test_past_the_deadline_answers_504(gateway_app: GatewayFactory, gateway_config: Any) -> None:
-    slow = FakeEngineHandle(
-        gateway_config.model_copy(
-            update={"engine": gateway_config.engine.model_copy(update={"fake_token_delay_s": 5.0})}
-        )
-    )
+    slow = FakeEngineHandle(gateway_config, token_delay_s=5.0)
     client, _gw, engine = gateway_app(engine=slow, http={"request_timeout_s": 1})
     r = await client.post("/v1/chat/completions", json=chat_body(max_tokens=3), headers=ADMIN)
     assert_openai_error(r, 504, "timeout")

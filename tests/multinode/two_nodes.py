@@ -82,6 +82,7 @@ def main() -> int:
     from serving.app import build_app
     from serving.config import AppConfig
     from serving.modelprep.tiny import build_tiny_model
+    from tests.conftest import fake_engine
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = Path(tempfile.mkdtemp(prefix="rmn-two-nodes-"))
@@ -125,8 +126,6 @@ def main() -> int:
                     "cache_root": str(caches / "{node}" / "composites"),
                 },
                 "engine": {
-                    "kind": "fake",
-                    "fake_token_delay_s": 0.01,
                     "max_lora_rank": 16,
                     "max_cpu_loras": 4,
                 },
@@ -142,7 +141,7 @@ def main() -> int:
                 "federation": {"tenants": tenants_config(), "policy": {"industry_adapter": "rm"}},
             }
         )
-        serve.run(build_app(config), name="rmn2", route_prefix="/")
+        serve.run(build_app(config, fake_engine()), name="rmn2", route_prefix="/")
         base_url = f"http://127.0.0.1:{port}"
 
         step("1. two engine replicas, one per node")

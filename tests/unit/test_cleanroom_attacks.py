@@ -357,7 +357,7 @@ def test_a_query_that_fails_after_its_charge_stays_charged_and_is_audited_as_fai
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("sampler exploded")
 
-    monkeypatch.setattr("cleanroom.room.laplace", broken)
+    monkeypatch.setattr("cleanroom.private.laplace", broken)
     with pytest.raises(QueryFailed, match="stays charged"):
         room.query(ATTACKER, skus("x", "y"))
     assert room.budget(ATTACKER)["epsilon_spent"] == 1.0  # charged before any noisy value existed

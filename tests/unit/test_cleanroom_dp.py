@@ -103,7 +103,7 @@ def test_each_shopper_contributes_to_at_most_L_cells(tmp_path: Path) -> None:
     from cleanroom.query import compile_query
 
     c = compile_query(Query(dimensions=["sku"], metrics=["purchases"]), room.policy, room.version)
-    counted = room._con.execute(c.cells_sql, c.params).fetchall()
+    counted = room.store.con.execute(c.cells_sql, c.params).fetchall()
     assert len(counted) == room.policy.dp.max_cells_per_shopper  # type: ignore[union-attr]
 
 

@@ -1,0 +1,201 @@
+"""A retailer's events in one DuckDB file: the schema and its migration, append-only loads in batches.
+
+Contract: :class:`EventStore` opens (or creates) the file and brings an older file's ``events`` table up to
+the current schema (batch, row number, event id columns); :meth:`EventStore.load_file` appends a CSV or
+Parquet file as a new batch — each file once (by sha256), each ``event_id`` once — or refuses the whole
+file naming its first bad row; ``version`` is the last batch and ``data_id`` identifies the data a query
+sees. Every row keeps its batch and row number, so an earlier release's populations can be recomputed.
+Callers serialise access (:class:`cleanroom.room.CleanRoom` holds the lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cleanroom.errors import CleanRoomError, PolicyViolation
+from cleanroom.query import CompiledQuery
+from cleanroom.results import LoadReport
+from cleanroom.schema import EVENT_COLUMNS, EVENT_TYPES, NUMERIC_COLUMNS
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def quote(name: str) -> str:
+    """A column name of the loaded file as a SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class EventStore:
+    """The ``events`` table (and the ``_loads`` record) of one DuckDB file."""
+
+    def __init__(self, db_path: Path | str) -> None:
+        import duckdb
+
+        try:
+            self.con = duckdb.connect(str(db_path))
+        except duckdb.IOException as e:
+            raise CleanRoomError(
+                f"cannot open {db_path}: {e} (is a server using it? DuckDB allows one process)"
+            ) from e
+        self._migrate()
+        row = self.con.execute('SELECT COALESCE(MAX("_batch"), 0) FROM events').fetchone()
+        self.version = int(row[0]) if row else 0
+        self.data_id = self._compute_data_id()
+
+    def _migrate(self) -> None:
+        """Create the tables, or add the columns a file written by an older version lacks."""
+        cols = ", ".join(f'"{c}" {t}' for c, t in EVENT_COLUMNS.items())
+        self.con.execute(
+            f'CREATE TABLE IF NOT EXISTS events ({cols}, "_batch" INTEGER NOT NULL, "_row" BIGINT, '
+            '"event_id" VARCHAR)'
+        )
+        for col, typ in (("_batch", "INTEGER DEFAULT 0"), ("_row", "BIGINT"), ("event_id", "VARCHAR")):
+            self.con.execute(f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{col}" {typ}')
+        self.con.execute('UPDATE events SET "_row" = rowid + 1 WHERE "_row" IS NULL')
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS _loads (batch INTEGER, sha256 VARCHAR, file VARCHAR, rows BIGINT)"
+        )
+
+    def _compute_data_id(self) -> str:
+        """Identifies the data a query sees: the loaded files' hashes and the version (stored answers are
+        keyed by it, so new data never gets an old answer). Renewed by each load."""
+        loads = self.con.execute("SELECT batch, sha256 FROM _loads ORDER BY batch").fetchall()
+        text = "|".join(f"{b}:{h}" for b, h in loads) + f"|v{self.version}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def rows(self, sql: str, params: list[Any], limit: int) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(column names, at most ``limit`` rows) of a query."""
+        cur = self.con.cursor()
+        rows = cur.execute(sql, params).fetchmany(limit)
+        return [d[0] for d in cur.description], rows
+
+    def one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
+        """The first row of a query as a dict (None when there is none)."""
+        cur = self.con.cursor()
+        row = cur.execute(sql, params).fetchone()
+        return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+    def cells(self, c: CompiledQuery, max_groups: int) -> list[dict[str, Any]]:
+        """A compiled query's cells, exact (``__n`` distinct shoppers, ``__ck`` the cell key), in a stable
+        order; PolicyViolation beyond the policy's ``max_groups``."""
+        names, rows = self.rows(c.cells_sql, c.params, max_groups + 1)
+        if len(rows) > max_groups:
+            raise PolicyViolation(
+                f"the query produces more cells than the policy's {max_groups}: "
+                "group by fewer dimensions or filter"
+            )
+        out = [dict(zip(names, row, strict=True)) for row in rows]
+        return sorted(out, key=lambda r: r["__ck"])  # a stable order (seeded noise is assigned by position)
+
+    def close(self) -> None:
+        """Release the DuckDB file (another process may open it then)."""
+        self.con.close()
+
+    def load_file(
+        self, path: Path | str, mapping: dict[str, str] | None = None, bounds: dict[str, float] | None = None
+    ) -> LoadReport:
+        """Append a CSV or Parquet file in the documented schema as a new batch. ``mapping`` renames the
+        file's columns (native -> schema; see ``planning.harmonize``); other columns are ignored, except an
+        optional ``event_id`` (rows whose id was loaded before are skipped). A file loaded before (same
+        sha256) loads nothing. Refuses the whole file (loading nothing), naming the first bad row (1-based,
+        header excluded): missing columns, blank shopper or event ids, unknown event types, NaN, infinite,
+        negative or out-of-bound numbers (``bounds``: the policy's ``value_bounds``)."""
+        path = Path(path)
+        reader = {".csv": "read_csv_auto", ".parquet": "read_parquet"}.get(path.suffix)
+        if reader is None:
+            raise CleanRoomError(f"{path.name}: expected a .csv or .parquet file")
+        if not path.is_file():
+            raise CleanRoomError(f"{path}: no such file")
+        digest = sha256_of(path)
+        seen = self.con.execute("SELECT batch FROM _loads WHERE sha256 = ?", [digest]).fetchone()
+        if seen:
+            return LoadReport(path.name, digest, int(seen[0]), 0, already_loaded=True)
+        try:
+            probe = self.con.execute(f"SELECT * FROM {reader}(?) LIMIT 0", [str(path)])
+        except Exception as e:
+            raise CleanRoomError(f"{path.name}: cannot read it: {e}") from e
+        source = {(mapping or {}).get(d[0], d[0]): d[0] for d in probe.description}  # schema -> file
+        missing = sorted(set(EVENT_COLUMNS) - set(source))
+        if missing:
+            raise CleanRoomError(f"{path.name}: missing columns {missing}")
+        batch = self.version + 1
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            rows, dup = self._insert_batch(path, reader, source, batch, bounds or {})
+            self.con.execute("INSERT INTO _loads VALUES (?, ?, ?, ?)", [batch, digest, path.name, rows])
+        except Exception as e:
+            self.con.execute("ROLLBACK")
+            if isinstance(e, CleanRoomError):
+                raise
+            raise CleanRoomError(f"{path.name}: {e}") from e
+        self.con.execute("COMMIT")
+        self.version = batch
+        self.data_id = self._compute_data_id()
+        return LoadReport(path.name, digest, batch, rows, dup)
+
+    def _insert_batch(
+        self, path: Path, reader: str, source: dict[str, str], batch: int, bounds: dict[str, float]
+    ) -> tuple[int, int]:
+        """Insert the file's rows as ``batch``, check them, drop repeated event ids: (rows kept, dropped)."""
+        row = self.con.execute('SELECT COALESCE(MAX("_row"), 0) FROM events').fetchone()
+        base = int(row[0]) if row else 0
+        cols = ", ".join(quote(source[c]) + f' AS "{c}"' for c in EVENT_COLUMNS)
+        eid = "CAST(" + quote(source["event_id"]) + " AS VARCHAR)" if "event_id" in source else "NULL"
+        casts = ", ".join(f'CAST("{c}" AS {t})' for c, t in EVENT_COLUMNS.items())
+        self.con.execute(
+            f"INSERT INTO events SELECT {casts}, ?, ? + row_number() OVER (), __eid "
+            f"FROM (SELECT {cols}, {eid} AS __eid FROM {reader}(?))",
+            [batch, base, str(path)],
+        )
+        self._check_batch(path.name, batch, base, "event_id" in source, bounds)
+        dup = self._drop_duplicate_events(batch) if "event_id" in source else 0
+        n = self.con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
+        return (int(n[0]) if n else 0), dup
+
+    def _check_batch(
+        self, name: str, batch: int, base: int, has_event_id: bool, bounds: dict[str, float]
+    ) -> None:
+        types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
+        checks = [
+            ('"shopper_id" IS NULL OR trim("shopper_id") = \'\'', "shopper_id is blank"),
+            (
+                f'"event_type" IS NULL OR "event_type" NOT IN ({types})',
+                f"event_type is not one of {list(EVENT_TYPES)}",
+            ),
+            ('"event_date" IS NULL', "event_date is missing"),
+        ]
+        if has_event_id:
+            checks.append(('"event_id" IS NULL OR trim("event_id") = \'\'', "event_id is blank"))
+        for c in NUMERIC_COLUMNS:
+            checks.append((f'isnan("{c}") OR isinf("{c}") OR "{c}" < 0', f"{c} is NaN, infinite or negative"))
+            bound = bounds.get(c)
+            if bound is not None:
+                checks.append((f'"{c}" > {float(bound)!r}', f"{c} is above the policy's bound {bound:g}"))
+        for cond, what in checks:
+            row = self.con.execute(
+                f'SELECT COUNT(*), MIN("_row") FROM events WHERE "_batch" = ? AND ({cond})', [batch]
+            ).fetchone()
+            if row and row[0]:
+                more = f" (and {row[0] - 1} more)" if row[0] > 1 else ""
+                raise CleanRoomError(f"{name}: row {int(row[1]) - base}{more}: {what}; nothing loaded")
+
+    def _drop_duplicate_events(self, batch: int) -> int:
+        """Delete this batch's rows whose event_id is already loaded (or repeats within the batch)."""
+        before = self.con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
+        self.con.execute(
+            'DELETE FROM events WHERE "_batch" = ? AND ("event_id" IN (SELECT "event_id" FROM events '
+            'WHERE "_batch" < ? AND "event_id" IS NOT NULL) OR "_row" NOT IN (SELECT MIN("_row") FROM events '
+            'WHERE "_batch" = ? GROUP BY "event_id"))',
+            [batch, batch, batch],
+        )
+        after = self.con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
+        return int(before[0] - after[0]) if before and after else 0

@@ -1,0 +1,78 @@
+"""The ``cleanroom`` and ``comparison`` sections: retailers' clean rooms, the market, the planner and
+comparison deployments, and the rules the composed adapters' ad lines are checked against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from cleanroom.policy import CleanRoomPolicy
+from planning.market import MarketConfig
+from serving.config_base import Strict
+from serving.deployment_config import DeploymentConfig
+
+
+class CleanRoomRetailer(Strict):
+    """One retailer's clean room."""
+
+    db_path: Path = Field(description="DuckDB file with the retailer's events (`rmn cleanroom load`).")
+    policy: CleanRoomPolicy = Field(description="What tenants may ask of this retailer's data.")
+
+    @field_validator("db_path", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+
+class CleanRoomConfig(Strict):
+    """Clean rooms served at /v1/cleanroom/* (needs `federation`: queries are per tenant)."""
+
+    retailers: list[CleanRoomRetailer] = Field(min_length=1, description="One entry per retailer.")
+    state_dir: Path | None = Field(
+        default=None,
+        description="Durable state of the comparison's market rooms (their epsilon ledgers, releases, "
+        "audit; keyed by retailer and seed); null: `rmn-state/` next to the first retailer's DuckDB file. "
+        "Never a temp dir: budgets must survive restarts and rebuilds.",
+    )
+
+    def state_root(self) -> Path:
+        """Where durable clean-room state lives on the clean-room replica's node."""
+        root = self.state_dir or self.retailers[0].db_path.parent / "rmn-state"
+        return root.expanduser().resolve()
+
+    deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_cpus=0.25),
+        description="Ray Serve options (keep 1 replica).",
+    )
+
+
+class GovernanceConfig(Strict):
+    """A brand's rules for ad lines (each creative gets a verdict against them)."""
+
+    banned_words: list[str] = Field(
+        default_factory=lambda: ["guaranteed", "cure", "best ever", "#1", "risk-free", "miracle"],
+        description="Words or claims an ad line may not contain (case-insensitive).",
+    )
+    max_chars: int = Field(default=90, gt=0, description="Longest allowed ad line.")
+    min_chars: int = Field(default=10, ge=0, description="Shortest allowed ad line.")
+
+
+class ComparisonConfig(Strict):
+    """`POST /v1/plans/compare` (needs `federation` and `cleanroom`): the simulated market, the planner and
+    comparison deployments, and the text the composed adapters write."""
+
+    market: MarketConfig = Field(
+        default_factory=MarketConfig, description="The synthetic market (seed, sizes)."
+    )
+    planner_deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_replicas=2, num_cpus=0.1),
+        description="Ray Serve options of the planner (2 replicas: the two plans run side by side).",
+    )
+    comparison_deployment: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_cpus=0.1),
+        description="Ray Serve options of the comparison deployment.",
+    )
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig, description="Ad-line rules.")
+    rationale_max_tokens: int = Field(default=160, gt=0, le=4096, description="Tokens of the JSON rationale.")
+    creative_max_tokens: int = Field(default=40, gt=0, le=1024, description="Tokens per ad line.")
