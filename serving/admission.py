@@ -6,11 +6,14 @@ Contract of :class:`FairScheduler`:
 - a request that finds no free slot waits in its tenant's queue; queues are served by start-time fair queueing
   (a tenant of weight w gets w shares of the slots while it has waiters), so a tenant flooding the router cannot
   starve a light one: the light tenant's request is served after at most one turn of each active tenant;
-- before queueing, the wait is ESTIMATED from the measured service time per unit of cost (EWMA over
-  completed requests, from dispatch to end; a request's cost is what the caller says, e.g. its max_tokens) and
-  the cost of the requests ahead of it in fair order; when it exceeds ``max_wait_s`` the request is
-  refused at once (:class:`Shed`, HTTP 503 + Retry-After), so an accepted request starts within ``max_wait_s``
-  and overload becomes fast refusals, not long waits. ``max_queue`` bounds the waiters in all;
+- before queueing, the wait is ESTIMATED by list scheduling: each slot frees when its running request's
+  remaining service ends (its cost x the measured service time per unit of cost, an EWMA over completed
+  requests from dispatch to end, less what it has run), and the requests ahead of it in fair order take the
+  earliest free slots in turn; service times are stretched by the overrun observed lately (how much longer
+  requests ran than predicted). When the wait exceeds ``max_wait_s``, or the predicted finish passes the
+  request's deadline less a safety margin (25 %, widened after each admitted request that missed its deadline,
+  narrowing back as requests finish in time), the request is refused at once (:class:`Shed`, HTTP 503 +
+  Retry-After): overload becomes fast refusals, not long waits or late answers. ``max_queue`` bounds the waiters;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
 Pure asyncio; no Ray.
 """
@@ -18,6 +21,7 @@ Pure asyncio; no Ray.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import time
 from collections import deque
@@ -60,6 +64,10 @@ class AdmissionConfig(Strict):
     max_queue: int = Field(default=1024, ge=1, description="Waiting requests per router replica, at most.")
 
 
+BASE_MARGIN = 0.25  # share of a request's deadline admission keeps free
+MAX_MARGIN = 0.6
+
+
 class Shed(Exception):
     """Refused before queueing: ``reason`` (``queue_wait`` or ``queue_full``), ``retry_after_s``."""
 
@@ -92,6 +100,7 @@ class Lease:
     started: float
     waited_s: float
     cost: float = 1.0
+    predicted_s: float = 0.0  # its service time at dispatch: cost x the service time per unit then
 
 
 class FairScheduler:
@@ -118,6 +127,8 @@ class FairScheduler:
             lease_ttl_s  # a lease older than this was leaked (its request is past its deadline)
         )
         self._vtime = 0.0  # virtual time: the tag of the last request dispatched
+        self.overrun = 1.0  # recent actual / predicted service time (>= 1): stretches every estimate
+        self.margin = BASE_MARGIN  # share of a deadline kept free: widened by misses, narrowed by successes
         self.shed_counts: dict[str, int] = {"queue_wait": 0, "queue_full": 0, "deadline": 0}
 
     # ---- what the router reads ----------------------------------------------------------------
@@ -136,13 +147,31 @@ class FairScheduler:
         self.slots = max(1, slots)
         self._dispatch()
 
+    def service_s(self, cost: float) -> float:
+        """Predicted seconds of service for a request of ``cost``."""
+        return cost * self.unit_s * self.overrun
+
     def estimate_wait(self, tenant: str) -> float:
-        """Seconds a new request of ``tenant`` would wait before dispatch (0 with a free slot): the cost
-        ahead of it in fair order, plus about half of what runs now, over the slots."""
+        """Seconds a new request of ``tenant`` would wait before dispatch (0 with a free slot), by list
+        scheduling over the slots (see the module contract)."""
         if self._inflight < self.slots and not self.waiting:
             return 0.0
-        running = sum(lease.cost for lease in self._leases.values()) / max(len(self._leases), 1)
-        return (self._ahead_cost(tenant) + running / 2) * self.unit_s / self.slots
+        now = time.monotonic()
+        remaining = sorted(
+            max(0.0, self.service_s(lease.cost) - (now - lease.started)) for lease in self._leases.values()
+        )
+        untracked = max(0, self._inflight - len(remaining))  # dispatched, lease not yet taken: just started
+        remaining = sorted(remaining + [self.service_s(self._mean_cost())] * untracked)
+        excess = max(0, len(remaining) - self.slots)  # more running than slots (shrunk): those free nothing
+        free = remaining[excess:] + [0.0] * max(0, self.slots - len(remaining))
+        heapq.heapify(free)
+        for cost in self._ahead_costs(tenant):
+            heapq.heappush(free, heapq.heappop(free) + self.service_s(cost))
+        return free[0]
+
+    def record_miss(self) -> None:
+        """An admitted request missed its deadline: keep a wider share of every deadline free from now on."""
+        self.margin = min(MAX_MARGIN, self.margin + 0.1)
 
     # ---- the request path ----------------------------------------------------------------------
     async def acquire(self, tenant: str, cost: float = 1.0, time_left_s: float | None = None) -> Lease:
@@ -158,13 +187,14 @@ class FairScheduler:
         if self.waiting >= self.max_queue:
             self.shed_counts["queue_full"] += 1
             raise Shed("server overloaded: the queue is full, retry later", "queue_full", _retry(wait))
-        finish = wait + cost * self.unit_s
-        if time_left_s is not None and finish > 0.75 * time_left_s:
+        finish = wait + self.service_s(cost)
+        keep = 1 - self.margin
+        if time_left_s is not None and finish > keep * time_left_s:
             self.shed_counts["deadline"] += 1
             raise Shed(
                 f"server overloaded: queued, it would finish in about {finish:.1f}s, past its deadline; retry later",
                 "deadline",
-                _retry(finish - 0.75 * time_left_s),
+                _retry(finish - keep * time_left_s),
             )
         if wait > self.max_wait_s:
             self.shed_counts["queue_wait"] += 1
@@ -185,14 +215,19 @@ class FairScheduler:
             elif waiter.future.done() and not waiter.future.cancelled():
                 self._release_slot(state)  # dispatched just as it was cancelled: hand the slot on
             raise
-        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost))
+        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost, cost * self.unit_s))
 
     def release(self, lease: Lease) -> None:
-        """The request ended (any outcome): update the service time and dispatch the next waiter."""
+        """The request ended (any outcome): update the service time, the overrun and the margin, and
+        dispatch the next waiter."""
         if self._leases.pop(id(lease), None) is None:
             return
         seconds = time.monotonic() - lease.started
+        if lease.predicted_s > 0:
+            ratio = seconds / lease.predicted_s  # actual vs the prediction from the service time alone
+            self.overrun = max(1.0, 0.8 * self.overrun + 0.2 * ratio)
         self.unit_s = 0.8 * self.unit_s + 0.2 * seconds / max(lease.cost, 1e-9)
+        self.margin = max(BASE_MARGIN, self.margin * 0.98)
         self._release_slot(self._tenant(lease.tenant))
 
     # ---- internals -----------------------------------------------------------------------------
@@ -205,7 +240,7 @@ class FairScheduler:
     def _start(self, state: _Tenant, tenant: str, t0: float, cost: float) -> Lease:
         self._inflight += 1
         state.inflight += 1
-        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost))
+        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost, cost * self.unit_s))
 
     def _track(self, lease: Lease) -> Lease:
         self._leases[id(lease)] = lease
@@ -240,17 +275,21 @@ class FairScheduler:
             best.inflight += 1
             waiter.future.set_result(None)
 
-    def _ahead_cost(self, tenant: str) -> float:
-        """Cost of the requests that fair order puts before a new one of ``tenant``."""
+    def _ahead_costs(self, tenant: str) -> list[float]:
+        """Costs of the requests that fair order puts before a new one of ``tenant``."""
         me = self._tenants.get(tenant)
         mine = len(me.queue) if me else 0
         w = me.weight if me else max(self._weights.get(tenant, 1.0), 1e-3)
-        ahead = sum(x.cost for x in me.queue) if me else 0.0
+        ahead = [x.cost for x in me.queue] if me else []
         for name, state in self._tenants.items():
             if name != tenant and state.queue:
                 n = math.ceil((mine + 1) * state.weight / w)
-                ahead += sum(x.cost for x in list(state.queue)[:n])
+                ahead += [x.cost for x in list(state.queue)[:n]]
         return ahead
+
+    def _mean_cost(self) -> float:
+        leases = list(self._leases.values())
+        return sum(lease.cost for lease in leases) / len(leases) if leases else 1.0
 
     def _forget_idle(self) -> None:
         """Drop idle tenants' state (bounded memory for any number of tenants)."""

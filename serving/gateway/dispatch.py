@@ -126,6 +126,7 @@ async def admit(gw: Gateway, g: Generation) -> Lease:
         gw.metrics.sheds.inc(tags={"reason": e.reason})
         raise Overloaded(str(e), e.retry_after_s) from e
     except TimeoutError as e:
+        gw.scheduler.record_miss()  # queued past its deadline: the estimate let it in
         raise DeadlineExceeded(f"request exceeded {gw.cfg.http.request_timeout_s}s") from e
     gw.metrics.queue_wait.observe(lease.waited_s)
     return lease
@@ -156,6 +157,8 @@ async def dispatch(gw: Gateway, g: Generation) -> Response:
                     raise
         except TimeoutError as e:
             cancel(gen)
+            if g.lease is not None and gw.scheduler is not None:
+                gw.scheduler.record_miss()  # admitted, yet late: admission keeps a wider margin
             raise DeadlineExceeded(f"request exceeded {gw.cfg.http.request_timeout_s}s") from e
         except Exception as e:
             cancel(gen)

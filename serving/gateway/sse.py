@@ -47,6 +47,8 @@ async def relay(
             except StopAsyncIteration:
                 return
             except TimeoutError:
+                if lease is not None and gw.scheduler is not None:
+                    gw.scheduler.record_miss()
                 err: Exception = DeadlineExceeded(f"request exceeded {gw.cfg.http.request_timeout_s}s")
                 status = answer_for(err).status
                 yield error_event(err)
