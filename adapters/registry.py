@@ -210,45 +210,8 @@ class AdapterRegistry:
         Raises InvalidAdapter with the reason.
         """
         src = Path(src)
-        if not src.is_dir():
-            raise InvalidAdapter(f"{src} is not a directory")
-        bad = [p.name for p in src.iterdir() if p.suffix in _FORBIDDEN_SUFFIXES]
-        if bad:
-            raise InvalidAdapter(f"pickle-based weights are refused ({', '.join(bad)}); use safetensors")
-        weights, config = src / WEIGHTS, src / CONFIG
-        for f in (weights, config):
-            if not f.is_file():
-                raise InvalidAdapter(f"{src} lacks {f.name}")
-        if weights.stat().st_size > self.max_bytes:
-            raise InvalidAdapter(
-                f"{WEIGHTS} is {weights.stat().st_size} bytes, over the {self.max_bytes} limit"
-            )
-        try:
-            cfg = json.loads(config.read_text())
-        except json.JSONDecodeError as e:
-            raise InvalidAdapter(f"{CONFIG} is not valid JSON: {e}") from e
-        if not isinstance(cfg, dict):
-            raise InvalidAdapter(f"{CONFIG} must be a JSON object")
-        try:
-            rank, alpha = int(cfg.get("r", 0)), float(cfg.get("lora_alpha", 0))
-        except (TypeError, ValueError) as e:
-            raise InvalidAdapter(f"{CONFIG}: r and lora_alpha must be numbers ({e})") from e
-        modules = cfg.get("target_modules") or []
-        if isinstance(modules, str):
-            raise InvalidAdapter("target_modules must be an explicit list of module names, not a regex")
-        digest = sha256_file(weights)
-        derived = {"rank": rank, "alpha": alpha, "target_modules": sorted(modules), "sha256": digest}
-        for key, value in derived.items():
-            given = manifest_fields.get(key)
-            if key == "target_modules" and given is not None:
-                given = sorted(given)
-            if (
-                given is not None
-                and given != value
-                and not (isinstance(value, float) and math.isclose(float(given), value))
-            ):
-                raise InvalidAdapter(f"manifest {key}={given!r} disagrees with the files ({value!r})")
-            manifest_fields[key] = value
+        weights, config = _adapter_files(src, self.max_bytes)
+        rank = _files_agree(_read_config(config), weights, manifest_fields)
         if rank > self.max_rank:
             raise InvalidAdapter(f"rank {rank} is above the configured maximum {self.max_rank}")
         _check_weights_finite(weights)
@@ -293,3 +256,59 @@ class AdapterRegistry:
     def gc(self) -> int:
         """Remove leftovers of interrupted registrations; returns how many were removed."""
         return self.store.gc()
+
+
+def _adapter_files(src: Path, max_bytes: int) -> tuple[Path, Path]:
+    """The weights and config of a PEFT directory; InvalidAdapter for pickles, missing files, oversize."""
+    if not src.is_dir():
+        raise InvalidAdapter(f"{src} is not a directory")
+    bad = [p.name for p in src.iterdir() if p.suffix in _FORBIDDEN_SUFFIXES]
+    if bad:
+        raise InvalidAdapter(f"pickle-based weights are refused ({', '.join(bad)}); use safetensors")
+    weights, config = src / WEIGHTS, src / CONFIG
+    for f in (weights, config):
+        if not f.is_file():
+            raise InvalidAdapter(f"{src} lacks {f.name}")
+    if weights.stat().st_size > max_bytes:
+        raise InvalidAdapter(f"{WEIGHTS} is {weights.stat().st_size} bytes, over the {max_bytes} limit")
+    return weights, config
+
+
+def _read_config(config: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise InvalidAdapter(f"{CONFIG} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise InvalidAdapter(f"{CONFIG} must be a JSON object")
+    return cfg
+
+
+def _files_agree(cfg: dict[str, Any], weights: Path, manifest_fields: dict[str, Any]) -> int:
+    """Fill rank, alpha, target_modules and sha256 into ``manifest_fields`` from the files (InvalidAdapter when
+    a given one disagrees); the rank."""
+    try:
+        rank, alpha = int(cfg.get("r", 0)), float(cfg.get("lora_alpha", 0))
+    except (TypeError, ValueError) as e:
+        raise InvalidAdapter(f"{CONFIG}: r and lora_alpha must be numbers ({e})") from e
+    modules = cfg.get("target_modules") or []
+    if isinstance(modules, str):
+        raise InvalidAdapter("target_modules must be an explicit list of module names, not a regex")
+    derived = {
+        "rank": rank,
+        "alpha": alpha,
+        "target_modules": sorted(modules),
+        "sha256": sha256_file(weights),
+    }
+    for key, value in derived.items():
+        given = manifest_fields.get(key)
+        if key == "target_modules" and given is not None:
+            given = sorted(given)
+        if (
+            given is not None
+            and given != value
+            and not (isinstance(value, float) and math.isclose(float(given), value))
+        ):
+            raise InvalidAdapter(f"manifest {key}={given!r} disagrees with the files ({value!r})")
+        manifest_fields[key] = value
+    return rank

@@ -151,47 +151,8 @@ def compile_query(
     sensitive = {policy.identity_column, *policy.blocked_fields}
     blocked = [d for d in q.dimensions if d in sensitive]
     dims = [d for d in q.dimensions if d not in sensitive]
-    for d in dims:
-        if d not in EVENT_COLUMNS:
-            raise PolicyViolation(f"unknown dimension {d!r}")
-        if d not in policy.allowed_dimensions:
-            raise PolicyViolation(f"dimension {d!r} is not allowed by {policy.retailer}'s policy")
-    if len(set(q.dimensions)) != len(q.dimensions):
-        raise PolicyViolation("a dimension is listed twice")
-    for m in q.metrics:
-        if m not in METRICS or m not in policy.allowed_metrics:
-            raise PolicyViolation(f"metric {m!r} is not allowed (allowed: {sorted(policy.allowed_metrics)})")
-    if not policy.dp_on and q.epsilon is not None:
-        raise PolicyViolation(f"{policy.retailer}'s policy has no differential privacy: omit epsilon")
-    if policy.dp_on:
-        unbounded = [m for m in q.metrics if m not in policy.dp.metric_bounds]
-        if unbounded:
-            raise PolicyViolation(f"metrics {unbounded} have no declared bound for differential privacy")
-    where: list[str] = ["TRUE"]
-    params: list[object] = []
-    if scoped:
-        where.append(f'"brand" IN ({", ".join("?" for _ in scoped)})')
-        params.extend(scoped)
-    for f in q.filters:
-        if f.column in sensitive:
-            raise PolicyViolation(f"filtering on {f.column!r} is not allowed (identity or blocked field)")
-        if f.op not in policy.filterable.get(f.column, []):
-            raise PolicyViolation(f"filter {f.column} {f.op} is not allowed by {policy.retailer}'s policy")
-        values = f.value if isinstance(f.value, list) else [f.value]
-        if f.op == "eq" and len(values) != 1:
-            raise PolicyViolation(f"filter {f.column} eq takes one value")
-        where.append(f"{_ident(f.column)} IN ({', '.join('?' for _ in values)})")
-        params.extend(values)
-    if q.date_from is not None:
-        where.append('"event_date" >= ?')
-        params.append(q.date_from)
-    if q.date_to is not None:
-        where.append('"event_date" <= ?')
-        params.append(q.date_to)
-    if q.date_from and q.date_to and q.date_from > q.date_to:
-        raise PolicyViolation("date_from is after date_to")
-    where.append('"_batch" <= ?')
-    params.append(version)
+    _check_fields(q, policy, dims)
+    where, params = _where(q, policy, sensitive, scoped, version)
     ident = _ident(policy.identity_column)
     dim_sql = [_ident(d) for d in dims]
     # the cell key: dimension values joined by U+001F, NULL spelled U+0000 (never a data value here)
@@ -233,6 +194,58 @@ def compile_query(
         )
     where_sql = " AND ".join(where)
     return CompiledQuery(cells_sql, remainder_sql, where_sql, ck, params, dims, list(q.metrics), blocked)
+
+
+def _check_fields(q: Query, policy: CleanRoomPolicy, dims: list[str]) -> None:
+    """PolicyViolation for a dimension or metric the policy does not offer, or an epsilon it cannot take."""
+    for d in dims:
+        if d not in EVENT_COLUMNS:
+            raise PolicyViolation(f"unknown dimension {d!r}")
+        if d not in policy.allowed_dimensions:
+            raise PolicyViolation(f"dimension {d!r} is not allowed by {policy.retailer}'s policy")
+    if len(set(q.dimensions)) != len(q.dimensions):
+        raise PolicyViolation("a dimension is listed twice")
+    for m in q.metrics:
+        if m not in METRICS or m not in policy.allowed_metrics:
+            raise PolicyViolation(f"metric {m!r} is not allowed (allowed: {sorted(policy.allowed_metrics)})")
+    if not policy.dp_on and q.epsilon is not None:
+        raise PolicyViolation(f"{policy.retailer}'s policy has no differential privacy: omit epsilon")
+    if policy.dp_on:
+        unbounded = [m for m in q.metrics if m not in policy.dp.metric_bounds]
+        if unbounded:
+            raise PolicyViolation(f"metrics {unbounded} have no declared bound for differential privacy")
+
+
+def _where(
+    q: Query, policy: CleanRoomPolicy, sensitive: set[str], scoped: list[str] | None, version: int
+) -> tuple[list[str], list[object]]:
+    """The row filter (brand scope, the query's filters and dates, the data version) and its parameters."""
+    where: list[str] = ["TRUE"]
+    params: list[object] = []
+    if scoped:
+        where.append(f'"brand" IN ({", ".join("?" for _ in scoped)})')
+        params.extend(scoped)
+    for f in q.filters:
+        if f.column in sensitive:
+            raise PolicyViolation(f"filtering on {f.column!r} is not allowed (identity or blocked field)")
+        if f.op not in policy.filterable.get(f.column, []):
+            raise PolicyViolation(f"filter {f.column} {f.op} is not allowed by {policy.retailer}'s policy")
+        values = f.value if isinstance(f.value, list) else [f.value]
+        if f.op == "eq" and len(values) != 1:
+            raise PolicyViolation(f"filter {f.column} eq takes one value")
+        where.append(f"{_ident(f.column)} IN ({', '.join('?' for _ in values)})")
+        params.extend(values)
+    if q.date_from is not None:
+        where.append('"event_date" >= ?')
+        params.append(q.date_from)
+    if q.date_to is not None:
+        where.append('"event_date" <= ?')
+        params.append(q.date_to)
+    if q.date_from and q.date_to and q.date_from > q.date_to:
+        raise PolicyViolation("date_from is after date_to")
+    where.append('"_batch" <= ?')
+    params.append(version)
+    return where, params
 
 
 def _ident_alias(metric: str) -> str:
