@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from adapters import AdapterError, RegistryUnavailable
 from federation.access import Gate, Resolution
+from federation.errors import NotFound
 from federation.tenants import AuthError, Tenant
 from serving.adapter_api import adapter_view, may_see
 from serving.admission import FairScheduler
@@ -184,8 +185,6 @@ class Gateway:
 
     def visible_adapter(self, tenant: Tenant | None, adapter_id: str) -> dict[str, Any]:
         """The adapter's view, or NotFound (also when the caller may not see it: no existence leak)."""
-        from federation.errors import NotFound
-
         view = self.view(adapter_id)
         if view is None or not may_see(tenant, view):
             raise NotFound(f"adapter {adapter_id!r} does not exist")
