@@ -19,7 +19,14 @@ LOCK=constraints/${ENGINE}.txt
 case "$ENGINE" in cpu | gpu) ;; *) echo "setup-venv: EXTRAS must start with cpu or gpu, got '$EXTRAS'" >&2; exit 2 ;; esac
 
 step() { printf '\n== setup [%s] %s (%ss)\n' "$EXTRAS" "$*" "$SECONDS"; }
-[ -x .venv/bin/python ] || { step "creating .venv with $PY"; "$PY" -m venv .venv; }
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || {
+    echo "setup-venv: rmn-lora needs Python >= 3.11; $PY is $("$PY" --version 2>&1) (set PY=python3.11 or newer)" >&2
+    exit 2
+  }
+  step "creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 cons=()
 if [ "${RMN_LOCK:-1}" != 0 ]; then
