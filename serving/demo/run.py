@@ -12,14 +12,16 @@ from adapters.validate import base_revision
 from serving.config import AppConfig
 from serving.demo.corpora import DEMO_ADAPTERS, DEMO_STACKS, demo_pairs
 from serving.demo.defaults import DEMO_KEYS, demo_config, demo_model_dir
+from serving.demo.shipped import STEPS, shipped_adapter
 from serving.modelprep.smollm2 import prepare_smollm2
 
 QUESTION = "How should I promote coffee next month?"
 DEMO_COMPARE = {"budget": 1000, "roas_floor": 1.0, "manufacturer": "brewmax", "creatives": 3}
 
 
-def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int = 20) -> list[str]:
-    """Train and register each demo adapter unless the same one, on this exact base, is registered."""
+def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int = STEPS) -> list[str]:
+    """Register each demo adapter unless the same one, on this exact base, is registered: the shipped one when it
+    fits this base and corpus (:mod:`serving.demo.shipped`), else trained here."""
     from adapters.training import train_lora
 
     revision = base_revision(model_dir)
@@ -50,6 +52,11 @@ def ensure_demo_adapters(model_dir: Path, registry: AdapterRegistry, steps: int 
             registry.register(
                 registry.path(adapter_id), base_model_dir=model_dir, id=adapter_id, version=version, **meta
             )
+            continue
+        shipped = shipped_adapter(adapter_id, revision)
+        if shipped is not None:
+            registry.register(shipped, base_model_dir=model_dir, id=adapter_id, version=version, **meta)
+            print(f"  {adapter_id}: the shipped adapter (serving/demo/shipped/{adapter_id})")
             continue
         with tempfile.TemporaryDirectory() as tmp:
             report = train_lora(
@@ -97,7 +104,7 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
     model_dir = prepare_smollm2(demo_model_dir())
     config = config or demo_config()
     registry = config.adapters.registry(config.engine.max_lora_rank)
-    print("[2/5] demo adapters (PEFT LoRA r=8 on q,v; trained once, then cached)")
+    print("[2/5] demo adapters (PEFT LoRA r=8 on q,v; shipped, or trained once and cached)")
     adapters = ensure_demo_adapters(model_dir, registry)
     ensure_demo_cleanroom(config)
     print("[3/5] starting Ray Serve (router, engine, clean room, planner, comparison) on a local Ray cluster")
