@@ -30,7 +30,7 @@ from adapters.errors import InvalidAdapter
 MARKER = "rmn-model.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-_LAYER_RE = re.compile(r"(^|\.)layers\.(?P<layer>\d+)\.")
+LAYER_RE = re.compile(r"(^|\.)layers\.(?P<layer>\d+)\.")  # a decoder layer's index in a tensor name
 _MAX_HEADER = 100 << 20  # safetensors' own bound on a header
 
 
@@ -113,7 +113,7 @@ def layout(model_dir: Path) -> ModelLayout:
     layers: set[int] = set()
     for name in files:
         for tensor, info in read_header(model_dir / name).items():
-            m = _LAYER_RE.search(tensor)
+            m = LAYER_RE.search(tensor)
             if m is None or not tensor.endswith(".weight") or len(info.get("shape", ())) != 2:
                 continue
             out_f, in_f = info["shape"]

@@ -14,13 +14,12 @@ import json
 import re
 from pathlib import Path
 
-from adapters.basemodel import base_revision, layout, read_header
+from adapters.basemodel import LAYER_RE, base_revision, layout, read_header
 from adapters.errors import InvalidAdapter
 
 __all__ = ["base_revision", "check_against_base"]
 
 _KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
-_LAYER_RE = re.compile(r"(^|\.)layers\.(?P<layer>\d+)\.")
 
 
 def check_against_base(adapter_dir: Path, model_dir: Path) -> None:
@@ -36,7 +35,7 @@ def check_against_base(adapter_dir: Path, model_dir: Path) -> None:
     rank = int(cfg["r"])
     for key, info in read_header(adapter_dir / "adapter_model.safetensors").items():
         m = _KEY_RE.match(key)
-        layer = _LAYER_RE.search(key)
+        layer = LAYER_RE.search(key)
         if m is None or layer is None:
             raise InvalidAdapter(f"tensor {key!r} does not name a LoRA weight of a decoder layer")
         module = m.group("module")

@@ -157,9 +157,9 @@ class FairScheduler:
         if self._inflight < self.slots and not self.waiting:
             return 0.0
         now = time.monotonic()
-        remaining = sorted(
+        remaining = [
             max(0.0, self.service_s(lease.cost) - (now - lease.started)) for lease in self._leases.values()
-        )
+        ]
         untracked = max(0, self._inflight - len(remaining))  # dispatched, lease not yet taken: just started
         remaining = sorted(remaining + [self.service_s(self._mean_cost())] * untracked)
         excess = max(0, len(remaining) - self.slots)  # more running than slots (shrunk): those free nothing

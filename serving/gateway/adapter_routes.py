@@ -28,16 +28,15 @@ async def adapters_register(request: Request) -> Response:
     manifest fields id, kind, visibility, description; admins also owner) as a new version, validated on an
     engine replica against the base model: 201 + manifest."""
     gw, rid = gateway(request), request_id(request)
-    caller: list[Tenant] = []
+    tenant: Tenant | None = None  # known once authenticated: the audit names who was refused
     try:
-        caller.append(gw.tenant(request, "adapter uploads"))
+        tenant = gw.tenant(request, "adapter uploads")
         limit = gw.cfg.adapters.max_upload_bytes
         files, fields = await read_upload(request, limit, FILES, max_fields=len(FIELDS))
-        manifest_fields = upload_fields(caller[0], fields, gw.registry)
+        manifest_fields = upload_fields(tenant, fields, gw.registry)
     except Exception as e:
-        gw.audit_refusal("adapter_register", request, rid, e, caller[0] if caller else None)
+        gw.audit_refusal("adapter_register", request, rid, e, tenant)
         raise
-    tenant = caller[0]
     try:
         answer: Reply = await gw.engine.register_adapter.remote(files, manifest_fields)
         gw.registry.invalidate(manifest_fields["id"])  # this replica serves the new version at once
@@ -64,19 +63,18 @@ async def adapters_train(request: Request) -> Response:
     from serving.training_jobs import JobSpec, board, parse_train_request, submit
 
     gw, rid = gateway(request), request_id(request)
-    caller: list[Tenant] = []
+    tenant: Tenant | None = None
     try:
-        caller.append(gw.tenant(request, "training jobs"))
+        tenant = gw.tenant(request, "training jobs")
         files, fields = await read_upload(
             request, gw.cfg.adapters.max_upload_bytes, ("data.jsonl",), max_fields=20
         )
         settings, manifest, pairs = parse_train_request(
-            caller[0], fields, files["data.jsonl"], gw.registry, gw.cfg.engine.max_lora_rank
+            tenant, fields, files["data.jsonl"], gw.registry, gw.cfg.engine.max_lora_rank
         )
     except Exception as e:
-        gw.audit_refusal("adapter_train", request, rid, e, caller[0] if caller else None)
+        gw.audit_refusal("adapter_train", request, rid, e, tenant)
         raise
-    tenant = caller[0]
     jobs = board()
     job = await jobs.create.remote(tenant.id, manifest["id"], settings.model_dump(), len(pairs))
     spec = JobSpec(
@@ -131,24 +129,22 @@ async def adapters_show(adapter_id: str, request: Request) -> Response:
 async def adapters_retire(adapter_id: str, version: str, request: Request) -> Response:
     """Retire a version: requests no longer resolve to it (pinned ones get 410); files are kept."""
     gw, rid = gateway(request), request_id(request)
-    caller: list[Tenant] = []
+    tenant: Tenant | None = None
     try:
-        caller.append(gw.tenant(request, "retiring adapters"))
-        view = await asyncio.to_thread(gw.visible_adapter, caller[0], adapter_id)
-        if not may_retire(caller[0], view):
-            raise PermissionDenied(f"tenant {caller[0].id!r} may not retire {adapter_id!r}")
+        tenant = gw.tenant(request, "retiring adapters")
+        view = await asyncio.to_thread(gw.visible_adapter, tenant, adapter_id)
+        if not may_retire(tenant, view):
+            raise PermissionDenied(f"tenant {tenant.id!r} may not retire {adapter_id!r}")
         if version not in [v["version"] for v in view["versions"]]:
             raise NotFound(f"adapter {adapter_id!r} has no version {version!r}")
-        record = await asyncio.to_thread(gw.registry.retire, adapter_id, version, caller[0].id)
+        record = await asyncio.to_thread(gw.registry.retire, adapter_id, version, tenant.id)
     except Exception as e:
-        gw.audit_refusal(
-            "adapter_retire", request, rid, e, caller[0] if caller else None, f"{adapter_id}@{version}"
-        )
+        gw.audit_refusal("adapter_retire", request, rid, e, tenant, f"{adapter_id}@{version}")
         raise
     gw.gate.audit(
         event="adapter_retire",
         request_id=rid,
-        tenant=caller[0].id,
+        tenant=tenant.id,
         adapter=f"{adapter_id}@{version}",
         status=200,
     )
