@@ -135,6 +135,9 @@ def main() -> None:
             same[name].append(sum(a == b for a, b in zip(tokens["grouped"], tokens["vllm"], strict=True)))
             print(f"rep {rep} {name}: {results[name]} identical sequences {same[name]}", flush=True)
     cpu_lora.install()
+    from serving.engines.cpu_lora.wrapper import worker_reports
+
+    verdicts = [r for worker in llm.collective_rpc(worker_reports) for r in worker]
     del llm
     restricted = engine(lora_target_modules=["qkv_proj"])
     for loras in loads.values():
@@ -168,6 +171,7 @@ def main() -> None:
         "sequences_identical_to_vllm_ops": {
             name: " ".join(f"{n}/{args.prompts}" for n in counts) for name, counts in same.items()
         },
+        "probe_verdicts": verdicts,  # per layer shape on this CPU: grouped arithmetic or vLLM's ops
     }
     print(write_results("bench/results/cpu-lora.json", out).read_text())
 

@@ -80,6 +80,8 @@ class EngineDeployment:
             return await self._load_adapter(lora_name)
 
         self._load = serve.multiplexed(max_num_models_per_replica=config.engine.max_cpu_loras)(load)
+        self._numerics = await self._engine.numerics()  # the layers vLLM's profile run probed
+        self._metrics.record_numerics(self._numerics)
 
     async def _load_adapter(self, lora_name: str) -> _Resident:
         ref = parse_model_name(lora_name, self._cfg.model.served_name)
@@ -161,11 +163,19 @@ class EngineDeployment:
         log.info("adapter registered", extra={"lora_name": f"{m.id}@{m.version}", "replica": self._replica})
         return Reply(201, m.model_dump(mode="json"))
 
+    async def numerics(self) -> dict[str, Any]:
+        """The engine's LoRA arithmetic and its verdicts (layers are probed on first use: asked anew)."""
+        self._numerics = await self._engine.numerics()
+        self._metrics.record_numerics(self._numerics)
+        return {"replica": self._replica, **self._numerics}
+
     async def stats(self) -> dict[str, Any]:
-        """Replica id (and Ray actor name), adapters resident in vLLM, loads and evictions so far."""
+        """Replica id (and Ray actor name), adapters resident in vLLM, loads and evictions so far, the LoRA
+        arithmetic's verdicts as of the last :meth:`numerics`."""
         import ray
 
         return {
+            "numerics": self._numerics,
             "replica": self._replica,
             "actor": ray.get_runtime_context().get_actor_name(),
             "adapters": self._engine.loaded_adapters(),

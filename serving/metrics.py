@@ -98,6 +98,22 @@ class EngineMetrics:
             "rmn_engine_loras_resident",
             description="Adapters (or composites) resident in this engine replica's vLLM (bounded: a count).",
         )
+        self.cpu_lora_layers = Gauge(
+            "rmn_cpu_lora_layer_shapes",
+            description="CPU LoRA: layer shapes probed, by how they are served (grouped: the grouped arithmetic, "
+            "bit-identical to vLLM's ops on this CPU; vllm: vLLM's own ops, the grouped one differed).",
+            tag_keys=("path",),
+        )
+
+    def record_numerics(self, numerics: dict[str, Any]) -> None:
+        """Set the layer-shape gauge from an engine's ``numerics()`` (nothing off CPU)."""
+        report = numerics.get("cpu_lora")
+        reports = report if isinstance(report, list) else [report] if report else []
+        layers = [layer for r in reports for layer in r.get("layers", [])]
+        if reports:
+            grouped = sum(1 for layer in layers if layer["identical"])
+            self.cpu_lora_layers.set(grouped, tags={"path": "grouped"})
+            self.cpu_lora_layers.set(len(layers) - grouped, tags={"path": "vllm"})
 
 
 class CleanRoomMetrics:

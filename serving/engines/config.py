@@ -133,8 +133,9 @@ class EngineConfig(Strict):
     cpu_lora: Literal["grouped", "vllm"] = Field(
         default="grouped",
         description="CPU only: 'grouped' applies LoRA with a few batched ops per layer for all adapter slots in "
-        "the batch, bit-identical to vLLM's ops (serving/engines/cpu_lora.py); 'vllm' keeps vLLM's per-token "
-        "ops (with the index -1 fix).",
+        "the batch, on every layer whose shape a probe on this CPU found bit-identical to vLLM's ops (the "
+        "others run vLLM's ops; verdicts in the log and the engine's stats; serving/engines/cpu_lora/); 'vllm' "
+        "keeps vLLM's per-token ops everywhere (with the index -1 fix).",
     )
     lora_target_modules: list[str] | None = Field(
         default=None,

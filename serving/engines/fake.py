@@ -229,6 +229,10 @@ class FakeEngine:
             yield f"data: {json.dumps(tail, separators=(',', ':'))}\n\n"
         yield "data: [DONE]\n\n"
 
+    async def numerics(self) -> dict[str, Any]:
+        """No model, no LoRA arithmetic."""
+        return {"device": "fake", "cpu_lora": None}
+
     async def check_health(self) -> None:
         """Healthy until shut down."""
         if not self._alive:

@@ -13,10 +13,11 @@ The sgmv ops call the bgmv ones through module globals, so they are fixed too. R
 ``vllm.general_plugins`` entry point, which vLLM loads in every process it starts (Ray workers included).
 Idempotent: loading it twice patches once.
 
-It also installs the grouped CPU LoRA path (:mod:`serving.engines.cpu_lora`: a few batched ops per layer
-instead of a per-token gather, bit-identical) unless ``RMN_CPU_LORA=vllm`` (set from ``engine.cpu_lora``);
-the masked ops still serve the paths it does not replace (logits, embeddings, padded batches). Both touch only
-vLLM's CPU code: on CUDA vLLM uses its Triton kernels and this plugin changes nothing they run.
+It also selects the grouped CPU LoRA wrapper (:mod:`serving.engines.cpu_lora`: a few batched ops per layer
+instead of a per-token gather) in the mode ``RMN_CPU_LORA`` names (set from ``engine.cpu_lora``: ``grouped``,
+``exact``, or ``vllm`` for vLLM's own ops); the masked ops still serve the paths it does not replace
+(embeddings, padded batches). Both touch only vLLM's CPU code: on CUDA vLLM uses its Triton kernels and this
+plugin changes nothing they run.
 """
 
 from __future__ import annotations
@@ -31,16 +32,12 @@ _PATCHED = False
 
 
 def register() -> None:
-    """Entry point: patch the torch LoRA ops wherever vLLM bound them (once), and install or remove the
-    grouped CPU path as ``RMN_CPU_LORA`` says now (every call)."""
+    """Entry point: patch the torch LoRA ops wherever vLLM bound them (once), and select the grouped CPU
+    wrapper in the mode ``RMN_CPU_LORA`` says now (every call)."""
     global _PATCHED
     import serving.engines.cpu_lora as cpu_lora
 
-    mode = os.environ.get("RMN_CPU_LORA", "grouped")
-    if mode == "vllm":
-        cpu_lora.uninstall()
-    else:
-        cpu_lora.install()
+    cpu_lora.set_mode(os.environ.get("RMN_CPU_LORA", "grouped"))
     if _PATCHED:
         return
     import importlib

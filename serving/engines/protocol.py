@@ -8,7 +8,7 @@ test tier). :func:`serving.engines.create_engine` makes vLLM's unless an ``engin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from serving.replies import EngineItem
 
@@ -38,6 +38,11 @@ class Engine(Protocol):
         """Answer one OpenAI request: a :class:`~serving.replies.Head`, then one
         :class:`~serving.replies.Body` or SSE chunks (``str``) ending with ``data: [DONE]``. Invalid
         requests are answered (4xx head + error body), never raised."""
+        ...
+
+    async def numerics(self) -> dict[str, Any]:
+        """How the engine applies LoRA and what it claims about it (``cpu_lora``: the CPU wrapper's verdicts
+        per layer shape, None elsewhere)."""
         ...
 
     async def check_health(self) -> None:

@@ -61,6 +61,8 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
         settings["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
     if engine.device == "cuda":
         settings["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    else:  # the grouped CPU LoRA wrappers' verdicts, asked for by VLLMEngine.numerics
+        settings["worker_extension_cls"] = "serving.engines.cpu_lora.wrapper.ReportExtension"
     if engine.compact_json:
         from vllm.config import StructuredOutputsConfig
 
@@ -180,6 +182,8 @@ class VLLMEngine:
             disable_log_stats=False,
             stat_loggers=[_bounded_ray_stat_logger()],
         )
+        if self.engine_cfg.device == "cpu":  # probe the LoRA layers' arithmetic now, not in a first request
+            await self._client.collective_rpc("rmn_cpu_lora_probe", timeout=600)
         self._state = State()
         tasks = await self._client.get_supported_tasks()
         await init_app_state(self._client, self._state, args, tasks)
@@ -253,6 +257,15 @@ class VLLMEngine:
             yield Head(200, True)
             async for chunk in result:
                 yield chunk
+
+    async def numerics(self) -> dict[str, Any]:
+        """How LoRA is applied on this engine: on CPU the grouped wrapper's mode, the CPU and, per layer shape
+        probed so far, whether its arithmetic is bit-identical to vLLM's ops (else vLLM's ops run that layer)."""
+        if self.engine_cfg.device != "cpu" or self._client is None:
+            return {"device": self.engine_cfg.device, "cpu_lora": None}
+        reports = await self._client.collective_rpc("rmn_cpu_lora_report", timeout=30)
+        flat = [r for worker in reports for r in (worker or [])]
+        return {"device": "cpu", "cpu_lora": flat[0] if len(flat) == 1 else flat or None}
 
     async def check_health(self) -> None:
         """Raise if the engine core died."""

@@ -42,8 +42,10 @@ def test_base_request_batched_with_adapters_is_unchanged(llm, adapter_dirs, cpu_
 
 
 def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The grouped path is bit-identical to vLLM's ops (tests/unit/test_cpu_lora_grouped.py), so greedy text
-    is the same token for token; the demo model's adapters and stacks: bench/cpu_lora.py."""
+    """The grouped wrapper applies LoRA where its probe found vLLM's bits for the layer's shape and leaves the
+    other layers to vLLM's ops (tests/unit/test_cpu_lora_grouped.py), so greedy text is the same token for
+    token on any CPU; the demo model's adapters and stacks: bench/cpu_lora.py. The engine's workers report
+    which path each layer shape took."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -74,3 +76,11 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
         cpu_lora.install()
     assert grouped == reference
     assert grouped[1] != grouped[0] and grouped[2] != grouped[0]  # the adapters change the text
+    from serving.engines.cpu_lora.wrapper import worker_probe
+
+    (report,) = [r for worker in llm.collective_rpc(worker_probe) for r in worker]
+    assert report["mode"] == "grouped" and report["machine"]["cpu"]
+    shapes = {(layer["shape"]["hidden"], tuple(layer["shape"]["slices"])) for layer in report["layers"]}
+    assert len(shapes) >= 4  # q/k/v, o, gate/up, down (and lm_head when targeted)
+    assert all(layer["fused_error"] <= 2 * layer["vllm_error"] + 1e-6 for layer in report["layers"])
+    assert report["bit_identical"] == all(layer["identical"] for layer in report["layers"])

@@ -126,6 +126,10 @@ def test_residency_is_bounded_with_lru_eviction(
     assert stats
     for s in stats.values():
         assert len(s["adapters"]) <= 4, s
+        # each replica says how LoRA is applied: its CPU and, per layer shape probed at start, which path
+        cpu_lora = s["numerics"]["cpu_lora"]
+        assert cpu_lora["mode"] == "grouped" and cpu_lora["machine"]["cpu"], s["numerics"]
+        assert len(cpu_lora["layers"]) >= 4 and all("identical" in layer for layer in cpu_lora["layers"])
     assert sum(s["evictions"] for s in stats.values()) > 0, stats
 
 

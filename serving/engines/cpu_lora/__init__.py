@@ -1,0 +1,89 @@
+"""Grouped CPU LoRA for vLLM's linear layers and lm_head: a few batched ops per layer instead of a per-token
+gather, with vLLM's bits where a probe on this CPU shows it and vLLM's arithmetic elsewhere.
+
+vLLM's CPU punica wrapper applies LoRA with pure-torch ops that gather a (rank x hidden) matrix PER TOKEN
+(``lora_a[indices]``; for lm_head a vocab x rank matrix per sequence) and contract it with an einsum; on CPU
+that costs several times the base layer's own matmul. Here the tokens of a batch are grouped by slot once
+per step and, per layer, each slot's weights are cut to its REAL rank and kept in fp32 (``P_s``, cached until
+vLLM puts another adapter in the slot). Then:
+
+    a slot with many tokens (a prefill chunk)    h = x_s @ P_s.T ; y[rows_s, slice_i] += round_y(scale h) @ B_si.T
+    the slots with few tokens each (decodes),    stacked per slot set: A [S, R, in], B_i [S, size_i, R_i]
+      up to 256 stacked rows:  h = x @ A.T over all S*R rows, masked to each token's own slot, one expand per slice
+      beyond:                  h_t = x_t @ A[slot(t)].T (a view when every slot has one token), per-token expand
+
+Rows whose slot is -1 (requests without an adapter) get exactly zero, as with vLLM's masked ops.
+
+Exactness is measured, not assumed: the shrink runs vLLM's per-token gemv (a ``bmm`` with one token per batch
+over shared rows) and each slot's rows are rounded up to whole MKL row blocks, so on the development CPUs
+(AMD Zen 4, AVX-512 BF16) the fused path gives vLLM's bits at every shape tested. But oneDNN and MKL choose
+their blocking per ISA, shape and batch, and on Intel AMX, or with ``ONEDNN_MAX_CPU_ISA=AVX2`` or
+``AVX512_CORE``, a matmul over many tokens sums in another order at some token counts (even vLLM's own einsum
+over a slot's tokens differs from the same einsum over the whole batch there). So the ``grouped`` mode probes
+each layer shape once (:mod:`.probe`: token counts up to the batch limit, several slot mixes, both layouts)
+and applies LoRA to a layer only where its arithmetic was bit-identical to vLLM's ops; other layers run
+vLLM's own ops. The verdicts are logged and reported (:func:`serving.engines.cpu_lora.wrapper.worker_reports`,
+the engine's ``stats``). Token counts between the probed ones are not proven; the grouped arithmetic's error
+against float64 is within vLLM's own either way (tests/unit/test_cpu_lora_grouped.py).
+
+Layout: :mod:`.weights` (slot weights and their caches), :mod:`.arithmetic` (the ops), :mod:`.grouped` (the
+per-wrapper object), :mod:`.probe` (the verdicts), :mod:`.wrapper` (the vLLM ``PunicaWrapperCPU`` subclass;
+imports vLLM).
+"""
+
+from __future__ import annotations
+
+from serving.engines.cpu_lora.arithmetic import slot_groups
+from serving.engines.cpu_lora.grouped import GroupedLoRA, Mode
+from serving.engines.cpu_lora.weights import SlotWeights
+
+__all__ = [
+    "GroupedLoRA",
+    "Mode",
+    "SlotWeights",
+    "install",
+    "installed",
+    "mode",
+    "set_mode",
+    "slot_groups",
+    "uninstall",
+]
+
+
+def set_mode(mode: str) -> bool:
+    """Select the grouped wrapper for LoRA managers built from now on and set the mode every grouped wrapper
+    runs (``grouped``; ``vllm``: vLLM's own ops; ``fused``: no probe, for benchmarks); False in a vLLM
+    without a CPU wrapper (nothing to do)."""
+    if mode not in ("grouped", "fused", "vllm"):
+        raise ValueError(f"RMN_CPU_LORA must be grouped or vllm, not {mode!r}")
+    try:
+        from serving.engines.cpu_lora import wrapper
+    except ImportError:
+        return False
+    wrapper.select()
+    wrapper.GroupedPunicaWrapperCPU.mode = mode
+    return True
+
+
+def mode() -> str:
+    """The mode grouped wrappers run now."""
+    from serving.engines.cpu_lora import wrapper
+
+    return str(wrapper.GroupedPunicaWrapperCPU.mode)
+
+
+def install() -> bool:
+    """The grouped path (probe-decided per layer shape): ``set_mode("grouped")``."""
+    return set_mode("grouped")
+
+
+def uninstall() -> None:
+    """vLLM's own CPU ops again (tests compare both paths in one process)."""
+    set_mode("vllm")
+
+
+def installed() -> bool:
+    """True while grouped wrappers apply LoRA (any mode but ``vllm``)."""
+    from serving.engines.cpu_lora import wrapper
+
+    return wrapper.selected() and wrapper.GroupedPunicaWrapperCPU.mode != "vllm"

@@ -1,0 +1,196 @@
+"""The slot weights the grouped path reads, cut to each slot's real rank and cached per layer.
+
+vLLM zero-pads every slot to ``max_lora_rank`` (64 for 4-adapter stacks: a rank-8 adapter is 7/8 zeros) and
+zero-fills the slices of modules an adapter does not target. :meth:`SlotWeights.rank` reads a slot's real rank
+once per fill; :meth:`SlotWeights.part` keeps a slot's rows of every slice in fp32 (``P_s``) and
+:meth:`SlotWeights.stacked` the weights of a set of slots in the two batched layouts. Everything is keyed by
+the layer's buffers and the adapter id in each slot: when vLLM puts another adapter into a slot
+(:meth:`SlotWeights.set_slots`, from the wrapper's ``update_metadata``) that slot's entries are stale. vLLM's
+serving layer never reuses an adapter id for other weights, so an unchanged id means unchanged weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# MKL's gemv takes a matrix's rows four at a time (AVX-512) and sums a trailing partial block in another order;
+# 8 keeps whole blocks for 4 or 8 (rank-8 adapters stay at 8 rows)
+ROW_BLOCK = 8
+
+
+@dataclass
+class _Layer:
+    """One layer's cached entries; ``buffers`` keeps the keyed tensors alive (so their ids stay theirs)."""
+
+    buffers: list[Any]
+    ranks: dict[tuple[int, int], tuple[Any, int]] = field(
+        default_factory=dict
+    )  # (buffer id, slot) -> (gen, r)
+    parts: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # slot -> (gen, part)
+    stacked: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # (slots, gens, form) -> stacked
+
+
+def nbytes(stacked: Any) -> int:
+    """Bytes held by one stacked entry (0 for None)."""
+    if stacked is None:
+        return 0
+    a_all, b_all, owner = stacked
+    return sum(int(t.nbytes) for t in (a_all, *b_all, owner) if t is not None)
+
+
+class SlotWeights:
+    """Per-layer caches of slot weights, bounded: at most one part per slot and layer (so the fp32 copies hold
+    at most twice vLLM's own bf16 slot buffers), ``batches_kept`` stacked slot sets per layer, and
+    ``budget_bytes`` of stacked weights over all layers (beyond it every stacked cache starts over)."""
+
+    def __init__(self, *, budget_bytes: int = 256 << 20, batches_kept: int = 8, dense_max_cols: int = 256):
+        self.budget_bytes = budget_bytes
+        self.batches_kept = batches_kept
+        # up to this many stacked rows (fp32: 576 KiB at hidden 576, cache-resident), tokens batched together
+        # read all slots' rows and keep their own (one masked shrink); beyond, each reads only its own
+        self.dense_max_cols = dense_max_cols
+        self.stacked_bytes = 0
+        self._layers: dict[int, _Layer] = {}
+        self._generation: dict[int, Any] = {}  # slot -> the adapter id vLLM put there (or a fill count)
+
+    # ---- slot contents ------------------------------------------------------------------------------
+    def set_slots(self, ids: Sequence[int | None]) -> None:
+        """The adapter id in each slot now (vLLM's ``lora_index_to_id``): a changed id makes the slot's cached
+        weights stale."""
+        for slot, lora_id in enumerate(ids):
+            if lora_id is not None and self._generation.get(slot) != ("id", lora_id):
+                self._generation[slot] = ("id", lora_id)
+
+    def refilled(self, slot: int) -> None:
+        """Note that ``slot`` holds new weights (for callers without adapter ids, e.g. tests)."""
+        previous = self._generation.get(slot)
+        count = previous[1] + 1 if isinstance(previous, tuple) and previous[0] == "fill" else 1
+        self._generation[slot] = ("fill", count)
+
+    def _layer(self, lora_a: tuple[Any, ...]) -> _Layer:
+        layer = self._layers.get(id(lora_a[0]))
+        if layer is None:
+            layer = self._layers[id(lora_a[0])] = _Layer(buffers=list(lora_a))
+        return layer
+
+    # ---- one slot -----------------------------------------------------------------------------------
+    def rank(self, lora_a: Any, slot: int, layer: _Layer | None = None) -> int:
+        """How many leading rows of ``A[slot]`` (``[slots, 1, r_max, in]``) hold nonzero weights: the slot's
+        effective rank in this buffer (0 when the adapter does not touch this module/slice)."""
+        layer = layer or self._layer((lora_a,))
+        generation = self._generation.get(slot)
+        hit = layer.ranks.get((id(lora_a), slot))
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        import torch
+
+        a = lora_a[slot, 0] if lora_a.dim() == 4 else lora_a[slot]
+        ints = {2: torch.int16, 4: torch.int32}.get(a.element_size())
+        if ints is None:
+            nonzero = (a != 0).any(dim=1).nonzero()
+        else:  # a row's largest bit pattern: one pass, 3x faster than a float compare (matters on every refill)
+            nonzero = (a.view(ints).abs().amax(dim=1) > 0).nonzero()  # -0.0 is INT_MIN: abs keeps it < 0
+        rank = int(nonzero[-1]) + 1 if nonzero.numel() else 0
+        if lora_a is not layer.buffers[0] and all(b is not lora_a for b in layer.buffers):
+            layer.buffers.append(lora_a)
+        layer.ranks[(id(lora_a), slot)] = (generation, rank)
+        return rank
+
+    def rows(self, a: Any, slot: int, layer: _Layer | None = None) -> int:
+        """The rows of ``A[slot]`` that enter the fused shrink: the real rank rounded up to whole row blocks
+        (zero rows, still inside vLLM's zero-padded buffer), so every real row keeps the summation order it
+        has in vLLM's per-token gemv over the full padded buffer."""
+        rank = self.rank(a, slot, layer)
+        return min(-(-rank // ROW_BLOCK) * ROW_BLOCK, a.shape[-2]) if rank else 0
+
+    def part(self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slot: int) -> Any:
+        """One slot's weights across every slice: ``(A, Bs)`` with ``A`` [cols, in] fp32 (slice-major; each
+        slice's rows from :meth:`rows`) and ``Bs[i]`` [size_i, rows_i] (None for an untouched slice); None
+        when the slot touches no slice."""
+        import torch
+
+        layer = self._layer(lora_a)
+        generation = self._generation.get(slot)
+        hit = layer.parts.get(slot)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        a_parts, b_parts = [], []
+        for a, b in zip(lora_a, lora_b, strict=True):
+            rows = self.rows(a, slot, layer)
+            if rows:
+                a_parts.append(a[slot, 0, :rows] if a.dim() == 4 else a[slot, :rows])
+                b_parts.append((b[slot, 0, :, :rows] if b.dim() == 4 else b[slot, :, :rows]).contiguous())
+            else:
+                b_parts.append(None)
+        part = (torch.cat(a_parts).float(), b_parts) if a_parts else None
+        layer.parts[slot] = (generation, part)
+        return part
+
+    # ---- a set of slots -----------------------------------------------------------------------------
+    def stacked(self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
+        """The weights of ``slots`` (each touching some slice), every slot's rows of slice i zero-padded to
+        ``R_i`` (their most over the slots), ``R = sum(R_i)``, in one of two forms:
+
+        - masked (``S * R <= dense_max_cols``): ``(A, Bs, owner)``, ``A`` [S*R, in] fp32 slice-major then slot,
+          ``Bs[i]`` [size_i, S*R_i] and ``owner`` [S*R] (each row's slot);
+        - per token: ``(A, Bs, None)`` with ``A`` [S, R, in] fp32 (slice-major within a slot) and ``Bs[i]``
+          [S, size_i, R_i].
+
+        ``Bs[i]`` is None for a slice no slot touches. Cached per layer and slot set until a slot is refilled."""
+        layer = self._layer(lora_a)
+        key = (slots, tuple(self._generation.get(s) for s in slots), self.dense_max_cols)
+        if key in layer.stacked:
+            return layer.stacked[key]
+        stacked = self._build(lora_a, lora_b, slots)
+        cache = layer.stacked
+        for old in [k for k in cache if k[0] == slots] + list(cache)[
+            : max(0, len(cache) - self.batches_kept + 1)
+        ]:
+            self.stacked_bytes -= nbytes(cache.pop(old, None))  # a stale fill of these slots, or the oldest
+        size = nbytes(stacked)
+        if self.stacked_bytes + size > self.budget_bytes:
+            for other in self._layers.values():
+                other.stacked.clear()
+            self.stacked_bytes = 0
+        cache[key] = stacked
+        self.stacked_bytes += size
+        return stacked
+
+    def _build(self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
+        """Lay the slots' parts out in the masked or the per-token form (see :meth:`stacked`)."""
+        import torch
+
+        parts = [self.part(lora_a, lora_b, slot) for slot in slots]
+        most = [max(0 if p[1][i] is None else p[1][i].shape[1] for p in parts) for i in range(len(lora_b))]
+        n, total = len(slots), sum(most)
+        starts = [sum(most[:i]) for i in range(len(most))]
+        masked = n * total <= self.dense_max_cols
+        a_all = torch.zeros(n * total, lora_a[0].shape[-1], dtype=torch.float32)
+        b_all: list[Any] = [
+            None
+            if not r_i
+            else torch.zeros(*((b.shape[-2], n * r_i) if masked else (n, b.shape[-2], r_i)), dtype=b.dtype)
+            for b, r_i in zip(lora_b, most, strict=True)
+        ]
+        for j, (a_s, bs) in enumerate(parts):
+            src = 0
+            for i, b_s in enumerate(bs):
+                if b_s is None:
+                    continue
+                r = b_s.shape[1]
+                row = n * starts[i] + j * most[i] if masked else j * total + starts[i]
+                a_all[row : row + r] = a_s[src : src + r]
+                if masked:
+                    b_all[i][:, j * most[i] : j * most[i] + r] = b_s
+                else:
+                    b_all[i][j, :, :r] = b_s
+                src += r
+        if masked:
+            return a_all, b_all, torch.cat([torch.tensor(slots).repeat_interleave(r_i) for r_i in most])
+        return a_all.view(n, total, -1), b_all, None
+
+    def layer_entries(self, lora_a: tuple[Any, ...]) -> dict[tuple[Any, ...], Any]:
+        """The stacked entries cached for one layer (for tests and stats)."""
+        return self._layer(lora_a).stacked

@@ -1,0 +1,155 @@
+"""vLLM's CPU punica wrapper with the grouped path: a subclass, selected the way vLLM selects wrappers.
+
+vLLM asks the platform for its wrapper's qualified name (``CpuPlatform.get_punica_wrapper``) when it builds a
+model's LoRA manager; :func:`select` makes the CPU platform name :class:`GroupedPunicaWrapperCPU` (one class
+swap, CPU only: CUDA keeps vLLM's Triton wrapper). The subclass overrides three hooks and owns its state:
+``update_metadata`` (regroup the batch once per step, note which adapter each slot holds), ``add_lora_linear``
+and ``add_lora_logits``. The process-wide mode (``RMN_CPU_LORA``, :func:`serving.engines.cpu_lora.set_mode`)
+is read per call, so tests and benchmarks compare paths on one engine; ``vllm`` runs vLLM's own methods, and
+so does every layer whose shape the grouped arithmetic does not serve (:meth:`GroupedLoRA.serves`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+from serving.engines.cpu_lora.arithmetic import slot_groups
+from serving.engines.cpu_lora.grouped import GroupedLoRA
+
+QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
+_PROBE_TOKENS = 512  # the probe's largest token count (the engine's batch limit when lower)
+
+
+class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
+    """``PunicaWrapperCPU`` whose linear and logits LoRA run through a :class:`GroupedLoRA`."""
+
+    mode = "grouped"  # grouped | fused | vllm (class-wide: set by serving.engines.cpu_lora.set_mode)
+
+    def __init__(self, max_num_batched_tokens: int, max_batches: int, device: Any, **kwargs: Any) -> None:
+        super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
+        self.grouped = GroupedLoRA(max_tokens=min(max_num_batched_tokens, _PROBE_TOKENS))
+        self._groups: list[tuple[int, Any]] | None = None
+
+    def update_metadata(
+        self, mapping: Any, lora_index_to_id: list[int | None], *args: Any, **kwargs: Any
+    ) -> None:
+        super().update_metadata(mapping, lora_index_to_id, *args, **kwargs)
+        self._groups = None  # the batch changed: regroup on first use
+        self.grouped.weights.set_slots(lora_index_to_id)
+
+    def probe_layers(self, layers: Any) -> None:
+        """Probe now every linear LoRA layer's shape (they are otherwise probed on first use, which would
+        delay the first requests by seconds); lm_head's is probed on first use."""
+        if type(self).mode != "grouped":
+            return
+        for layer in layers:
+            lora_a, slices = getattr(layer, "lora_a_stacked", None), getattr(layer, "output_slices", None)
+            if isinstance(lora_a, tuple) and slices and getattr(layer, "punica_wrapper", None) is self:
+                self.grouped.serves(lora_a, tuple(slices), self.grouped.max_tokens)
+
+    def _grouping(self) -> GroupedLoRA | None:
+        mode = type(self).mode
+        if mode == "vllm":
+            return None
+        self.grouped.mode = "fused" if mode == "fused" else "grouped"
+        return self.grouped
+
+    def add_lora_linear(
+        self,
+        y: Any,
+        x: Any,
+        lora_a_stacked: tuple[Any, ...],
+        lora_b_stacked: tuple[Any, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+        *,
+        buffer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        grouped = self._grouping()
+        indices = self.token_lora_indices
+        if grouped is not None and x.reshape(-1, x.shape[-1]).shape[0] == indices.shape[0]:  # not padded
+            if self._groups is None:
+                self._groups = slot_groups(indices)
+            args = (y, x, indices, lora_a_stacked, lora_b_stacked, scale, output_slices)
+            if grouped.linear(*args, groups=self._groups):
+                return
+        super().add_lora_linear(
+            y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+        )
+
+    def add_lora_logits(
+        self,
+        y: Any,
+        x: Any,
+        lora_a_stacked: Any,
+        lora_b_stacked: Any,
+        scale: float,
+        *,
+        buffer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        # vLLM's version gathers a [vocab x r] matrix per sequence; here: the same grouping, per sequence
+        grouped = self._grouping()
+        indices = self.sampler_indices
+        y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
+        if grouped is not None and x2.shape[0] == indices.shape[0]:
+            size = min(y2.shape[-1], lora_b_stacked.shape[-2])
+            limit = min(self._seq_lengths.shape[0], _PROBE_TOKENS)  # one row per sequence (max_batches)
+            weights = ((lora_a_stacked,), (lora_b_stacked[..., :size, :],))
+            if grouped.linear(y2, x2, indices, *weights, scale, (size,), limit=limit):
+                return
+        super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
+
+
+def select() -> None:
+    """Make vLLM's CPU platform choose :class:`GroupedPunicaWrapperCPU` for the LoRA managers it builds from
+    now on (idempotent)."""
+    from vllm.platforms.cpu import CpuPlatform
+
+    CpuPlatform.get_punica_wrapper = classmethod(lambda cls: QUALNAME)  # type: ignore[method-assign,assignment]
+
+
+def selected() -> bool:
+    """True when vLLM's CPU platform names this wrapper."""
+    from vllm.platforms.cpu import CpuPlatform
+
+    return bool(CpuPlatform.get_punica_wrapper() == QUALNAME)
+
+
+def _manager(worker: Any) -> Any:
+    """vLLM's LoRA model manager in a worker (None without LoRA)."""
+    runner = getattr(worker, "model_runner", worker)
+    return getattr(getattr(runner, "lora_manager", None), "_adapter_manager", None)
+
+
+def _wrappers(manager: Any) -> list[GroupedPunicaWrapperCPU]:
+    wrappers = getattr(manager, "punica_wrapper_mapping", {}) or {}
+    return [w for w in wrappers.values() if isinstance(w, GroupedPunicaWrapperCPU)]
+
+
+def worker_reports(worker: Any) -> list[dict[str, Any]]:
+    """The :meth:`GroupedLoRA.report` of every grouped wrapper in a vLLM worker (run there through
+    ``collective_rpc``); empty without LoRA or with vLLM's own wrapper."""
+    return [w.grouped.report() for w in _wrappers(_manager(worker))]
+
+
+def worker_probe(worker: Any) -> list[dict[str, Any]]:
+    """Probe every linear LoRA layer of a worker's model now, then :func:`worker_reports`."""
+    manager = _manager(worker)
+    for wrapper in _wrappers(manager):
+        wrapper.probe_layers(getattr(manager, "modules", {}).values())
+    return worker_reports(worker)
+
+
+class ReportExtension:
+    """Mixed into vLLM's worker (``worker_extension_cls``) so the engine can ask, through
+    ``collective_rpc("rmn_cpu_lora_report")``, what its grouped wrappers decided."""
+
+    def rmn_cpu_lora_report(self) -> list[dict[str, Any]]:
+        return worker_reports(self)
+
+    def rmn_cpu_lora_probe(self) -> list[dict[str, Any]]:
+        return worker_probe(self)

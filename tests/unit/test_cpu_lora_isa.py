@@ -1,0 +1,62 @@
+"""The CPU LoRA numerics tests once per instruction set this CPU can be capped to.
+
+oneDNN (bf16 matmuls) and MKL (fp32 gemv) pick their kernels, and so the order of a dot product's sums, by
+ISA: a result proven on one CPU family proves nothing for another. ``ONEDNN_MAX_CPU_ISA`` and
+``MKL_ENABLE_INSTRUCTIONS`` cap what they may use, which is how an AVX2-only or an AVX-512-without-BF16 CPU's
+summation order shows up on the development machine (an ISA above what the CPU has cannot be reached; those
+caps are skipped). tests/unit/test_cpu_lora_grouped.py asserts only what must hold on every CPU, so it must
+pass under every cap."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.isa
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+CAPS = [  # (environment, the CPU flags it needs)
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"avx2", "fma"}),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, {"avx512f", "avx512bw", "avx512vl", "avx512dq"}),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, {"avx512_bf16"}),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, {"amx_bf16", "amx_tile"}),
+    ({"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {"avx2"}),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {"avx2", "fma"}),
+]
+
+
+@pytest.mark.parametrize(
+    "caps", [c for c, _ in CAPS], ids=["+".join(f"{k}={v}" for k, v in c.items()) for c, _ in CAPS]
+)
+def test_numerics_hold_under_the_isa_cap(caps: dict[str, str]) -> None:
+    needs = dict((tuple(sorted(c.items())), n) for c, n in CAPS)[tuple(sorted(caps.items()))]
+    if not needs <= _flags():
+        pytest.skip(f"this CPU lacks {sorted(needs - _flags())}: the cap cannot be reached here")
+    env = {**os.environ, **caps}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/unit/test_cpu_lora_grouped.py",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{caps}:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+    assert " passed" in done.stdout and " failed" not in done.stdout  # exit 5 (nothing ran) fails too
