@@ -48,6 +48,51 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _heldout_loss(model: Any, heldout: list[str], tok: Any, seq_len: int, batch: int, device: str) -> float:
+    """Mean loss over the held-out texts (fixed batching), in eval mode; the model is left in train mode."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        batches = _batches(heldout, tok, seq_len, batch, random.Random(0))
+        losses = [float(model(**_to(b, device)).loss) for b in batches]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _optimise(
+    model: Any,
+    train: list[str],
+    tok: Any,
+    rng: random.Random,
+    settings: dict[str, Any],
+    on_step: Callable[[int, float], None] | None,
+) -> float:
+    """AdamW over the trainable (LoRA) parameters for ``settings["steps"]`` steps; the last step's loss."""
+    import torch
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings["lr"])
+    data: list[dict] = []
+    bar = tqdm(range(settings["steps"]), desc=settings["desc"], unit="step")
+    loss_value = float("nan")
+    for step in bar:
+        if not data:
+            data = _batches(train, tok, settings["seq_len"], settings["batch"], rng)
+        loss = model(**_to(data.pop(), settings["device"])).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        loss_value = float(loss.detach())
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if on_step is not None:
+            on_step(step + 1, loss_value)
+    return loss_value
+
+
 def train_lora(
     base_dir: Path | str,
     pairs: Sequence[tuple[str, str]],
@@ -77,55 +122,23 @@ def train_lora(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tok = AutoTokenizer.from_pretrained(str(base_dir))
-    texts = [
-        str(
-            tok.apply_chat_template(
-                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
-            )
-        )
-        for p, r in pairs
-    ]
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in pairs]
+    texts = [str(tok.apply_chat_template(chat, tokenize=False)) for chat in chats]
     rng.shuffle(texts)
     n_eval = max(2, len(texts) // 10)
     heldout, train = texts[:n_eval], texts[n_eval:]
     model: Any = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     model = model.to(device)
-
-    def on(b: dict) -> dict:
-        return {k: v.to(device) for k, v in b.items()}
-
-    def heldout_loss(m: torch.nn.Module) -> float:
-        m.eval()
-        with torch.no_grad():
-            losses = [
-                float(m(**on(b)).loss) for b in _batches(heldout, tok, seq_len, batch, random.Random(0))
-            ]
-        m.train()
-        return sum(losses) / len(losses)
-
-    base_loss = heldout_loss(model)
+    base_loss = _heldout_loss(model, heldout, tok, seq_len, batch, device)
     if on_heldout is not None:
         on_heldout("base", base_loss)
     cfg = LoraConfig(
         r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0, task_type="CAUSAL_LM"
     )
     peft_model: Any = get_peft_model(model, cfg)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
-    data: list[dict] = []
-    bar = tqdm(range(steps), desc=desc, unit="step")
-    loss_value = float("nan")
-    for step in bar:
-        if not data:
-            data = _batches(train, tok, seq_len, batch, rng)
-        loss = peft_model(**on(data.pop())).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        loss_value = float(loss.detach())
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        if on_step is not None:
-            on_step(step + 1, loss_value)
-    adapter_loss = heldout_loss(peft_model)
+    settings = {"steps": steps, "lr": lr, "batch": batch, "seq_len": seq_len, "desc": desc, "device": device}
+    loss_value = _optimise(peft_model, train, tok, rng, settings, on_step)
+    adapter_loss = _heldout_loss(peft_model, heldout, tok, seq_len, batch, device)
     if on_heldout is not None:
         on_heldout("adapter", adapter_loss)
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -46,60 +46,67 @@ Complete = Callable[[dict[str, Any]], Awaitable[Completion]]
 """Makes one completion for a request body (the router's, bound to the tenant and request id)."""
 
 
+async def _rationale(
+    complete: Complete, cfg: ComparisonConfig, model: str, result: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON rationale through the planning stack (guided decoding), parsed and checked against its schema."""
+    body = {
+        "model": model,
+        "federation": {"task": "planning"},
+        "messages": rationale_messages(result),
+        "max_tokens": cfg.rationale_max_tokens,
+        "temperature": 0,
+        # vLLM guided decoding (xgrammar; compact JSON per engine.compact_json)
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "rationale", "schema": RATIONALE_SCHEMA, "strict": True},
+        },
+    }
+    ans = await complete(body)
+    if ans.status != 200:
+        return {"error": ans.error, "model": ans.model}
+    try:
+        parsed = json.loads(ans.text, strict=False)  # control characters inside strings are tolerated
+    except json.JSONDecodeError:
+        return {
+            "error": "output is not complete JSON (max_tokens too small?)",
+            "raw": ans.text,
+            "model": ans.model,
+        }
+    return {"json": parsed, "schema_valid": matches_rationale_schema(parsed), "model": ans.model}
+
+
+async def _creative(
+    complete: Complete, cfg: ComparisonConfig, model: str, market: dict[str, Any], sku: dict[str, Any]
+) -> dict[str, Any]:
+    """One ad line for ``sku`` through the creative stack, with brand governance's verdict."""
+    body = {
+        "model": model,
+        "federation": {"task": "creative"},
+        "messages": creative_messages(
+            sku["sku"], sku["category"], market["manufacturer"], market["retailer"]
+        ),
+        "max_tokens": cfg.creative_max_tokens,
+        "temperature": 0,
+    }
+    ans = await complete(body)
+    if ans.status != 200:
+        return {"sku": sku["sku"], "error": ans.error}
+    g = cfg.governance
+    verdict = check_line(ans.text, g.banned_words, g.max_chars, g.min_chars)
+    return {"sku": sku["sku"], **verdict, "model": ans.model}
+
+
 async def write_texts(
     complete: Complete, cfg: ComparisonConfig, served_name: str, result: dict[str, Any]
 ) -> None:
     """Fill ``result["rationale"]``, ``result["creatives"]`` and ``result["models"]`` (errors are
     reported in place, the numbers stand without the text)."""
     model = f"{served_name}:auto"
-    market = result["market"]
-
-    async def rationale() -> dict[str, Any]:
-        body = {
-            "model": model,
-            "federation": {"task": "planning"},
-            "messages": rationale_messages(result),
-            "max_tokens": cfg.rationale_max_tokens,
-            "temperature": 0,
-            # vLLM guided decoding (xgrammar; compact JSON per engine.compact_json)
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "rationale", "schema": RATIONALE_SCHEMA, "strict": True},
-            },
-        }
-        ans = await complete(body)
-        if ans.status != 200:
-            return {"error": ans.error, "model": ans.model}
-        raw = ans.text
-        try:
-            parsed = json.loads(raw, strict=False)  # control characters inside strings are tolerated
-        except json.JSONDecodeError:
-            return {
-                "error": "output is not complete JSON (max_tokens too small?)",
-                "raw": raw,
-                "model": ans.model,
-            }
-        return {"json": parsed, "schema_valid": matches_rationale_schema(parsed), "model": ans.model}
-
-    async def creative(sku: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "model": model,
-            "federation": {"task": "creative"},
-            "messages": creative_messages(
-                sku["sku"], sku["category"], market["manufacturer"], market["retailer"]
-            ),
-            "max_tokens": cfg.creative_max_tokens,
-            "temperature": 0,
-        }
-        ans = await complete(body)
-        if ans.status != 200:
-            return {"sku": sku["sku"], "error": ans.error}
-        g = cfg.governance
-        verdict = check_line(ans.text, g.banned_words, g.max_chars, g.min_chars)
-        return {"sku": sku["sku"], **verdict, "model": ans.model}
-
+    texts = [_rationale(complete, cfg, model, result)]
+    texts += [_creative(complete, cfg, model, result["market"], s) for s in result.get("top_skus", [])]
     try:
-        outputs = await asyncio.gather(rationale(), *[creative(s) for s in result.get("top_skus", [])])
+        outputs = await asyncio.gather(*texts)
     except (FederationError, AdapterError) as e:  # the stack is refused: numbers only, and say why
         result["rationale"] = {"error": str(e)}
         result["creatives"] = []

@@ -134,67 +134,41 @@ def json_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_adapters_commands(sub: argparse._SubParsersAction) -> None:
-    """Attach ``rmn adapters ...`` to the top-level parser."""
-    a = sub.add_parser("adapters", help="the adapter registry").add_subparsers(
-        dest="adapters_verb", required=True
+def _registry_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    x.add_argument(
+        "--root",
+        help="registry directory or object-store URL, e.g. s3://bucket/adapters (credentials and "
+        "AWS_ENDPOINT_URL from the environment; default: $RMN_HOME/adapters)",
     )
+    x.add_argument("--max-rank", type=int, default=64, help="largest rank accepted")
+    return x
 
-    def reg_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        x.add_argument(
-            "--root",
-            help="registry directory or object-store URL, e.g. s3://bucket/adapters (credentials and "
-            "AWS_ENDPOINT_URL from the environment; default: $RMN_HOME/adapters)",
-        )
-        x.add_argument("--max-rank", type=int, default=64, help="largest rank accepted")
-        return x
 
-    def manifest_args(x: argparse.ArgumentParser) -> None:
-        x.add_argument(
-            "--base-model-dir", required=True, help="base model directory (shapes and revision are checked)"
-        )
-        x.add_argument("--id", required=True, help="adapter id, [a-z0-9_-]")
-        x.add_argument("--version", default="1", help="version; never overwrites an existing one")
-        x.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
-        x.add_argument("--owner", required=True, help="owning tenant")
-        x.add_argument("--visibility", default="private", choices=["public", "private"])
-        x.add_argument("--description", default="")
-
-    ls = reg_args(a.add_parser("list", help="latest version of every adapter"))
-    json_flag(ls).set_defaults(fn=_cmd_adapters_list)
-    sh = json_flag(reg_args(a.add_parser("show", help="one adapter's manifest")))
-    sh.add_argument("id")
-    sh.add_argument("--version")
-    sh.set_defaults(fn=_cmd_adapters_show)
-    r = reg_args(a.add_parser("register", help="validate a PEFT adapter directory and register it"))
-    r.add_argument("path", help="directory with adapter_config.json + adapter_model.safetensors")
-    manifest_args(r)
-    r.set_defaults(fn=_cmd_adapters_register)
-
-    def cache_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        x.add_argument("--cache", help="composite cache directory (default: <temp dir>/rmn-composites)")
-        x.add_argument("--cache-max-bytes", type=int, default=2 << 30, help="cache size bound (LRU beyond)")
-        x.add_argument("--compress", action="store_true", help="SVD-compress stacks above --max-rank")
-        return x
-
-    gc = cache_args(
-        reg_args(a.add_parser("gc", help="remove interrupted registrations, trim the composite cache"))
+def _manifest_args(x: argparse.ArgumentParser) -> None:
+    x.add_argument(
+        "--base-model-dir", required=True, help="base model directory (shapes and revision are checked)"
     )
-    gc.set_defaults(fn=_cmd_adapters_gc)
-    v = reg_args(
-        a.add_parser("validate", help="run every registration check on a PEFT directory, keep nothing")
+    x.add_argument("--id", required=True, help="adapter id, [a-z0-9_-]")
+    x.add_argument("--version", default="1", help="version; never overwrites an existing one")
+    x.add_argument("--kind", required=True, choices=["industry", "retailer", "manufacturer", "task"])
+    x.add_argument("--owner", required=True, help="owning tenant")
+    x.add_argument("--visibility", default="private", choices=["public", "private"])
+    x.add_argument("--description", default="")
+
+
+def _cache_args(x: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    x.add_argument("--cache", help="composite cache directory (default: <temp dir>/rmn-composites)")
+    x.add_argument("--cache-max-bytes", type=int, default=2 << 30, help="cache size bound (LRU beyond)")
+    x.add_argument("--compress", action="store_true", help="SVD-compress stacks above --max-rank")
+    return x
+
+
+def _add_train(a: argparse._SubParsersAction) -> None:
+    t = _registry_args(
+        a.add_parser("train", help="fine-tune a LoRA with PEFT on a JSONL corpus and register it")
     )
-    v.add_argument("path", help="directory with adapter_config.json + adapter_model.safetensors")
-    v.add_argument("--base-model-dir", required=True, help="base model directory to check shapes against")
-    v.set_defaults(fn=_cmd_adapters_validate)
-    c = cache_args(
-        reg_args(a.add_parser("compose", help="compose a stack exactly (cached); prints id and path"))
-    )
-    c.add_argument("stack", help="e.g. retail_media+acme_retail+brand_brewmax*0.5+task_creative")
-    c.set_defaults(fn=_cmd_adapters_compose)
-    t = reg_args(a.add_parser("train", help="fine-tune a LoRA with PEFT on a JSONL corpus and register it"))
     t.add_argument("--data", required=True, help='JSONL, one {"prompt": ..., "response": ...} per line')
-    manifest_args(t)
+    _manifest_args(t)
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--alpha", type=int, default=16)
     t.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated")
@@ -202,3 +176,33 @@ def add_adapters_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_cmd_adapters_train)
+
+
+def add_adapters_commands(sub: argparse._SubParsersAction) -> None:
+    """Attach ``rmn adapters ...`` to the top-level parser."""
+    a = sub.add_parser("adapters", help="the adapter registry").add_subparsers(
+        dest="adapters_verb", required=True
+    )
+    ls = _registry_args(a.add_parser("list", help="latest version of every adapter"))
+    json_flag(ls).set_defaults(fn=_cmd_adapters_list)
+    sh = json_flag(_registry_args(a.add_parser("show", help="one adapter's manifest")))
+    sh.add_argument("id")
+    sh.add_argument("--version")
+    sh.set_defaults(fn=_cmd_adapters_show)
+    r = _registry_args(a.add_parser("register", help="validate a PEFT adapter directory and register it"))
+    r.add_argument("path", help="directory with adapter_config.json + adapter_model.safetensors")
+    _manifest_args(r)
+    r.set_defaults(fn=_cmd_adapters_register)
+    gc = a.add_parser("gc", help="remove interrupted registrations, trim the composite cache")
+    _cache_args(_registry_args(gc)).set_defaults(fn=_cmd_adapters_gc)
+    v = _registry_args(
+        a.add_parser("validate", help="run every registration check on a PEFT directory, keep nothing")
+    )
+    v.add_argument("path", help="directory with adapter_config.json + adapter_model.safetensors")
+    v.add_argument("--base-model-dir", required=True, help="base model directory to check shapes against")
+    v.set_defaults(fn=_cmd_adapters_validate)
+    c = a.add_parser("compose", help="compose a stack exactly (cached); prints id and path")
+    c = _cache_args(_registry_args(c))
+    c.add_argument("stack", help="e.g. retail_media+acme_retail+brand_brewmax*0.5+task_creative")
+    c.set_defaults(fn=_cmd_adapters_compose)
+    _add_train(a)

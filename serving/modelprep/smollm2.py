@@ -17,6 +17,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -70,14 +71,46 @@ def _perplexity(model_dir: Path) -> float:
     return math.exp(float(loss))
 
 
+def _convert(gguf: Path, stage: Path, steps: Any) -> Path:
+    """Dequantize the GGUF to a bf16 safetensors model with ChatML special tokens, saved in ``stage``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    kw = {"gguf_file": gguf.name, "quantization_config": GgufConfig(dequantize=True)}
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.bfloat16, **kw)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    steps.update()
+    steps.set_postfix_str("fix tokenizer")
+    tok.bos_token, tok.eos_token, tok.pad_token = "<|im_start|>", "<|im_end|>", "<|im_end|>"
+    if not tok.chat_template or "<|im_start|>" not in tok.chat_template:
+        raise RuntimeError("the GGUF carries no ChatML chat template")
+    for config in (model.config, model.generation_config):
+        config.bos_token_id, config.eos_token_id = tok.bos_token_id, tok.eos_token_id
+        config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(str(stage), safe_serialization=True)
+    tok.save_pretrained(str(stage))
+    return stage
+
+
+def _verify(stage: Path) -> float:
+    """The converted model's perplexity on a fixed text (RuntimeError above PERPLEXITY_MAX) and its special
+    tokens after a save/load round trip."""
+    from transformers import AutoTokenizer
+
+    ppl = _perplexity(stage)
+    if not ppl < PERPLEXITY_MAX:
+        raise RuntimeError(f"converted model perplexity {ppl:.1f} exceeds {PERPLEXITY_MAX}: bad conversion")
+    check = AutoTokenizer.from_pretrained(str(stage))
+    if check.eos_token != "<|im_end|>" or check.bos_token != "<|im_start|>":
+        raise RuntimeError(f"special tokens wrong after save: bos={check.bos_token} eos={check.eos_token}")
+    return ppl
+
+
 def prepare_smollm2(out_dir: Path | str, gguf: Path | None = None) -> Path:
     """Build (or verify) the demo model directory; returns it."""
     out = Path(out_dir)
     if is_prepared(out):
         return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
     out.parent.mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=5, desc="prepare SmolLM2-135M", unit="step")
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp_s:
@@ -89,36 +122,10 @@ def prepare_smollm2(out_dir: Path | str, gguf: Path | None = None) -> Path:
             lic = None
         steps.update()
         steps.set_postfix_str("dequantize")
-        kw = {"gguf_file": gguf.name, "quantization_config": GgufConfig(dequantize=True)}
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.bfloat16, **kw)
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        steps.update()
-        steps.set_postfix_str("fix tokenizer")
-        tok.bos_token, tok.eos_token, tok.pad_token = "<|im_start|>", "<|im_end|>", "<|im_end|>"
-        if not tok.chat_template or "<|im_start|>" not in tok.chat_template:
-            raise RuntimeError("the GGUF carries no ChatML chat template")
-        model.config.bos_token_id = tok.bos_token_id
-        model.config.eos_token_id = tok.eos_token_id
-        model.config.pad_token_id = tok.pad_token_id
-        model.generation_config.bos_token_id = tok.bos_token_id
-        model.generation_config.eos_token_id = tok.eos_token_id
-        model.generation_config.pad_token_id = tok.pad_token_id
-        stage = tmp / "model"
-        model.save_pretrained(str(stage), safe_serialization=True)
-        tok.save_pretrained(str(stage))
-        del model
+        stage = _convert(gguf, tmp / "model", steps)
         steps.update()
         steps.set_postfix_str("verify")
-        ppl = _perplexity(stage)
-        if not ppl < PERPLEXITY_MAX:
-            raise RuntimeError(
-                f"converted model perplexity {ppl:.1f} exceeds {PERPLEXITY_MAX}: bad conversion"
-            )
-        check = AutoTokenizer.from_pretrained(str(stage))
-        if check.eos_token != "<|im_end|>" or check.bos_token != "<|im_start|>":
-            raise RuntimeError(
-                f"special tokens wrong after save: bos={check.bos_token} eos={check.eos_token}"
-            )
+        ppl = _verify(stage)
         steps.update()
         if lic is not None:
             shutil.copy(lic, stage / "LICENSE")

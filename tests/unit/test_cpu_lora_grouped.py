@@ -98,6 +98,7 @@ def demo_checks() -> dict[LayerShape, probe.ShapeCheck]:
     return {shape: check_shape(shape, 300) for shape in shapes}
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dense_max", [0, 256, 1 << 20], ids=["own-rows", "default", "all-masked"])
 @pytest.mark.parametrize("seed", range(3))
