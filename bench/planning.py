@@ -45,7 +45,9 @@ def lp_run(n_skus: int, reps: int) -> dict[str, Any]:
         for j in range(placements)
     ]
     budget = 20.0 * n_skus
-    req = PlanRequest(budget=budget, roas_floor=0.5, exploration_share=0.05, max_cell_share=0.05)
+    req = PlanRequest(
+        budget=budget, scenario="fixed_budget", roas_floor=0.5, exploration_share=0.05, max_cell_share=0.05
+    )
     times = []
     for _ in range(reps):
         t = time.perf_counter()

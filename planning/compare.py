@@ -2,9 +2,10 @@
 
 - :func:`plan_full`: the brand's own tables (:class:`BrandData`: spend, sell-out, margins, stock, promos) →
   SKU x placement curves → a profit-maximising LP with stock headroom.
-- :func:`cleanroom_queries` + :func:`plan_from_cleanroom`: only what the retailer's clean room releases
-  (attributed revenue and spend of cells with >= k shoppers, noisy under DP) → coarser curves → a
-  revenue-maximising LP that knows no margins and no stock.
+- :func:`cleanroom_queries` + :func:`plan_from_cleanroom`: what the retailer's clean room releases
+  (attributed revenue and spend of cells with >= k shoppers, noisy under DP) → coarser curves → the same LP,
+  with the brand's own margins and stock (it holds them whichever way it reaches the retailer's data;
+  ``cleanroom_margins: false`` plans from the clean room alone: revenue, no stock).
 - :func:`build_result`: both plans scored by :func:`planning.scoring.score` on the market's truth, the
   deltas, and a verdict that says who won — the clean room too, when it does.
 Pure Python: the Ray deployments and ``rmn compare`` call these.
@@ -18,11 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planning.curves import fit_aggregates, fit_brand
+from planning.curves import Curve, fit_aggregates, fit_brand
 from planning.harmonize import Harmonization, harmonize
 from planning.market import BrandData, Market, MarketConfig
 from planning.planner import CellInput, Plan, PlanRequest, solve
 from planning.scoring import Score, score
+from planning.spend import analyse
 
 
 class CompareRequest(PlanRequest):
@@ -37,6 +39,11 @@ class CompareRequest(PlanRequest):
     write_text: bool = Field(
         default=True, description="Write the rationale and ad lines (false: numbers only)."
     )
+    cleanroom_margins: bool = Field(
+        default=True,
+        description="The clean-room plan uses the brand's own margins and stock (it holds them); false: the "
+        "clean room's answers alone (revenue objective, no stock), the third arm of the comparison.",
+    )
     parallel: bool = Field(
         default=True,
         description="Plan both sides at once (false: one after the other, the baseline bench/planning.py "
@@ -48,10 +55,16 @@ class PlanSide(BaseModel):
     """One plan: what its planner predicted and what the truth says."""
 
     objective: str
+    scenario: str
     cells_planned: int
     predicted_iroas: float
     score: Score
     shadow_prices: dict[str, Any]
+    spend_analysis: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How much to spend on this planner's own curves: profit-vs-spend curve, profit-optimal and "
+        "break-even spend, marginal ROAS, and a warning first when the plan is expected to lose money.",
+    )
     allocation: list[dict[str, Any]]
     curves: list[dict[str, Any]] = Field(
         default_factory=list, description="The planner's response curves of its top cells: [spend, revenue]."
@@ -91,6 +104,7 @@ def plan_full(data: BrandData, req: PlanRequest) -> tuple[Plan, float]:
             continue
         cells.append(CellInput(c, float(f.margin[i]), float(f.price[i]), headroom))
     plan = solve(cells, req, data.horizon_days, "profit")
+    plan.analysis = analyse(cells, req, data.horizon_days, plan).as_dict()
     return plan, time.perf_counter() - started
 
 
@@ -118,11 +132,31 @@ def wants(name: str, answers: dict[str, dict[str, Any]]) -> bool:
     return name != "daily" or not answers.get("cells", {}).get("noisy", False)
 
 
+def own_cells(curves: list[Curve], own: BrandData) -> list[CellInput]:
+    """Clean-room curves with the brand's own margins and stock headroom (stock minus its sell-out rate over
+    the horizon; a SKU without headroom gets no cell)."""
+    f = own.facts
+    idx = {s: i for i, s in enumerate(f.sku)}
+    cells = []
+    for c in curves:
+        i = idx.get(c.sku)
+        if i is None:
+            continue
+        headroom = float(f.stock[i] - own.units[i].mean() * own.horizon_days)
+        if headroom > 0:
+            cells.append(CellInput(c, float(f.margin[i]), float(f.price[i]), headroom))
+    return cells
+
+
 def plan_from_cleanroom(
-    answers: dict[str, dict[str, Any]], req: PlanRequest, history_days: int, horizon_days: int
+    answers: dict[str, dict[str, Any]],
+    req: PlanRequest,
+    history_days: int,
+    horizon_days: int,
+    own: BrandData | None = None,
 ) -> tuple[Plan, dict[str, Any], float]:
-    """The clean-room plan from the answers to :func:`cleanroom_queries`; returns (plan, what the clean
-    room showed, wall seconds of fit + LP)."""
+    """The clean-room plan from the answers to :func:`cleanroom_queries` (with ``own``: the brand's margins
+    and stock too); returns (plan, what the clean room showed, wall seconds of fit + LP)."""
     started = time.perf_counter()
     cells = answers["cells"]
     daily = answers.get("daily") or {"cells": [], "blocked_fields": [], "epsilon_spent": 0.0}
@@ -136,7 +170,10 @@ def plan_from_cleanroom(
         "noisy": bool(cells.get("noisy")),
         "k": cells.get("k"),
     }
-    plan = solve([CellInput(c) for c in curves], req, horizon_days, "revenue")
+    view["brand_margins_and_stock"] = own is not None
+    inputs = own_cells(curves, own) if own is not None else [CellInput(c) for c in curves]
+    plan = solve(inputs, req, horizon_days, "profit" if own is not None else "revenue")
+    plan.analysis = analyse(inputs, req, horizon_days, plan).as_dict()
     return plan, view, time.perf_counter() - started
 
 
@@ -144,10 +181,12 @@ def _side(plan: Plan, market: Market, seconds: float, top: int = 25) -> PlanSide
     rows = sorted(plan.spend.items(), key=lambda kv: -kv[1])[:top]
     return PlanSide(
         objective=plan.objective,
+        scenario=plan.scenario,
         cells_planned=len(plan.spend),
         predicted_iroas=round(plan.predicted_iroas, 4),
         score=score(plan, market),
         shadow_prices=plan.shadow_prices,
+        spend_analysis=plan.analysis,
         allocation=[
             {
                 "sku": k[0],
@@ -238,8 +277,16 @@ def build_result(
 
 
 def _verdict(full: dict[str, Any], clean: dict[str, Any]) -> str:
-    """Who won on true profit, and every other headline metric the other side won."""
-    if full["profit"] == clean["profit"]:
+    """Who won on true profit (saying so plainly when neither plan makes money), and every other headline
+    metric the other side won."""
+    if full["profit"] <= 0 and clean["profit"] <= 0:
+        head = (
+            f"no plan is profitable: full data {full['profit']:+,.2f}, the clean room {clean['profit']:+,.2f} "
+            "(true profit); spending less is better"
+            if min(full["profit"], clean["profit"]) < 0
+            else "no plan spends: neither planner expects a dollar to return more than it costs"
+        )
+    elif full["profit"] == clean["profit"]:
         head = f"a tie on true profit ({full['profit']:,.2f})"
     else:
         winner, loser = (
@@ -266,6 +313,12 @@ def _verdict(full: dict[str, Any], clean: dict[str, Any]) -> str:
                 f"{'the clean room' if clean[key] < full[key] else 'full data'} has the lower {name} ({full[key]:g} vs {clean[key]:g})"
             )
     return "; ".join([head, *others])
+
+
+def winner(result: dict[str, Any]) -> str | None:
+    """The plan the numbers favour on true profit (``full_data_plan`` | ``cleanroom_plan``; None: a tie)."""
+    f, c = result["full"]["score"]["profit"], result["cleanroom"]["score"]["profit"]
+    return None if f == c else "full_data_plan" if f > c else "cleanroom_plan"
 
 
 def load_retailer_log(room: Any, market: Market, work: Path) -> Harmonization:

@@ -2,25 +2,34 @@
 
 Each cell (SKU x placement) gets segments of period spend ``[x_{j-1}, x_j]`` with slope = the curve's
 average incremental revenue per $ on that segment (decreasing: the curve is concave). Variables: spend per
-segment. Maximise ``sum value_c * slope_j * y_j`` (value = margin for a profit objective, 1 for revenue)
-subject to: total spend = budget (or <= with ``must_spend=False``); predicted iROAS >= ``roas_floor``;
-each cell's spend in ``[exploration_share * budget / cells, max_cell_share * budget]``; where stock is
-known, predicted incremental units of each SKU (beyond its exploration spend) <= its stock headroom (SKUs
-with no headroom get no spend beyond exploration: none at all). Duals give the shadow prices.
+segment; ``value`` = margin where the planner knows it (1: revenue). The scenario says what is maximised and
+whether the budget is spent or only a cap (Meridian's and Robyn's budget scenarios):
+
+- ``fixed_budget``: ``sum value * slope * y`` with total spend = budget; each cell gets at least
+  ``exploration_share * budget / cells``;
+- ``profit_optimal`` (default): ``sum (value * slope - 1) * y``, the net profit: a dollar is spent only where
+  it returns more than itself in margin, up to the budget;
+- ``target_roas``: ``sum value * slope * y`` up to the budget while the plan's predicted iROAS stays >= target;
+- ``target_mroas``: ``sum (slope - target) * y``: every dollar whose marginal iROAS is >= target, up to the budget.
+
+In every scenario: predicted iROAS >= ``roas_floor``; each cell's spend <= ``max_cell_share * budget``; where
+stock is known, predicted incremental units of each SKU <= its stock headroom (SKUs with no headroom get no
+spend beyond exploration: none at all). Duals give the shadow prices.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planning.curves import Curve
 
 SEGMENTS = 12
+Scenario = Literal["fixed_budget", "profit_optimal", "target_roas", "target_mroas"]
 
 
 class PlanningError(ValueError):
@@ -32,7 +41,25 @@ class PlanRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    budget: float = Field(gt=0, le=1e9, allow_inf_nan=False, description="Total spend over the horizon ($).")
+    budget: float = Field(
+        gt=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="Spend over the horizon ($): spent in full by scenario fixed_budget, the most to spend otherwise.",
+    )
+    scenario: Scenario = Field(
+        default="profit_optimal",
+        description="fixed_budget: spend the budget for the most margin; profit_optimal: spend (up to the budget) "
+        "only what returns more than it costs; target_roas: the most revenue with the plan's iROAS >= target; "
+        "target_mroas: every dollar whose marginal iROAS is >= target.",
+    )
+    target: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="The iROAS target of scenarios target_roas (the plan's) and target_mroas (each dollar's).",
+    )
     roas_floor: float = Field(
         default=0.0, ge=0, le=100, allow_inf_nan=False, description="Minimum predicted iROAS of the plan."
     )
@@ -41,12 +68,23 @@ class PlanRequest(BaseModel):
         ge=0,
         le=1,
         allow_inf_nan=False,
-        description="Budget share spread evenly over all cells.",
+        description="Budget share spread evenly over all cells (scenario fixed_budget only: elsewhere no dollar "
+        "is spent that the curves say loses).",
     )
     max_cell_share: float = Field(
         default=0.25, gt=0, le=1, allow_inf_nan=False, description="Most of the budget one cell may take."
     )
-    must_spend: bool = Field(default=True, description="Spend the whole budget (else: up to it).")
+
+    @model_validator(mode="after")
+    def _target(self) -> PlanRequest:
+        if self.scenario.startswith("target_") and self.target is None:
+            raise ValueError(f"scenario {self.scenario} needs a target (an iROAS, e.g. 2.5)")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        """Whether the whole budget is spent."""
+        return self.scenario == "fixed_budget"
 
 
 @dataclass(frozen=True)
@@ -64,7 +102,7 @@ class CellInput:
 class Plan:
     """An allocation and what the planner's own model predicts for it."""
 
-    objective: str
+    objective: str  # profit (margins known) or revenue
     spend: dict[tuple[str, str], float]  # (sku, placement) -> period spend
     predicted_revenue: dict[tuple[str, str], float]
     total_spend: float
@@ -72,22 +110,29 @@ class Plan:
     shadow_prices: dict[str, object] = field(default_factory=dict)
     solve_s: float = 0.0
     curves: dict[tuple[str, str], Curve] = field(default_factory=dict)  # the model the plan was made with
+    values: dict[tuple[str, str], float] = field(default_factory=dict)  # margin per revenue $ (1: unknown)
+    scenario: str = "fixed_budget"
+    analysis: dict[str, Any] = field(default_factory=dict)  # planning.spend.SpendAnalysis.as_dict()
+
+    @property
+    def predicted_margin(self) -> float:
+        """Predicted margin $ of the incremental revenue (revenue $ where margins are unknown)."""
+        return sum(self.values.get(k, 1.0) * r for k, r in self.predicted_revenue.items())
 
 
 def _segment_arrays(cells: list[CellInput], lo: float, hi: float, days: int) -> tuple[np.ndarray, np.ndarray]:
-    """(width, slope) per cell x segment: segment 0 = the forced exploration spend [0, lo], then [lo, hi] in
-    ``SEGMENTS`` pieces, finer where the curve bends (quadratic spacing). Shapes (cells, SEGMENTS + 1)."""
+    """(width, slope) per cell x segment: segment 0 = the forced exploration spend [0, lo], then [lo, hi] cut
+    at two grids merged: ``SEGMENTS`` budget-relative points (quadratic spacing) and ``SEGMENTS`` points on the
+    curve.s own scale (``days * s`` times 1/64 .. 8, geometric), so the approximation is as fine where the
+    curve bends whatever the budget (a profit-optimal spend far below a large cap is found, not averaged
+    away). Shapes (cells, 3 * SEGMENTS + 1); segments past ``hi`` have width 0."""
     a = np.array([max(c.curve.a, 0.0) for c in cells])[:, None]
     sc = np.array([max(c.curve.s, 1e-9) for c in cells])[:, None]
     frac = (np.arange(1, SEGMENTS + 1) / SEGMENTS) ** 2
-    edges = np.concatenate(
-        [
-            np.zeros((len(cells), 1)),
-            np.full((len(cells), 1), lo),
-            np.tile(lo + (hi - lo) * frac, (len(cells), 1)),
-        ],
-        axis=1,
-    )
+    budget_grid = np.tile(lo + (hi - lo) * frac, (len(cells), 1))
+    curve_grid = days * sc * np.geomspace(1 / 64, 8, 2 * SEGMENTS)[None, :]
+    inner = np.sort(np.concatenate([budget_grid, np.clip(curve_grid, lo, hi)], axis=1), axis=1)
+    edges = np.concatenate([np.zeros((len(cells), 1)), np.full((len(cells), 1), lo), inner], axis=1)
     revenue = days * a * (1 - np.exp(-edges / (days * sc)))
     width = np.diff(edges, axis=1)
     slope = np.diff(revenue, axis=1) / np.where(width > 0, width, 1.0)
@@ -107,13 +152,13 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
     started = time.perf_counter()
     B = req.budget
     n = len(cells)
-    lo = req.exploration_share * B / n
+    lo = req.exploration_share * B / n if req.fixed else 0.0
     hi = req.max_cell_share * B
     if lo > hi:
         raise PlanningError(
             f"exploration_share gives each of {n} cells {lo:.2f}, above max_cell_share's {hi:.2f}"
         )
-    if req.must_spend and hi * n < B * (1 - 1e-9):
+    if req.fixed and hi * n < B * (1 - 1e-9):
         raise PlanningError(
             f"budget {B:g} exceeds what {n} cells can take at max_cell_share {req.max_cell_share:g}"
         )
@@ -132,10 +177,11 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
             headroom[sku_of_cell[ci]] = np.fmin(headroom[sku_of_cell[ci]], max(c.headroom_units, 0.0))
     sku_of = np.repeat(sku_of_cell, S1)
     stocked = ~forced & ~np.isnan(headroom[sku_of])
-    gain = value * slope  # objective per $ (maximised)
+    gain = _gain(req, value, slope)  # objective per $ (maximised)
     optional = ~forced & (width > 0)
     active = forced | _initial_columns(optional, gain, slope, width, 2.0 * B)
-    problem = _Problem(req, B, width, slope, gain, forced, stocked, sku_of, price, headroom)
+    floor = max(req.roas_floor, req.target or 0.0) if req.scenario == "target_roas" else req.roas_floor
+    problem = _Problem(req, B, floor, width, slope, gain, forced, stocked, sku_of, price, headroom)
     while True:
         res, cols = problem.solve(active)
         if res.status == 2:  # infeasible on these columns: widen, and only the full LP decides
@@ -178,7 +224,20 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
         shadow,
         time.perf_counter() - started,
         {(c.curve.sku, c.curve.placement): c.curve for c in cells},
+        {(c.curve.sku, c.curve.placement): c.value for c in cells},
+        req.scenario,
     )
+
+
+def _gain(req: PlanRequest, value: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """What a $ of each segment adds to the scenario's objective (see the module contract)."""
+    if req.scenario == "profit_optimal":
+        out: np.ndarray = value * slope - 1.0
+    elif req.scenario == "target_mroas":
+        out = slope - float(req.target or 0.0)
+    else:
+        out = value * slope
+    return out
 
 
 def _initial_columns(
@@ -201,6 +260,7 @@ class _Problem:
 
     req: PlanRequest
     budget: float
+    floor: float
     width: np.ndarray
     slope: np.ndarray
     gain: np.ndarray
@@ -220,15 +280,13 @@ class _Problem:
         st = np.flatnonzero(self.stocked[cols])
         rows = np.concatenate([np.zeros(m, dtype=int), 1 + self.sku_of[cols[st]]])
         colix = np.concatenate([np.arange(m), st])
-        vals = np.concatenate(
-            [self.req.roas_floor - self.slope[cols], self.slope[cols[st]] / self.price[cols[st]]]
-        )
+        vals = np.concatenate([self.floor - self.slope[cols], self.slope[cols[st]] / self.price[cols[st]]])
         rhs = np.concatenate([[0.0], np.nan_to_num(self.headroom, nan=np.inf)])
         keep = np.isfinite(rhs)  # SKUs with unknown stock have no row
         A = coo_matrix((vals, (rows, colix)), shape=(1 + n_sku, m)).tocsr()[keep]
         b = rhs[keep]
         ones = np.ones((1, m))
-        if self.req.must_spend:
+        if self.req.fixed:
             extra = {"A_eq": ones, "b_eq": [self.budget]}
         else:
             from scipy.sparse import vstack
@@ -245,7 +303,7 @@ class _Problem:
         ub = np.asarray(res.ineqlin.marginals)
         stock = np.zeros(len(self.headroom))
         stock[self._keep[1:]] = ub[1 : 1 + int(self._keep[1:].sum())]
-        budget = float(res.eqlin.marginals[0]) if self.req.must_spend else float(ub[-1])
+        budget = float(res.eqlin.marginals[0]) if self.req.fixed else float(ub[-1])
         return budget, float(ub[0]), stock
 
     def reduced_costs(self, res: Any, which: np.ndarray) -> np.ndarray:
@@ -254,7 +312,7 @@ class _Problem:
         out = np.full(len(self.width), np.inf)
         j = np.flatnonzero(which)
         stock_term = np.where(self.stocked[j], ps[self.sku_of[j]] * self.slope[j] / self.price[j], 0.0)
-        out[j] = -self.gain[j] - (pb + pf * (self.req.roas_floor - self.slope[j]) + stock_term)
+        out[j] = -self.gain[j] - (pb + pf * (self.floor - self.slope[j]) + stock_term)
         return out
 
     def duals(self, res: Any) -> dict[str, Any]:
@@ -265,21 +323,23 @@ class _Problem:
 
 def _why_infeasible(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -> str:
     """Name the constraint that makes the plan impossible, with the best reachable value."""
+    if req.roas_floor <= 0:  # the floor is not it (and re-solving without it would come back here)
+        return "no allocation satisfies the budget, per-cell bounds and stock headroom together"
     try:
         best = solve(cells, req.model_copy(update={"roas_floor": 0.0}), days, objective)
     except PlanningError as e:
         return str(e)
-    if req.roas_floor > 0:
-        revenue_max = solve_max_revenue(cells, req, days)
-        return (
-            f"roas_floor {req.roas_floor:g} is unreachable: at budget {req.budget:g} the best predicted iROAS "
-            f"is {revenue_max:.3f} (this plan without a floor: {best.predicted_iroas:.3f})"
-        )
-    return "no allocation satisfies the budget, per-cell bounds and stock headroom together"
+    revenue_max = solve_max_revenue(cells, req, days)
+    return (
+        f"roas_floor {req.roas_floor:g} is unreachable: at budget {req.budget:g} the best predicted iROAS "
+        f"is {revenue_max:.3f} (this plan without a floor: {best.predicted_iroas:.3f})"
+    )
 
 
 def solve_max_revenue(cells: list[CellInput], req: PlanRequest, days: int) -> float:
     """Best predicted iROAS reachable at ``req``'s budget and bounds, with no floor (revenue objective)."""
     revenue_cells = [CellInput(c.curve, 1.0, c.price, c.headroom_units) for c in cells]
-    plan = solve(revenue_cells, req.model_copy(update={"roas_floor": 0.0}), days, "revenue")
+    plan = solve(
+        revenue_cells, req.model_copy(update={"roas_floor": 0.0, "scenario": "fixed_budget"}), days, "revenue"
+    )
     return plan.predicted_iroas if math.isfinite(plan.predicted_iroas) else 0.0

@@ -30,7 +30,7 @@ from planning.compare import (
     wants,
 )
 from planning.harmonize import Harmonization
-from planning.market import Market, MarketConfig, generate
+from planning.market import BrandData, Market, MarketConfig, generate
 from planning.planner import Plan, PlanningError, PlanRequest
 
 
@@ -81,9 +81,9 @@ class CompareBackend(Protocol):
         ...
 
     async def plan_cleanroom(
-        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
+        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest, own_data: bool
     ) -> SideOutcome:
-        """The clean-room plan (clean-room answers only)."""
+        """The clean-room plan (clean-room answers; with ``own_data`` the brand's own margins and stock too)."""
         ...
 
     async def market(self, market_json: str) -> Market:
@@ -105,9 +105,15 @@ def full_side(market: Market, manufacturer: str, req: PlanRequest) -> SideOutcom
 
 
 async def cleanroom_side(
-    ask: Ask, manufacturer: str, req: PlanRequest, history_days: int, horizon_days: int
+    ask: Ask,
+    manufacturer: str,
+    req: PlanRequest,
+    history_days: int,
+    horizon_days: int,
+    own: BrandData | None = None,
 ) -> SideOutcome:
-    """The clean-room plan: the queries of :func:`cleanroom_queries` through ``ask``, then fit + LP."""
+    """The clean-room plan: the queries of :func:`cleanroom_queries` through ``ask``, then fit + LP (with the
+    brand's own margins and stock from ``own`` when given)."""
     answers: dict[str, dict[str, Any]] = {}
     for name, q in cleanroom_queries(manufacturer).items():
         if wants(name, answers):
@@ -117,7 +123,7 @@ async def cleanroom_side(
                 return SideOutcome(error=f"clean room: {e}", cause=e.cause)
     try:
         plan, view, seconds = await asyncio.to_thread(
-            plan_from_cleanroom, answers, req, history_days, horizon_days
+            plan_from_cleanroom, answers, req, history_days, horizon_days, own
         )
     except PlanningError as e:
         return SideOutcome(error=f"clean-room plan: {e}", cause=e)
@@ -149,7 +155,11 @@ async def run_comparison(
 
     started = time.perf_counter()
     full_side = timed(backend.plan_full(market_json, req.manufacturer, plan_req))
-    clean_side = timed(backend.plan_cleanroom(tenant, room.retailer, market_json, req.manufacturer, plan_req))
+    clean_side = timed(
+        backend.plan_cleanroom(
+            tenant, room.retailer, market_json, req.manufacturer, plan_req, req.cleanroom_margins
+        )
+    )
     if req.parallel:
         (full, full_s), (clean, clean_s) = await asyncio.gather(full_side, clean_side)
     else:
@@ -213,7 +223,7 @@ class LocalBackend:
         return await asyncio.to_thread(full_side, market, manufacturer, req)
 
     async def plan_cleanroom(
-        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
+        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest, own_data: bool
     ) -> SideOutcome:
         from cleanroom import CleanRoomError, Querier, Query
 
@@ -227,8 +237,11 @@ class LocalBackend:
                 raise ComparisonError(str(e), e) from e
             return {"k": cr.policy.k, **asdict(result)}
 
-        cfg = MarketConfig.model_validate_json(market_json)
-        return await cleanroom_side(ask, manufacturer, req, cfg.days, cfg.horizon_days)
+        market = await self.market(market_json)
+        own = market.brand_data(manufacturer) if own_data else None
+        return await cleanroom_side(
+            ask, manufacturer, req, market.config.days, market.config.horizon_days, own
+        )
 
     def close(self) -> None:
         """Close the clean rooms this backend opened."""

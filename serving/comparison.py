@@ -50,9 +50,10 @@ class PlannerService:
         return await asyncio.to_thread(full_side, market, manufacturer, req)
 
     async def plan_cleanroom(
-        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
+        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest, own_data: bool
     ) -> SideOutcome:
-        """The clean-room plan, from the answers of the clean-room deployment alone."""
+        """The clean-room plan from the answers of the clean-room deployment (with ``own_data``: and the
+        brand's own margins and stock, from its tables of the market regenerated here)."""
 
         async def ask(q: dict[str, Any]) -> dict[str, Any]:
             ans: Reply = await self._cleanroom.query.remote(tenant, {"retailer": room, "query": q})
@@ -61,7 +62,10 @@ class PlannerService:
             return dict(ans.body)
 
         cfg = MarketConfig.model_validate_json(market_json)
-        return await cleanroom_side(ask, manufacturer, req, cfg.days, cfg.horizon_days)
+        own = None
+        if own_data:
+            own = (await asyncio.to_thread(_market, market_json)).brand_data(manufacturer)
+        return await cleanroom_side(ask, manufacturer, req, cfg.days, cfg.horizon_days, own)
 
 
 class _ServeBackend:
@@ -79,10 +83,10 @@ class _ServeBackend:
         return out
 
     async def plan_cleanroom(
-        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest
+        self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest, own_data: bool
     ) -> SideOutcome:
         out: SideOutcome = await self._planner.plan_cleanroom.remote(
-            tenant, room, market_json, manufacturer, req
+            tenant, room, market_json, manufacturer, req, own_data
         )
         return out
 

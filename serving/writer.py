@@ -12,6 +12,7 @@ from typing import Any
 
 from adapters import AdapterError
 from federation.errors import FederationError
+from planning.compare import winner
 from planning.creatives import (
     RATIONALE_SCHEMA,
     check_line,
@@ -97,6 +98,20 @@ async def _creative(
     return {"sku": sku["sku"], **verdict, "model": ans.model}
 
 
+def checked_rationale(rationale: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The rationale unless it recommends the plan the numbers do not favour: then its text is dropped and
+    the answer says why (the numbers stand; a model's prose may not contradict them)."""
+    recommended = (rationale.get("json") or {}).get("recommendation")
+    favoured = winner(result)
+    if recommended is None or favoured is None or recommended == favoured:
+        return rationale
+    return {
+        "dropped": f"it recommended {recommended} while the true profits favour {favoured}",
+        "model": rationale.get("model"),
+        "raw": rationale.get("json"),
+    }
+
+
 async def write_texts(
     complete: Complete, cfg: ComparisonConfig, served_name: str, result: dict[str, Any]
 ) -> None:
@@ -111,7 +126,7 @@ async def write_texts(
         result["rationale"] = {"error": str(e)}
         result["creatives"] = []
         return
-    result["rationale"] = outputs[0]
+    result["rationale"] = checked_rationale(outputs[0], result)
     result["creatives"] = list(outputs[1:])
     result["models"] = {
         "rationale": str(outputs[0].get("model", "")),

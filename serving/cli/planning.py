@@ -14,6 +14,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     fields = {
         "budget": args.budget,
+        "scenario": args.scenario,
+        "target": args.target,
+        "cleanroom_margins": False if args.cleanroom_only else None,
         "roas_floor": args.roas_floor,
         "exploration_share": args.exploration_share,
         "max_cell_share": args.max_cell_share,
@@ -89,7 +92,25 @@ def add_planning_commands(sub: Any) -> None:
         "rationale and ad lines written through the composed adapters. Without --url: the same plans "
         "and scores in this process (no Ray, no LLM text).",
     )
-    cp.add_argument("--budget", type=float, required=True, help="total spend over the plan horizon ($)")
+    cp.add_argument(
+        "--budget",
+        type=float,
+        required=True,
+        help="spend over the plan horizon ($): the cap, or what is spent with --scenario fixed_budget",
+    )
+    cp.add_argument(
+        "--scenario",
+        choices=["profit_optimal", "fixed_budget", "target_roas", "target_mroas"],
+        default=None,
+        help="profit_optimal (default): spend only what returns more than it costs, up to the budget; "
+        "fixed_budget: spend it all; target_roas / target_mroas: with --target",
+    )
+    cp.add_argument("--target", type=float, default=None, help="the iROAS target of the target_* scenarios")
+    cp.add_argument(
+        "--cleanroom-only",
+        action="store_true",
+        help="the clean-room plan without the brand's own margins and stock (the third arm)",
+    )
     cp.add_argument("--manufacturer", required=True, help="the brand planning (e.g. brewmax)")
     cp.add_argument("--retailer", default=None, help="retailer (default: the market's)")
     cp.add_argument("--roas-floor", type=float, default=None, help="minimum predicted iROAS")

@@ -21,13 +21,33 @@ def _fmt(spec: str, value: Any) -> str:
     return spec.format(int(value)) if spec == "{:d}" else spec.format(value)
 
 
+def recommendation(side: dict[str, Any], name: str) -> list[str]:
+    """What a planner reads first about one side: its warning, then how much to spend and what it returns."""
+    a = side.get("spend_analysis") or {}
+    lines = [f"WARNING ({name}): {a['warning']}"] if a.get("warning") else []
+    if a.get("knows_margins"):
+        lines.append(
+            f"{name}: spend {a['plan_spend']:,.2f} (predicted profit {a['plan_profit']:+,.2f}, marginal iROAS "
+            f"{a['marginal_roas']:.2f}); profit-optimal spend {a['optimal_spend']:,.2f} "
+            f"({a['optimal_profit']:+,.2f}), break-even spend {a['break_even_spend']:,.2f}"
+        )
+    elif a:
+        lines.append(f"{name}: spend {a['plan_spend']:,.2f}, marginal iROAS {a['marginal_roas']:.2f}")
+    return lines
+
+
 def format_comparison(body: dict[str, Any]) -> str:
-    """The side-by-side table, the verdict, what the clean room withheld, timings and the written text."""
+    """The recommendation and warnings first, then the side-by-side table, the verdict, what the clean room
+    withheld, timings and the written text."""
     m, f, c, d = body["market"], body["full"]["score"], body["cleanroom"]["score"], body["deltas"]
+    req = body["request"]
     lines = [
         f"{m['manufacturer']} at {m['retailer']} — market seed {m['seed']}, {m['skus']} SKUs x "
         f"{len(m['placements'])} placements, {m['history_days']} days of history, plan for {m['horizon_days']} days, "
-        f"budget {body['request']['budget']:,.2f}",
+        f"scenario {req.get('scenario', 'fixed_budget')}, budget {req['budget']:,.2f}",
+        "",
+        *recommendation(body["full"], "full data"),
+        *recommendation(body["cleanroom"], "clean room"),
         "",
         f"{'metric':32s}{'full data':>14s}{'clean room':>14s}{'delta':>14s}",
     ]
@@ -54,15 +74,17 @@ def format_comparison(body: dict[str, Any]) -> str:
         f"shadow prices (full plan): budget {body['full']['shadow_prices'].get('budget')}, "
         f"ROAS floor {body['full']['shadow_prices'].get('roas_floor')}, "
         f"{body['full']['shadow_prices'].get('stock_binding_skus', 0)} SKUs stock-bound",
-        f"parallel: wall {t['wall_s']:.3f}s vs full {t['full_s']:.3f}s + clean room {t['cleanroom_s']:.3f}s "
-        f"= {t['sum_s']:.3f}s ({t['wall_over_sum']:.2f}x)",
+        f"sides planned {'in parallel' if req.get('parallel', True) else 'one after the other'}: wall "
+        f"{t['wall_s']:.3f}s (full data {t['full_s']:.3f}s, clean room {t['cleanroom_s']:.3f}s; "
+        "bench/planning.py measures parallel against sequential)",
     ]
     r = body.get("rationale")
     if r:
-        lines.append(
-            f"rationale ({r.get('model', '?')}): "
-            + (json.dumps(r["json"]) if "json" in r else f"not written: {r.get('error')}")
-        )
+        if "dropped" in r:
+            text = f"dropped: {r['dropped']}"
+        else:
+            text = json.dumps(r["json"]) if "json" in r else f"not written: {r.get('error')}"
+        lines.append(f"rationale ({r.get('model', '?')}): {text}")
     for cr in body.get("creatives") or []:
         if "error" in cr:
             lines.append(f"creative {cr['sku']}: not written: {cr['error']}")

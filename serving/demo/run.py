@@ -158,7 +158,9 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
             f"\n{distinct} distinct answers from the base model and {len(adapters)} adapters; "
             f"{len(DEMO_STACKS)} stacks composed exactly (rank concatenation) and served."
         )
-        print("[5/5] brewmax plans 1,000 over 28 days at acme: full first-party data vs the clean room")
+        print(
+            "[5/5] brewmax at acme: how much of up to 1,000 to spend over 28 days, and where — full data vs the clean room"
+        )
         compared = _compare(url)
         ui_note = "" if keep_serving else " — `make demo DEMO_ARGS=--keep-serving` keeps it up"
         print(f"\nPlanner UI: {url}/ui  (API key {DEMO_KEYS['brewmax']}){ui_note}")

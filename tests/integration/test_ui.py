@@ -61,6 +61,7 @@ def test_ui_runs_a_comparison_and_shows_the_apis_numbers(serve_url: str, page: A
         "manufacturer": "brand_x",
         "retailer": "acme",
         "budget": 700,
+        "scenario": "profit_optimal",
         "roas_floor": 0.3,
         "exploration_share": 0.05,
         "max_cell_share": 0.25,
@@ -77,6 +78,14 @@ def test_ui_runs_a_comparison_and_shows_the_apis_numbers(serve_url: str, page: A
     assert page.text_content("#verdict") == api["verdict"]
     assert page.text_content("#seed-used") == "21"
     assert page.locator("svg.chart").count() == 4
+    # how much to spend: each side's recommendation, and the profit-vs-spend curve with its points marked
+    for side in ("full", "cleanroom"):
+        a = api[side]["spend_analysis"]
+        assert page.text_content(f'[data-optimal="{side}"]').replace(",", "") == f"{a['optimal_spend']:.2f}"
+        assert page.locator(f'#spend-curve polyline[data-side="{side}"]').count() == 1
+        assert page.locator(f'#spend-curve circle.optimal[data-side="{side}"]').count() == 1
+        assert page.locator(f'#spend-curve circle.chosen[data-side="{side}"]').count() == 1
+        assert page.locator(f'[data-warning="{side}"]').count() == (1 if a["warning"] else 0)
 
     page.click('nav button[data-tab="tab-plan"]')
     assert page.locator("#allocation tbody tr").count() == len(api["full"]["allocation"])

@@ -20,20 +20,37 @@ def test_compare_scores_both_plans_and_writes_through_the_adapters(serve_url: st
 
 def check_comparison(serve_url: str) -> None:
     """A comparison's numbers hold together and its text was written through the composed stacks."""
-    r = compare(serve_url, {"budget": 800, "roas_floor": 0.2, "manufacturer": "brand_x", "creatives": 2})
+    body = {
+        "budget": 800,
+        "scenario": "fixed_budget",
+        "roas_floor": 0.2,
+        "manufacturer": "brand_x",
+        "creatives": 2,
+    }
+    r = compare(serve_url, body)
     assert r.status_code == 200, r.text
     body = r.json()
     for side in ("full", "cleanroom"):
         s = body[side]["score"]
         assert s["spend"] == pytest.approx(800, rel=1e-6) and s["skus_covered"] > 0
         assert body[side]["predicted_iroas"] >= 0.2 - 1e-9  # the floor holds in the planner's own model
-    assert body["full"]["objective"] == "profit" and body["cleanroom"]["objective"] == "revenue"
+    # same objective on both sides: the clean-room planner uses the brand's own margins and stock
+    assert body["full"]["objective"] == "profit" and body["cleanroom"]["objective"] == "profit"
+    assert body["cleanroom_view"]["brand_margins_and_stock"] is True
+    for side in ("full", "cleanroom"):  # how much to spend, on each planner's own curves
+        a = body[side]["spend_analysis"]
+        assert a["knows_margins"] and a["optimal_spend"] <= a["break_even_spend"] <= 800 + 1e-6
+        assert (a["warning"] is not None) == (a["plan_profit"] < 0)
     assert set(body["cleanroom_view"]["blocked_fields"]) == {"margin", "stock_level", "promo_flag"}
     assert body["harmonization"]["unmapped"] == ["store_region"] and not body["harmonization"]["missing"]
     assert body["deltas"]["profit"] == pytest.approx(
         body["full"]["score"]["profit"] - body["cleanroom"]["score"]["profit"], abs=0.02
     )
-    assert ("full data wins" in body["verdict"]) == (body["deltas"]["profit"] > 0)
+    profits = (body["full"]["score"]["profit"], body["cleanroom"]["score"]["profit"])
+    if max(profits) <= 0:
+        assert body["verdict"].startswith("no plan")
+    else:
+        assert ("full data wins" in body["verdict"]) == (body["deltas"]["profit"] > 0)
     # parallel fan-out: the two plans overlapped in time (wall clock below the sum of both sides)
     t = body["timing"]
     assert t["wall_s"] < t["sum_s"] and t["wall_s"] < max(t["full_s"], t["cleanroom_s"]) + 0.5 * min(
@@ -41,11 +58,21 @@ def check_comparison(serve_url: str) -> None:
     )
     # text through the composed adapters: the planning stack (guided JSON) and the creative stack
     rationale = body["rationale"]
-    assert "json" in rationale, rationale
-    assert rationale["schema_valid"] and rationale["json"]["recommendation"] in {
-        "full_data_plan",
-        "cleanroom_plan",
-    }
+    favoured = (
+        None
+        if profits[0] == profits[1]
+        else "full_data_plan"
+        if profits[0] > profits[1]
+        else "cleanroom_plan"
+    )
+    if "dropped" in rationale:  # a rationale contradicting the numbers is not shown, and the answer says so
+        assert rationale["raw"]["recommendation"] != favoured and favoured in rationale["dropped"]
+    else:
+        assert rationale["schema_valid"] and rationale["json"]["recommendation"] in {
+            "full_data_plan",
+            "cleanroom_plan",
+        }
+        assert favoured is None or rationale["json"]["recommendation"] == favoured
     assert "task_planning" in body["models"]["rationale"] and "brand_x" in body["models"]["rationale"]
     assert len(body["creatives"]) == 2 and "task_creative" in body["models"]["creatives"]
     assert all(isinstance(c["ok"], bool) and "violations" in c for c in body["creatives"])
@@ -71,7 +98,7 @@ def test_seed_changes_every_number(serve_url: str) -> None:
             "exploration_share",
         ),
         (
-            {"budget": 500, "manufacturer": "brand_x", "roas_floor": 90},
+            {"budget": 500, "manufacturer": "brand_x", "scenario": "fixed_budget", "roas_floor": 90},
             "brand_x",
             400,
             "roas_floor 90 is unreachable",

@@ -60,12 +60,14 @@ def _cells(n: int = 6, headroom: float | None = None) -> list[CellInput]:
 
 
 def test_lp_solution_honours_every_constraint() -> None:
-    req = PlanRequest(budget=1000, roas_floor=1.5, exploration_share=0.3, max_cell_share=0.3)
+    req = PlanRequest(
+        budget=1000, scenario="fixed_budget", roas_floor=1.5, exploration_share=0.3, max_cell_share=0.3
+    )
     cells = _cells()
     cells[0] = CellInput(cells[0].curve, 0.3, 5.0, headroom_units=10.0)  # little stock on S0
     plan = solve(cells, req, days=14, objective="profit")
     spend = np.array(list(plan.spend.values()))
-    assert spend.sum() == pytest.approx(1000)  # budget (must_spend)
+    assert spend.sum() == pytest.approx(1000)  # budget (fixed_budget spends it)
     assert (spend >= 0.3 * 1000 / 6 - 1e-6).all() and (spend <= 300 + 1e-6).all()  # exploration, cell cap
     assert plan.predicted_iroas >= 1.5 - 1e-9  # ROAS floor, in the planner's own model
     explore = 0.3 * 1000 / 6
@@ -78,9 +80,15 @@ def test_lp_solution_honours_every_constraint() -> None:
 @pytest.mark.parametrize(
     ("req", "needle"),
     [
-        (PlanRequest(budget=1000, roas_floor=50), "roas_floor 50 is unreachable"),
-        (PlanRequest(budget=1000, exploration_share=1.0, max_cell_share=0.1), "above max_cell_share"),
-        (PlanRequest(budget=1000, max_cell_share=0.1), "exceeds what 6 cells can take"),
+        (PlanRequest(budget=1000, scenario="fixed_budget", roas_floor=50), "roas_floor 50 is unreachable"),
+        (
+            PlanRequest(budget=1000, scenario="fixed_budget", exploration_share=1.0, max_cell_share=0.1),
+            "above max_cell_share",
+        ),
+        (
+            PlanRequest(budget=1000, scenario="fixed_budget", max_cell_share=0.1),
+            "exceeds what 6 cells can take",
+        ),
     ],
 )
 def test_infeasible_plans_say_why(req: PlanRequest, needle: str) -> None:
@@ -98,6 +106,10 @@ def test_infeasible_plans_say_why(req: PlanRequest, needle: str) -> None:
         {"budget": 100, "roas_floor": -1},
         {"budget": 100, "roas_floor": float("inf")},
         {"budget": 100, "surprise": 1},
+        {"budget": 100, "scenario": "target_roas"},  # a target scenario needs its target
+        {"budget": 100, "scenario": "target_mroas", "target": 0},
+        {"budget": 100, "scenario": "spend_it_all"},
+        {"budget": 100, "must_spend": True},  # replaced by scenario fixed_budget
     ],
 )
 def test_malformed_requests_are_refused(fields: dict) -> None:

@@ -1,0 +1,169 @@
+"""Planning quality on the market's ground truth: how much to spend, and the value of data access.
+
+Over seeds x budgets x brands of the demo market (``--seeds 1-20``, budgets 500 ... 100,000, brewmax and
+beanco), in-process (no Ray, no LLM):
+
+1. **Spend decision**: the full-data planner's ``profit_optimal`` plan, scored on the truth, against the true
+   optimum (the same LP on the TRUE curves, margins and stock headroom: what a planner who knew the market
+   would spend). A case passes when the plan's true profit is >= 90 % of the optimum's (>= 0 when spending
+   nothing is optimal). Also counted: plans whose OWN expected profit is negative, and how many of those
+   carry the warning (all of them must).
+2. **Three arms**, same objective (profit_optimal) and budgets: full first-party data; the clean room plus
+   the brand's own margins and stock; the clean room alone (revenue objective, no stock). Mean true profit
+   per arm, the mean of full minus each clean-room arm with a 95 % interval over the cases (normal
+   approximation of the paired differences), and the win rates.
+
+The clean room runs under the demo config's policy of the market's retailer (DP by default). Interval
+coverage of predicted profits is not measured: the planners do not produce intervals yet (issue #26, item 2).
+Writes ``bench/results/planning-quality.json``. Usage: ``python -m bench.planning_quality [--seeds 1-20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.record import write_results
+
+BUDGETS = [500, 1_000, 5_000, 20_000, 100_000]
+BRANDS = ["brewmax", "beanco"]
+
+
+def true_optimum(market: Any, brand: str, budget: float) -> float:
+    """True profit of the best plan on the market's truth (true curves, margins, stock), capped by budget."""
+    from planning.curves import Curve
+    from planning.planner import CellInput, PlanRequest, solve
+    from planning.scoring import score
+
+    t, f, days = market.truth, market.facts, market.config.horizon_days
+    cells = [
+        CellInput(Curve(market.skus[i], p, float(t.a[i, j]), float(t.s[i, j])), float(f.margin[i]), float(f.price[i]),
+                  float(t.headroom_units[i]))
+        for i in market.brand_index(brand)
+        if t.headroom_units[i] > 0
+        for j, p in enumerate(market.placements)
+    ]  # fmt: skip
+    if not cells:
+        return 0.0
+    plan = solve(cells, PlanRequest(budget=budget, max_cell_share=1.0), days, "profit")
+    return score(plan, market).profit
+
+
+async def answers_for(backend: Any, market_json: str, brand: str) -> dict[str, dict[str, Any]]:
+    """The clean-room answers the clean-room planner gets for ``brand`` (asked once, reused per budget)."""
+    from cleanroom import Querier, Query
+    from planning.compare import cleanroom_queries, wants
+
+    room = await backend.prepare_room(market_json)
+    cr = backend._rooms[room.retailer]
+    who = Querier(brand, cr.policy.brand_scope(brand, "manufacturer", manufacturer=brand))
+    out: dict[str, dict[str, Any]] = {}
+    for name, q in cleanroom_queries(brand).items():
+        if wants(name, out):
+            result = await asyncio.to_thread(cr.query, who, Query.model_validate(q))
+            out[name] = {"k": cr.policy.k, **asdict(result)}
+    return out
+
+
+def interval(diffs: list[float]) -> dict[str, float]:
+    """Mean and 95 % normal interval of paired differences."""
+    mean = statistics.fmean(diffs)
+    half = 1.96 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return {"mean": round(mean, 2), "low": round(mean - half, 2), "high": round(mean + half, 2)}
+
+
+def run(seeds: list[int]) -> dict[str, Any]:
+    from planning.compare import plan_from_cleanroom, plan_full
+    from planning.market import generate
+    from planning.planner import PlanRequest
+    from planning.scoring import score
+    from planning.workflow import LocalBackend
+    from serving.demo.defaults import demo_config
+
+    cfg = demo_config()
+    assert cfg.comparison is not None
+    base, policy = cfg.comparison.market, cfg.market_policy()
+    cases: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as work:
+        for seed in seeds:
+            mcfg = base.model_copy(update={"seed": seed})
+            market = generate(mcfg)
+            backend = LocalBackend(policy, Path(work) / f"seed{seed}")
+            try:
+                answers = {b: asyncio.run(answers_for(backend, mcfg.model_dump_json(), b)) for b in BRANDS}
+            finally:
+                backend.close()
+            for brand in BRANDS:
+                data = market.brand_data(brand)
+                for budget in BUDGETS:
+                    req = PlanRequest(budget=budget)
+                    full, _ = plan_full(data, req)
+                    own, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days, data)
+                    alone, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days)
+                    cases.append({
+                        "seed": seed, "brand": brand, "budget": budget,
+                        "true_optimum": true_optimum(market, brand, budget),
+                        "full": score(full, market).profit, "full_spend": round(full.total_spend, 2),
+                        "full_expected": round(full.analysis["plan_profit"], 2),
+                        "full_warned": full.analysis["warning"] is not None,
+                        "cleanroom_own": score(own, market).profit, "cleanroom_alone": score(alone, market).profit,
+                    })  # fmt: skip
+            print(f"seed {seed}: {len(cases)} cases", flush=True)
+    return summarise(cases)
+
+
+def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    passed = [c["full"] >= 0.9 * c["true_optimum"] - 1e-6 for c in cases]
+    negative = [c for c in cases if c["full_expected"] < 0]
+    arms = ("full", "cleanroom_own", "cleanroom_alone")
+    return {
+        "cases": len(cases),
+        "spend_decision": {
+            "reaches_90pct_of_true_optimum": f"{sum(passed)}/{len(cases)}",
+            "share": round(sum(passed) / len(cases), 3),
+            "target_share": 0.9,
+            "by_budget": {
+                str(b): f"{sum(p for p, c in zip(passed, cases, strict=True) if c['budget'] == b)}/"
+                f"{sum(c['budget'] == b for c in cases)}"
+                for b in BUDGETS
+            },
+            "mean_true_profit": round(statistics.fmean(c["full"] for c in cases), 2),
+            "mean_true_optimum": round(statistics.fmean(c["true_optimum"] for c in cases), 2),
+            "expected_loss_plans": len(negative),
+            "expected_loss_plans_warned": sum(c["full_warned"] for c in negative),
+        },
+        "three_arms": {
+            "mean_true_profit": {a: round(statistics.fmean(c[a] for c in cases), 2) for a in arms},
+            "full_minus_cleanroom_own": interval([c["full"] - c["cleanroom_own"] for c in cases]),
+            "full_minus_cleanroom_alone": interval([c["full"] - c["cleanroom_alone"] for c in cases]),
+            "full_wins_vs_cleanroom_own": f"{sum(c['full'] > c['cleanroom_own'] for c in cases)}/{len(cases)}",
+            "full_wins_vs_cleanroom_alone": f"{sum(c['full'] > c['cleanroom_alone'] for c in cases)}/{len(cases)}",
+        },
+        "interval_coverage_80pct": "not measured: the planners produce no intervals yet (issue #26 item 2)",
+        "per_case": cases,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="1-20", help="a range a-b of market seeds")
+    args = ap.parse_args()
+    lo, _, hi = args.seeds.partition("-")
+    seeds = list(range(int(lo), int(hi or lo) + 1))
+    started = time.perf_counter()
+    out = run(seeds)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    out["setup"] = {"seeds": args.seeds, "budgets": BUDGETS, "brands": BRANDS, "scenario": "profit_optimal",
+                    "market": "demo config's comparison market (3,000 shoppers, 56 days, 28-day horizon)"}  # fmt: skip
+    path = write_results("bench/results/planning-quality.json", out)
+    print({k: v for k, v in out.items() if k != "per_case"}, path)
+
+
+if __name__ == "__main__":
+    main()
