@@ -96,7 +96,9 @@ def test_ui_runs_a_comparison_and_shows_the_apis_numbers(serve_url: str, page: A
 
     page.click('nav button[data-tab="tab-creatives"]')
     assert page.locator("#creatives tbody tr").count() == 1
-    assert page.locator("#rationale").count() == 1
+    assert page.locator("#rationale").count() == 1  # the rationale, or why it was dropped
+    if "dropped" in api["rationale"]:
+        assert "dropped" in page.text_content("#rationale")
 
     page.click('nav button[data-tab="tab-graph"]')
     page.wait_for_selector("#graph-svg", timeout=30_000)
