@@ -104,6 +104,7 @@ def run(seeds: list[int]) -> dict[str, Any]:
                 for budget in BUDGETS:
                     req = PlanRequest(budget=budget)
                     full, _ = plan_full(data, req)
+                    spent, _ = plan_full(data, req.model_copy(update={"scenario": "fixed_budget"}))
                     own, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days, data)
                     alone, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days)
                     cases.append({
@@ -112,6 +113,9 @@ def run(seeds: list[int]) -> dict[str, Any]:
                         "full": score(full, market).profit, "full_spend": round(full.total_spend, 2),
                         "full_expected": round(full.analysis["plan_profit"], 2),
                         "full_warned": full.analysis["warning"] is not None,
+                        "full_fixed_budget": score(spent, market).profit,
+                        "full_fixed_budget_warned": spent.analysis["warning"] is not None,
+                        "full_fixed_budget_expected": round(spent.analysis["plan_profit"], 2),
                         "cleanroom_own": score(own, market).profit, "cleanroom_alone": score(alone, market).profit,
                     })  # fmt: skip
             print(f"seed {seed}: {len(cases)} cases", flush=True)
@@ -121,6 +125,7 @@ def run(seeds: list[int]) -> dict[str, Any]:
 def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
     passed = [c["full"] >= 0.9 * c["true_optimum"] - 1e-6 for c in cases]
     negative = [c for c in cases if c["full_expected"] < 0]
+    negative_fixed = [c for c in cases if c["full_fixed_budget_expected"] < 0]
     arms = ("full", "cleanroom_own", "cleanroom_alone")
     return {
         "cases": len(cases),
@@ -137,6 +142,14 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_true_optimum": round(statistics.fmean(c["true_optimum"] for c in cases), 2),
             "expected_loss_plans": len(negative),
             "expected_loss_plans_warned": sum(c["full_warned"] for c in negative),
+        },
+        "fixed_budget_for_contrast": {  # what the planner did before spend was a decision: spend it all
+            "mean_true_profit_by_budget": {
+                str(b): round(statistics.fmean(c["full_fixed_budget"] for c in cases if c["budget"] == b), 2)
+                for b in BUDGETS
+            },
+            "expected_loss_plans": len(negative_fixed),
+            "expected_loss_plans_warned": sum(c["full_fixed_budget_warned"] for c in negative_fixed),
         },
         "three_arms": {
             "mean_true_profit": {a: round(statistics.fmean(c[a] for c in cases), 2) for a in arms},
