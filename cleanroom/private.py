@@ -2,7 +2,15 @@
 rounded up to whole micro-epsilon and charged to the tenant's and the room's budgets BEFORE any noisy value
 exists; a cell is released on a noisy distinct-shopper count >= k (the existence delta bounded by the policy and
 accounted); values are noisy (OpenDP's Laplace, or seeded for synthetic markets); nothing exact is released
-about suppressed cells."""
+about suppressed cells.
+
+Outcome independence: whether a dp query is answered, with what status, error text, shape and charge,
+depends only on the query, the policy, the public schema and the ledger, never on the data except through
+the noise. An empty population answers like any other (its aggregates are 0 before the noise). ``max_groups``
+is decided AFTER the charge, on the noisy counts: the released cells with the highest noisy counts, at most
+``max_groups`` of them (``truncated`` says whether more passed the threshold). What is left: a grouping with
+more than :data:`CELL_CAP` exact cells fails after its charge (the number of exact cells is data); the cap is
+far above any release a policy allows."""
 
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from cleanroom.schema import INTEGER_METRICS
 from cleanroom.store import EventStore
 
 DP_REASON = "a cell is released only when its noisy count of distinct shoppers is at least k"
+CELL_CAP = 1_000_000  # exact cells one dp query may compute (after its charge); see the module contract
 
 
 def price(dp: DPPolicy, q: Query, c: CompiledQuery, k: int) -> tuple[int, float]:
@@ -68,27 +77,29 @@ def answer_dp(
     L = dp.max_cells_per_shopper
     eps_count = epsilon * dp.count_share
     eps_metric = epsilon * (1 - dp.count_share) / len(c.metrics)
-    rows = store.cells(c, policy.max_groups)  # exact values exist only in memory here; nothing noisy yet
     budgets = (to_micro(dp.epsilon_budget), to_micro(dp.room_epsilon_budget))
-    charged.append(ledger.charge(tenant, micro, delta, budgets, key))
+    charged.append(ledger.charge(tenant, micro, delta, budgets, key))  # before anything depends on the data
+    rows = store.cells(c, CELL_CAP)  # exact values exist only in memory here; nothing noisy yet
     seed = None
     if noise_seed is not None:  # simulated noise (synthetic markets): reproducible per query
         seed = int(hashlib.sha256(f"{noise_seed}|{key}".encode()).hexdigest()[:16], 16)
-    noisy_n, spent = laplace([r["__n"] for r in rows], L, eps_count, seed)
+    noisy_n, spent = laplace([r["__n"] or 0 for r in rows], L, eps_count, seed)
     noisy: dict[str, list[float]] = {}
     for i, m in enumerate(c.metrics):
         noisy[m], eps = laplace(
-            [r[m] for r in rows],
+            [r[m] or 0 for r in rows],  # an empty population sums to NULL: 0, then noise like any other
             L * dp.metric_bounds[m],
             eps_metric,
             None if seed is None else seed + i + 1,
         )
         spent += eps
+    passed = [i for i in range(len(rows)) if noisy_n[i] >= k]
+    truncated = len(passed) > policy.max_groups  # decided on noisy counts, after the charge
+    if truncated:
+        passed = sorted(sorted(passed, key=lambda i: -noisy_n[i])[: policy.max_groups])
     cells = []
-    for i, rec in enumerate(rows):
-        if noisy_n[i] < k:
-            continue
-        out = {d: rec[d] for d in c.dimensions}
+    for i in passed:
+        out = {d: rows[i][d] for d in c.dimensions}
         for m in c.metrics:
             v = max(noisy[m][i], 0.0)
             out[m] = round(v) if m in INTEGER_METRICS else round(v, 2)
@@ -105,6 +116,7 @@ def answer_dp(
         epsilon_spent=epsilon,
         noisy=True,
         delta_spent=delta,
+        truncated=truncated,
     )
     release = Release(
         key, q.model_dump(mode="json"), store.version, {}, c.where_sql, c.ck_sql, jsonable(c.params)

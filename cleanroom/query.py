@@ -43,6 +43,8 @@ class Filter(BaseModel):
     @classmethod
     def _bounded(cls, v: str | list[str]) -> str | list[str]:
         values = v if isinstance(v, list) else [v]
+        if not values:
+            raise ValueError("an 'in' filter needs at least one value")
         if len(values) > _MAX_VALUES:
             raise ValueError(f"at most {_MAX_VALUES} values")
         if any(len(x) > _MAX_VALUE_LEN for x in values):

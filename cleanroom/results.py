@@ -29,6 +29,7 @@ class QueryResult:
     noisy: bool = False
     stored_answer: bool = False  # the identical query was answered before: the same answer again
     delta_spent: float = 0.0
+    truncated: bool = False  # mode dp: more cells passed the noisy threshold than max_groups; the top ones
 
     def check_finite(self) -> None:
         """Raise ValueError when a released number is NaN or infinite (not JSON; it means broken data)."""

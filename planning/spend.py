@@ -121,7 +121,7 @@ def analyse(cells: list[CellInput], req: PlanRequest, days: int, plan: Plan) -> 
 
 
 def _break_even(
-    curve: list[tuple[float, float]], optimum: float, budget: float, profit_at: Any, steps: int = 12
+    curve: list[tuple[float, float]], optimum: float, budget: float, profit_at: Any, steps: int = 8
 ) -> float:
     """The largest spend beyond the optimum whose predicted profit is still >= 0: the bracketing ladder points,
     then bisection on the LP itself; the curve's last point (or the budget) when it never turns negative."""
