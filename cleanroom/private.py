@@ -60,6 +60,30 @@ def price(dp: DPPolicy, q: Query, c: CompiledQuery, k: int) -> tuple[int, float]
     return micro, delta
 
 
+def _release(
+    rows: list[dict[str, Any]],
+    noisy_n: list[float],
+    noisy: dict[str, list[float]],
+    c: CompiledQuery,
+    k: int,
+    max_groups: int,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The cells whose noisy count is >= k, at most ``max_groups`` (those with the highest noisy counts),
+    with their noisy metrics (clamped at 0, integers rounded); and whether more passed than were released."""
+    passed = [i for i in range(len(rows)) if noisy_n[i] >= k]
+    truncated = len(passed) > max_groups  # decided on noisy counts, after the charge
+    if truncated:
+        passed = sorted(sorted(passed, key=lambda i: -noisy_n[i])[:max_groups])
+    cells = []
+    for i in passed:
+        out = {d: rows[i][d] for d in c.dimensions}
+        for m in c.metrics:
+            v = max(noisy[m][i], 0.0)
+            out[m] = round(v) if m in INTEGER_METRICS else round(v, 2)
+        cells.append(out)
+    return cells, truncated
+
+
 def answer_dp(
     store: EventStore,
     policy: CleanRoomPolicy,
@@ -93,17 +117,7 @@ def answer_dp(
             None if seed is None else seed + i + 1,
         )
         spent += eps
-    passed = [i for i in range(len(rows)) if noisy_n[i] >= k]
-    truncated = len(passed) > policy.max_groups  # decided on noisy counts, after the charge
-    if truncated:
-        passed = sorted(sorted(passed, key=lambda i: -noisy_n[i])[: policy.max_groups])
-    cells = []
-    for i in passed:
-        out = {d: rows[i][d] for d in c.dimensions}
-        for m in c.metrics:
-            v = max(noisy[m][i], 0.0)
-            out[m] = round(v) if m in INTEGER_METRICS else round(v, 2)
-        cells.append(out)
+    cells, truncated = _release(rows, noisy_n, noisy, c, k, policy.max_groups)
     if spent > epsilon * (1 + 1e-9):  # OpenDP's map agrees with our split, or we refuse to release
         raise RuntimeError(f"privacy map {spent} exceeds the charge {epsilon}")
     result = QueryResult(

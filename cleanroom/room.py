@@ -94,28 +94,35 @@ class CleanRoom:
         self.store.close()
 
     # ---- budgets -----------------------------------------------------------------------------
-    def budget(self, tenant: str) -> dict[str, Any]:
-        """``tenant``'s and the room's differential-privacy budgets: total, spent, remaining (epsilon),
-        delta spent, the per-query default, floor and maximum, and when the period ends."""
+    def budget(self, tenant: str, room_view: bool = False) -> dict[str, Any]:
+        """``tenant``'s differential-privacy budget: total, spent, remaining (epsilon), what it may still spend
+        (``epsilon_available``: its remaining, less when the room's own budget has less left), delta spent, the
+        per-query default, floor and maximum, and when the period ends. The room-wide figures (other tenants'
+        activity) only with ``room_view`` (admins, the retailer's operators)."""
         dp, on = self.policy.dp, self.policy.dp_on
         spent, room, delta = self.ledger.spent(tenant)
-        return {
+        own_left = max(to_micro(dp.epsilon_budget) - spent, 0)
+        room_left = max(to_micro(dp.room_epsilon_budget) - room, 0)
+        view = {
             "retailer": self.policy.retailer,
             "tenant": tenant,
             "mode": self.policy.mode,
             "dp": on,
             "epsilon_budget": dp.epsilon_budget if on else None,
             "epsilon_spent": spent / MICRO,
-            "epsilon_remaining": max(to_micro(dp.epsilon_budget) - spent, 0) / MICRO if on else None,
-            "room_epsilon_budget": dp.room_epsilon_budget if on else None,
-            "room_epsilon_spent": room / MICRO,
-            "room_epsilon_remaining": max(to_micro(dp.room_epsilon_budget) - room, 0) / MICRO if on else None,
+            "epsilon_remaining": own_left / MICRO if on else None,
+            "epsilon_available": min(own_left, room_left) / MICRO if on else None,
             "delta_spent": delta,
             "epsilon_per_query": dp.epsilon_per_query if on else None,
             "min_epsilon_per_query": dp.min_epsilon_per_query if on else None,
             "max_epsilon_per_query": dp.max_epsilon_per_query if on else None,
             "period_ends": self.ledger.period_ends() if on else None,
         }
+        if room_view:
+            view["room_epsilon_budget"] = dp.room_epsilon_budget if on else None
+            view["room_epsilon_spent"] = room / MICRO
+            view["room_epsilon_remaining"] = room_left / MICRO if on else None
+        return view
 
     # ---- queries -----------------------------------------------------------------------------
     def querier(self, tenant: str) -> Querier:

@@ -166,7 +166,7 @@ class EventStore:
     ) -> None:
         types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
         checks = [
-            ('"shopper_id" IS NULL OR trim("shopper_id") = \'\'', "shopper_id is blank"),
+            (_blank("shopper_id"), "shopper_id is blank"),
             (
                 f'"event_type" IS NULL OR "event_type" NOT IN ({types})',
                 f"event_type is not one of {list(EVENT_TYPES)}",
@@ -174,7 +174,7 @@ class EventStore:
             ('"event_date" IS NULL', "event_date is missing"),
         ]
         if has_event_id:
-            checks.append(('"event_id" IS NULL OR trim("event_id") = \'\'', "event_id is blank"))
+            checks.append((_blank("event_id"), "event_id is blank"))
         for c in NUMERIC_COLUMNS:
             checks.append((f'isnan("{c}") OR isinf("{c}") OR "{c}" < 0', f"{c} is NaN, infinite or negative"))
             bound = bounds.get(c)
@@ -199,3 +199,9 @@ class EventStore:
         )
         after = self.con.execute('SELECT COUNT(*) FROM events WHERE "_batch" = ?', [batch]).fetchone()
         return int(before[0] - after[0]) if before and after else 0
+
+
+def _blank(column: str) -> str:
+    """SQL: ``column`` is NULL or only whitespace (spaces, tabs, line breaks, Unicode spaces), as Python's
+    ``str.strip`` sees it: a tab-only id is no identity."""
+    return f"\"{column}\" IS NULL OR regexp_full_match(\"{column}\", '[\\s\\p{{Z}}\\x0b\\x{{feff}}]*')"

@@ -152,16 +152,7 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
     started = time.perf_counter()
     B = req.budget
     n = len(cells)
-    lo = req.exploration_share * B / n if req.fixed else 0.0
-    hi = req.max_cell_share * B
-    if lo > hi:
-        raise PlanningError(
-            f"exploration_share gives each of {n} cells {lo:.2f}, above max_cell_share's {hi:.2f}"
-        )
-    if req.fixed and hi * n < B * (1 - 1e-9):
-        raise PlanningError(
-            f"budget {B:g} exceeds what {n} cells can take at max_cell_share {req.max_cell_share:g}"
-        )
+    lo, hi = _cell_bounds(req, n)
     width2, slope2 = _segment_arrays(cells, lo, hi, days)
     S1 = width2.shape[1]
     width, slope = width2.ravel(), slope2.ravel()
@@ -171,10 +162,7 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
     price = np.repeat(np.array([max(c.price, 1e-9) for c in cells]), S1)
     skus = [c.curve.sku for c in cells]
     sku_names, sku_of_cell = np.unique(np.array(skus, dtype=object), return_inverse=True)
-    headroom = np.full(len(sku_names), np.nan)
-    for ci, c in enumerate(cells):  # a SKU's stock is shared by its cells; if they disagree, the least
-        if c.headroom_units is not None:
-            headroom[sku_of_cell[ci]] = np.fmin(headroom[sku_of_cell[ci]], max(c.headroom_units, 0.0))
+    headroom = _headroom(cells, sku_names, sku_of_cell)
     sku_of = np.repeat(sku_of_cell, S1)
     stocked = ~forced & ~np.isnan(headroom[sku_of])
     gain = _gain(req, value, slope)  # objective per $ (maximised)
@@ -182,39 +170,17 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
     active = forced | _initial_columns(optional, gain, slope, width, 2.0 * B)
     floor = max(req.roas_floor, req.target or 0.0) if req.scenario == "target_roas" else req.roas_floor
     problem = _Problem(req, B, floor, width, slope, gain, forced, stocked, sku_of, price, headroom)
-    while True:
-        res, cols = problem.solve(active)
-        if res.status == 2:  # infeasible on these columns: widen, and only the full LP decides
-            if active[optional].all():
-                raise PlanningError(_why_infeasible(cells, req, days, objective))
-            active = forced | _initial_columns(optional, gain, slope, width, 4.0 * float(width[active].sum()))
-            continue
-        if res.status != 0:
-            raise PlanningError(f"the solver stopped: {res.message}")
-        reduced = problem.reduced_costs(res, ~active & optional)
-        entering = (~active & optional) & (reduced < -1e-9)
-        if not entering.any():
-            break
-        active |= entering
+    res, cols, active = problem.optimise(
+        active, optional, lambda: _why_infeasible(cells, req, days, objective)
+    )
     y = np.zeros(len(width))
     y[cols] = res.x
     spend_c = np.bincount(cell_of, weights=y, minlength=n)
     rev_c = np.bincount(cell_of, weights=y * slope, minlength=n)
     total = float(spend_c.sum())
     key = [(c.curve.sku, c.curve.placement) for c in cells]
-    duals = problem.duals(res)
-    stock_values = sorted(
-        ((str(sku_names[i]), float(v)) for i, v in enumerate(duals["stock"]) if v > 1e-9),
-        key=lambda kv: -kv[1],
-    )
-    shadow = {
-        "budget": round(duals["budget"], 6),  # objective per extra $ of budget (margin $ or revenue $)
-        "roas_floor": round(duals["floor"] * total, 6),  # objective lost per +1.0 of the floor
-        "stock": [{"sku": s, "value_per_unit": round(v, 6)} for s, v in stock_values[:10]],
-        "stock_binding_skus": len(stock_values),
-        "lp_columns": int(active.sum()),
-        "lp_columns_full": int((forced | optional).sum()),
-    }
+    shadow = _shadow_prices(problem.duals(res), sku_names, total)
+    shadow.update(lp_columns=int(active.sum()), lp_columns_full=int((forced | optional).sum()))
     return Plan(
         objective,
         {k: float(x) for k, x in zip(key, spend_c, strict=True)},
@@ -227,6 +193,45 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
         {(c.curve.sku, c.curve.placement): c.value for c in cells},
         req.scenario,
     )
+
+
+def _cell_bounds(req: PlanRequest, n: int) -> tuple[float, float]:
+    """Each cell's (forced exploration spend, most spend); PlanningError when they cannot hold together."""
+    lo = req.exploration_share * req.budget / n if req.fixed else 0.0
+    hi = req.max_cell_share * req.budget
+    if lo > hi:
+        raise PlanningError(
+            f"exploration_share gives each of {n} cells {lo:.2f}, above max_cell_share's {hi:.2f}"
+        )
+    if req.fixed and hi * n < req.budget * (1 - 1e-9):
+        raise PlanningError(
+            f"budget {req.budget:g} exceeds what {n} cells can take at max_cell_share {req.max_cell_share:g}"
+        )
+    return lo, hi
+
+
+def _shadow_prices(duals: dict[str, Any], sku_names: np.ndarray, total: float) -> dict[str, Any]:
+    """The LP's duals as a planner reads them (objective per unit of each right-hand side)."""
+    stock_values = sorted(
+        ((str(sku_names[i]), float(v)) for i, v in enumerate(duals["stock"]) if v > 1e-9),
+        key=lambda kv: -kv[1],
+    )
+    return {
+        "budget": round(duals["budget"], 6),  # objective per extra $ of budget (margin $ or revenue $)
+        "roas_floor": round(duals["floor"] * total, 6),  # objective lost per +1.0 of the floor
+        "stock": [{"sku": s, "value_per_unit": round(v, 6)} for s, v in stock_values[:10]],
+        "stock_binding_skus": len(stock_values),
+    }
+
+
+def _headroom(cells: list[CellInput], sku_names: np.ndarray, sku_of_cell: np.ndarray) -> np.ndarray:
+    """Stock headroom per SKU (NaN: unknown); a SKU's stock is shared by its cells, the least when they
+    disagree."""
+    headroom = np.full(len(sku_names), np.nan)
+    for ci, c in enumerate(cells):
+        if c.headroom_units is not None:
+            headroom[sku_of_cell[ci]] = np.fmin(headroom[sku_of_cell[ci]], max(c.headroom_units, 0.0))
+    return headroom
 
 
 def _gain(req: PlanRequest, value: np.ndarray, slope: np.ndarray) -> np.ndarray:
@@ -297,6 +302,28 @@ class _Problem:
         res = linprog(-self.gain[cols], A_ub=A, b_ub=b, bounds=bounds, method="highs", **extra)
         self._keep = keep
         return res, cols
+
+    def optimise(
+        self, active: np.ndarray, optional: np.ndarray, why: Any
+    ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """Column generation from ``active``: re-solve with every left-out segment of profitable reduced cost
+        until there is none; widen the columns while infeasible, and only the full LP decides (PlanningError
+        with ``why()``). Returns (result, its columns, the final active set)."""
+        while True:
+            res, cols = self.solve(active)
+            if res.status == 2:
+                if active[optional].all():
+                    raise PlanningError(why())
+                room = 4.0 * float(self.width[active].sum())
+                active = self.forced | _initial_columns(optional, self.gain, self.slope, self.width, room)
+                continue
+            if res.status != 0:
+                raise PlanningError(f"the solver stopped: {res.message}")
+            reduced = self.reduced_costs(res, ~active & optional)
+            entering = (~active & optional) & (reduced < -1e-9)
+            if not entering.any():
+                return res, cols, active
+            active |= entering
 
     def _pi(self, res: Any) -> tuple[float, float, np.ndarray]:
         """Duals (scipy's sign, of the minimisation): budget, floor, stock per SKU (0 where no row)."""

@@ -139,12 +139,13 @@ class CleanRoomService:
             "market_state": str(self._state),
         }
 
-    async def budget(self, tenant: str, retailer: str) -> Reply:
-        """``tenant``'s differential-privacy budget at ``retailer`` (total, spent, remaining)."""
+    async def budget(self, tenant: str, retailer: str, room_view: bool = False) -> Reply:
+        """``tenant``'s differential-privacy budget at ``retailer`` (total, spent, remaining, available); the
+        room-wide figures only with ``room_view`` (admins)."""
         room = self._room(retailer)
         if isinstance(room, Reply):
             return room
-        return Reply(200, room.budget(tenant))
+        return Reply(200, room.budget(tenant, room_view))
 
     async def schema(self, retailer: str) -> Reply:
         """What a tenant may ask of ``retailer``: dimensions, metrics, filters, k, blocked fields."""

@@ -66,7 +66,7 @@ def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanroom_budget(args: argparse.Namespace) -> int:
-    budget = _room(args).budget(args.tenant)
+    budget = _room(args).budget(args.tenant, room_view=True)  # the operator of the room's file
     if args.json:
         print(json.dumps(budget, indent=2))
     else:

@@ -58,7 +58,7 @@ async def _cleanroom(request: Request, method: str) -> Response:
     if method == "query":
         answer: Reply = await gw.cleanroom.query.remote(tenant.id, await read_body(request))
     elif method == "budget":
-        answer = await gw.cleanroom.budget.remote(tenant.id, retailer)
+        answer = await gw.cleanroom.budget.remote(tenant.id, retailer, tenant.role == "admin")
     else:
         answer = await gw.cleanroom.schema.remote(retailer)
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)

@@ -160,7 +160,20 @@ def test_colluding_tenants_share_the_room_budget(tmp_path: Path) -> None:
             for i in range(10):
                 room.query(tenant, skus("x", "y", epsilon=1.0, date_to=f"2026-01-{28 - i}"))
                 spent += 1
-    assert spent == 30 and room.budget("d")["room_epsilon_remaining"] == 0
+    assert spent == 30 and room.budget("d", room_view=True)["room_epsilon_remaining"] == 0
+    assert room.budget("d")["epsilon_available"] == 0  # what "d" may still spend: nothing, though it has 10
+
+
+def test_the_budget_view_shows_no_other_tenants_activity(tmp_path: Path) -> None:
+    """An attacker polls its own budget while a victim queries: nothing it sees moves (while the room is not
+    what binds), so the endpoint is no side channel on other tenants' activity."""
+    room = room_at(tmp_path, policy())
+    seen = room.budget(ATTACKER)
+    assert not any(key.startswith("room_") for key in seen)
+    for i in range(3):
+        room.query(ACCOMPLICE, skus("x", "y", epsilon=1.0, date_to=f"2026-01-{28 - i}"))
+        assert room.budget(ATTACKER) == seen
+    assert room.budget(ATTACKER, room_view=True)["room_epsilon_spent"] == 3.0  # an operator sees the room
 
 
 # ---- the budget -------------------------------------------------------------------------------------
@@ -293,6 +306,9 @@ def test_events_load_once_by_id_and_new_data_gets_a_new_answer(tmp_path: Path) -
         ("revenue", "1e308", "row 2: revenue is above the policy's bound"),
         ("quantity", "99999999", "row 2: quantity is above the policy's bound"),
         ("shopper_id", "   ", "row 2: shopper_id is blank"),
+        ("shopper_id", "\t", "row 2: shopper_id is blank"),  # one identity for every tab-only row: no
+        ("shopper_id", "\u00a0\u2003", "row 2: shopper_id is blank"),  # distinct-shopper count is honest then
+        ("shopper_id", "\t\r\n ", "row 2: shopper_id is blank"),
         ("event_type", "refund", "row 2: event_type is not one of"),
     ],
 )
