@@ -44,7 +44,7 @@ test: $(TEST_VENV) ## every tier: unit, serve (Ray Serve + FakeEngine), integrat
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
 test-fast: $(TEST_VENV) ## unit + gateway tiers: no Ray cluster, no vLLM engine (docs/development.md has the time)
-	bash scripts/run-tests.sh -m "not slow and not network and not serve and not isa and not numerics" $(PYTEST_ARGS)
+	RMN_PROPERTY_QUERIES=100 bash scripts/run-tests.sh -m "not slow and not network and not serve and not isa and not numerics" $(PYTEST_ARGS)
 
 test-serve: $(TEST_VENV) ## the Serve tier: real Ray Serve with the FakeEngine
 	bash scripts/run-tests.sh -m serve $(PYTEST_ARGS)
