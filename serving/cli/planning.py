@@ -8,9 +8,33 @@ from pathlib import Path
 from typing import Any
 
 
+def _cmd_plan_files(args: argparse.Namespace) -> int:
+    from planning.brand_files import plan_from_files
+    from planning.planner import PlanRequest
+    from serving.cli.report import format_files_plan
+
+    fields = {
+        "budget": args.budget,
+        "scenario": args.scenario,
+        "target": args.target,
+        "roas_floor": args.roas_floor,
+        "exploration_share": args.exploration_share,
+        "max_cell_share": args.max_cell_share,
+    }
+    req = PlanRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    body = plan_from_files(Path(args.data), req, args.horizon_days, args.holdout_days)
+    print(json.dumps(body, indent=2) if args.json else format_files_plan(body))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from planning.compare import CompareRequest
     from serving.cli.report import format_comparison
+
+    if args.data:
+        return _cmd_plan_files(args)
+    if not args.manufacturer:
+        raise ValueError("--manufacturer is required (or plan from your own files with --data DIR)")
 
     fields = {
         "budget": args.budget,
@@ -90,7 +114,8 @@ def add_planning_commands(sub: Any) -> None:
         help="plan a budget with full data and through the clean room, score both on the market's truth",
         description="Against a server (--url, --key or $RMN_API_KEY): POST /v1/plans/compare, with the "
         "rationale and ad lines written through the composed adapters. Without --url: the same plans "
-        "and scores in this process (no Ray, no LLM text).",
+        "and scores in this process (no Ray, no LLM text). With --data DIR: plan from a brand's own files "
+        "(how much to spend and where) and backtest the curves on held-out days.",
     )
     cp.add_argument(
         "--budget",
@@ -111,7 +136,17 @@ def add_planning_commands(sub: Any) -> None:
         action="store_true",
         help="the clean-room plan without the brand's own margins and stock (the third arm)",
     )
-    cp.add_argument("--manufacturer", required=True, help="the brand planning (e.g. brewmax)")
+    cp.add_argument("--manufacturer", default=None, help="the brand planning (e.g. brewmax; not with --data)")
+    cp.add_argument(
+        "--data",
+        default=None,
+        help="plan from a brand's own files instead of the synthetic market: a directory with products, sales "
+        "and media as CSV or Parquet (docs/planning.md); evaluated by a holdout backtest",
+    )
+    cp.add_argument("--horizon-days", type=int, default=28, help="with --data: days the plan covers")
+    cp.add_argument(
+        "--holdout-days", type=int, default=None, help="with --data: days held out (default: a quarter)"
+    )
     cp.add_argument("--retailer", default=None, help="retailer (default: the market's)")
     cp.add_argument("--roas-floor", type=float, default=None, help="minimum predicted iROAS")
     cp.add_argument(

@@ -92,3 +92,27 @@ def format_comparison(body: dict[str, Any]) -> str:
             verdict = "OK" if cr["ok"] else "REJECTED (" + "; ".join(cr["violations"]) + ")"
             lines.append(f"creative {cr['sku']}: {cr['text']!r} -> {verdict}")
     return "\n".join(lines)
+
+
+def format_files_plan(body: dict[str, Any]) -> str:
+    """``rmn compare --data``: the recommendation first, the allocation, then the backtest."""
+    d, p, b = body["data"], body["plan"], body["backtest"]
+    lines = [
+        f"{d['directory']}: {d['skus']} SKUs x {len(d['placements'])} placements, {d['history_days']} days of "
+        f"history, plan for {d['horizon_days']} days, scenario {p['scenario']}, budget {body['request']['budget']:,.2f}",
+        "",
+        *recommendation({"spend_analysis": p["spend_analysis"]}, "your data"),
+        "",
+        f"{'sku':20s}{'placement':24s}{'spend':>12s}{'predicted revenue':>20s}",
+    ]
+    lines += [
+        f"{a['sku']:20s}{a['placement']:24s}{a['spend']:>12,.2f}{a['predicted_revenue']:>20,.2f}"
+        for a in p["allocation"][:10]
+    ]
+    lines += [
+        "",
+        f"backtest: curves fitted on the first {b['fitted_on_days']} days forecast the last {b['holdout_days']} days' "
+        f"attributed revenue at WAPE {b['wape']} (bias {b['bias']:+}); attributed revenue over-states incremental "
+        "revenue, so this bounds the forecast's error, it does not prove the plan",
+    ]
+    return "\n".join(lines)
