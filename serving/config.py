@@ -72,6 +72,27 @@ class AppConfig(Strict):
     )
 
     @model_validator(mode="after")
+    def _gpus_match_the_device(self) -> AppConfig:
+        """Engine replicas reserve the GPUs their engine uses: on CUDA at least tensor x pipeline parallel size
+        (with 0, Ray 2.60 does not hide the GPUs and every replica lands on GPU 0); on CPU none."""
+        engine, reserved = self.engine, self.engine_deployment.num_gpus
+        if engine.device == "cuda":
+            extra = engine.extra
+            need = int(extra.get("tensor_parallel_size", 1)) * int(extra.get("pipeline_parallel_size", 1))
+            if reserved < need:
+                raise ValueError(
+                    f"engine_deployment.num_gpus is {reserved:g} but engine.device is cuda with "
+                    f"tensor x pipeline parallel size {need}: reserve at least {need} (with fewer, replicas share "
+                    "GPU 0 or wait forever)"
+                )
+        elif reserved > 0:
+            raise ValueError(
+                f"engine_deployment.num_gpus is {reserved:g} but engine.device is cpu: the GPUs would be reserved "
+                "and idle (set engine.device: cuda to use them)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _cleanroom_needs_tenants(self) -> AppConfig:
         if self.cleanroom is not None and self.federation is None:
             raise ValueError("cleanroom needs a federation section: clean-room queries are per tenant")

@@ -76,3 +76,13 @@ class Body:
 
 EngineItem = Head | Body | str
 """An item of an engine's answer stream."""
+
+
+async def whole(items: Any) -> tuple[Head, dict[str, Any]]:
+    """A non-streaming engine answer (an async iterator of :data:`EngineItem`) as (head, JSON body);
+    ValueError when the answer is a stream or out of protocol (tests and tools read answers through this)."""
+    got = [item async for item in items]
+    if len(got) != 2 or not isinstance(got[0], Head) or not isinstance(got[1], Body) or got[0].stream:
+        kinds = [type(x).__name__ for x in got[:4]]
+        raise ValueError(f"expected a Head then one Body, got {kinds}{' ...' if len(got) > 4 else ''}")
+    return got[0], got[1].body

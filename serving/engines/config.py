@@ -99,7 +99,8 @@ class EngineConfig(Strict):
     kv_cache_memory_bytes: int | None = Field(
         default=256 << 20,
         gt=0,
-        description="KV-cache size in bytes (always set it on CPU); null lets vLLM size it.",
+        description="KV-cache size in bytes (set it on CPU); null lets vLLM size it. Not given: 256 MiB on CPU, "
+        "null on CUDA (sized from gpu_memory_utilization).",
     )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="GPU only: fraction of memory to use."
@@ -110,7 +111,11 @@ class EngineConfig(Strict):
     max_lora_rank: int = Field(
         default=64, gt=0, description="Largest adapter rank accepted; slots are this size."
     )
-    enforce_eager: bool = Field(default=True, description="Skip CUDA graphs (faster start; needed on CPU).")
+    enforce_eager: bool = Field(
+        default=True,
+        description="Skip CUDA graphs (faster start; needed on CPU). Not given: true on CPU, false on CUDA (CUDA "
+        "graphs: much faster decoding).",
+    )
     seed: int = Field(default=0, description="Engine seed.")
     compact_json: bool = Field(
         default=True,
@@ -145,6 +150,14 @@ class EngineConfig(Strict):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="More vLLM engine args, passed through verbatim."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_defaults(cls, data: Any) -> Any:
+        """Defaults that depend on the device, for the fields the config does not set."""
+        if isinstance(data, dict) and data.get("device") == "cuda":
+            data = {"kv_cache_memory_bytes": None, "enforce_eager": False, **data}
+        return data
 
     @model_validator(mode="after")
     def _slots(self) -> EngineConfig:

@@ -133,7 +133,7 @@ def test_a_bad_row_is_named_and_nothing_is_planned(
 def test_missing_files_and_columns_are_named(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLE, tmp_path / "d")
     (tmp_path / "d" / "media.csv").unlink()
-    with pytest.raises(BrandDataError, match="no media.csv or media.parquet"):
+    with pytest.raises(BrandDataError, match=r"no media\.csv or media\.parquet"):
         load_brand_dir(tmp_path / "d")
     (tmp_path / "d" / "media.csv").write_text("date,sku,spend\n2026-01-05,BRE-0000,3\n")
     with pytest.raises(

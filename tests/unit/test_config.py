@@ -58,6 +58,17 @@ def test_node_placeholder_names_a_cache_per_node(tmp_path: Path) -> None:
         (GOOD + "engine_deployment: {num_replicas: 0}\n", "engine_deployment.num_replicas"),
         ("adapters: {root: /r}\n", "model"),
         ("model: {path: /m, served_name: 'a:b'}\nadapters: {root: /r}\n", "model.served_name"),
+        # the device and the GPUs a replica reserves must agree (0 GPUs on CUDA: every replica on GPU 0)
+        (GOOD + "engine: {device: cuda}\n", "engine_deployment.num_gpus is 0 but engine.device is cuda"),
+        (
+            GOOD
+            + "engine: {device: cuda, extra: {tensor_parallel_size: 2}}\nengine_deployment: {num_gpus: 1}\n",
+            "reserve at least 2",
+        ),
+        (
+            GOOD + "engine_deployment: {num_gpus: 1}\n",
+            "engine_deployment.num_gpus is 1 but engine.device is cpu",
+        ),
     ],
 )
 def test_invalid_config_names_field_and_file(tmp_path: Path, text: str, field: str) -> None:
@@ -66,6 +77,25 @@ def test_invalid_config_names_field_and_file(tmp_path: Path, text: str, field: s
         load_config(path)
     assert str(path) in str(e.value)
     assert field in str(e.value)
+
+
+def test_engine_defaults_follow_the_device(tmp_path: Path) -> None:
+    cpu = load_config(write(tmp_path, GOOD)).engine
+    assert cpu.enforce_eager is True and cpu.kv_cache_memory_bytes == 256 << 20
+    gpu = load_config(
+        write(tmp_path, GOOD + "engine: {device: cuda}\nengine_deployment: {num_gpus: 1}\n")
+    ).engine
+    assert (
+        gpu.enforce_eager is False and gpu.kv_cache_memory_bytes is None
+    )  # CUDA graphs; vLLM sizes the cache
+    text = (
+        GOOD
+        + "engine: {device: cuda, enforce_eager: true, kv_cache_memory_bytes: 1000000}\nengine_deployment: {num_gpus: 1}\n"
+    )
+    chosen = load_config(write(tmp_path, text)).engine
+    assert (
+        chosen.enforce_eager is True and chosen.kv_cache_memory_bytes == 1_000_000
+    )  # what a config says wins
 
 
 @pytest.mark.parametrize("text", ["model: [unclosed\n", "- a list\n"])
