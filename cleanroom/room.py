@@ -137,7 +137,11 @@ class CleanRoom:
             q = q.model_copy(update={"epsilon": policy.dp.epsilon_per_query})
         scope = "*" if querier.brands is None else ",".join(sorted(querier.brands))
         with self._lock:
-            key = f"{self.data_id}|{scope}|{q.model_dump_json()}"
+            refusal = self._refusal(tenant, q, querier)  # before any stored answer: trust can be revoked
+            if refusal is not None:
+                self._audit(tenant, q, "refused", None, reason=str(refusal))
+                raise refusal
+            key = f"{self.data_id}|{policy.mode}|{scope}|{q.model_dump_json()}"
             cached = self.history.cached(tenant, key)
             if cached is not None:
                 result = QueryResult(
@@ -149,10 +153,6 @@ class CleanRoom:
                 return result
             charged: list[dict[str, Any]] = []
             try:
-                if not policy.dp_on and tenant not in policy.trusted_tenants:
-                    raise AccessDenied(
-                        f"{policy.retailer}'s clean room answers exactly (no noise) for trusted partners only"
-                    )
                 c = compile_query(q, policy, self.version, querier.brands)
                 k = policy.k * (
                     policy.benchmark.k_factor if q.scope == "benchmark" and policy.benchmark else 1
@@ -178,6 +178,21 @@ class CleanRoom:
             self.history.remember(tenant, release, asdict(result))
             self._audit(tenant, q, "accepted", result, epsilon=result.epsilon_spent)
             return result
+
+    def _refusal(self, tenant: str, q: Query, querier: Querier) -> AccessDenied | None:
+        """Who may not ask this at all, decided on the policy and the caller alone: exact answers for trusted
+        partners only (checked on every call, stored answers included: a partner removed from
+        ``trusted_tenants`` gets nothing more), benchmark answers only for a tenant that sees some brand."""
+        policy = self.policy
+        if not policy.dp_on and tenant not in policy.trusted_tenants:
+            return AccessDenied(
+                f"{policy.retailer}'s clean room answers exactly (no noise) for trusted partners only"
+            )
+        if q.scope == "benchmark" and querier.brands is not None and not querier.brands:
+            return AccessDenied(
+                "benchmark answers compare a tenant's brands with their category: this tenant sees no brand here"
+            )
+        return None
 
     def audit_refusal(self, tenant: str, query: object, reason: str) -> None:
         """Audit a query refused before it could be parsed or run (malformed, rate-limited)."""

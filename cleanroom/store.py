@@ -47,7 +47,12 @@ class EventStore:
                 f"cannot open {db_path}: {e} (is a server using it? DuckDB allows one process)"
             ) from e
         self._migrate()
-        row = self.con.execute('SELECT COALESCE(MAX("_batch"), 0) FROM events').fetchone()
+        # the last batch ever recorded: a load whose rows were all duplicates keeps its batch number too, so a
+        # version is never reused across restarts (a reused one would make two different data states look alike)
+        row = self.con.execute(
+            'SELECT GREATEST((SELECT COALESCE(MAX("_batch"), 0) FROM events), '
+            "(SELECT COALESCE(MAX(batch), 0) FROM _loads))"
+        ).fetchone()
         self.version = int(row[0]) if row else 0
         self.data_id = self._compute_data_id()
 
@@ -204,4 +209,4 @@ class EventStore:
 def _blank(column: str) -> str:
     """SQL: ``column`` is NULL or only whitespace (spaces, tabs, line breaks, Unicode spaces), as Python's
     ``str.strip`` sees it: a tab-only id is no identity."""
-    return f"\"{column}\" IS NULL OR regexp_full_match(\"{column}\", '[\\s\\p{{Z}}\\x0b\\x{{feff}}]*')"
+    return f'"{column}" IS NULL OR regexp_full_match("{column}", \'[\\s\\p{{Z}}\\x0b\\x{{feff}}]*\')'

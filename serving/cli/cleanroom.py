@@ -8,18 +8,25 @@ from pathlib import Path
 from typing import Any
 
 
-def _room(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _room(args: argparse.Namespace, query: object = None):  # type: ignore[no-untyped-def]
+    """The room of ``--db`` under ``--policy``; an undeclared ``--tenant`` is refused, and audited in the room
+    like the service's refusals when ``query`` is given (what it asked)."""
     from cleanroom import CleanRoom, CleanRoomPolicy
     from serving.config import load_yaml_model
 
     policy = load_yaml_model(args.policy, CleanRoomPolicy)
+    room = CleanRoom(Path(args.db), policy)
     tenant = getattr(args, "tenant", None)
     if tenant is not None and not policy.declares(tenant):
-        raise ValueError(
+        reason = (
             f"tenant {tenant!r} is not declared in {args.policy} (brand_owners, unscoped_tenants or "
             "trusted_tenants): the CLI takes a tenant's identity and scope from the policy"
         )
-    return CleanRoom(Path(args.db), policy)
+        if query is not None:
+            room.audit_refusal(tenant, query, reason)
+        room.close()
+        raise ValueError(reason)
+    return room
 
 
 def _cmd_cleanroom_load(args: argparse.Namespace) -> int:
@@ -42,11 +49,14 @@ def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
     from cleanroom import Query
 
     text = Path(args.query[1:]).read_text() if args.query.startswith("@") else args.query
+    room = _room(args, text)
     try:
         q = Query.model_validate_json(text)
     except ValidationError as e:
-        raise ValueError(f"invalid query: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
-    result = asdict(_room(args).query(args.tenant, q))
+        reason = f"invalid query: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+        room.audit_refusal(args.tenant, text, reason)  # audited like the service's refusals
+        raise ValueError(reason) from e
+    result = asdict(room.query(args.tenant, q))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

@@ -351,6 +351,69 @@ def test_a_brand_reaches_only_its_own_rows(tmp_path: Path) -> None:
     nobody = Querier("agency_z", p.brand_scope("agency_z", "agency"))
     with pytest.raises(AccessDenied, match="no brand"):
         room.query(nobody, Query(metrics=["purchases"]))
+    # a tenant that sees no brand got cross-brand benchmark totals before: now refused, and audited
+    with pytest.raises(AccessDenied, match="this tenant sees no brand here"):
+        room.query(nobody, Query(dimensions=["category"], metrics=["purchases"], scope="benchmark"))
+    last = room.audit.entries()[-1]
+    assert (last["tenant"], last["decision"]) == ("agency_z", "refused")
+
+
+# ---- data versions, trust, the CLI's refusals ------------------------------------------------------
+def test_a_data_version_is_never_reused_after_a_duplicate_only_load_and_a_restart(tmp_path: Path) -> None:
+    """A load whose rows were all duplicates, then a restart: the next load got the same version number as
+    that empty load, so two different data states looked alike to the release history."""
+    room = CleanRoom(tmp_path / "acme.duckdb", exact())
+    rows = [{**event(f"s{i}", "x"), "event_id": f"e{i}"} for i in range(K)]
+    room.load(write_rows_with_id(tmp_path / "a.csv", rows))
+    empty = room.load_file(write_rows_with_id(tmp_path / "b.csv", [*rows[:3], *rows[5:7]]))
+    assert (empty.rows, empty.duplicate_events, room.version) == (0, 5, 2)
+    before = room.data_id
+    room.close()
+    reopened = CleanRoom(tmp_path / "acme.duckdb", exact())
+    assert reopened.version == 2 and reopened.data_id == before  # nothing forgotten by the restart
+    more = reopened.load_file(
+        write_rows_with_id(tmp_path / "c.csv", [{**event("target", "x"), "event_id": "t1"}])
+    )
+    assert more.batch == 3 and reopened.version == 3 and reopened.data_id != before
+
+
+def test_revoked_trust_gets_no_stored_exact_answer(tmp_path: Path) -> None:
+    """A partner removed from trusted_tenants asked its earlier query again: the stored exact answer came back."""
+    room = room_at(tmp_path, exact())
+    assert room.query(ATTACKER, skus("x", "y")).cells
+    room.close()
+    revoked = CleanRoom(tmp_path / "acme.duckdb", policy(mode="exact", trusted_tenants=[ACCOMPLICE]))
+    with pytest.raises(AccessDenied, match="trusted partners only"):
+        revoked.query(ATTACKER, skus("x", "y"))  # the identical query: no stored answer either
+    assert revoked.audit.entries()[-1]["decision"] == "refused"
+    dp = CleanRoom(tmp_path / "acme.duckdb", policy())  # the room switched to dp: no exact answer survives
+    assert not dp.query(ATTACKER, skus("x", "y")).stored_answer
+
+
+def test_cli_refusals_are_audited_like_the_services(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from serving.cli import main
+
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(yaml.safe_dump(exact().model_dump(mode="json")))
+    db = tmp_path / "acme.duckdb"
+    room_at(tmp_path, exact()).close()
+    base = ["cleanroom", "query", "--db", str(db), "--policy", str(pol)]
+    assert main([*base, "--tenant", "stranger", "--query", '{"metrics": ["revenue"]}']) == 1
+    assert (
+        main([*base, "--tenant", ATTACKER, "--query", '{"metrics": ["revenue"], "scope": "everything"}']) == 1
+    )
+    assert main([*base, "--tenant", ATTACKER, "--query", "{not json"]) == 1
+    entries = CleanRoom(db, exact()).audit.entries()[-3:]
+    assert [(e["tenant"], e["decision"]) for e in entries] == [
+        ("stranger", "refused"),
+        (ATTACKER, "refused"),
+        (ATTACKER, "refused"),
+    ]
+    assert "not declared" in entries[0]["reason"] and "invalid query" in entries[1]["reason"]
 
 
 def write_rows_with_id(path: Path, rows: list[dict[str, object]]) -> Path:
