@@ -27,20 +27,22 @@ from federation.tenants import Forbidden, Tenant
 Layer = AdapterKind  # a stack's layers are the adapter kinds, in LAYER_ORDER
 AUTO = "auto"
 
-_TASK_WORDS: dict[str, tuple[str, ...]] = {
-    "planning": ("plan", "budget", "allocat", "forecast", "roas", "spend", "media mix", "flight"),
-    "creative": (
-        "ad copy",
-        "headline",
-        "creative",
-        "slogan",
-        "tagline",
-        "write an ad",
-        "banner text",
-        "ad idea",
+# words, matched at word boundaries on the lower-cased prompt ("plant" is not "plan", "roast" is not "roas");
+# a trailing \w* accepts inflections (taglines, allocating, normalised)
+_TASK_PATTERNS: dict[str, tuple[str, ...]] = {
+    "planning": (
+        r"plan(s|ned|ning)?", r"budget\w*", r"allocat\w*", r"forecast\w*", r"i?roas", r"spend\w*",
+        r"media mix", r"flight(s|ing)?", r"invest\w*",
     ),
-    "harmonization": ("map", "mapping", "field", "schema", "harmoniz", "column", "normaliz"),
-}
+    "creative": (
+        r"ads?", r"ad (copy|line|idea)s?", r"copy(writing)?", r"headline\w*", r"creative\w*", r"slogan\w*",
+        r"tagline\w*", r"banner\w*", r"write", r"draft", r"compose",
+    ),
+    "harmonization": (
+        r"map(s|ped|ping)?", r"fields?", r"schema\w*", r"harmoni[sz]\w*", r"columns?", r"normali[sz]\w*",
+    ),
+}  # fmt: skip
+_TASK_RE = {task: [re.compile(rf"\b(?:{p})\b") for p in pats] for task, pats in _TASK_PATTERNS.items()}
 
 
 class PolicyError(InvalidRequest):
@@ -99,14 +101,14 @@ class Decision:
 
 
 def classify_task(text: str) -> str | None:
-    """Task from keywords (documented in README): the task with the most keyword hits, None if none."""
+    """Task from keywords at word boundaries (documented in README): the task with the most hits; None when no
+    task has any, or when two tie (no confident choice: the policy's default or no task adapter applies)."""
     lowered = text.lower()
-    scores = {
-        task: sum(len(re.findall(re.escape(w), lowered)) for w in words)
-        for task, words in _TASK_WORDS.items()
-    }
-    best = max(scores, key=lambda t: scores[t])
-    return best if scores[best] > 0 else None
+    scores = {task: sum(len(r.findall(lowered)) for r in res) for task, res in _TASK_RE.items()}
+    ranked = sorted(scores.values(), reverse=True)
+    if ranked[0] == 0 or ranked[0] == ranked[1]:
+        return None
+    return max(scores, key=lambda t: scores[t])
 
 
 def decide(

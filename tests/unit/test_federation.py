@@ -219,6 +219,26 @@ def test_classifier_prefers_most_hits() -> None:
     assert classify_task("nothing relevant") is None
 
 
+@pytest.mark.parametrize(
+    ("prompt", "task"),
+    [  # the prompts substring matching got wrong (issue #28), as a person would route them
+        ("Write a headline for our plant-based coffee", "creative"),
+        ("Our customers love the roast: write copy", "creative"),
+        ("Write three taglines for the spring flight", "creative"),
+        ("Draft a short ad", "creative"),
+        ("Create social copy", "creative"),
+        ("Plan 5000 dollars for coffee", "planning"),
+        ("How should we allocate spend across placements?", "planning"),
+        ("What iROAS should we forecast for the spring flight?", "planning"),
+        ("Map these retailer columns onto our schema", "harmonization"),
+        ("A planet-friendly roaster", None),  # plan-, roas- inside other words: no task
+        ("Plan an ad", None),  # one hit each: no confident choice
+    ],
+)
+def test_task_words_are_matched_at_word_boundaries(prompt: str, task: str | None) -> None:
+    assert classify_task(prompt) == task
+
+
 def test_rate_limiter_refills_over_time() -> None:
     now = [0.0]
     rl = RateLimiter(clock=lambda: now[0])
