@@ -20,7 +20,7 @@ from typing import Any
 
 from adapters.compose import compose_tensors, load_lora, write_peft_dir
 from adapters.errors import InvalidAdapter
-from adapters.manifest import AdapterManifest
+from adapters.manifest import LAYER_ORDER, AdapterManifest
 from adapters.nodecache import NodeCache
 from adapters.registry import AdapterRegistry
 from adapters.stack import METHOD, StackPart, composite_id, stack_text
@@ -54,15 +54,22 @@ class ResolvedStack:
 
 
 def resolve(registry: AdapterRegistry, parts: tuple[StackPart, ...], live_only: bool = True) -> ResolvedStack:
-    """Pin versions (latest live when absent) and compute the composite id; raises AdapterError.
-    ``live_only`` False accepts retired versions asked by number (an engine replica loading a stack that
-    the router pinned: which versions new requests may use is decided there)."""
+    """Pin versions (latest live when absent), put the parts in canonical order and compute the composite id;
+    raises AdapterError. A stack is a sum, so ``a+b`` and ``b+a`` are one stack: parts are ordered by hierarchy
+    layer (industry, retailer, manufacturer, task), then id, version and weight, and get one composite id, one
+    cache entry and one engine slot. ``live_only`` False accepts retired versions asked by number (an engine
+    replica loading a stack that the router pinned: which versions new requests may use is decided there)."""
     manifests = [
         registry.get(p.id, p.version)
         if live_only or p.version is None
         else registry.manifest(p.id, p.version)
         for p in parts
     ]
+    order = sorted(
+        range(len(parts)),
+        key=lambda i: (LAYER_ORDER.index(manifests[i].kind), parts[i].id, manifests[i].version, parts[i].weight),
+    )
+    parts, manifests = tuple(parts[i] for i in order), [manifests[i] for i in order]
     revisions = {m.base_model_revision for m in manifests}
     if len(revisions) != 1:
         raise InvalidAdapter(
