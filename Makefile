@@ -16,7 +16,7 @@ export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo serve crew test test-fast test-serve lint lock bench bench-long clean help
+.PHONY: setup demo serve crew test test-fast test-serve gpu-smoke lint lock bench bench-long clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
@@ -48,6 +48,9 @@ test-fast: $(TEST_VENV) ## unit + gateway tiers: no Ray cluster, no vLLM engine 
 
 test-serve: $(TEST_VENV) ## the Serve tier: real Ray Serve with the FakeEngine
 	bash scripts/run-tests.sh -m serve $(PYTEST_ARGS)
+
+gpu-smoke: $(TEST_VENV) ## the GPU smoke check (ten minutes on one GPU; skips what needs CUDA without one) -> bench/results/gpu-smoke.json
+	$(BIN)/python scripts/gpu_smoke.py
 
 lint: $(LINT_VENV) ## ruff + mypy
 	$(BIN)/ruff check serving adapters federation planning cleanroom tests bench examples scripts

@@ -143,7 +143,8 @@ def registry(tmp_path: Path, comps: dict[str, Path]) -> AdapterRegistry:
 def test_composite_id_is_content_addressed(registry: AdapterRegistry, comps: dict[str, Path]) -> None:
     a = resolve(registry, parse_stack("qv4+ko8"))
     assert a == resolve(registry, parse_stack("qv4@1+ko8@1"))
-    swapped = resolve(registry, parse_stack("ko8+qv4"))  # a stack is a sum: the order written is not part of it
+    # a stack is a sum: the order it is written in is not part of it
+    swapped = resolve(registry, parse_stack("ko8+qv4"))
     assert swapped.composite_id == a.composite_id and swapped.parts == a.parts and swapped.text == a.text
     assert a.composite_id != resolve(registry, parse_stack("qv4+ko8*0.5")).composite_id
     registry.register(comps["qup16"], id="qv4", version="2", **META)  # changed component -> new composite
