@@ -93,7 +93,8 @@ def serve() -> dict[str, Any]:
     if not (demo_model_dir() / "config.json").is_file() or not (home() / "adapters").is_dir():
         raise RuntimeError("no demo model or adapters: run `make demo` once first (it prepares both)")
     base = default_config().model_dump(mode="json")
-    base["engine"] = {**base["engine"], "device": "cuda", "gpu_memory_utilization": 0.5}
+    engine = {k: v for k, v in base["engine"].items() if k not in ("kv_cache_memory_bytes", "enforce_eager")}
+    base["engine"] = {**engine, "device": "cuda", "gpu_memory_utilization": 0.5}  # CUDA's defaults for the rest
     base["engine_deployment"] = {"num_gpus": 1, "num_cpus": 2}
     config = AppConfig.model_validate(base)
     started = time.perf_counter()
