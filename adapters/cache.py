@@ -67,7 +67,12 @@ def resolve(registry: AdapterRegistry, parts: tuple[StackPart, ...], live_only: 
     ]
     order = sorted(
         range(len(parts)),
-        key=lambda i: (LAYER_ORDER.index(manifests[i].kind), parts[i].id, manifests[i].version, parts[i].weight),
+        key=lambda i: (
+            LAYER_ORDER.index(manifests[i].kind),
+            parts[i].id,
+            manifests[i].version,
+            parts[i].weight,
+        ),
     )
     parts, manifests = tuple(parts[i] for i in order), [manifests[i] for i in order]
     revisions = {m.base_model_revision for m in manifests}

@@ -74,13 +74,13 @@ def marginal(plan: Plan, days: int, step: float = 0.01) -> tuple[float, float]:
 
 def analyse(cells: list[CellInput], req: PlanRequest, days: int, plan: Plan) -> SpendAnalysis:
     """The spend analysis of ``plan``, made from ``cells`` under ``req`` (see the module contract)."""
-    knows = any(c.value != 1.0 for c in cells)
+    knows = plan.objective == "profit"
     m_rev, m_margin = marginal(plan, days)
     out = SpendAnalysis(knows_margins=knows, plan_spend=plan.total_spend, marginal_roas=m_rev)
     if not knows:
         out.warning = (
-            "margins unknown to this planner: it cannot tell a profitable dollar from a losing one (its "
-            "spend stops where a dollar returns a dollar of revenue)"
+            "margins unknown to this planner: it cannot tell a profitable dollar from a losing one (with "
+            "profit_optimal its spend stops where a dollar returns a dollar of revenue)"
         )
         return out
     out.marginal_profit_per_dollar = m_margin - 1.0

@@ -94,7 +94,11 @@ def serve() -> dict[str, Any]:
         raise RuntimeError("no demo model or adapters: run `make demo` once first (it prepares both)")
     base = default_config().model_dump(mode="json")
     engine = {k: v for k, v in base["engine"].items() if k not in ("kv_cache_memory_bytes", "enforce_eager")}
-    base["engine"] = {**engine, "device": "cuda", "gpu_memory_utilization": 0.5}  # CUDA's defaults for the rest
+    base["engine"] = {
+        **engine,
+        "device": "cuda",
+        "gpu_memory_utilization": 0.5,
+    }  # CUDA's defaults for the rest
     base["engine_deployment"] = {"num_gpus": 1, "num_cpus": 2}
     config = AppConfig.model_validate(base)
     started = time.perf_counter()
