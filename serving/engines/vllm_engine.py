@@ -183,7 +183,14 @@ class VLLMEngine:
             stat_loggers=[_bounded_ray_stat_logger()],
         )
         if self.engine_cfg.device == "cpu":  # probe the LoRA layers' arithmetic now, not in a first request
-            await self._client.collective_rpc("rmn_cpu_lora_probe", timeout=600)
+            try:
+                await self._client.collective_rpc("rmn_cpu_lora_probe", timeout=600)
+            except (
+                Exception
+            ) as e:  # e.g. engine.extra names another worker_extension_cls: probed on first use
+                log.warning(
+                    "CPU LoRA layers not probed at start (%s: %s); probed on first use", type(e).__name__, e
+                )
         self._state = State()
         tasks = await self._client.get_supported_tasks()
         await init_app_state(self._client, self._state, args, tasks)
@@ -263,7 +270,10 @@ class VLLMEngine:
         probed so far, whether its arithmetic is bit-identical to vLLM's ops (else vLLM's ops run that layer)."""
         if self.engine_cfg.device != "cpu" or self._client is None:
             return {"device": self.engine_cfg.device, "cpu_lora": None}
-        reports = await self._client.collective_rpc("rmn_cpu_lora_report", timeout=30)
+        try:
+            reports = await self._client.collective_rpc("rmn_cpu_lora_report", timeout=30)
+        except Exception as e:  # another worker_extension_cls (engine.extra): no report, say why
+            return {"device": "cpu", "cpu_lora": None, "error": f"{type(e).__name__}: {e}"}
         flat = [r for worker in reports for r in (worker or [])]
         return {"device": "cpu", "cpu_lora": flat[0] if len(flat) == 1 else flat or None}
 
