@@ -301,12 +301,11 @@ def plan_from_files(
 ) -> dict[str, Any]:
     """Plan from a brand's files (the full-data planner, ``req`` a :class:`PlanRequest`) and backtest its curves;
     a JSON-able answer: what was read, the plan with its spend analysis, the backtest."""
-    from planning.compare import plan_full
+    from planning.compare import allocation, plan_full
 
     data = load_brand_dir(directory, horizon_days=horizon_days)
     days = data.spend.shape[2]
     plan, seconds = plan_full(data, req)
-    rows = sorted(plan.spend.items(), key=lambda kv: -kv[1])[:25]
     return {
         "data": {
             "directory": str(directory),
@@ -322,16 +321,7 @@ def plan_from_files(
             "predicted_iroas": round(plan.predicted_iroas, 4),
             "spend_analysis": plan.analysis,
             "shadow_prices": plan.shadow_prices,
-            "allocation": [
-                {
-                    "sku": k[0],
-                    "placement": k[1],
-                    "spend": round(x, 2),
-                    "predicted_revenue": round(plan.predicted_revenue[k], 2),
-                }
-                for k, x in rows
-                if x > 0.005
-            ],
+            "allocation": [r for r in allocation(plan) if plan.spend[(r["sku"], r["placement"])] > 0.005],
             "seconds": round(seconds, 4),
         },
         "backtest": backtest(data, holdout_days or max(7, days // 4)),

@@ -177,8 +177,22 @@ def plan_from_cleanroom(
     return plan, view, time.perf_counter() - started
 
 
-def _side(plan: Plan, market: Market, seconds: float, top: int = 25) -> PlanSide:
+def allocation(plan: Plan, top: int = 25) -> list[dict[str, Any]]:
+    """The plan's ``top`` cells by spend: SKU, placement, spend and predicted revenue (rounded to cents)."""
     rows = sorted(plan.spend.items(), key=lambda kv: -kv[1])[:top]
+    return [
+        {
+            "sku": k[0],
+            "placement": k[1],
+            "spend": round(x, 2),
+            "predicted_revenue": round(plan.predicted_revenue[k], 2),
+        }
+        for k, x in rows
+    ]
+
+
+def _side(plan: Plan, market: Market, seconds: float, top: int = 25) -> PlanSide:
+    rows = allocation(plan, top)
     return PlanSide(
         objective=plan.objective,
         scenario=plan.scenario,
@@ -187,16 +201,10 @@ def _side(plan: Plan, market: Market, seconds: float, top: int = 25) -> PlanSide
         score=score(plan, market),
         shadow_prices=plan.shadow_prices,
         spend_analysis=plan.analysis,
-        allocation=[
-            {
-                "sku": k[0],
-                "placement": k[1],
-                "spend": round(x, 2),
-                "predicted_revenue": round(plan.predicted_revenue[k], 2),
-            }
-            for k, x in rows
-        ],
-        curves=_curve_points(plan, [k for k, _ in rows[:5]], market.config.horizon_days),
+        allocation=rows,
+        curves=_curve_points(
+            plan, [(r["sku"], r["placement"]) for r in rows[:5]], market.config.horizon_days
+        ),
         seconds=round(seconds, 4),
     )
 

@@ -85,7 +85,9 @@ def analyse(cells: list[CellInput], req: PlanRequest, days: int, plan: Plan) -> 
         return out
     out.marginal_profit_per_dollar = m_margin - 1.0
     out.plan_profit = predicted_profit(plan)
-    best = solve(cells, req.model_copy(update={"scenario": "profit_optimal"}), days, plan.objective)
+    best = plan  # the profit-optimal plan of these cells: this one, unless another scenario made it
+    if req.scenario != "profit_optimal":
+        best = solve(cells, req.model_copy(update={"scenario": "profit_optimal"}), days, plan.objective)
     out.optimal_spend, out.optimal_profit = best.total_spend, predicted_profit(best)
     fixed = req.model_copy(update={"scenario": "fixed_budget", "exploration_share": 0.0})
 

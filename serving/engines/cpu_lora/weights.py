@@ -60,7 +60,7 @@ class SlotWeights:
         """The adapter id in each slot now (vLLM's ``lora_index_to_id``): a changed id makes the slot's cached
         weights stale."""
         for slot, lora_id in enumerate(ids):
-            if lora_id is not None and self._generation.get(slot) != ("id", lora_id):
+            if lora_id is not None:
                 self._generation[slot] = ("id", lora_id)
 
     def refilled(self, slot: int) -> None:
@@ -93,7 +93,7 @@ class SlotWeights:
         else:  # a row's largest bit pattern: one pass, 3x faster than a float compare (matters on every refill)
             nonzero = (a.view(ints).abs().amax(dim=1) > 0).nonzero()  # -0.0 is INT_MIN: abs keeps it < 0
         rank = int(nonzero[-1]) + 1 if nonzero.numel() else 0
-        if lora_a is not layer.buffers[0] and all(b is not lora_a for b in layer.buffers):
+        if all(b is not lora_a for b in layer.buffers):
             layer.buffers.append(lora_a)
         layer.ranks[(id(lora_a), slot)] = (generation, rank)
         return rank
