@@ -38,7 +38,7 @@ from federation.errors import (
 from federation.model_names import parse_model_name
 from federation.policy import Decision, FederationRequest, check_access, decide
 from federation.ratelimit import RateLimiter
-from federation.tenants import AuthError, Tenant, TenantDirectory
+from federation.tenants import AuthError, Tenant
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Gate:
         fed = federation
         self._policy = fed.policy if fed else None
         self.enabled = fed is not None
-        self._tenants = TenantDirectory(fed.tenants) if fed else None
+        self._tenants = fed.directory() if fed else None
         self._limiter = RateLimiter()
         self._audit = AuditLog(fed.audit_log if fed else None)
 

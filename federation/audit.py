@@ -1,6 +1,6 @@
 """Append-only audit log of composition decisions: one JSON object per line.
 
-Each record is also emitted on the ``rmn.audit`` logger (Ray Serve's JSON logs collect it per node);
+Each record is also emitted on the ``ray.serve.rmn.audit`` logger (a child of Serve's, so a replica's JSON log file holds it with the request id);
 with a path, lines are appended (a torn last line from a crash is closed first) and flushed before the
 request proceeds.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from cleanroom.audit import append_durably
 
-log = logging.getLogger("rmn.audit")
+log = logging.getLogger("ray.serve.rmn.audit")
 
 
 class AuditLog:

@@ -10,10 +10,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from federation.errors import FederationError, PermissionDenied
+
+
+class KeySource(Protocol):
+    """Where the key hashes come from when they may change at run time (:class:`federation.keys.KeyFile`)."""
+
+    def load(self) -> dict[str, tuple[str, ...]]: ...
+
+    def poll(self) -> dict[str, tuple[str, ...]] | None: ...
 
 
 class AuthError(FederationError):
@@ -54,8 +63,11 @@ class Tenant(BaseModel):
         pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Tenant id; owners of adapters use it."
     )
     role: Role = Field(description="retailer | manufacturer | agency | admin.")
-    api_key_sha256: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="sha256 of the API key (`rmn tenants hash-key`)."
+    api_key_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the API key (`rmn tenants hash-key`); null when federation.keys_file holds "
+        "the tenant's keys.",
     )
     retailer: str | None = Field(
         default=None, description="Retailer adapter used by default (implicit stacks)."
@@ -81,13 +93,24 @@ class Tenant(BaseModel):
 
 
 class TenantDirectory:
-    """Tenants by key hash."""
+    """Tenants by key hash. ``keys``: a source of hashes by tenant id that may change while the router runs
+    (:class:`federation.keys.KeyFile`); without it, each tenant's ``api_key_sha256``."""
 
-    def __init__(self, tenants: list[Tenant]) -> None:
-        self._by_hash = {t.api_key_sha256: t for t in tenants}
-        if len(self._by_hash) != len(tenants):
-            raise ValueError("two tenants share one API key")
+    def __init__(self, tenants: list[Tenant], keys: KeySource | None = None) -> None:
         self.tenants = {t.id: t for t in tenants}
+        if len(self.tenants) != len(tenants):
+            raise ValueError("two tenants share one id")
+        self._keys = keys
+        inline = {t.id: (t.api_key_sha256,) for t in tenants if t.api_key_sha256}
+        self._by_hash = self._index(keys.load() if keys else inline)
+
+    def _index(self, hashes: dict[str, tuple[str, ...]]) -> dict[str, Tenant]:
+        by_hash: dict[str, Tenant] = {}
+        for tenant_id, digests in hashes.items():
+            for digest in digests:
+                if by_hash.setdefault(digest, self.tenants[tenant_id]).id != tenant_id:
+                    raise ValueError("two tenants share one API key")
+        return by_hash
 
     def authenticate(self, authorization: str | None) -> Tenant:
         """The tenant for ``Authorization: Bearer <key>``; raises AuthError."""
@@ -96,6 +119,8 @@ class TenantDirectory:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthError("malformed Authorization header: expected 'Bearer <key>'")
+        if self._keys is not None and (fresh := self._keys.poll()) is not None:
+            self._by_hash = self._index(fresh)
         digest = hash_key(key.strip())
         for known, tenant in self._by_hash.items():
             if hmac.compare_digest(known, digest):

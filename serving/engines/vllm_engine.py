@@ -25,7 +25,7 @@ from serving.engines.protocol import Kind
 from serving.errors import error_items
 from serving.replies import Body, EngineItem, Head
 
-log = logging.getLogger("rmn.engine")
+log = logging.getLogger("ray.serve.rmn.engine")
 
 
 def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:

@@ -103,3 +103,29 @@ def test_comparison_deployment_scales_up_under_load_and_back_down(serve_url: str
     while time.monotonic() < deadline and running_replicas("comparison") > 1:
         time.sleep(1)
     assert running_replicas("comparison") == 1
+
+
+def test_a_requests_audit_line_is_in_the_router_replicas_log_file(serve_url: str) -> None:
+    """The audit logger is a child of Serve's, so each replica's JSON log file holds the decision with the
+    request id (Ray configures only Serve's logger inside replicas)."""
+    import json
+    from pathlib import Path
+
+    import ray
+
+    chat = {"model": "base:rm+acme", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    r = httpx.post(f"{serve_url}/v1/chat/completions", json=chat, headers=ADMIN, timeout=60)
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
+    deadline, found = time.monotonic() + 30, []
+    while not found and time.monotonic() < deadline:
+        for f in logs.glob("replica_*router*.log"):
+            lines = [json.loads(ln) for ln in f.read_text().splitlines() if rid in ln]
+            found += [
+                ln for ln in lines if ln.get("request_id") == rid and '"event": "compose"' in ln["message"]
+            ]
+        time.sleep(0.5)
+    assert found, f"no audit line with request id {rid} in {sorted(p.name for p in logs.iterdir())}"
+    record = json.loads(found[0]["message"])
+    assert record["request_id"] == rid and record["stack"] and record["tenant"] == "admin"

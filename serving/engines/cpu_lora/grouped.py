@@ -29,7 +29,7 @@ from serving.engines.cpu_lora.probe import (
 )
 from serving.engines.cpu_lora.weights import ROW_BLOCK, SlotWeights
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve.rmn.engine.cpu_lora")
 
 Mode = Literal["grouped", "fused"]
 
