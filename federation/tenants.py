@@ -101,7 +101,7 @@ class TenantDirectory:
         if len(self.tenants) != len(tenants):
             raise ValueError("two tenants share one id")
         self._keys = keys
-        inline = {t.id: (t.api_key_sha256,) for t in tenants if t.api_key_sha256}
+        inline: dict[str, tuple[str, ...]] = {t.id: (t.api_key_sha256,) for t in tenants if t.api_key_sha256}
         self._by_hash = self._index(keys.load() if keys else inline)
 
     def _index(self, hashes: dict[str, tuple[str, ...]]) -> dict[str, Tenant]:
