@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the Ray Serve config files from the rmn configs with `serve build` (what a test round-trips):
 #   deploy/serve-cpu.yaml  <- serving.app:federated_cpu (deploy/rmn-federated-cpu.yaml)
-#   deploy/serve-gpu.yaml  <- serving.app:gpu           (deploy/rmn-gpu.yaml)
+#   deploy/serve-gpu.yaml  <- serving.app:gpu           (deploy/k8s/gpu/rmn.yaml)
 # Usage: scripts/serve-configs.sh [OUT_DIR]   (default: deploy/)
 set -euo pipefail
 cd "$(dirname "$0")/.."

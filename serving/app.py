@@ -53,7 +53,7 @@ def app_builder(args: dict[str, Any]) -> Application:
 NAMED_CONFIGS = {
     "cpu": "deploy/rmn-cpu.yaml",
     "federated_cpu": "deploy/rmn-federated-cpu.yaml",
-    "gpu": "deploy/rmn-gpu.yaml",
+    "gpu": "deploy/k8s/gpu/rmn.yaml",
 }
 
 

@@ -104,6 +104,10 @@ class CleanRoomService:
         self._count(room, "accepted" if answer.ok else "refused")
         if answer.ok and answer.body["epsilon_spent"]:
             self._metrics.epsilon.inc(answer.body["epsilon_spent"], tags={"retailer": room.policy.retailer})
+            view = await asyncio.to_thread(room.budget, tenant, True)
+            if view.get("room_epsilon_budget"):
+                used = view["room_epsilon_spent"] / view["room_epsilon_budget"]
+                self._metrics.room_used.set(used, tags={"retailer": room.policy.retailer})
         return answer
 
     def _querier(self, room: CleanRoom, tenant: str) -> Querier:

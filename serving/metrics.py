@@ -130,3 +130,9 @@ class CleanRoomMetrics:
             description="Differential-privacy epsilon spent, by retailer.",
             tag_keys=_keys("retailer"),
         )
+        self.room_used = Gauge(
+            "rmn_cleanroom_room_epsilon_used_ratio",
+            description="Share of a room's epsilon budget (all tenants together) spent, by retailer: at 1 the "
+            "room answers no more noisy queries.",
+            tag_keys=_keys("retailer"),
+        )

@@ -1,4 +1,4 @@
-"""Deploy files: Ray Serve configs, the KubeRay RayService, Dockerfiles, Prometheus and Grafana."""
+"""Deploy files: Ray Serve configs, Dockerfiles, Prometheus and Grafana (the Kubernetes package: test_k8s.py)."""
 
 from __future__ import annotations
 
@@ -55,43 +55,6 @@ def test_serve_build_round_trips(tmp_path: Path) -> None:
         assert yaml.safe_load((tmp_path / f"serve-{kind}.yaml").read_text()) == serve_file(kind), kind
 
 
-def test_kuberay_rayservice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from ray.serve.schema import ServeDeploySchema
-
-    monkeypatch.chdir(ROOT)
-    text = (DEPLOY / "kuberay" / "rayservice-gpu.yaml").read_text()
-    m = yaml.safe_load(text)
-    assert (m["apiVersion"], m["kind"]) == ("ray.io/v1", "RayService")
-    serve_v2 = yaml.safe_load(m["spec"]["serveConfigV2"])
-    ServeDeploySchema.model_validate(serve_v2)
-    assert serve_v2["applications"] == serve_file("gpu")["applications"]
-    (app,) = serve_v2["applications"]
-    deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(built_deployments(app["import_path"])) == set(deployments)  # the import path imports
-    cluster = m["spec"]["rayClusterConfig"]
-    assert cluster["rayVersion"] == "2.60.0" and cluster["enableInTreeAutoscaling"] is True
-    assert cluster["headGroupSpec"]["rayStartParams"]["metrics-export-port"] == "8080"
-    (workers,) = cluster["workerGroupSpecs"]
-    limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
-    engine = deployments["engine"]
-    gpus_per_replica = engine["ray_actor_options"]["num_gpus"]
-    assert int(limits["nvidia.com/gpu"]) >= gpus_per_replica > 0
-    assert workers["maxReplicas"] * int(limits["nvidia.com/gpu"]) >= (
-        engine["autoscaling_config"]["max_replicas"] * gpus_per_replica
-    )
-    for spec in (cluster["headGroupSpec"], workers):
-        c = spec["template"]["spec"]["containers"][0]
-        assert (
-            c["image"] == "rmn-lora:gpu"
-            and {"name": "adapters", "mountPath": "/mnt/shared"} in c["volumeMounts"]
-        )
-    # generated from deploy/serve-gpu.yaml: regenerating gives the committed file
-    subprocess.run(
-        [str(ROOT / ".venv/bin/python"), "scripts/kuberay_manifest.py", str(tmp_path / "m.yaml")], check=True
-    )
-    assert (tmp_path / "m.yaml").read_text() == text
-
-
 def test_dockerfiles_install_the_right_extra() -> None:
     cpu = (DEPLOY / "docker" / "Dockerfile.cpu").read_text()
     gpu = (DEPLOY / "docker" / "Dockerfile.gpu").read_text()
@@ -129,7 +92,7 @@ def test_dockerfiles_fail_on_failed_installs_and_run_unprivileged(name: str) -> 
 
 
 def dashboard_metrics() -> set[str]:
-    dash = json.loads((DEPLOY / "grafana" / "rmn-dashboard.json").read_text())
+    dash = json.loads((DEPLOY / "k8s" / "base" / "rmn-dashboard.json").read_text())
     names = set()
     for panel in dash["panels"]:
         assert panel["targets"], panel["title"]
@@ -151,3 +114,24 @@ def test_prometheus_and_grafana_files() -> None:
         "ray_rmn_cleanroom_epsilon_spent_total",
         "ray_serve_deployment_replica_healthy",
     } <= names
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_images_hold_every_package_and_download_nothing_at_start(name: str) -> None:
+    """Every package pyproject.toml installs is copied in (a missing one fails at import in the pod), and the
+    container's command starts serving: the model is prepared at build time (CPU) or mounted (GPU)."""
+    import tomllib
+
+    text = (DEPLOY / "docker" / name).read_text()
+    code = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for pkg in (p.rstrip("*") for p in packages["include"]):
+        assert any(re.match(rf"COPY (--chown=\S+ )?{pkg} \./{pkg}$", ln) for ln in code), f"{name}: {pkg}"
+    starts = [ln for ln in code if ln.startswith(("CMD", "ENTRYPOINT"))]
+    assert not [ln for ln in starts if "prepare" in ln or "download" in ln], starts
+    if name.endswith("cpu"):
+        prepare = next(i for i, ln in enumerate(code) if "rmn model prepare" in ln)
+        assert code[prepare].startswith("RUN") and prepare > next(
+            i for i, ln in enumerate(code) if ln.startswith("USER")
+        )
+    assert (ROOT / ".dockerignore").is_file() and ".venv" in (ROOT / ".dockerignore").read_text()
