@@ -46,6 +46,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             check_tool_parser(cfg.model.tool_call_parser)
         except ValueError as e:
             raise SystemExit(f"rmn serve: {e}") from e
+    if cfg.federation is not None and cfg.federation.keys_file is not None:
+        from federation.keys import KeyFileError
+
+        try:  # the tenants' key file, as the router will read it
+            cfg.federation.directory()
+        except KeyFileError as e:
+            raise SystemExit(f"rmn serve: {e}") from e
     with local_app(cfg) as url:
         stop_on_signals()  # after ray.init, which installs its own SIGTERM handler
         print(

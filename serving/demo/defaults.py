@@ -40,7 +40,8 @@ def default_config() -> AppConfig:
     )
 
 
-# the demo tenants' keys are public (README, deploy/rmn-federated-cpu.yaml): replace them for anything real
+# the demo tenants' keys are public (README; `make demo` writes their hashes to $RMN_HOME/demo-tenant-keys.yaml):
+# replace them for anything real
 DEMO_KEYS = {
     "admin": "demo-admin-key",
     "brewmax": "demo-brewmax-key",
@@ -66,6 +67,21 @@ ACME_POLICY = {
         },
     },
 }
+
+
+def demo_keys_file() -> Path:
+    """Write (if changed) and return the demo tenants' key file, ``$RMN_HOME/demo-tenant-keys.yaml``: what
+    deploy/rmn-federated-cpu.yaml names as ``federation.keys_file`` (deploy/ holds no key, not even a demo's)."""
+    import yaml
+
+    from federation.tenants import hash_key
+
+    path = home() / "demo-tenant-keys.yaml"
+    text = yaml.safe_dump({t: hash_key(k) for t, k in DEMO_KEYS.items()}, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
 
 
 def demo_config() -> AppConfig:

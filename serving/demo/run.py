@@ -12,7 +12,7 @@ from adapters import AdapterNotFound, AdapterRegistry
 from adapters.validate import base_revision
 from serving.config import AppConfig
 from serving.demo.corpora import DEMO_ADAPTERS, DEMO_STACKS, demo_pairs
-from serving.demo.defaults import DEMO_KEYS, demo_config, demo_model_dir
+from serving.demo.defaults import DEMO_KEYS, demo_config, demo_keys_file, demo_model_dir
 from serving.demo.shipped import STEPS, shipped_adapter
 from serving.modelprep.smollm2 import prepare_smollm2
 
@@ -144,6 +144,7 @@ def run_demo(keep_serving: bool = False, config: AppConfig | None = None) -> int
     print("[2/5] demo adapters (PEFT LoRA r=8 on q,v; shipped, or trained once and cached)")
     adapters = ensure_demo_adapters(model_dir, registry)
     ensure_demo_cleanroom(config)
+    demo_keys_file()  # for `rmn serve --config deploy/rmn-federated-cpu.yaml` later
     print("[3/5] starting Ray Serve (router, engine, clean room, planner, comparison) on a local Ray cluster")
     base = config.model.served_name
     with local_app(config) as url:

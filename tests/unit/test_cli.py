@@ -147,3 +147,24 @@ def test_every_read_verb_has_json(verb: list[str]) -> None:
     if len(verb) == 2:
         sub = sub._subparsers._group_actions[0].choices[verb[1]]
     assert "--json" in sub.format_help()
+
+
+def test_a_missing_key_file_stops_serve_before_ray_starts(tiny_model, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    keys = tmp_path / "missing-keys.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_model)},
+                "adapters": {"root": str(tmp_path / "adapters")},
+                "federation": {"keys_file": str(keys), "tenants": [{"id": "admin", "role": "admin"}]},
+            }
+        )
+    )
+    with pytest.raises(SystemExit, match=f"rmn serve: key file {keys} cannot be read"):
+        main(["serve", "--config", str(cfg)])
+    keys.write_text("admin: not-a-hash\n")
+    with pytest.raises(SystemExit, match="admin: 'not-a-hash'… is not a sha256 hex digest"):
+        main(["serve", "--config", str(cfg)])

@@ -8,7 +8,7 @@ import pytest
 
 from cleanroom import CleanRoomPolicy
 from serving.config import load_config, load_yaml_model
-from serving.demo.defaults import DEMO_KEYS, demo_config
+from serving.demo.defaults import DEMO_KEYS, demo_config, demo_keys_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,8 +18,22 @@ def test_federated_deploy_file_matches_the_demo_config(monkeypatch: pytest.Monke
     monkeypatch.delenv("RMN_HOME", raising=False)
     from_file = load_config(ROOT / "deploy" / "rmn-federated-cpu.yaml")
     embedded = demo_config()
-    for section in ("federation", "cleanroom", "comparison"):
+    for section in ("cleanroom", "comparison"):
         assert getattr(from_file, section) == getattr(embedded, section), section
+    # the same tenants; the file's keys come from the key file `make demo` writes (deploy/ holds no key)
+    fed, emb = from_file.federation, embedded.federation
+    assert fed is not None and emb is not None and emb.keys_file is None
+    keyless = [t.model_copy(update={"api_key_sha256": None}) for t in emb.tenants]
+    assert fed.tenants == keyless
+    assert fed.model_dump(exclude={"tenants", "keys_file"}) == emb.model_dump(
+        exclude={"tenants", "keys_file"}
+    )
+    assert fed.keys_file == demo_keys_file()
+    by_file, by_config = fed.directory(), emb.directory()
+    for tenant, key in DEMO_KEYS.items():
+        assert (
+            by_file.authenticate(f"Bearer {key}").id == by_config.authenticate(f"Bearer {key}").id == tenant
+        )
 
 
 def test_acme_policy_file_matches_and_demo_keys_authenticate() -> None:

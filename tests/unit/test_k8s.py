@@ -275,9 +275,8 @@ def test_no_inline_secret_or_disabled_auth_under_deploy() -> None:
         text = path.read_text()
         assert "RAY_AUTH_MODE=disabled" not in text and "value: disabled" not in text, path
         assert not re.search(r"(?m)^kind:\s*Secret\b", text), path
-        assert (
-            not re.search(r"api_key_sha256:\s*[0-9a-f]{64}", text) or path.name == "rmn-federated-cpu.yaml"
-        ), path
+        assert not re.search(r"api_key_sha256:\s*[0-9a-f]{64}", text), path
+        assert not re.search(r"demo-(admin|brewmax|acme|agency)-key", text), path
         assert not re.search(r"aws_secret_access_key|AWS_SECRET_ACCESS_KEY:\s*\S", text), path
 
 
