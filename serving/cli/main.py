@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rmn`` console script: 0 done, 1 refused or failed (the message says why),
-    2 a usage error (argparse)."""
+    2 a usage error (argparse), 130 interrupted (Ctrl-C before the command set its own handling)."""
     from adapters import AdapterError
     from cleanroom import CleanRoomError
     from serving.config import ConfigError
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, AdapterError, CleanRoomError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"rmn: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # e.g. Ctrl-C while the app is still starting: stopped, no traceback
+        print("rmn: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
