@@ -7,13 +7,17 @@ Contract of :class:`FairScheduler`:
   (a tenant of weight w gets w shares of the slots while it has waiters), so a tenant flooding the router cannot
   starve a light one: the light tenant's request is served after at most one turn of each active tenant;
 - before queueing, the wait is ESTIMATED by list scheduling: each slot frees when its running request's
-  remaining service ends (its cost x the measured service time per unit of cost, an EWMA over completed
-  requests from dispatch to end, less what it has run), and the requests ahead of it in fair order take the
-  earliest free slots in turn; service times are stretched by the overrun observed lately (how much longer
-  requests ran than predicted). When the wait exceeds ``max_wait_s``, or the predicted finish passes the
-  request's deadline less a safety margin (25 %, widened after each admitted request that missed its deadline,
-  narrowing back as requests finish in time), the request is refused at once (:class:`Shed`, HTTP 503 +
-  Retry-After): overload becomes fast refusals, not long waits or late answers. ``max_queue`` bounds the waiters;
+  remaining service ends (its predicted service, :class:`serving.service_time.ServiceTime`: a measured
+  per-request overhead plus a time per unit of cost, fitted over completed requests; less what it has run;
+  never "free now" for a request already past its prediction), and the requests ahead of it in fair order take
+  the earliest free slots in turn. Predictions are stretched by the larger of the overrun seen lately (how much
+  longer finished requests ran than predicted) and the overrun of the requests running NOW (the median of
+  their elapsed / predicted): a machine that slows down is seen before its slow requests finish. When the wait
+  exceeds ``max_wait_s``, or the predicted finish passes the request's deadline less a safety margin (25 %,
+  widened after each admitted request that missed its deadline, narrowing back as requests finish in time), the
+  request is refused at once (:class:`Shed`, HTTP 503 + Retry-After), and a queued request still waiting when
+  it could no longer finish in time is refused then (503), not left to time out (504); a request that finds a
+  free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the waiters;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
 Pure asyncio; no Ray.
 """
@@ -26,10 +30,12 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from pydantic import Field
 
 from serving.config_base import Strict
+from serving.service_time import ServiceTime
 
 
 class AdmissionConfig(Strict):
@@ -55,8 +61,8 @@ class AdmissionConfig(Strict):
     initial_token_s: float = Field(
         default=0.05,
         gt=0,
-        description="Seconds per requested output token assumed until requests have been measured (the "
-        "estimate then follows an EWMA of measured seconds per requested token).",
+        description="Seconds per requested output token assumed until requests have been measured (then: a "
+        "per-request overhead plus seconds per requested token, fitted over the last ~10 completed requests).",
     )
     default_max_tokens: int = Field(
         default=256, ge=1, description="Cost assumed for a request that does not set max_tokens."
@@ -66,6 +72,8 @@ class AdmissionConfig(Strict):
 
 BASE_MARGIN = 0.25  # share of a request's deadline admission keeps free
 MAX_MARGIN = 0.6
+MAX_RATIO = 4.0  # one request's actual / predicted service counts at most this much (outliers)
+OVERDUE_FLOOR = 0.2  # a running request past its prediction still holds its slot this share of its service
 
 
 class Shed(Exception):
@@ -100,7 +108,8 @@ class Lease:
     started: float
     waited_s: float
     cost: float = 1.0
-    predicted_s: float = 0.0  # its service time at dispatch: cost x the service time per unit then
+    predicted_s: float = 0.0  # its service time at dispatch, before any overrun stretch
+    censored: bool = False  # it hit its deadline: its time is a lower bound, not a measurement
 
 
 class FairScheduler:
@@ -118,7 +127,7 @@ class FairScheduler:
         self.slots = max(1, slots)
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
-        self.unit_s = initial_service_s  # seconds per unit of cost (EWMA)
+        self.model = ServiceTime(initial_service_s)  # seconds per request: overhead + cost x per unit
         self._weights = dict(weights or {})
         self._tenants: dict[str, _Tenant] = {}
         self._inflight = 0
@@ -147,9 +156,26 @@ class FairScheduler:
         self.slots = max(1, slots)
         self._dispatch()
 
-    def service_s(self, cost: float) -> float:
-        """Predicted seconds of service for a request of ``cost``."""
-        return cost * self.unit_s * self.overrun
+    @property
+    def unit_s(self) -> float:
+        """Seconds per unit of cost, as fitted now (without the overhead)."""
+        return self.model.unit_s
+
+    def service_s(self, cost: float, now: float | None = None) -> float:
+        """Predicted seconds of service for a request of ``cost``, stretched by the overrun seen lately and by
+        the overrun of the requests running now."""
+        return self.model.predict(cost) * max(self.overrun, self.live_overrun(now))
+
+    def live_overrun(self, now: float | None = None) -> float:
+        """How much longer than predicted the requests running now have already run (>= 1): the median of
+        elapsed / predicted over the running requests (one straggler does not stretch everything)."""
+        now = time.monotonic() if now is None else now
+        ratios = sorted(
+            (now - lease.started) / lease.predicted_s
+            for lease in self._leases.values()
+            if lease.predicted_s > 0
+        )
+        return max(1.0, ratios[len(ratios) // 2]) if ratios else 1.0
 
     def estimate_wait(self, tenant: str) -> float:
         """Seconds a new request of ``tenant`` would wait before dispatch (0 with a free slot), by list
@@ -157,65 +183,64 @@ class FairScheduler:
         if self._inflight < self.slots and not self.waiting:
             return 0.0
         now = time.monotonic()
-        remaining = [
-            max(0.0, self.service_s(lease.cost) - (now - lease.started)) for lease in self._leases.values()
-        ]
+        remaining = []
+        for lease in self._leases.values():
+            service = self.service_s(lease.cost, now)
+            remaining.append(max(OVERDUE_FLOOR * service, service - (now - lease.started)))
         untracked = max(0, self._inflight - len(remaining))  # dispatched, lease not yet taken: just started
-        remaining = sorted(remaining + [self.service_s(self._mean_cost())] * untracked)
+        remaining = sorted(remaining + [self.service_s(self._mean_cost(), now)] * untracked)
         excess = max(0, len(remaining) - self.slots)  # more running than slots (shrunk): those free nothing
         free = remaining[excess:] + [0.0] * max(0, self.slots - len(remaining))
         heapq.heapify(free)
         for cost in self._ahead_costs(tenant):
-            heapq.heappush(free, heapq.heappop(free) + self.service_s(cost))
+            heapq.heappush(free, heapq.heappop(free) + self.service_s(cost, now))
         return free[0]
 
-    def record_miss(self) -> None:
-        """An admitted request missed its deadline: keep a wider share of every deadline free from now on."""
+    def record_miss(self, lease: Lease | None = None) -> None:
+        """An admitted request missed its deadline: keep a wider share of every deadline free from now on;
+        its ``lease`` (if it was dispatched) then counts as a lower bound of its service, not a measurement."""
         self.margin = min(MAX_MARGIN, self.margin + 0.1)
+        if lease is not None:
+            lease.censored = True
 
     # ---- the request path ----------------------------------------------------------------------
     async def acquire(self, tenant: str, cost: float = 1.0, time_left_s: float | None = None) -> Lease:
         """Dispatch now, or queue fairly, or raise :class:`Shed` (see the module contract). With
-        ``time_left_s`` (the request's deadline), a request that would wait and then run past 75 % of it
-        is refused too (reason ``deadline``): accepted work finishes in time."""
+        ``time_left_s`` (the request's deadline), a request that would wait and then run past the kept share of
+        it is refused (reason ``deadline``), at once or as soon as a late slot makes it so: queued work finishes
+        in time."""
         t0 = time.monotonic()
         self._reap(t0)
         state = self._tenant(tenant)
-        if self._inflight < self.slots and not self.waiting:
+        if self._inflight < self.slots and not self.waiting:  # a free slot costs nothing: try (early EOS)
             return self._start(state, tenant, t0, cost)
-        wait = self.estimate_wait(tenant)
-        if self.waiting >= self.max_queue:
-            self.shed_counts["queue_full"] += 1
-            raise Shed("server overloaded: the queue is full, retry later", "queue_full", _retry(wait))
-        finish = wait + self.service_s(cost)
-        keep = 1 - self.margin
-        if time_left_s is not None and finish > keep * time_left_s:
-            self.shed_counts["deadline"] += 1
-            raise Shed(
-                f"server overloaded: queued, it would finish in about {finish:.1f}s, past its deadline; retry later",
-                "deadline",
-                _retry(finish - keep * time_left_s),
-            )
-        if wait > self.max_wait_s:
-            self.shed_counts["queue_wait"] += 1
-            raise Shed(
-                f"server overloaded: the estimated wait ({wait:.1f}s) exceeds {self.max_wait_s:.1f}s, retry later",
-                "queue_wait",
-                _retry(wait - self.max_wait_s),
-            )
+        self._admit_to_queue(tenant, cost, time_left_s)
         tag = max(self._vtime, state.last_tag) + 1.0 / state.weight
         state.last_tag = tag
         waiter = _Waiter(tag, cost, asyncio.get_running_loop().create_future())
         state.queue.append(waiter)
+        # the latest start that still finishes within the kept share of the deadline, as predicted now
+        start_by = None if time_left_s is None else time_left_s - self.service_s(cost) / (1 - self.margin)
         try:
-            await waiter.future
+            if start_by is None:
+                await waiter.future
+            elif not (await asyncio.wait({waiter.future}, timeout=max(0.0, start_by)))[0]:
+                # the slots freed later than estimated: refuse now rather than answer 504 later
+                state.queue.remove(waiter)
+                waiter.future.cancel()
+                self._shed(
+                    "deadline",
+                    "server overloaded: still queued when it could no longer finish before its deadline; retry later",
+                    self.service_s(cost),
+                )
         except BaseException:
             if waiter in state.queue:  # gave up while queued: nothing to release
                 state.queue.remove(waiter)
             elif waiter.future.done() and not waiter.future.cancelled():
                 self._release_slot(state)  # dispatched just as it was cancelled: hand the slot on
             raise
-        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost, cost * self.unit_s))
+        now = time.monotonic()
+        return self._track(Lease(tenant, now, now - t0, cost, self.model.predict(cost)))
 
     def release(self, lease: Lease) -> None:
         """The request ended (any outcome): update the service time, the overrun and the margin, and
@@ -223,12 +248,38 @@ class FairScheduler:
         if self._leases.pop(id(lease), None) is None:
             return
         seconds = time.monotonic() - lease.started
-        if lease.predicted_s > 0:
-            ratio = seconds / lease.predicted_s  # actual vs the prediction from the service time alone
+        if lease.predicted_s > 0:  # actual vs the prediction from the service time alone
+            ratio = min(seconds / lease.predicted_s, 2.0 if lease.censored else MAX_RATIO)
             self.overrun = max(1.0, 0.8 * self.overrun + 0.2 * ratio)
-        self.unit_s = 0.8 * self.unit_s + 0.2 * seconds / max(lease.cost, 1e-9)
+        if not lease.censored:
+            self.model.observe(lease.cost, seconds)
         self.margin = max(BASE_MARGIN, self.margin * 0.98)
         self._release_slot(self._tenant(lease.tenant))
+
+    def _admit_to_queue(self, tenant: str, cost: float, time_left_s: float | None) -> None:
+        """Raise :class:`Shed` unless a new request of ``tenant`` may queue (bounded queue, predicted finish
+        inside the kept share of its deadline, wait under ``max_wait_s``)."""
+        wait = self.estimate_wait(tenant)
+        if self.waiting >= self.max_queue:
+            self._shed("queue_full", "server overloaded: the queue is full, retry later", wait)
+        finish = wait + self.service_s(cost)
+        keep = 1 - self.margin
+        if time_left_s is not None and finish > keep * time_left_s:
+            self._shed(
+                "deadline",
+                f"server overloaded: queued, it would finish in about {finish:.1f}s, past its deadline; retry later",
+                finish - keep * time_left_s,
+            )
+        if wait > self.max_wait_s:
+            self._shed(
+                "queue_wait",
+                f"server overloaded: the estimated wait ({wait:.1f}s) exceeds {self.max_wait_s:.1f}s, retry later",
+                wait - self.max_wait_s,
+            )
+
+    def _shed(self, reason: str, message: str, retry_after_s: float) -> NoReturn:
+        self.shed_counts[reason] += 1
+        raise Shed(message, reason, _retry(retry_after_s))
 
     # ---- internals -----------------------------------------------------------------------------
     def _tenant(self, tenant: str) -> _Tenant:
@@ -240,7 +291,8 @@ class FairScheduler:
     def _start(self, state: _Tenant, tenant: str, t0: float, cost: float) -> Lease:
         self._inflight += 1
         state.inflight += 1
-        return self._track(Lease(tenant, time.monotonic(), time.monotonic() - t0, cost, cost * self.unit_s))
+        now = time.monotonic()
+        return self._track(Lease(tenant, now, now - t0, cost, self.model.predict(cost)))
 
     def _track(self, lease: Lease) -> Lease:
         self._leases[id(lease)] = lease

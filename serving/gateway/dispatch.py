@@ -158,7 +158,7 @@ async def dispatch(gw: Gateway, g: Generation) -> Response:
         except TimeoutError as e:
             cancel(gen)
             if g.lease is not None and gw.scheduler is not None:
-                gw.scheduler.record_miss()  # admitted, yet late: admission keeps a wider margin
+                gw.scheduler.record_miss(g.lease)  # admitted, yet late: admission keeps a wider margin
             raise DeadlineExceeded(f"request exceeded {gw.cfg.http.request_timeout_s}s") from e
         except Exception as e:
             cancel(gen)

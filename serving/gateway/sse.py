@@ -48,7 +48,7 @@ async def relay(
                 return
             except TimeoutError:
                 if lease is not None and gw.scheduler is not None:
-                    gw.scheduler.record_miss()
+                    gw.scheduler.record_miss(lease)
                 err: Exception = DeadlineExceeded(f"request exceeded {gw.cfg.http.request_timeout_s}s")
                 status = answer_for(err).status
                 yield error_event(err)

@@ -189,3 +189,76 @@ def test_the_margin_widens_after_a_miss_and_the_estimate_stretches_after_overrun
         assert s.overrun > 1.2 and s.service_s(100) > 100 * s.unit_s
 
     run(main())
+
+
+def test_the_service_time_has_a_per_request_overhead() -> None:
+    """Short requests measured first do not make long ones look short (one ratio per unit would charge the
+    overhead to every unit), and the fit follows a change of speed within ~10 requests."""
+    from serving.service_time import ServiceTime
+
+    m = ServiceTime(initial_unit_s=0.05)
+    assert m.predict(101) == pytest.approx(5.05)  # nothing measured yet
+    for cost in [2, 7, 2, 51, 2, 101, 7, 2]:
+        m.observe(cost, 0.2 + 0.01 * cost)
+    assert (m.overhead_s, m.unit_s) == (pytest.approx(0.2), pytest.approx(0.01))
+    assert m.predict(101) == pytest.approx(1.21)
+    for cost in [2, 101] * 15:  # the machine got twice as slow per token
+        m.observe(cost, 0.2 + 0.02 * cost)
+    assert m.predict(101) == pytest.approx(2.22, rel=0.05)
+    single = ServiceTime(initial_unit_s=0.05)
+    for _ in range(5):  # one cost only: overhead and per-unit cannot be told apart; the whole time per unit
+        single.observe(100, 1.0)
+    assert single.predict(100) == pytest.approx(1.0)
+
+
+def test_requests_running_late_stretch_the_estimate_before_they_finish() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=2, max_wait_s=100, initial_service_s=0.001)
+        running = [await s.acquire("t", cost=100) for _ in range(2)]  # predicted 0.1 s each
+        assert s.estimate_wait("t") == pytest.approx(0.1, abs=0.02)
+        await asyncio.sleep(0.3)  # both still running at 3x their prediction: the machine is slow now
+        assert s.live_overrun() == pytest.approx(3.0, rel=0.2)
+        # never "free now": each holds its slot for a share of its (stretched) service
+        assert s.estimate_wait("t") >= 0.2 * 0.3
+        assert s.service_s(100) == pytest.approx(0.3, rel=0.2)
+        for lease in running:
+            s.release(lease)
+        assert s.overrun > 1.3 and s.live_overrun() == 1.0
+
+    run(main())
+
+
+def test_a_request_that_cannot_finish_in_time_is_refused_not_timed_out() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=100, initial_service_s=0.01)
+        held = await s.acquire("t", cost=20)  # predicted 0.2 s; it will hold its slot for 0.6 s
+        t0 = asyncio.get_running_loop().time()
+        queued = asyncio.create_task(s.acquire("t", cost=20, time_left_s=0.8))  # 0.2 + 0.2 s fits 75 % of 0.8
+        await asyncio.sleep(0)
+        assert s.waiting == 1
+        with pytest.raises(Shed) as e:  # must start by 0.8 - 0.2 / 0.75 = 0.53 s; the slot frees at 0.6 s
+            await queued
+        assert e.value.reason == "deadline" and e.value.retry_after_s >= 1
+        assert 0.4 < asyncio.get_running_loop().time() - t0 < 0.6  # refused when known, before the deadline
+        assert s.waiting == 0 and s.inflight == 1  # nothing leaked
+        await asyncio.sleep(0.1)
+        s.release(held)
+        assert s.inflight == 0 and s.shed_counts["deadline"] == 1
+
+    run(main())
+
+
+def test_a_request_cut_at_its_deadline_is_no_measurement() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=100, initial_service_s=0.001)
+        lease = await s.acquire("t", cost=10)  # predicted 0.01 s
+        await asyncio.sleep(0.2)  # 20x: cut at its deadline
+        s.record_miss(lease)
+        s.release(lease)
+        assert s.unit_s == pytest.approx(0.001)  # the fit did not take the cut time as a service time
+        assert s.overrun == pytest.approx(
+            1.2
+        )  # it stretches the estimate, capped (2x at most for a cut request)
+        assert s.margin == pytest.approx(0.35 * 0.98)
+
+    run(main())
