@@ -102,18 +102,26 @@ class Gate:
         self._audit = AuditLog(fed.audit_log if fed else None)
 
     def admit(self, authorization: str | None) -> Tenant | None:
-        """The calling tenant (None when the gate is open); raises AuthError or RateLimited."""
-        if self._tenants is None:
-            return None
-        tenant = self._tenants.authenticate(authorization)
-        wait = self._limiter.acquire(tenant.id, tenant.rate_limit_per_minute)
-        if wait > 0:
+        """The calling tenant (None when the gate is open); raises AuthError or RateLimited (this gate's own
+        bucket: per router replica; :class:`serving.cluster_limits.ClusterLimiter` holds limits cluster-wide)."""
+        tenant = self.authenticate(authorization)
+        if tenant is not None:
+            self.check_rate(tenant, self._limiter.acquire(tenant.id, tenant.rate_limit_per_minute))
+        return tenant
+
+    def authenticate(self, authorization: str | None) -> Tenant | None:
+        """The calling tenant, not rate-limited (None when the gate is open); raises AuthError."""
+        return None if self._tenants is None else self._tenants.authenticate(authorization)
+
+    @staticmethod
+    def check_rate(tenant: Tenant, wait_s: float) -> None:
+        """Raise RateLimited when ``wait_s`` (a limiter's answer for ``tenant``) is above 0."""
+        if wait_s > 0:
             raise RateLimited(
                 f"rate limit of {tenant.rate_limit_per_minute} requests/minute exceeded for "
                 f"tenant {tenant.id!r}",
-                math.ceil(wait),
+                math.ceil(wait_s),
             )
-        return tenant
 
     def identify(self, authorization: str | None) -> str | None:
         """The tenant id a key belongs to, without rate limiting (for audit records); None if unknown."""

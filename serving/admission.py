@@ -68,6 +68,13 @@ class AdmissionConfig(Strict):
         default=256, ge=1, description="Cost assumed for a request that does not set max_tokens."
     )
     max_queue: int = Field(default=1024, ge=1, description="Waiting requests per router replica, at most.")
+    cluster_wide: bool = Field(
+        default=True,
+        description="Share tenants' rate limits and the routers' backlog through one small actor per app: a "
+        "tenant's limit holds across router replicas, and the engine deployment autoscales on ongoing + queued "
+        "requests (serving/autoscaling.py). Off: each router replica limits alone; the engine scales on "
+        "ongoing requests only.",
+    )
 
 
 BASE_MARGIN = 0.25  # share of a request's deadline admission keeps free

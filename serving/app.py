@@ -11,6 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serving.autoscaling import POLICY as ENGINE_POLICY
 from serving.cleanroom_service import CleanRoomService
 from serving.comparison import ComparisonService, PlannerService
 from serving.config import AppConfig, load_config
@@ -23,7 +24,10 @@ def build_app(config: AppConfig, engine_cls: EngineFactory | None = None) -> App
     """Router (ingress) → engine deployment, and when configured the clean-room deployment and the
     comparison deployment (→ planner deployment → clean-room deployment). ``engine_cls``: the engine the
     engine replicas make (vLLM's when None; the Serve test tier passes the FakeEngine)."""
-    engine = serve.deployment(name="engine", **config.engine_deployment.serve_options())(EngineDeployment)
+    engine_opts = config.engine_deployment.serve_options()
+    if "autoscaling_config" in engine_opts and config.admission.enabled and config.admission.cluster_wide:
+        engine_opts["autoscaling_config"]["policy"] = {"policy_function": ENGINE_POLICY}  # ongoing + backlog
+    engine = serve.deployment(name="engine", **engine_opts)(EngineDeployment)
     router = serve.deployment(name="router", **config.router_deployment.serve_options())(Router)
     cleanroom = comparison = None
     if config.cleanroom is not None:

@@ -73,8 +73,9 @@ class EngineDeployment:
         self._evictions = 0
         try:
             self._replica = serve.get_replica_context().replica_id.unique_id
+            self._app = serve.get_replica_context().app_name
         except Exception:  # constructed outside Serve (unit use)
-            self._replica = "local"
+            self._replica, self._app = "local", ""
 
         async def load(lora_name: str) -> _Resident:  # a plain function: Serve sets attributes on it
             return await self._load_adapter(lora_name)
@@ -189,6 +190,14 @@ class EngineDeployment:
                 "inflight_keys": len(self._inflight),
             },
         }
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metric, read by :func:`serving.autoscaling.engine_policy`: the requests
+        waiting in the routers' queues (the app's board; 0 without one)."""
+        from serving.autoscaling import BACKLOG_METRIC
+        from serving.cluster_board import board_backlog
+
+        return {BACKLOG_METRIC: float(await board_backlog(self._app)) if self._app else 0.0}
 
     async def check_health(self) -> None:
         """Ray Serve health check: raises when the engine core is dead (Serve then replaces the replica)."""

@@ -30,7 +30,7 @@ async def adapters_register(request: Request) -> Response:
     gw, rid = gateway(request), request_id(request)
     tenant: Tenant | None = None  # known once authenticated: the audit names who was refused
     try:
-        tenant = gw.tenant(request, "adapter uploads")
+        tenant = await gw.tenant(request, "adapter uploads")
         limit = gw.cfg.adapters.max_upload_bytes
         files, fields = await read_upload(request, limit, FILES, max_fields=len(FIELDS))
         manifest_fields = upload_fields(tenant, fields, gw.registry)
@@ -65,7 +65,7 @@ async def adapters_train(request: Request) -> Response:
     gw, rid = gateway(request), request_id(request)
     tenant: Tenant | None = None
     try:
-        tenant = gw.tenant(request, "training jobs")
+        tenant = await gw.tenant(request, "training jobs")
         files, fields = await read_upload(
             request, gw.cfg.adapters.max_upload_bytes, ("data.jsonl",), max_fields=20
         )
@@ -98,7 +98,7 @@ async def adapters_job(job_id: str, request: Request) -> Response:
     """A training job's state, step, loss and held-out losses; 404 for another tenant's job."""
     from serving.training_jobs import board
 
-    tenant = gateway(request).tenant(request, "training jobs")
+    tenant = await gateway(request).tenant(request, "training jobs")
     job = await board().get.remote(job_id) if len(job_id) <= 64 else None
     if job is None or (tenant.role != Role.admin and job["tenant"] != tenant.id):
         raise NotFound(f"no training job {job_id!r}")
@@ -109,7 +109,7 @@ async def adapters_job(job_id: str, request: Request) -> Response:
 async def adapters_list(request: Request) -> Response:
     """Every adapter the caller may see, with its versions (private ones of others are not listed)."""
     gw = gateway(request)
-    tenant = gw.admit(request)
+    tenant = await gw.admit(request)
     views = [v for v in await asyncio.to_thread(gw.adapter_views) if may_see(tenant, v)]
     await gw.with_usage(views)
     return JSONResponse({"object": "list", "data": views})
@@ -119,7 +119,7 @@ async def adapters_list(request: Request) -> Response:
 async def adapters_show(adapter_id: str, request: Request) -> Response:
     """One adapter's metadata and versions; 404 when it does not exist or the caller may not see it."""
     gw = gateway(request)
-    tenant = gw.admit(request)
+    tenant = await gw.admit(request)
     view = await asyncio.to_thread(gw.visible_adapter, tenant, adapter_id)
     await gw.with_usage([view])
     return JSONResponse(view)
@@ -131,7 +131,7 @@ async def adapters_retire(adapter_id: str, version: str, request: Request) -> Re
     gw, rid = gateway(request), request_id(request)
     tenant: Tenant | None = None
     try:
-        tenant = gw.tenant(request, "retiring adapters")
+        tenant = await gw.tenant(request, "retiring adapters")
         view = await asyncio.to_thread(gw.visible_adapter, tenant, adapter_id)
         if not may_retire(tenant, view):
             raise PermissionDenied(f"tenant {tenant.id!r} may not retire {adapter_id!r}")

@@ -53,7 +53,7 @@ async def _cleanroom(request: Request, method: str) -> Response:
     gw = gateway(request)
     if gw.cleanroom is None:
         raise NotConfigured("no clean room is configured on this deployment")
-    tenant = gw.tenant(request, "clean-room queries")
+    tenant = await gw.tenant(request, "clean-room queries")
     retailer = request.query_params.get("retailer", "")
     if method == "query":
         answer: Reply = await gw.cleanroom.query.remote(tenant.id, await read_body(request))
@@ -89,7 +89,7 @@ async def compare(request: Request) -> Response:
     gw, rid = gateway(request), request_id(request)
     if gw.comparison is None:
         raise NotConfigured("planning is not configured on this deployment")
-    tenant = gw.tenant(request, "plans")
+    tenant = await gw.tenant(request, "plans")
     body = await read_body(request)
     if tenant.role != Role.admin and body.get("manufacturer") != tenant.id:
         raise PermissionDenied(
@@ -109,7 +109,7 @@ async def harmonize_fields(request: Request) -> Response:
     from cleanroom.schema import EVENT_COLUMNS
     from planning.harmonize import harmonize
 
-    gateway(request).tenant(request, "harmonisation")
+    await gateway(request).tenant(request, "harmonisation")
     body = await read_model(request, HarmonizeBody)
     return JSONResponse(asdict(harmonize(body.fields, list(EVENT_COLUMNS))))
 
@@ -121,7 +121,7 @@ async def governance_check(request: Request) -> Response:
     gw = gateway(request)
     if gw.cfg.comparison is None:
         raise NotConfigured("planning (and its governance rules) is not configured here")
-    gw.tenant(request, "governance checks")
+    await gw.tenant(request, "governance checks")
     body = await read_model(request, GovernanceBody)
     g = gw.cfg.comparison.governance
     return JSONResponse(

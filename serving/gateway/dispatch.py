@@ -44,7 +44,7 @@ async def generate(gw: Gateway, kind: str, request: Request) -> Response:
     rid = request_id(request)
     started = time.monotonic()
     try:
-        tenant = gw.admit(request)
+        tenant = await gw.admit(request)
         body = await read_body(request)
         res = await gw.resolve(tenant, body, rid)
     except Exception as e:  # refused before any engine: counted, then answered by the error model

@@ -17,4 +17,19 @@ class Router:
     """One router replica: the gateway app over the engine, clean-room and comparison handles."""
 
     def __init__(self, engine: Any, config: AppConfig, cleanroom: Any = None, comparison: Any = None) -> None:
-        self.gateway = Gateway(config, engine, cleanroom, comparison, node=node_name())
+        ctx = serve.get_replica_context()
+        replica = (ctx.app_name, ctx.replica_id.unique_id)
+        self.gateway = Gateway(config, engine, cleanroom, comparison, node=node_name(), replica=replica)
+
+    async def admission(self) -> dict[str, Any]:
+        """This replica's admission state (ops, tests): dispatch slots, requests in flight and waiting, the
+        router replicas it divides the engines by, and whether its rate limits are cluster-wide right now."""
+        gw = self.gateway
+        s = gw.scheduler
+        return {
+            "slots": s.slots if s else None,
+            "inflight": s.inflight if s else 0,
+            "waiting": s.waiting if s else 0,
+            "routers": gw.routers,
+            "shared_limits": gw.limits is not None and not gw.limits.degraded,
+        }

@@ -60,7 +60,7 @@ def _model(model_id: str, owner: str, root: str, parent: str | None, **extra: An
 async def models(request: Request) -> Response:
     """The base model and the adapters this caller may use (latest version), OpenAI ``list`` shape."""
     gw = gateway(request)
-    tenant = gw.admit(request)
+    tenant = await gw.admit(request)
     base = gw.cfg.model.served_name
     data = [_model(base, "rmn-lora", base, None)]
     if tenant is not None:
@@ -77,7 +77,7 @@ async def models(request: Request) -> Response:
 async def resolve(request: Request) -> Response:
     """The stack, composite id and composition graph (JSON + Graphviz DOT) a request would get."""
     gw = gateway(request)
-    tenant = gw.admit(request)
+    tenant = await gw.admit(request)
     res = await gw.resolve(tenant, await read_body(request), request_id(request))
     return JSONResponse(composition_graph(gw.cfg.model.served_name, res, tenant))
 

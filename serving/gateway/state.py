@@ -23,10 +23,18 @@ from serving.adapter_api import adapter_view, may_see
 from serving.admission import FairScheduler
 from serving.config import AppConfig
 from serving.errors import error_fields, status_of
+from serving.gateway.shared import Shared
 from serving.metrics import RouterMetrics
 from serving.usage import UsageCounter
 
 HANDLE_CACHE = 1024  # configured engine handles kept (one per model id in use)
+
+
+def _running(replica_states: dict[Any, int]) -> int:
+    """Running replicas in a deployment status' ``replica_states``."""
+    return sum(
+        int(n) for state, n in replica_states.items() if str(getattr(state, "value", state)) == "RUNNING"
+    )
 
 
 class Gateway:
@@ -40,7 +48,10 @@ class Gateway:
         comparison: Any = None,
         node: str = "local",
         usage: UsageCounter | None = None,
+        replica: tuple[str, str] | None = None,
     ) -> None:
+        """``replica``: (app name, replica id) in a Serve replica: limits and backlog are then shared with
+        the app's other router replicas (``admission.cluster_wide``); None: this object alone."""
         self.cfg = config
         self.engine, self.cleanroom, self.comparison = engine, cleanroom, comparison
         self.registry = config.adapters.registry(config.engine.max_lora_rank, node)
@@ -56,6 +67,7 @@ class Gateway:
         self.usage = usage if usage is not None else UsageCounter()
         self._handles: OrderedDict[str, Any] = OrderedDict()
         adm = config.admission
+        self.routers = self._configured(config.router_deployment)  # running router replicas, as last read
         self.scheduler: FairScheduler | None = None
         if adm.enabled:
             weights = {t.id: t.weight for t in config.federation.tenants} if config.federation else {}
@@ -69,6 +81,12 @@ class Gateway:
             )
         self.slots_checked = 0.0
         self._slots_task: asyncio.Task[None] | None = None
+        self.shared: Shared | None = None
+        if replica is not None and adm.cluster_wide:
+            self.shared = Shared(*replica, waiting=self._waiting, routers=lambda: self.routers)
+        self.limits = (
+            self.shared.limits if self.shared is not None and config.federation is not None else None
+        )
 
     # ---- engine handles and slots ------------------------------------------------------------
     def engine_for(self, lora_name: str) -> Any:
@@ -83,18 +101,27 @@ class Gateway:
             self._handles.move_to_end(lora_name)
         return handle
 
+    @staticmethod
+    def _configured(d: Any) -> int:
+        return int(d.autoscaling.min_replicas if d.autoscaling else d.num_replicas)
+
+    def _waiting(self) -> int:
+        return self.scheduler.waiting if self.scheduler is not None else 0
+
     def default_slots(self, running_engines: int | None) -> int:
         """Engine concurrency per router replica: running engine replicas (else the configured count)
-        x max_ongoing_requests / router replicas."""
-        eng, rtr = self.cfg.engine_deployment, self.cfg.router_deployment
+        x max_ongoing_requests / running router replicas (else the configured count)."""
+        eng = self.cfg.engine_deployment
         if running_engines is None:
-            running_engines = eng.autoscaling.min_replicas if eng.autoscaling else eng.num_replicas
-        routers = rtr.autoscaling.min_replicas if rtr.autoscaling else rtr.num_replicas
-        return max(1, max(running_engines, 1) * eng.max_ongoing_requests // max(routers, 1))
+            running_engines = self._configured(eng)
+        return max(1, max(running_engines, 1) * eng.max_ongoing_requests // max(self.routers, 1))
 
     def refresh_slots(self) -> None:
-        """Follow the engine deployment's running replicas (autoscaling, replaced replicas), every 2 s:
-        the controller is read in a background task, so no request waits for it."""
+        """Follow the engine and router deployments' running replicas (autoscaling, replaced replicas), every
+        2 s: the controller is read in a background task, so no request waits for it. Starts the backlog
+        reports to the board too."""
+        if self.shared is not None:
+            self.shared.start()
         if self.scheduler is None or self.cfg.admission.slots is not None:
             return
         now = time.monotonic()
@@ -111,12 +138,11 @@ class Gateway:
 
             app = serve.get_replica_context().app_name
             status = await asyncio.to_thread(serve.status)
-            states = status.applications[app].deployments["engine"].replica_states
-            running = sum(
-                int(n) for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"
-            )
+            deployments = status.applications[app].deployments
+            running, routers = (_running(deployments[name].replica_states) for name in ("engine", "router"))
         except Exception:  # outside Serve, or the controller is busy: keep the current value
             return
+        self.routers = routers or self.routers
         if running:
             self.scheduler.set_slots(self.default_slots(running))
 
@@ -134,13 +160,19 @@ class Gateway:
             self.metrics.tokens.inc(usage.get("completion_tokens", 0), tags={**tags, "direction": "out"})
 
     # ---- who is asking ----------------------------------------------------------------------
-    def admit(self, request: Request) -> Tenant | None:
-        """The calling tenant (None when the gate is open); AuthError / RateLimited."""
-        return self.gate.admit(request.headers.get("authorization"))
+    async def admit(self, request: Request) -> Tenant | None:
+        """The calling tenant (None when the gate is open); AuthError / RateLimited (cluster-wide limits when
+        this replica shares them, else its own bucket)."""
+        if self.limits is None:
+            return self.gate.admit(request.headers.get("authorization"))
+        tenant = self.gate.authenticate(request.headers.get("authorization"))
+        if tenant is not None:
+            self.gate.check_rate(tenant, await self.limits.acquire(tenant.id, tenant.rate_limit_per_minute))
+        return tenant
 
-    def tenant(self, request: Request, what: str) -> Tenant:
+    async def tenant(self, request: Request, what: str) -> Tenant:
         """The authenticated, rate-admitted tenant; ``what`` needs one (AuthError on an open gate)."""
-        tenant = self.admit(request)
+        tenant = await self.admit(request)
         if tenant is None:  # config validation (cleanroom/comparison need federation) makes this unreachable
             raise AuthError(f"{what} need an authenticated tenant")
         return tenant
