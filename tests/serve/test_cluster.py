@@ -1,7 +1,8 @@
 """Cluster-wide admission on the Serve tier: an app with two router replicas and an autoscaled engine
-(FakeEngine). The engine scales on the routers' backlog even when its replicas never show more than their
-``max_ongoing_requests`` (here 2, equal to the autoscaling target: Serve's default signal would stay flat), and
-back down after the load; a tenant's rate limit holds across both routers."""
+(FakeEngine). The engine scales on the routers' backlog even though its replicas never show more than their
+``max_ongoing_requests`` (2, below the autoscaling target of 4: Serve's default signal says "half busy" and
+never scales up — checked by running these tests with ``admission.cluster_wide: false``), and back down after
+the load; a tenant's rate limit holds across both routers."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def scale_config(tiny_model: Path, registry_root: Path, tmp: pytest.TempPathFact
         autoscaling={
             "min_replicas": 1,
             "max_replicas": 3,
-            "target_ongoing_requests": 2,
+            "target_ongoing_requests": 4,
             "upscale_delay_s": 1,
             "downscale_delay_s": 4,
             "look_back_period_s": 2,
