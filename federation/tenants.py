@@ -77,7 +77,9 @@ class Tenant(BaseModel):
         default_factory=list, description="Private adapters (ids) this tenant may also use."
     )
     rate_limit_per_minute: int = Field(
-        default=600, gt=0, description="Requests per minute (per router replica)."
+        default=600,
+        gt=0,
+        description="Requests per minute, for the whole cluster (admission.cluster_wide; else per router replica).",
     )
     weight: float = Field(
         default=1.0,

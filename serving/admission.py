@@ -15,9 +15,11 @@ Contract of :class:`FairScheduler`:
   their elapsed / predicted): a machine that slows down is seen before its slow requests finish. When the wait
   exceeds ``max_wait_s``, or the predicted finish passes the request's deadline less a safety margin (25 %,
   widened after each admitted request that missed its deadline, narrowing back as requests finish in time), the
-  request is refused at once (:class:`Shed`, HTTP 503 + Retry-After), and a queued request still waiting when
-  it could no longer finish in time is refused then (503), not left to time out (504); a request that finds a
-  free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the waiters;
+  request is refused at once (:class:`Shed`, HTTP 503 + Retry-After); a queued request still waiting when it
+  could no longer finish in time, or whose turn comes when (predicted with the slowdown seen by then) it would
+  finish past its deadline less half the margin, is refused then (503), not left to time out (504); a request
+  that finds a free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the
+  waiters;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
 Pure asyncio; no Ray.
 """
@@ -247,6 +249,15 @@ class FairScheduler:
                 self._release_slot(state)  # dispatched just as it was cancelled: hand the slot on
             raise
         now = time.monotonic()
+        if time_left_s is not None:  # its turn came: can it still finish in time, as predicted NOW?
+            finish = now - t0 + self.service_s(cost, now)
+            if finish > time_left_s * (1 - self.margin / 2):
+                self._release_slot(state)  # hand the slot to the next waiter
+                self._shed(
+                    "deadline",
+                    "server overloaded: by its turn it could no longer finish before its deadline; retry later",
+                    finish - time_left_s * (1 - self.margin / 2),
+                )
         return self._track(Lease(tenant, now, now - t0, cost, self.model.predict(cost)))
 
     def release(self, lease: Lease) -> None:

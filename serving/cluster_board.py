@@ -72,8 +72,8 @@ async def board_backlog(app: str, timeout_s: float = 2.0) -> int:
 
     import ray
 
-    try:
-        board = ray.get_actor(f"rmn-board-{app}", namespace="rmn")
+    try:  # the lookup is a blocking GCS call: off the replica's event loop
+        board = await asyncio.to_thread(ray.get_actor, f"rmn-board-{app}", namespace="rmn")
         return int(await asyncio.wait_for(board.backlog.remote(), timeout_s))
     except Exception:
         return 0

@@ -5,9 +5,11 @@ as a Ray task (one GPU where the cluster has one, else one CPU), then registers 
 private adapter (next version, every registration check) in the registry. The training data exists only in the
 task's arguments (Ray's object store) and the job's scratch directory, which is deleted when the task ends,
 whatever happens. Progress (state, step, loss, held-out loss before/after, the adapter it made or the error)
-lives on :class:`JobBoard`, one named Ray actor per cluster, so every router replica answers
-``GET /v1/adapters/jobs/{id}``. The board keeps the last 1,000 jobs in memory; a lost board loses the job
-records, not the adapters already registered.
+lives on :class:`JobBoard`, one named Ray actor per registry, so every router replica answers
+``GET /v1/adapters/jobs/{id}``. The board keeps the last 1,000 jobs in memory and writes each job beside the
+registry (:mod:`serving.records`, ``jobs/<id>.json``) when it is created, when its state changes and at most
+every ``PERSIST_S`` seconds of progress; a new cluster (or a recreated board) reads a job it does not hold from
+there, and a job that was queued or running when its cluster went away reads as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from federation.errors import InvalidRequest, first_error
 from federation.tenants import Tenant
 from serving.adapter_api import upload_fields
 from serving.adapters_config import AdaptersConfig
+from serving.records import Records, RecordsUnavailable
 
 BOARD_NAME = "rmn-adapter-jobs"
 BOARD_NAMESPACE = "rmn"
@@ -77,12 +80,18 @@ def parse_train_request(
     return settings, manifest, pairs
 
 
-class JobBoard:
-    """Job records by id (Ray actor; see the module docstring)."""
+PERSIST_S = 5.0
+_LIVE = ("queued", "running")
 
-    def __init__(self, keep: int = 1000) -> None:
+
+class JobBoard:
+    """Job records by id (Ray actor; see the module docstring). ``records``: where they persist."""
+
+    def __init__(self, keep: int = 1000, records: Records | None = None) -> None:
         self._jobs: dict[str, dict[str, Any]] = {}
         self._keep = keep
+        self._records = records
+        self._persisted: dict[str, float] = {}
 
     def create(self, tenant: str, adapter_id: str, settings: dict[str, Any], records: int) -> dict[str, Any]:
         job_id = "job-" + uuid.uuid4().hex[:16]
@@ -104,26 +113,57 @@ class JobBoard:
         }
         self._jobs[job_id] = job
         while len(self._jobs) > self._keep:
+            self._persisted.pop(next(iter(self._jobs)), None)
             self._jobs.pop(next(iter(self._jobs)))
+        self._persist(job_id)
         return dict(job)
 
     def update(self, job_id: str, **fields: Any) -> None:
-        if job_id in self._jobs:
-            self._jobs[job_id].update(fields)
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        changed = "state" in fields and fields["state"] != job["state"]
+        job.update(fields)
+        if changed or time.monotonic() - self._persisted.get(job_id, 0.0) >= PERSIST_S:
+            self._persist(job_id)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         job = self._jobs.get(job_id)
+        if job is None and self._records is not None:
+            try:
+                job = self._records.read(f"jobs/{job_id}.json")
+            except RecordsUnavailable:
+                job = None
+            if job is not None and job.get("state") in _LIVE:  # its cluster went away while it ran
+                job = {**job, "state": "interrupted", "error": "the cluster running this job went away"}
         return None if job is None else dict(job)
 
+    def _persist(self, job_id: str) -> None:
+        if self._records is None:
+            return
+        try:
+            self._records.write(f"jobs/{job_id}.json", self._jobs[job_id])
+            self._persisted[job_id] = time.monotonic()
+        except RecordsUnavailable as e:  # kept in memory; written again on the next change
+            import logging
 
-def board() -> Any:
-    """The cluster's job board (created on first use; detached, so it outlives the replica that made it)."""
+            logging.getLogger("ray.serve").warning("job %s not persisted: %s", job_id, e)
+
+
+def board(records: Records | None = None) -> Any:
+    """The cluster's job board (created on first use, persisting to ``records``; detached, so it outlives the
+    replica that made it)."""
     import ray
+
+    from serving.usage import board_name
 
     actor = ray.remote(num_cpus=0)(JobBoard)
     return actor.options(
-        name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached"
-    ).remote()
+        name=board_name(BOARD_NAME, records),
+        namespace=BOARD_NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+    ).remote(records=records)
 
 
 @dataclass(frozen=True)

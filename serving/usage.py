@@ -2,10 +2,12 @@
 
 Each router replica counts the requests it answered 200 per adapter version (every component of a
 stack counts once) and, off the request path, adds them every ``flush_s`` seconds to one named,
-detached actor (:class:`UsageBoard`, ``rmn-adapter-usage`` in namespace ``rmn``). A replica's reading
+detached actor per registry (:class:`UsageBoard`, ``rmn-adapter-usage-<key>`` in namespace ``rmn``). A replica's reading
 is the board plus its own counts not yet flushed, so a replica sees its own requests at once and the
-others' within ``flush_s``. Counts live as long as the Ray cluster (not persisted); a flush that fails
-keeps its counts for the next one.
+others' within ``flush_s``. The board writes its counts beside the registry (:mod:`serving.records`,
+``usage.json``) after each flush it receives (one small write per router every ``flush_s`` while there is
+traffic) and reads them back when it is created, so a new cluster (or a recreated board) goes on counting from
+there; a flush that fails keeps its counts for the next one. Apps that share a registry share its board.
 """
 
 from __future__ import annotations
@@ -16,34 +18,59 @@ import logging
 import time
 from typing import Any
 
+from serving.records import Records, RecordsUnavailable
+
 BOARD_NAME = "rmn-adapter-usage"
+USAGE_DOC = "usage.json"
 BOARD_NAMESPACE = "rmn"
 log = logging.getLogger("ray.serve")
 
 
 class UsageBoard:
-    """``"id@version" -> (requests, last_used)`` (Ray actor)."""
+    """``"id@version" -> (requests, last_used)`` (Ray actor); ``records``: where the counts persist."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: Records | None = None) -> None:
+        self._records = records
         self._counts: dict[str, tuple[int, float]] = {}
+        if records is not None:
+            try:
+                saved = records.read(USAGE_DOC) or {}
+            except RecordsUnavailable as e:
+                log.warning("adapter usage not restored: %s", e)
+                saved = {}
+            self._counts = {k: (int(n), float(t)) for k, (n, t) in saved.items()}
 
     def add(self, counts: dict[str, tuple[int, float]]) -> None:
         for key, (n, last) in counts.items():
             _add(self._counts, key, n, last)
+        self.persist()
+
+    def persist(self) -> None:
+        """Write the counts beside the registry now (a failure is logged; the next add retries)."""
+        if self._records is None:
+            return
+        try:
+            self._records.write(USAGE_DOC, self._counts)
+        except RecordsUnavailable as e:
+            log.warning("adapter usage not persisted (retried on the next flush): %s", e)
 
     def get(self, adapter_ids: list[str]) -> dict[str, tuple[int, float]]:
         wanted = set(adapter_ids)
         return {k: v for k, v in self._counts.items() if k.split("@", 1)[0] in wanted}
 
 
-def usage_board() -> Any:
-    """The cluster's usage board (created on first use; detached: it outlives router replicas)."""
+def usage_board(records: Records | None = None) -> Any:
+    """The cluster's usage board (created on first use, restoring ``records``; detached: it outlives router
+    replicas)."""
     import ray
 
     actor = ray.remote(num_cpus=0)(UsageBoard)
     return actor.options(
-        name=BOARD_NAME, namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached"
-    ).remote()
+        name=board_name(BOARD_NAME, records),
+        namespace=BOARD_NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+    ).remote(records)
 
 
 def _add(counts: dict[str, tuple[int, float]], key: str, n: int, last: float) -> None:
@@ -52,11 +79,17 @@ def _add(counts: dict[str, tuple[int, float]], key: str, n: int, last: float) ->
     counts[key] = (n + m, max(last, t))
 
 
+def board_name(base: str, records: Records | None) -> str:
+    """A board's actor name: one per registry its records live beside (apps sharing a registry share it)."""
+    return base if records is None else f"{base}-{records.key}"
+
+
 class UsageCounter:
     """A router replica's side: count in memory, flush in the background, read merged."""
 
-    def __init__(self, flush_s: float = 2.0) -> None:
+    def __init__(self, flush_s: float = 2.0, records: Records | None = None) -> None:
         self._flush_s = flush_s
+        self._records = records
         self._pending: dict[str, tuple[int, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -79,7 +112,7 @@ class UsageCounter:
             return
         batch, self._pending = self._pending, {}
         try:
-            await usage_board().add.remote(batch)
+            await usage_board(self._records).add.remote(batch)
         except Exception as e:
             log.warning("adapter usage flush failed (kept for the next one): %s", e)
             for key, (n, last) in batch.items():
@@ -88,7 +121,7 @@ class UsageCounter:
     async def read(self, adapter_ids: list[str]) -> dict[str, dict[str, Any]]:
         """``"id@version" -> {"requests", "last_used"}`` for these adapters, cluster-wide."""
         try:
-            counts = dict(await usage_board().get.remote(adapter_ids))
+            counts = dict(await usage_board(self._records).get.remote(adapter_ids))
         except Exception as e:  # the board is bookkeeping: its absence must not fail a metadata read
             log.warning("adapter usage board unavailable: %s", e)
             counts = {}

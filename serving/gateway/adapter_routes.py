@@ -75,7 +75,7 @@ async def adapters_train(request: Request) -> Response:
     except Exception as e:
         gw.audit_refusal("adapter_train", request, rid, e, tenant)
         raise
-    jobs = board()
+    jobs = board(gw.records)
     job = await jobs.create.remote(tenant.id, manifest["id"], settings.model_dump(), len(pairs))
     spec = JobSpec(
         job["id"],
@@ -99,7 +99,7 @@ async def adapters_job(job_id: str, request: Request) -> Response:
     from serving.training_jobs import board
 
     tenant = await gateway(request).tenant(request, "training jobs")
-    job = await board().get.remote(job_id) if len(job_id) <= 64 else None
+    job = await board(gateway(request).records).get.remote(job_id) if len(job_id) <= 64 else None
     if job is None or (tenant.role != Role.admin and job["tenant"] != tenant.id):
         raise NotFound(f"no training job {job_id!r}")
     return JSONResponse(job)

@@ -10,6 +10,7 @@ router serves on with per-replica limits meanwhile. Needs Ray (a Serve replica);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from serving.cluster_limits import ClusterLimiter
 
 log = logging.getLogger("ray.serve")
 REPORT_EVERY_S = 1.0
+LEASE_TIMEOUT_S = 0.25  # longer, and a request falls back to this replica's share of the limit
 
 
 class Shared:
@@ -29,7 +31,9 @@ class Shared:
         self._waiting = waiting
         self._board: Any = None
         self._task: asyncio.Task[None] | None = None
-        self.limits = ClusterLimiter(self._lease, routers)
+        self.limits = ClusterLimiter(self._lease, routers, lease_timeout_s=LEASE_TIMEOUT_S)
+        with contextlib.suppress(Exception):  # created now, so it is up before the first request needs it
+            self._handle()
 
     def start(self) -> None:
         """Start reporting this replica's backlog (idempotent; call from the event loop)."""

@@ -25,6 +25,7 @@ from serving.config import AppConfig
 from serving.errors import error_fields, status_of
 from serving.gateway.shared import Shared
 from serving.metrics import RouterMetrics
+from serving.records import Records
 from serving.usage import UsageCounter
 
 HANDLE_CACHE = 1024  # configured engine handles kept (one per model id in use)
@@ -64,7 +65,8 @@ class Gateway:
             status_of=status_of,
         )
         self.metrics = RouterMetrics(config.federation.metrics_top_n if config.federation else 20)
-        self.usage = usage if usage is not None else UsageCounter()
+        self.records = Records(config.adapters.root, config.adapters.storage_options)  # beside the registry
+        self.usage = usage if usage is not None else UsageCounter(records=self.records)
         self._handles: OrderedDict[str, Any] = OrderedDict()
         adm = config.admission
         self.routers = self._configured(config.router_deployment)  # running router replicas, as last read

@@ -183,7 +183,7 @@ def train(url: str, who: str, data: str | None = None, **fields: str) -> httpx.R
 
 
 def test_train_job_registers_a_private_adapter_usable_in_a_stack(
-    serve_url: str, adapter_dirs: dict[str, Path]
+    serve_url: str, adapter_dirs: dict[str, Path], app_config: Any
 ) -> None:
     import glob
     import tempfile
@@ -214,6 +214,32 @@ def test_train_job_registers_a_private_adapter_usable_in_a_stack(
     r = chat(serve_url, auth("brand_x"), "base:brand_x_tone+brand_x_tuned")
     assert r.status_code == 200 and r.headers["x-rmn-model"] == "base:brand_x_tone@1+brand_x_tuned@1", r.text
     assert chat(serve_url, auth("brand_y"), "base:brand_x_tuned").status_code == 403
+    assert_the_records_outlive_the_boards(serve_url, job, app_config)
+
+
+def assert_the_records_outlive_the_boards(serve_url: str, job: dict[str, Any], app_config: Any) -> None:
+    """A new cluster starts without the job and usage boards (Ray actors): kill both, and the job and the
+    usage counts read back the same, from the records beside the registry."""
+    import time
+
+    import ray
+
+    from serving.records import Records
+
+    def usage() -> dict[str, Any]:
+        view = httpx.get(f"{serve_url}/v1/adapters/brand_x_tuned", headers=auth("brand_x")).json()
+        return dict(view["versions"][0]["usage"])
+
+    time.sleep(3)  # the router flushes its counts to the board every 2 s
+    before = usage()
+    assert before["requests"] >= 1, before
+    records = Records(app_config.adapters.root, app_config.adapters.storage_options)
+    assert records.read(f"jobs/{job['id']}.json") == job  # beside this app's registry
+    for name in ("rmn-adapter-jobs", "rmn-adapter-usage"):
+        ray.kill(ray.get_actor(f"{name}-{records.key}", namespace="rmn"))
+    again = httpx.get(f"{serve_url}/v1/adapters/jobs/{job['id']}", headers=auth("brand_x"))
+    assert again.status_code == 200 and again.json() == job, again.text
+    assert usage() == before
 
 
 @pytest.mark.parametrize(

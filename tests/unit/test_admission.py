@@ -262,3 +262,21 @@ def test_a_request_cut_at_its_deadline_is_no_measurement() -> None:
         assert s.margin == pytest.approx(0.35 * 0.98)
 
     run(main())
+
+
+def test_a_request_whose_turn_comes_too_late_is_refused_at_its_turn() -> None:
+    """Admitted on the estimate (0.1 s wait + 0.1 s service into a 0.5 s deadline), but the running request
+    ran 3x long: at its turn, with the slowdown seen by then, it would finish past its deadline."""
+
+    async def main() -> None:
+        s = FairScheduler(slots=1, max_wait_s=100, initial_service_s=0.001)
+        held = await s.acquire("t", cost=100)  # predicted 0.1 s
+        queued = asyncio.create_task(s.acquire("t", cost=100, time_left_s=0.45))
+        await asyncio.sleep(0.3)  # 3x its prediction: the machine slowed down
+        assert not queued.done()
+        s.release(held)
+        with pytest.raises(Shed) as e:  # 0.3 s waited + 0.1 s x 1.4 (the overrun seen) > 0.45 x (1 - 0.125)
+            await queued
+        assert e.value.reason == "deadline" and s.inflight == 0 and s.waiting == 0
+
+    run(main())

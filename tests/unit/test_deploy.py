@@ -97,7 +97,7 @@ def dashboard_metrics() -> set[str]:
     for panel in dash["panels"]:
         assert panel["targets"], panel["title"]
         for t in panel["targets"]:
-            for name in re.findall(r"\b(ray_[a-z_]+)", t["expr"]):
+            for name in re.findall(r"\b(ray_[a-z_]+)\b(?![^{]*})", t["expr"]):  # names, not labels in {...}
                 names.add(re.sub(r"_(bucket|count|sum)$", "", name))
     return names
 

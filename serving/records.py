@@ -1,0 +1,82 @@
+"""Small JSON records that must outlive a Ray cluster, kept beside the adapter registry.
+
+Contract of :class:`Records`: documents live under ``<adapters.root>/.rmn-records/`` — a directory (shared
+mount) or the registry's object store, opened with the registry's ``storage_options`` — so a new cluster (a
+KubeRay upgrade makes one) reads what the old one wrote. :meth:`write` replaces a document whole (a directory:
+temporary file + rename; an object store: one PUT); :meth:`read` returns None for a document that does not
+exist; errors of the store raise :class:`RecordsUnavailable` (callers keep serving from memory and retry on the
+next write). The registry ignores dot-directories, so records never appear as adapters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DIRNAME = ".rmn-records"
+
+
+class RecordsUnavailable(Exception):
+    """The store holding the records could not be read or written."""
+
+
+class Records:
+    """See the module contract. ``root``: the registry root (a path or an fsspec URL)."""
+
+    def __init__(self, root: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+        from adapters.store import is_url
+
+        text = str(root).rstrip("/")
+        self._url = is_url(text)
+        self._options = dict(storage_options or {})
+        self._root = text if self._url else str(Path(text.removeprefix("file://")).expanduser())
+        self.where = f"{text}/{DIRNAME}"
+        self.key = hashlib.sha256(self.where.encode()).hexdigest()[:12]  # names the boards of this registry
+
+    def _fs_and_base(self) -> tuple[Any, str]:
+        """(fsspec filesystem or None for a directory, the records' base path); opened per call, so a
+        Records pickles (it travels to the board actors) and never holds a stale connection."""
+        if not self._url:
+            return None, f"{self._root}/{DIRNAME}"
+        import fsspec
+
+        opts = {"use_listings_cache": False, "skip_instance_cache": True, **self._options}
+        fs, base = fsspec.core.url_to_fs(self._root, **opts)
+        return fs, f"{base.rstrip('/')}/{DIRNAME}"
+
+    def read(self, name: str) -> Any | None:
+        """The document ``name`` (e.g. ``jobs/job-1.json``), or None when there is none."""
+        try:
+            fs, base = self._fs_and_base()
+            path = f"{base}/{name}"
+            if fs is None:
+                return json.loads(Path(path).read_text())
+            with fs.open(path, "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except Exception as e:
+            raise RecordsUnavailable(f"records at {self.where}: reading {name} failed: {e!r}") from e
+
+    def write(self, name: str, doc: Any) -> None:
+        """Replace the document ``name`` with ``doc`` (JSON)."""
+        data = json.dumps(doc, sort_keys=True).encode()
+        try:
+            fs, base = self._fs_and_base()
+            path = f"{base}/{name}"
+            if fs is not None:
+                with fs.open(path, "wb") as f:
+                    f.write(data)
+                return
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except Exception as e:
+            raise RecordsUnavailable(f"records at {self.where}: writing {name} failed: {e!r}") from e
