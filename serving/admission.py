@@ -15,9 +15,10 @@ Contract of :class:`FairScheduler`:
   their elapsed / predicted): a machine that slows down is seen before its slow requests finish. When the wait
   exceeds ``max_wait_s``, or the predicted finish passes the request's deadline less a safety margin (25 %,
   widened after each admitted request that missed its deadline, narrowing back as requests finish in time), the
-  request is refused at once (:class:`Shed`, HTTP 503 + Retry-After); a queued request still waiting when it
-  could no longer finish in time, or whose turn comes when (predicted with the slowdown seen by then) it would
-  finish past its deadline less half the margin, is refused then (503), not left to time out (504); a request
+  request is refused at once (:class:`Shed`, HTTP 503 + Retry-After); a queued request still waiting at 1.5x
+  its estimated wait (the estimate was wrong) or when it could no longer finish in time, or whose turn comes
+  when (predicted with the slowdown seen by then) it would finish past its deadline less half the margin, is
+  refused then (503, so within 1.5x ``max_wait_s``), not left to time out (504), and widens the margin; a request
   that finds a free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the
   waiters;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
@@ -82,6 +83,7 @@ class AdmissionConfig(Strict):
 BASE_MARGIN = 0.25  # share of a request's deadline admission keeps free
 MAX_MARGIN = 0.6
 MAX_RATIO = 4.0  # one request's actual / predicted service counts at most this much (outliers)
+LATE_SLACK_S = 0.1  # a queued request not started by 1.5x its estimated wait + this is refused
 OVERDUE_FLOOR = 0.2  # a running request past its prediction still holds its slot this share of its service
 
 
@@ -223,20 +225,25 @@ class FairScheduler:
         state = self._tenant(tenant)
         if self._inflight < self.slots and not self.waiting:  # a free slot costs nothing: try (early EOS)
             return self._start(state, tenant, t0, cost)
-        self._admit_to_queue(tenant, cost, time_left_s)
+        wait = self._admit_to_queue(tenant, cost, time_left_s)
         tag = max(self._vtime, state.last_tag) + 1.0 / state.weight
         state.last_tag = tag
         waiter = _Waiter(tag, cost, asyncio.get_running_loop().create_future())
         state.queue.append(waiter)
-        # the latest start that still finishes within the kept share of the deadline, as predicted now
-        start_by = None if time_left_s is None else time_left_s - self.service_s(cost) / (1 - self.margin)
+        # refused if not started by its latest start that still finishes within the kept share of the deadline,
+        # or by 1.5x its estimated wait (the estimate was wrong: the engines are slower than measured)
+        start_by = None
+        if time_left_s is not None:
+            start_by = min(time_left_s - self.service_s(cost) / (1 - self.margin), 1.5 * wait + LATE_SLACK_S)
         try:
             if start_by is None:
                 await waiter.future
             elif not (await asyncio.wait({waiter.future}, timeout=max(0.0, start_by)))[0]:
-                # the slots freed later than estimated: refuse now rather than answer 504 later
+                # the slots freed later than estimated: refuse now rather than answer 504 later, and keep a
+                # wider margin from now on (the estimate let in what it could not serve)
                 state.queue.remove(waiter)
                 waiter.future.cancel()
+                self.record_miss()
                 self._shed(
                     "deadline",
                     "server overloaded: still queued when it could no longer finish before its deadline; retry later",
@@ -253,6 +260,7 @@ class FairScheduler:
             finish = now - t0 + self.service_s(cost, now)
             if finish > time_left_s * (1 - self.margin / 2):
                 self._release_slot(state)  # hand the slot to the next waiter
+                self.record_miss()
                 self._shed(
                     "deadline",
                     "server overloaded: by its turn it could no longer finish before its deadline; retry later",
@@ -274,9 +282,9 @@ class FairScheduler:
         self.margin = max(BASE_MARGIN, self.margin * 0.98)
         self._release_slot(self._tenant(lease.tenant))
 
-    def _admit_to_queue(self, tenant: str, cost: float, time_left_s: float | None) -> None:
-        """Raise :class:`Shed` unless a new request of ``tenant`` may queue (bounded queue, predicted finish
-        inside the kept share of its deadline, wait under ``max_wait_s``)."""
+    def _admit_to_queue(self, tenant: str, cost: float, time_left_s: float | None) -> float:
+        """The estimated wait of a new request of ``tenant``; :class:`Shed` unless it may queue (bounded queue,
+        predicted finish inside the kept share of its deadline, wait under ``max_wait_s``)."""
         wait = self.estimate_wait(tenant)
         if self.waiting >= self.max_queue:
             self._shed("queue_full", "server overloaded: the queue is full, retry later", wait)
@@ -294,6 +302,7 @@ class FairScheduler:
                 f"server overloaded: the estimated wait ({wait:.1f}s) exceeds {self.max_wait_s:.1f}s, retry later",
                 wait - self.max_wait_s,
             )
+        return wait
 
     def _shed(self, reason: str, message: str, retry_after_s: float) -> NoReturn:
         self.shed_counts[reason] += 1

@@ -1,0 +1,160 @@
+"""Cluster-wide admission with 2 router replicas and 2 engine replicas (tiny model, vLLM on CPU by default).
+
+1. A tenant's rate limit across both routers: ``--metered-limit`` a minute, three times that many requests sent as
+   fast as one client can; accepted vs what the limit allows over the run (the bucket's burst plus its refill).
+   Per-replica buckets would accept up to twice as many.
+2. Fair share under a flood across replicas: a light tenant's median latency alone, then while a heavy tenant
+   floods both routers with ``--flood`` concurrent clients (the heavy tenant's answers counted: 200, 503, 429).
+Writes ``bench/results/cluster.json``. Usage: ``python -m bench.cluster``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.record import write_results
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+KEYS = {"heavy": "bench-heavy", "light": "bench-light", "metered": "bench-metered"}
+
+
+def _config(model_dir: Path, work: Path, metered_limit: int) -> Any:
+    from federation.tenants import hash_key
+    from serving.config import AppConfig
+
+    tenants = [
+        {"id": t, "role": "admin", "api_key_sha256": hash_key(k), "rate_limit_per_minute": 10**6}
+        for t, k in KEYS.items()
+        if t != "metered"
+    ]
+    tenants.append(
+        {
+            "id": "metered",
+            "role": "admin",
+            "api_key_sha256": hash_key(KEYS["metered"]),
+            "rate_limit_per_minute": metered_limit,
+        }
+    )
+    return AppConfig.model_validate(
+        {
+            "model": {"path": str(model_dir)},
+            "adapters": {"root": str(work / "registry"), "cache_root": str(work / "cache")},
+            "engine": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512},
+            "engine_deployment": {
+                "num_replicas": 2,
+                "num_cpus": 0.5,
+                "max_ongoing_requests": 4,
+                "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+            },
+            "router_deployment": {"num_replicas": 2, "num_cpus": 0.1},
+            "http": {"request_timeout_s": 30},
+            "federation": {"tenants": tenants},
+        }
+    )
+
+
+def _rate_limit(url: str, limit: int) -> dict[str, Any]:
+    import httpx
+
+    codes: Counter[int] = Counter()
+    headers = {"Authorization": f"Bearer {KEYS['metered']}"}
+    t0 = time.monotonic()
+    with httpx.Client(timeout=30, headers=headers) as c:
+        for _ in range(3 * limit):
+            codes[c.get(f"{url}/v1/models").status_code] += 1
+    seconds = time.monotonic() - t0
+    allowed = limit + seconds * limit / 60
+    return {
+        "limit_per_minute": limit,
+        "sent": 3 * limit,
+        "seconds": round(seconds, 2),
+        "statuses": dict(codes),
+        "allowed_by_the_limit": round(allowed, 1),
+        "accepted_over_allowed": round(codes[200] / allowed, 3),
+        "within_10_percent": abs(codes[200] / allowed - 1) <= 0.1,
+    }
+
+
+def _light_latencies(url: str, n: int) -> list[float]:
+    import httpx
+
+    body = {"model": "base", "prompt": "coffee", "max_tokens": 8, "temperature": 0}
+    out = []
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEYS['light']}"}) as c:
+        for _ in range(n):
+            t = time.perf_counter()
+            r = c.post(f"{url}/v1/completions", json=body)
+            if r.status_code == 200:
+                out.append(time.perf_counter() - t)
+    return out
+
+
+def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
+    import httpx
+
+    alone = _light_latencies(url, n)
+    stop = threading.Event()
+    heavy: Counter[int] = Counter()
+
+    def flooder() -> None:
+        body = {"model": "base", "prompt": "espresso", "max_tokens": 32, "temperature": 0}
+        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEYS['heavy']}"}) as c:
+            while not stop.is_set():
+                heavy[c.post(f"{url}/v1/completions", json=body).status_code] += 1
+
+    threads = [threading.Thread(target=flooder) for _ in range(flood)]
+    for t in threads:
+        t.start()
+    time.sleep(3)  # the flood fills the queues first
+    try:
+        during = _light_latencies(url, n)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    p50_alone, p50_during = statistics.median(alone), statistics.median(during)
+    return {
+        "flood_clients": flood,
+        "light_requests": n,
+        "light_p50_alone_s": round(p50_alone, 3),
+        "light_p50_during_flood_s": round(p50_during, 3),
+        "ratio": round(p50_during / p50_alone, 2),
+        "within_2x": p50_during <= 2 * p50_alone,
+        "light_answered_during_flood": len(during),
+        "heavy_statuses": dict(heavy),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--metered-limit", type=int, default=120)
+    ap.add_argument("--flood", type=int, default=16)
+    ap.add_argument("--light", type=int, default=20)
+    args = ap.parse_args()
+
+    from serving.local import local_app
+    from serving.modelprep.tiny import build_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="rmn-bench-cluster-"))
+    cfg = _config(build_tiny_model(work / "model"), work, args.metered_limit)
+    with local_app(cfg, num_cpus=4) as url:
+        results = {
+            "engine": "vLLM (CPU), tiny random model",
+            "replicas": {"router": 2, "engine": 2},
+            "rate_limit": _rate_limit(url, args.metered_limit),
+            "fairness": _fairness(url, args.flood, args.light),
+        }
+    print(results)
+    write_results(Path(__file__).parent / "results" / "cluster.json", results)
+
+
+if __name__ == "__main__":
+    main()
