@@ -15,10 +15,10 @@ Contract of :class:`FairScheduler`:
   their elapsed / predicted): a machine that slows down is seen before its slow requests finish. When the wait
   exceeds ``max_wait_s``, or the predicted finish passes the request's deadline less a safety margin (25 %,
   widened after each admitted request that missed its deadline, narrowing back as requests finish in time), the
-  request is refused at once (:class:`Shed`, HTTP 503 + Retry-After); a queued request still waiting at 1.5x
-  its estimated wait (the estimate was wrong) or when it could no longer finish in time, or whose turn comes
+  request is refused at once (:class:`Shed`, HTTP 503 + Retry-After); a queued request still waiting after
+  1.5x ``max_wait_s`` or when it could no longer finish in time, or whose turn comes
   when (predicted with the slowdown seen by then) it would finish past its deadline less half the margin, is
-  refused then (503, so within 1.5x ``max_wait_s``), not left to time out (504), and widens the margin; a request
+  refused then (503, so within 1.5x ``max_wait_s``), not left to time out (504); a request
   that finds a free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the
   waiters;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
@@ -83,8 +83,9 @@ class AdmissionConfig(Strict):
 BASE_MARGIN = 0.25  # share of a request's deadline admission keeps free
 MAX_MARGIN = 0.6
 MAX_RATIO = 4.0  # one request's actual / predicted service counts at most this much (outliers)
-LATE_SLACK_S = 0.1  # a queued request not started by 1.5x its estimated wait + this is refused
-OVERDUE_FLOOR = 0.2  # a running request past its prediction still holds its slot this share of its service
+LATE_FACTOR = 1.5  # a queued request still waiting after this x max_wait_s is refused
+OVERDUE_FLOOR = 0.2
+MAX_LIVE = 2.0  # requests stuck on a lost replica are not a slower machine: the live stretch stops at 2x  # a running request past its prediction still holds its slot this share of its service
 
 
 class Shed(Exception):
@@ -179,14 +180,15 @@ class FairScheduler:
 
     def live_overrun(self, now: float | None = None) -> float:
         """How much longer than predicted the requests running now have already run (>= 1): the median of
-        elapsed / predicted over the running requests (one straggler does not stretch everything)."""
+        elapsed / predicted over the running requests (one straggler does not stretch everything), at most
+        ``MAX_LIVE``."""
         now = time.monotonic() if now is None else now
         ratios = sorted(
             (now - lease.started) / lease.predicted_s
             for lease in self._leases.values()
             if lease.predicted_s > 0
         )
-        return max(1.0, ratios[len(ratios) // 2]) if ratios else 1.0
+        return min(MAX_LIVE, max(1.0, ratios[len(ratios) // 2])) if ratios else 1.0
 
     def estimate_wait(self, tenant: str) -> float:
         """Seconds a new request of ``tenant`` would wait before dispatch (0 with a free slot), by list
@@ -225,25 +227,26 @@ class FairScheduler:
         state = self._tenant(tenant)
         if self._inflight < self.slots and not self.waiting:  # a free slot costs nothing: try (early EOS)
             return self._start(state, tenant, t0, cost)
-        wait = self._admit_to_queue(tenant, cost, time_left_s)
+        self._admit_to_queue(tenant, cost, time_left_s)
         tag = max(self._vtime, state.last_tag) + 1.0 / state.weight
         state.last_tag = tag
         waiter = _Waiter(tag, cost, asyncio.get_running_loop().create_future())
         state.queue.append(waiter)
         # refused if not started by its latest start that still finishes within the kept share of the deadline,
-        # or by 1.5x its estimated wait (the estimate was wrong: the engines are slower than measured)
+        # or after waiting 1.5x max_wait_s (admission's bound on a wait, missed: the engines are slower than
+        # measured, or lost)
         start_by = None
         if time_left_s is not None:
-            start_by = min(time_left_s - self.service_s(cost) / (1 - self.margin), 1.5 * wait + LATE_SLACK_S)
+            start_by = min(
+                time_left_s - self.service_s(cost) / (1 - self.margin), LATE_FACTOR * self.max_wait_s
+            )
         try:
             if start_by is None:
                 await waiter.future
             elif not (await asyncio.wait({waiter.future}, timeout=max(0.0, start_by)))[0]:
-                # the slots freed later than estimated: refuse now rather than answer 504 later, and keep a
-                # wider margin from now on (the estimate let in what it could not serve)
+                # the slots freed later than estimated: refuse now rather than answer 504 later
                 state.queue.remove(waiter)
                 waiter.future.cancel()
-                self.record_miss()
                 self._shed(
                     "deadline",
                     "server overloaded: still queued when it could no longer finish before its deadline; retry later",
@@ -260,7 +263,6 @@ class FairScheduler:
             finish = now - t0 + self.service_s(cost, now)
             if finish > time_left_s * (1 - self.margin / 2):
                 self._release_slot(state)  # hand the slot to the next waiter
-                self.record_miss()
                 self._shed(
                     "deadline",
                     "server overloaded: by its turn it could no longer finish before its deadline; retry later",
