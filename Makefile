@@ -57,13 +57,14 @@ lint: $(LINT_VENV) ## ruff + mypy
 	$(BIN)/ruff format --check serving adapters federation planning cleanroom tests bench examples scripts
 	$(BIN)/mypy
 
-bench: $(DEV_VENV) ## serving, adapter, router, clean-room and planning benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
+bench: $(DEV_VENV) ## serving, adapter, router, clean-room, planning and cluster-admission benchmarks -> bench/results/*.json (tiny model; BENCH_MODEL=demo for SmolLM2)
 	$(BIN)/rmn model prepare
 	$(BIN)/python -m bench.serving --model $(BENCH_MODEL)
 	$(BIN)/python -m bench.adapters --model demo
 	$(BIN)/python -m bench.router --model $(BENCH_MODEL)
 	$(BIN)/python -m bench.cleanroom
 	$(BIN)/python -m bench.planning
+	$(BIN)/python -m bench.cluster
 
 bench-long: $(DEV_VENV) ## the long ones: 10 min of 1,100 compositions (bench/scale.py), engine replicas sharing cores (bench/replicas.py)
 	$(BIN)/python -m bench.scale

@@ -286,14 +286,18 @@ def code_metrics() -> set[str]:
     return {f"ray_{n}" for n in re.findall(r'"(rmn_[a-z_]+)"', text)}
 
 
+def metric_names(expr: str) -> list[str]:
+    """The ``ray_*`` metric names a PromQL expression reads (label names in ``{...}`` and ``by (...)`` are not)."""
+    bare = re.sub(r"\{[^}]*\}", "", re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr))
+    return re.findall(r"\b(ray_[a-z_]+)", bare)
+
+
 def test_alerts_and_panels_query_metrics_that_exist() -> None:
     from tests.unit.test_deploy import dashboard_metrics
 
     objs = render("gpu")
     exprs = [r["expr"] for g in only(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
-    alert_names = {
-        re.sub(r"_(bucket|count|sum)$", "", n) for e in exprs for n in re.findall(r"\b(ray_[a-z_]+)", e)
-    }
+    alert_names = {re.sub(r"_(bucket|count|sum)$", "", n) for e in exprs for n in metric_names(e)}
     ours = {n for n in alert_names | dashboard_metrics() if n.startswith("ray_rmn_")}
     assert ours <= code_metrics(), ours - code_metrics()
     # vLLM's and Serve's names: the Serve and integration tiers find every dashboard name in a live scrape
