@@ -46,6 +46,23 @@ class _Resident:
             cb(self.lora_name)
 
 
+class _NoSeries:
+    """Stands in for Serve's per-model-id gauge ``serve_registered_multiplexed_model_id``: with content-addressed
+    composite ids it would keep a series for every composite ever loaded (Ray has no call to drop one), in the
+    replica's memory and in Prometheus. ``rmn_engine_loras_resident`` counts what is resident instead."""
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        """Record nothing."""
+
+
+def _unlabel_multiplexing(load_fn: Any) -> None:
+    """Swap the per-model-id gauge of Serve's multiplexing wrapper (set on ``load_fn`` on its first call) for
+    :class:`_NoSeries` (once)."""
+    wrapper = getattr(load_fn, "__serve_multiplex_wrapper", None)
+    if wrapper is not None and not isinstance(getattr(wrapper, "registered_model_gauge", None), _NoSeries):
+        wrapper.registered_model_gauge = _NoSeries()
+
+
 class EngineDeployment:
     """Ray Serve deployment class (bound by :func:`serving.app.build_app`); the engine is vLLM's, or the one
     ``engine_cls`` makes (the FakeEngine of the Serve test tier)."""
@@ -80,11 +97,13 @@ class EngineDeployment:
         async def load(lora_name: str) -> _Resident:  # a plain function: Serve sets attributes on it
             return await self._load_adapter(lora_name)
 
+        self._load_fn = load
         self._load = serve.multiplexed(max_num_models_per_replica=config.engine.max_cpu_loras)(load)
         self._numerics = await self._engine.numerics()  # the layers vLLM's profile run probed
         self._metrics.record_numerics(self._numerics)
 
     async def _load_adapter(self, lora_name: str) -> _Resident:
+        _unlabel_multiplexing(self._load_fn)
         ref = parse_model_name(lora_name, self._cfg.model.served_name)
         if ref.is_base or any(p.version is None for p in ref.parts):
             raise ModelNameError(f"multiplexed model id {lora_name!r} is not a version-pinned stack")

@@ -129,3 +129,18 @@ def test_a_requests_audit_line_is_in_the_router_replicas_log_file(serve_url: str
     assert found, f"no audit line with request id {rid} in {sorted(p.name for p in logs.iterdir())}"
     record = json.loads(found[0]["message"])
     assert record["request_id"] == rid and record["stack"] and record["tenant"] == "admin"
+
+
+def test_loading_composites_adds_no_metric_series_per_composite(serve_url: str, app_config: Any) -> None:
+    """Serve's multiplexing would keep a ``serve_registered_multiplexed_model_id`` series per model id ever
+    loaded; with content-addressed composites that set grows without end. The engine replaces that gauge."""
+    port = app_config.http.metrics_port
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for i in range(6):  # new composites: each one loaded into an engine replica
+        body = {**chat, "model": f"base:rm*0.{i + 1}5+acme*0.2"}
+        r = httpx.post(f"{serve_url}/v1/chat/completions", json=body, headers=ADMIN, timeout=60)
+        assert r.status_code == 200, r.text
+    assert_scraped({"ray_rmn_adapter_loads_total", "ray_serve_num_multiplexed_models"}, port)
+    time.sleep(12)  # Serve pushes its multiplexed model ids every few seconds; Ray exports every few seconds
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    assert "serve_registered_multiplexed_model_id{" not in text
