@@ -17,11 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from adapters.errors import RegistryUnavailable
+
 DIRNAME = ".rmn-records"
 
 
-class RecordsUnavailable(Exception):
-    """The store holding the records could not be read or written."""
+class RecordsUnavailable(RegistryUnavailable):
+    """The store holding the records (the registry's) could not be read or written: 503 like the registry."""
 
 
 class Records:
