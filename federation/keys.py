@@ -61,12 +61,8 @@ def parse_key_file(text: str, where: str, tenant_ids: Iterable[str]) -> KeyHashe
 
 
 def read_key_file(path: Path, tenant_ids: Iterable[str]) -> KeyHashes:
-    """:func:`parse_key_file` of the file at ``path``."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise KeyFileError(f"key file {path} cannot be read: {e.strerror or e}") from e
-    return parse_key_file(text, str(path), tenant_ids)
+    """:func:`parse_key_file` of the file at ``path`` (read once)."""
+    return KeyFile(path, tenant_ids).load()
 
 
 class KeyFile:
@@ -103,13 +99,14 @@ class KeyFile:
         self._next = now + self._interval
         try:
             text = self._read()
-            if hashlib.sha256(text.encode()).hexdigest() == self._digest:
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            if digest == self._digest:
                 return None
             keys = parse_key_file(text, str(self.path), self._ids)
         except KeyFileError as e:
             log.error("tenant keys not reloaded, the last good keys stay in force: %s", e)
             return None
-        self._digest = hashlib.sha256(text.encode()).hexdigest()
+        self._digest = digest
         log.info("tenant keys reloaded from %s (%d tenants with keys)", self.path, len(keys))
         return keys
 

@@ -14,6 +14,7 @@ there, and a job that was queued or running when its cluster went away reads as 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from serving.adapter_api import upload_fields
 from serving.adapters_config import AdaptersConfig
 from serving.records import Records, RecordsUnavailable
 
+log = logging.getLogger("ray.serve")
 BOARD_NAME = "rmn-adapter-jobs"
 BOARD_NAMESPACE = "rmn"
 
@@ -145,9 +147,7 @@ class JobBoard:
             self._records.write(f"jobs/{job_id}.json", self._jobs[job_id])
             self._persisted[job_id] = time.monotonic()
         except RecordsUnavailable as e:  # kept in memory; written again on the next change
-            import logging
-
-            logging.getLogger("ray.serve").warning("job %s not persisted: %s", job_id, e)
+            log.warning("job %s not persisted: %s", job_id, e)
 
 
 def board(records: Records | None = None) -> Any:
