@@ -158,6 +158,11 @@ class CleanRoomPolicy(BaseModel):
         description="Mode exact: the only tenants who may query (trusted partners under contract); "
         "everyone else is refused (403).",
     )
+    report_suppressed_cells: bool = Field(
+        default=False,
+        description="Mode exact: tell trusted partners how many cells were withheld below k (an exact count "
+        "of the data); off: `suppressed_cells` is null. Mode dp never reports it.",
+    )
     brand_owners: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Tenant id -> the brands whose rows it may see. Not listed: a manufacturer tenant "

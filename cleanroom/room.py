@@ -10,8 +10,10 @@ Contract of :meth:`CleanRoom.query`:
   by the policy and accounted); values are noisy; nothing exact is released about suppressed cells;
   a query that fails after its charge stays charged and is audited as failed;
 - mode exact: trusted tenants only; cells with >= k DISTINCT shoppers; the combined remainder only when
-  it has >= k too; refuses a release whose cell populations (rows, not just shoppers) differ from any
-  earlier release of the room (any tenant's) by 1..k-1 shoppers;
+  it has >= k too; refuses a release whose populations (each cell's rows and the union of its cells)
+  differ from any earlier release's of the room (any tenant's) by fewer than k shoppers (0 included,
+  unless both select rows alike: :func:`cleanroom.exact.check_differences`); how many cells were
+  withheld only where the policy opts in;
 - an identical repeated query (same data, same scope) gets the identical stored answer, charging
   nothing; every query is audited durably (accepted, refused, failed); refusal texts never state exact
   counts or sizes.
@@ -152,6 +154,7 @@ class CleanRoom:
                 )
                 return result
             charged: list[dict[str, Any]] = []
+            withheld: int | None = None  # exact mode: cells below k (audited even when not reported)
             try:
                 c = compile_query(q, policy, self.version, querier.brands)
                 k = policy.k * (
@@ -162,7 +165,7 @@ class CleanRoom:
                         self.store, policy, self.ledger, self.noise_seed, (tenant, q, c, key, k), charged
                     )
                 else:
-                    result, release = answer_exact(self.store, policy, c, key, q, k)
+                    result, release, withheld = answer_exact(self.store, policy, c, key, q, k)
                     check_differences(self.store, self.history, policy.identity_column, c, release, k)
                 result.check_finite()
             except PolicyViolation as e:
@@ -176,7 +179,7 @@ class CleanRoom:
                 self._audit(tenant, q, "failed", None, reason=f"{why}: {e}"[:500], epsilon=eps)
                 raise QueryFailed(why) from e
             self.history.remember(tenant, release, asdict(result))
-            self._audit(tenant, q, "accepted", result, epsilon=result.epsilon_spent)
+            self._audit(tenant, q, "accepted", result, epsilon=result.epsilon_spent, withheld=withheld)
             return result
 
     def _refusal(self, tenant: str, q: Query, querier: Querier) -> AccessDenied | None:
@@ -216,6 +219,7 @@ class CleanRoom:
         result: QueryResult | None,
         reason: str = "",
         epsilon: float = 0.0,
+        withheld: int | None = None,
     ) -> None:
         self.audit.record(
             retailer=self.policy.retailer,
@@ -225,7 +229,7 @@ class CleanRoom:
             reason=reason,
             mode=self.policy.mode,
             cells_released=len(result.cells) if result else 0,
-            cells_suppressed=result.suppressed_cells if result else 0,
+            cells_suppressed=withheld if withheld is not None else (result.suppressed_cells if result else 0),
             epsilon_spent=epsilon,
             delta_spent=result.delta_spent if result and epsilon else 0.0,
         )

@@ -55,6 +55,7 @@ def exact_policy(**fields: object) -> CleanRoomPolicy:
         "mode": "exact",
         "trusted_tenants": TENANTS,
         "unscoped_tenants": TENANTS,
+        "report_suppressed_cells": True,
     }
     return CleanRoomPolicy.model_validate({**base, **fields})
 

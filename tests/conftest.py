@@ -182,6 +182,7 @@ def make_app_config(
         "queries_per_minute": 100000,
         "mode": "exact",
         "trusted_tenants": ["brand_x", "brand_y", "agency", "admin"],
+        "report_suppressed_cells": True,
         # the test events are all brand "brewmax": brand_x and the agency may see them, brand_y may not
         "brand_owners": {"brand_x": ["brand_x", "brewmax"], "agency": ["brewmax"]},
         "benchmark": {"dimensions": ["category"], "k_factor": 1},

@@ -68,7 +68,7 @@ def _cmd_cleanroom_query(args: argparse.Namespace) -> int:
         + (
             f", {suppressed} suppressed"
             if suppressed is not None
-            else " (noisy: " + result["suppression_reason"] + ")"
+            else f" ({'noisy: ' if result.get('noisy') else ''}{result['suppression_reason']})"
         )
         + (f", epsilon spent {result['epsilon_spent']}" if result.get("epsilon_spent") else "")
     )

@@ -223,6 +223,78 @@ def test_budgets_and_stored_answers_survive_a_restart_and_a_rebuild(tmp_path: Pa
         again.query(ATTACKER, skus("t", epsilon=0.25))
 
 
+# ---- exact mode: sums of cells, and refusals that would answer a membership question ---------------
+def split_room(tmp_path: Path, with_target: bool = True) -> CleanRoom:
+    """X and Y (300 shoppers each) split evenly over placements search/display; the target bought SKU t
+    through search (absent from the neighbouring data set when ``with_target`` is false)."""
+    rows: list[dict[str, object]] = []
+    for g in ("x", "y"):
+        for i in range(300):
+            rows.append({**event(f"{g}{i}", g), "placement": ("search", "display")[i % 2]})
+    if with_target:
+        rows.append({**event("target", "t"), "revenue": TARGET_T})
+    room = CleanRoom(tmp_path / "acme.duckdb", exact())
+    room.load(write_rows(tmp_path / "split.csv", rows))
+    return room
+
+
+def by_placement(*values: str) -> Query:
+    return skus(*values, dimensions=["placement"])
+
+
+@pytest.mark.parametrize("order", ["grouped-first", "total-first"])
+@pytest.mark.parametrize("tenants", [(ATTACKER, ATTACKER), (ATTACKER, ACCOMPLICE)], ids=["one", "two"])
+def test_a_sum_of_cells_minus_a_total_is_refused(
+    tmp_path: Path, order: str, tenants: tuple[str, str]
+) -> None:
+    """(X + target) by placement gives cells of 151 and 150 shoppers — each far from X alone (300) — but
+    their sum minus X's total is the target's revenue: the union of the cells (301) is compared too."""
+    room = split_room(tmp_path)
+    first, second = (
+        (by_placement("x", "t"), skus("x"))
+        if order == "grouped-first"
+        else (skus("x"), by_placement("x", "t"))
+    )
+    room.query(tenants[0], first)
+    with pytest.raises(PolicyViolation, match="differencing"):
+        room.query(tenants[1], second)
+
+
+def test_whether_a_probe_is_refused_does_not_depend_on_the_target(tmp_path: Path) -> None:
+    """Membership probe: after X + t, ask X alone. The target in t makes the two differ by one shopper
+    (refused); without the target they are the same shoppers — answering that would say "t is empty"."""
+    outcomes = []
+    for with_target in (True, False):
+        room = split_room(tmp_path / str(with_target), with_target)
+        room.query(ATTACKER, skus("x", "t"))
+        try:
+            room.query(ACCOMPLICE, skus("x"))
+            outcomes.append("answered")
+        except PolicyViolation as e:
+            outcomes.append(str(e))
+    assert outcomes[0] == outcomes[1] and "differencing" in outcomes[0]
+
+
+def test_drilling_into_the_same_rows_is_answered(tmp_path: Path) -> None:
+    """Refusing zero differences covers differently selected rows only: the same filters grouped another
+    way, or the same query after new data, are answered."""
+    room = split_room(tmp_path)
+    total = revenue(room.query(ATTACKER, skus("x", "y")))
+    cells = room.query(ACCOMPLICE, by_placement("x", "y")).cells
+    assert sum(c["revenue"] for c in cells) == total
+    by_day = room.query(ATTACKER, skus("x", "y", dimensions=["event_date"]))
+    assert by_day.remainder_released or by_day.cells
+
+
+def test_exact_mode_says_how_many_cells_were_withheld_only_when_the_policy_opts_in(tmp_path: Path) -> None:
+    q = Query(dimensions=["sku"], metrics=["revenue"])
+    quiet = room_at(tmp_path / "quiet", exact()).query(ATTACKER, q)
+    told = room_at(tmp_path / "told", exact(report_suppressed_cells=True)).query(ATTACKER, q)
+    assert quiet.cells == told.cells
+    assert quiet.suppressed_cells is None and "withheld" in str(quiet.suppression_reason)
+    assert told.suppressed_cells == 2  # SKUs t and c: one and two shoppers
+
+
 # ---- what exists, and what refusals say ------------------------------------------------------------
 def test_the_targets_active_days_are_not_listed(tmp_path: Path) -> None:
     """Group by day, filtered to the target's SKU: its 3 cells have one shopper each."""

@@ -16,6 +16,7 @@ def files(tmp_path: Path) -> tuple[Path, Path, Path]:
     policy = tmp_path / "acme-policy.yaml"
     policy.write_text(
         "retailer: acme\nk: 5\nmode: exact\ntrusted_tenants: [brand_x]\nunscoped_tenants: [brand_x]\n"
+        "report_suppressed_cells: true\n"
     )
     return tmp_path / "acme.duckdb", policy, write_events(tmp_path / "events.csv", 5)
 
