@@ -15,3 +15,8 @@ class AccessDenied(PolicyViolation):
 
 class QueryFailed(CleanRoomError):
     """The query failed after its epsilon was charged (charged, audited as failed; HTTP 500)."""
+
+
+class DataChanged(CleanRoomError):
+    """An attached file no longer holds the bytes recorded when it was attached (HTTP 503: the room answers
+    nothing until the file is restored)."""

@@ -158,6 +158,12 @@ class CleanRoomPolicy(BaseModel):
         description="Mode exact: the only tenants who may query (trusted partners under contract); "
         "everyone else is refused (403).",
     )
+    attach_files: bool = Field(
+        default=False,
+        description="Allow `rmn cleanroom attach`: Parquet files (local or object store, partitioned by "
+        "date or not) queried where they lie, each file's sha256 recorded and re-checked, instead of copied "
+        "into the room's DuckDB file. Off: data is only loaded (copied).",
+    )
     report_suppressed_cells: bool = Field(
         default=False,
         description="Mode exact: tell trusted partners how many cells were withheld below k (an exact count "

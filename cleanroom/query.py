@@ -83,6 +83,7 @@ class Query(BaseModel):
         return v
 
 
+EVENTS = "room_events"  # the relation queries read: loaded rows and attached Parquet batches together
 REST = "__rest__"  # cell key of the remainder (the suppressed cells combined)
 
 
@@ -163,7 +164,7 @@ def compile_query(
         if dims
         else "'*'"
     )
-    base = f"base AS (SELECT * FROM events WHERE {' AND '.join(where)})"
+    base = f"base AS (SELECT * FROM {EVENTS} WHERE {' AND '.join(where)})"
     keyed = f"{base}, keyed AS (SELECT *, {ck} AS __ck FROM base)"  # per-row cell key: only where needed
     # one row per cell; without dimensions one row in all (even over no data: a suppressed empty cell)
     group = f" GROUP BY {', '.join(dim_sql)}" if dims else ""

@@ -32,7 +32,7 @@ from typing import Any
 
 from cleanroom.audit import QueryAudit
 from cleanroom.dp import MICRO, EpsilonLedger, to_micro
-from cleanroom.errors import AccessDenied, PolicyViolation, QueryFailed
+from cleanroom.errors import AccessDenied, DataChanged, PolicyViolation, QueryFailed
 from cleanroom.exact import answer_exact, check_differences
 from cleanroom.history import ReleaseHistory
 from cleanroom.policy import CleanRoomPolicy
@@ -51,7 +51,8 @@ class CleanRoom:
     ``state``: path stem of the durable state (``<state>.epsilon.jsonl``, ``.releases.jsonl``,
     ``.audit.jsonl``); default the database path without its suffix. Keep it with the deployment's
     durable state: a room rebuilt over the same stem keeps its budgets and stored answers.
-    ``noise_seed``: simulated (seeded) noise, for synthetic markets only."""
+    ``noise_seed``: simulated (seeded) noise, for synthetic markets only. ``storage_options`` (fsspec) reach
+    attached object-store files; ``memory_limit`` bounds DuckDB (it spills to disk beyond)."""
 
     def __init__(
         self,
@@ -60,6 +61,8 @@ class CleanRoom:
         audit_path: Path | str | None = None,
         state: Path | str | None = None,
         noise_seed: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+        memory_limit: str | None = None,
     ) -> None:
         self.policy = policy
         stem = str(state) if state is not None else str(Path(db_path).with_suffix(""))
@@ -68,7 +71,7 @@ class CleanRoom:
         self.audit = QueryAudit(audit_path or stem + ".audit.jsonl")
         self.ledger = EpsilonLedger(Path(stem + ".epsilon.jsonl"), policy.dp.budget_refresh_days)
         self.noise_seed = noise_seed
-        self.store = EventStore(db_path)
+        self.store = EventStore(db_path, storage_options, memory_limit)
         self._lock = threading.Lock()
 
     @property
@@ -90,6 +93,19 @@ class CleanRoom:
         """Append a CSV or Parquet file as a new batch (:meth:`cleanroom.store.EventStore.load_file`)."""
         with self._lock:
             return self.store.load_file(path, mapping, self.policy.value_bounds)
+
+    def attach(
+        self, source: str, mapping: dict[str, str] | None = None, progress: bool = False
+    ) -> LoadReport:
+        """Read the Parquet files of ``source`` in place as a new batch, where the policy allows
+        (:meth:`cleanroom.store.EventStore.attach`)."""
+        if not self.policy.attach_files:
+            raise PolicyViolation(
+                f"{self.policy.retailer}'s policy does not allow attaching files (`attach_files: true`): "
+                "load them instead (copied into the room's file)"
+            )
+        with self._lock:
+            return self.store.attach(source, mapping, self.policy.value_bounds, progress)
 
     def close(self) -> None:
         """Release the DuckDB file (another process may open it then)."""
@@ -139,6 +155,11 @@ class CleanRoom:
             q = q.model_copy(update={"epsilon": policy.dp.epsilon_per_query})
         scope = "*" if querier.brands is None else ",".join(sorted(querier.brands))
         with self._lock:
+            try:
+                self.store.verify()  # attached files still hold the bytes their data version names
+            except DataChanged as e:
+                self._audit(tenant, q, "failed", None, reason=str(e))
+                raise
             refusal = self._refusal(tenant, q, querier)  # before any stored answer: trust can be revoked
             if refusal is not None:
                 self._audit(tenant, q, "refused", None, reason=str(refusal))

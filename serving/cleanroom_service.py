@@ -43,7 +43,12 @@ class CleanRoomService:
     def __init__(self, config: AppConfig) -> None:
         if config.cleanroom is None:
             raise ValueError("CleanRoomService needs config.cleanroom")
-        self._rooms = {r.policy.retailer: CleanRoom(r.db_path, r.policy) for r in config.cleanroom.retailers}
+        self._rooms = {
+            r.policy.retailer: CleanRoom(
+                r.db_path, r.policy, storage_options=r.storage_options, memory_limit=r.memory_limit
+            )
+            for r in config.cleanroom.retailers
+        }
         self._tenants = {t.id: t for t in (config.federation.tenants if config.federation else [])}
         self._state = config.cleanroom.state_root() / "market-rooms"
         self._limiter = RateLimiter()

@@ -4,6 +4,7 @@ comparison deployments, and the rules the composed adapters' ad lines are checke
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -18,6 +19,16 @@ class CleanRoomRetailer(Strict):
 
     db_path: Path = Field(description="DuckDB file with the retailer's events (`rmn cleanroom load`).")
     policy: CleanRoomPolicy = Field(description="What tenants may ask of this retailer's data.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for attached object-store files (e.g. {endpoint_url: ...}); "
+        "credentials from the environment as s3fs reads them.",
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        description="DuckDB's memory limit for this room (e.g. '4GB'; it spills to disk beyond); null: "
+        "DuckDB's default (80 % of RAM).",
+    )
 
     @field_validator("db_path", mode="after")
     @classmethod

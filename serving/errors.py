@@ -25,7 +25,7 @@ from adapters.errors import (
     RegistryUnavailable,
 )
 from cleanroom.dp import BudgetExhausted
-from cleanroom.errors import AccessDenied, CleanRoomError, PolicyViolation, QueryFailed
+from cleanroom.errors import AccessDenied, CleanRoomError, DataChanged, PolicyViolation, QueryFailed
 from federation.errors import (
     FederationError,
     InvalidRequest,
@@ -122,6 +122,7 @@ ANSWERS: dict[type[BaseException], Answer] = {
     AccessDenied: Answer(403, "permission_error"),
     BudgetExhausted: Answer(403, "privacy_budget_exhausted"),
     QueryFailed: Answer(500, "server_error"),
+    DataChanged: Answer(503, "data_unavailable"),
     # federation: who may ask what
     FederationError: Answer(400, "invalid_request_error"),
     InvalidRequest: Answer(400, "invalid_request_error"),

@@ -15,7 +15,8 @@ def _room(args: argparse.Namespace, query: object = None):  # type: ignore[no-un
     from serving.config import load_yaml_model
 
     policy = load_yaml_model(args.policy, CleanRoomPolicy)
-    room = CleanRoom(Path(args.db), policy)
+    options = json.loads(args.storage_options) if getattr(args, "storage_options", None) else None
+    room = CleanRoom(Path(args.db), policy, storage_options=options, memory_limit=args.memory_limit)
     tenant = getattr(args, "tenant", None)
     if tenant is not None and not policy.declares(tenant):
         reason = (
@@ -38,6 +39,19 @@ def _cmd_cleanroom_load(args: argparse.Namespace) -> int:
         else:
             dup = f", {r.duplicate_events} duplicate event(s) skipped" if r.duplicate_events else ""
             print(f"{f}: {r.rows} rows loaded as batch {r.batch}{dup}")
+    return 0
+
+
+def _cmd_cleanroom_attach(args: argparse.Namespace) -> int:
+    room = _room(args)
+    for source in args.sources:
+        r = room.attach(source, progress=True)
+        if r.already_loaded:
+            print(f"{source}: already attached or loaded as batch {r.batch}: nothing done")
+        else:
+            print(
+                f"{source}: {r.rows} rows attached as batch {r.batch} (read in place, sha256 {r.sha256[:12]})"
+            )
     return 0
 
 
@@ -106,11 +120,27 @@ def add_cleanroom_commands(sub: Any) -> None:
         x.add_argument("--db", required=True, help="the retailer's DuckDB file")
         if policy:
             x.add_argument("--policy", required=True, help="the retailer's clean-room policy (YAML)")
+            x.add_argument(
+                "--memory-limit", help="DuckDB's memory limit, e.g. 4GB (it spills to disk beyond)"
+            )
+            x.add_argument(
+                "--storage-options",
+                help='JSON fsspec options for attached object-store files, e.g. \'{"endpoint_url": "…"}\'',
+            )
         return x
 
     cl = room_args(cr.add_parser("load", help="append CSV/Parquet files in the documented schema"))
     cl.add_argument("files", nargs="+")
     cl.set_defaults(fn=_cmd_cleanroom_load)
+    ct = room_args(
+        cr.add_parser(
+            "attach",
+            help="read Parquet files in place (a folder, glob or s3:// prefix; partitioned by date or not) "
+            "where the policy allows",
+        )
+    )
+    ct.add_argument("sources", nargs="+", help="a .parquet file, a folder, a glob or an object-store URL")
+    ct.set_defaults(fn=_cmd_cleanroom_attach)
     cq = room_args(cr.add_parser("query", help="run a structured query as a tenant; prints released cells"))
     cq.add_argument(
         "--tenant", required=True, help="a tenant declared in the policy (its scope comes from there)"
