@@ -18,6 +18,7 @@ Usage: ``python -m bench.cleanroom [--rows 1000000 10000000] [--parquet-rows 100
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import threading
@@ -172,6 +173,7 @@ def main() -> None:
         results["runs"].append(run)
         print(run, flush=True)
         room.close()
+        shutil.rmtree(work, ignore_errors=True)  # the 100M case writes GBs
     write_results(Path("bench/results/cleanroom.json"), results)
 
 

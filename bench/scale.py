@@ -29,6 +29,18 @@ KEY = "bench-key"
 LAYERS = ["industry", "retailer", "manufacturer", "task"]
 
 
+def _prometheus_series(url: str) -> tuple[int, int]:
+    """(series the node's Prometheus endpoint exports, those labelled with a model id); (-1, -1) unreachable."""
+    import httpx
+
+    try:
+        text = httpx.get(url, timeout=10).text
+    except httpx.HTTPError:
+        return -1, -1
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    return len(lines), sum(1 for ln in lines if "model_id=" in ln)
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return round(xs[min(len(xs) - 1, round(q * (len(xs) - 1)))], 4) if xs else 0.0
@@ -165,6 +177,7 @@ def main() -> None:
     records: list[tuple[float, float, int, str]] = []  # (t, latency, status, stack)
     series: list[dict[str, Any]] = []
 
+    metrics_url = f"http://127.0.0.1:{cfg.http.metrics_port}/metrics"
     with local_app(cfg, num_cpus=4) as url:
         engine = serve.get_deployment_handle("engine", APP_NAME)
         t0 = time.monotonic()
@@ -194,6 +207,7 @@ def main() -> None:
         async def sampler() -> None:
             while time.monotonic() < stop:
                 stats = await asyncio.to_thread(lambda: engine.stats.remote().result(timeout_s=60))
+                series_total, series_model = await asyncio.to_thread(_prometheus_series, metrics_url)
                 cache = stats["composite_cache"]
                 series.append(
                     {
@@ -210,6 +224,8 @@ def main() -> None:
                         "cache_misses": cache["misses"],
                         "locks": cache.get("locks"),
                         "inflight_keys": cache.get("inflight_keys", stats.get("inflight_keys")),
+                        "prometheus_series": series_total,
+                        "prometheus_series_with_model_id": series_model,
                     }
                 )
                 print(series[-1], flush=True)
@@ -262,6 +278,11 @@ def main() -> None:
         "evictions": final["evictions"],
         "cache_hit_ratio": round(cache["hits"] / max(cache["hits"] + cache["misses"], 1), 4),
         "locks_at_end": final["composite_cache"].get("locks"),
+        "prometheus_series": {
+            "warm_min": min(s["prometheus_series"] for s in warm),
+            "warm_max": max(s["prometheus_series"] for s in warm),
+            "with_model_id_max": max(s["prometheus_series_with_model_id"] for s in series),
+        },
     }
     print(summary, flush=True)
     out = Path("bench/results/scale.json")
