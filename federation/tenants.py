@@ -46,6 +46,7 @@ class Role(StrEnum):
     retailer = "retailer"
     manufacturer = "manufacturer"
     agency = "agency"
+    reviewer = "reviewer"  # decides ad lines brand safety could not clear (the review queue)
     admin = "admin"
 
 
@@ -62,7 +63,7 @@ class Tenant(BaseModel):
     id: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Tenant id; owners of adapters use it."
     )
-    role: Role = Field(description="retailer | manufacturer | agency | admin.")
+    role: Role = Field(description="retailer | manufacturer | agency | reviewer | admin.")
     api_key_sha256: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",

@@ -1,9 +1,8 @@
-"""Text the composed adapters write for a comparison: the prompts, the rationale's JSON schema (enforced
-by vLLM's guided decoding) and the brand-governance check of ad lines."""
+"""Text the composed adapters write for a comparison: the prompts and the rationale's JSON schema (enforced
+by vLLM's guided decoding). Ad lines are checked by :mod:`planning.governance`."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 RATIONALE_SCHEMA: dict[str, Any] = {
@@ -43,21 +42,6 @@ def creative_messages(sku: str, category: str, brand: str, retailer: str) -> lis
             "content": f"Write one short ad line for {brand} {category} (SKU {sku}) on {retailer}.",
         }
     ]
-
-
-def check_line(text: str, banned_words: list[str], max_chars: int, min_chars: int) -> dict[str, Any]:
-    """Governance verdict for one ad line: ok, and each violated rule."""
-    line = text.strip().splitlines()[0].strip() if text.strip() else ""
-    violations = []
-    low = line.lower()
-    for word in banned_words:
-        if re.search(r"(?<!\w)" + re.escape(word.lower()) + r"(?!\w)", low):
-            violations.append(f"banned word or claim: {word!r}")
-    if len(line) > max_chars:
-        violations.append(f"longer than {max_chars} characters ({len(line)})")
-    if len(line) < min_chars:
-        violations.append(f"shorter than {min_chars} characters ({len(line)})")
-    return {"text": line, "ok": not violations, "violations": violations}
 
 
 def matches_rationale_schema(obj: Any) -> bool:

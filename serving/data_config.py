@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from cleanroom.policy import CleanRoomPolicy
+from planning.governance import CLAIM_CLASSES, ClaimClass, GovernancePolicy
 from planning.market import MarketConfig
 from serving.config_base import Strict
 from serving.deployment_config import DeploymentConfig
@@ -59,14 +60,43 @@ class CleanRoomConfig(Strict):
 
 
 class GovernanceConfig(Strict):
-    """A brand's rules for ad lines (each creative gets a verdict against them)."""
+    """Brand safety for ad lines: the deployment's policy (its fields here) and what each retailer and brand
+    adds to it (stricter wins). Each line gets a verdict: ``rejected`` (a blocked claim class, a banned word,
+    a competitor, a length), ``pending`` (for a reviewer: a format problem or a claim only the model sees) or
+    ``ok``."""
 
+    blocked_claims: list[ClaimClass] = Field(
+        default_factory=lambda: list(CLAIM_CLASSES),
+        description="Claim classes a line may not make: health, superlative, comparative, price_guarantee, "
+        "sensitive_audience.",
+    )
     banned_words: list[str] = Field(
-        default_factory=lambda: ["guaranteed", "cure", "best ever", "#1", "risk-free", "miracle"],
-        description="Words or claims an ad line may not contain (case-insensitive).",
+        default_factory=list,
+        description="Words or phrases a line may not contain (case-insensitive, at word boundaries).",
+    )
+    competitors: list[str] = Field(
+        default_factory=list, description="Competitors' names: a line naming one is a comparative claim."
     )
     max_chars: int = Field(default=90, gt=0, description="Longest allowed ad line.")
     min_chars: int = Field(default=10, ge=0, description="Shortest allowed ad line.")
+    retailers: dict[str, GovernancePolicy] = Field(
+        default_factory=dict,
+        description="Retailer id -> what its policy adds for lines shown on its network.",
+    )
+    brands: dict[str, GovernancePolicy] = Field(
+        default_factory=dict, description="Brand (manufacturer tenant id) -> what its policy adds."
+    )
+
+    def policy(self, retailer: str | None = None, brand: str | None = None) -> GovernancePolicy:
+        """The policy for a line of ``brand`` on ``retailer``'s network."""
+        base = GovernancePolicy(
+            blocked_claims=self.blocked_claims,
+            banned_words=self.banned_words,
+            competitors=self.competitors,
+            max_chars=self.max_chars,
+            min_chars=self.min_chars,
+        )
+        return base.merged(self.retailers.get(retailer or ""), self.brands.get(brand or ""))
 
 
 class ComparisonConfig(Strict):

@@ -40,6 +40,7 @@ from planning.workflow import ComparisonError, InvalidComparison
 from serving.admission import Shed
 from serving.config_base import ConfigError
 from serving.replies import Body, EngineItem, Head, Reply, error_body
+from serving.reviews import AlreadyDecided
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ ANSWERS: dict[type[BaseException], Answer] = {
     NotFound: Answer(404, "not_found_error"),
     NoLongerServed: Answer(410, "not_found_error"),
     RateLimited: Answer(429, "rate_limit_error"),
+    AlreadyDecided: Answer(409, "invalid_request_error"),
     # planning
     PlanningError: Answer(400, "planning_error"),
     ComparisonError: Answer(400, "planning_error"),

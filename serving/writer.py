@@ -15,11 +15,11 @@ from federation.errors import FederationError
 from planning.compare import winner
 from planning.creatives import (
     RATIONALE_SCHEMA,
-    check_line,
     creative_messages,
     matches_rationale_schema,
     rationale_messages,
 )
+from planning.governance import check_text
 from serving.data_config import ComparisonConfig
 
 
@@ -93,8 +93,8 @@ async def _creative(
     ans = await complete(body)
     if ans.status != 200:
         return {"sku": sku["sku"], "error": ans.error}
-    g = cfg.governance
-    verdict = check_line(ans.text, g.banned_words, g.max_chars, g.min_chars)
+    policy = cfg.governance.policy(market["retailer"], market["manufacturer"])
+    verdict = check_text(ans.text, policy)
     return {"sku": sku["sku"], **verdict, "model": ans.model}
 
 

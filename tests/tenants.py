@@ -12,6 +12,7 @@ KEYS = {
     "brand_y": "k-brand-y",
     "agency": "k-agency",
     "limited": "k-limited",
+    "reviewer": "k-reviewer",
 }
 
 # federation adapters: id -> (kind, owner, visibility); rank 4 each so a 4-layer stack fits max_lora_rank 16
@@ -54,6 +55,7 @@ def tenants_config() -> list[dict[str, object]]:
             "manufacturer": "brand_y",
         },
         {"id": "agency", "role": "agency", "api_key_sha256": hash_key(KEYS["agency"]), "grants": ["brand_x"]},
+        {"id": "reviewer", "role": "reviewer", "api_key_sha256": hash_key(KEYS["reviewer"])},
         {
             "id": "limited",
             "role": "agency",

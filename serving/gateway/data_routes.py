@@ -1,22 +1,22 @@
 """The data surfaces: the clean room (``POST /v1/cleanroom/query``, ``GET /v1/cleanroom/schema|budget``), the
-comparison (``POST /v1/plans/compare``), field harmonisation (``POST /v1/harmonize``) and the governance check
-(``POST /v1/governance/check``). Bodies are pydantic models; the clean-room and comparison deployments answer
+comparison (``POST /v1/plans/compare``), field harmonisation (``POST /v1/harmonize``), the governance check
+(``POST /v1/governance/check``) and its review queue (``/v1/governance/reviews``). Bodies are pydantic models; the clean-room and comparison deployments answer
 with a :class:`serving.replies.Reply` relayed as it is."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from federation.errors import PermissionDenied
+from federation.errors import InvalidRequest, PermissionDenied
 from federation.tenants import Role
-from planning.creatives import check_line
+from planning.governance import check_text
 from serving.errors import NotConfigured
 from serving.gateway.dispatch import complete
 from serving.gateway.http import gateway, read_body, read_model, request_id
@@ -43,10 +43,21 @@ class HarmonizeBody(BaseModel):
 
 
 class GovernanceBody(BaseModel):
-    """``{"lines": [...]}``: ad lines to check against the brand-governance rules."""
+    """``{"lines": [...], "retailer": ..., "brand": ...}``: ad lines to check under the policy of a brand on
+    a retailer's network (a manufacturer checks as its own brand)."""
 
     model_config = ConfigDict(extra="forbid")
     lines: list[Annotated[str, StringConstraints(max_length=1000)]] = Field(min_length=1, max_length=20)
+    retailer: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    brand: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
+class DecisionBody(BaseModel):
+    """``{"decision": "approve" | "reject", "reason": "..."}``: a reviewer's decision on a pending line."""
+
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "reject"]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 async def _cleanroom(request: Request, method: str) -> Response:
@@ -99,6 +110,13 @@ async def compare(request: Request) -> Response:
     if answer.ok and answer.body["request"]["write_text"] and gw.cfg.comparison is not None:
         writer = functools.partial(complete, gw, tenant, request_id=rid)
         await write_texts(writer, gw.cfg.comparison, gw.cfg.model.served_name, answer.body)
+        market = answer.body["market"]
+        for line in answer.body.get("creatives", []):  # lines the rules could not clear wait for a person
+            if line.get("decision") == "pending":
+                review = await gw.reviews.call(
+                    "submit", tenant.id, market["manufacturer"], market["retailer"], line
+                )
+                line["review_id"] = review["id"]
     return JSONResponse(answer.body, status_code=answer.status)
 
 
@@ -116,17 +134,62 @@ async def harmonize_fields(request: Request) -> Response:
 
 @router.post("/v1/governance/check")
 async def governance_check(request: Request) -> Response:
-    """The brand-governance rule check the comparison applies to its ad lines, for any lines:
-    ``{"lines": [...]}`` (1-20 strings of at most 1,000 characters) -> one verdict per line and the rules."""
+    """Brand safety for any lines (the check the comparison's ad lines get): one verdict per line —
+    ``rejected``, ``pending`` (queued for a reviewer: ``review_id``) or ``ok`` — and the policy applied."""
     gw = gateway(request)
     if gw.cfg.comparison is None:
         raise NotConfigured("planning (and its governance rules) is not configured here")
-    await gw.tenant(request, "governance checks")
+    tenant = await gw.tenant(request, "governance checks")
     body = await read_model(request, GovernanceBody)
-    g = gw.cfg.comparison.governance
-    return JSONResponse(
-        {
-            "verdicts": [check_line(x, g.banned_words, g.max_chars, g.min_chars) for x in body.lines],
-            "rules": g.model_dump(),
-        }
+    brand = body.brand
+    if tenant.role == Role.manufacturer:
+        if brand not in (None, tenant.id):
+            raise PermissionDenied(f"tenant {tenant.id!r} checks lines as its own brand, not {brand!r}")
+        brand = tenant.id
+    policy = gw.cfg.comparison.governance.policy(body.retailer, brand)
+    verdicts = [check_text(line, policy) for line in body.lines]
+    for v in verdicts:
+        if v["decision"] == "pending":
+            review = await gw.reviews.call("submit", tenant.id, brand, body.retailer, v)
+            v["review_id"] = review["id"]
+    return JSONResponse({"verdicts": verdicts, "policy": policy.model_dump()})
+
+
+_REVIEWERS = (Role.reviewer, Role.admin)
+
+
+@router.get("/v1/governance/reviews")
+async def governance_reviews(request: Request) -> Response:
+    """The review queue, newest first (``?state=pending|approved|rejected``): a reviewer or an admin sees
+    every line, other tenants the lines they submitted."""
+    gw = gateway(request)
+    tenant = await gw.tenant(request, "reviews")
+    state = request.query_params.get("state")
+    if state not in (None, "pending", "approved", "rejected"):
+        raise InvalidRequest(f"state must be pending, approved or rejected, not {state!r}")
+    who = None if tenant.role in _REVIEWERS else tenant.id
+    return JSONResponse({"reviews": await gw.reviews.call("list", who, state)})
+
+
+@router.post("/v1/governance/reviews/{review_id}")
+async def governance_decide(request: Request, review_id: str) -> Response:
+    """A reviewer approves or rejects a pending line with a reason (once; audited)."""
+    gw, rid = gateway(request), request_id(request)
+    tenant = await gw.tenant(request, "reviews")
+    if tenant.role not in _REVIEWERS:
+        raise PermissionDenied(f"tenant {tenant.id!r} is not a reviewer (role reviewer or admin)")
+    body = await read_model(request, DecisionBody)
+    review = await gw.reviews.call(
+        "decide", review_id[:64], tenant.id, body.decision == "approve", body.reason
     )
+    gw.gate.audit(
+        event="governance.review",
+        request_id=rid,
+        tenant=tenant.id,
+        review=review["id"],
+        decision=review["state"],
+        reason=body.reason,
+        submitted_by=review["submitted_by"],
+        brand=review["brand"],
+    )
+    return JSONResponse(review)

@@ -26,6 +26,7 @@ from serving.errors import error_fields, status_of
 from serving.gateway.shared import Shared
 from serving.metrics import RouterMetrics
 from serving.records import Records
+from serving.reviews import Reviews
 from serving.usage import UsageCounter
 
 HANDLE_CACHE = 1024  # configured engine handles kept (one per model id in use)
@@ -67,6 +68,7 @@ class Gateway:
         self.metrics = RouterMetrics(config.federation.metrics_top_n if config.federation else 20)
         self.records = Records(config.adapters.root, config.adapters.storage_options)  # beside the registry
         self.usage = usage if usage is not None else UsageCounter(records=self.records)
+        self.reviews = Reviews(self.records, shared=replica is not None)  # one queue per app in Serve
         self._handles: OrderedDict[str, Any] = OrderedDict()
         adm = config.admission
         self.routers = self._configured(config.router_deployment)  # running router replicas, as last read

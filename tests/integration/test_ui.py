@@ -113,3 +113,28 @@ def test_ui_shows_api_errors(serve_url: str, page: Any) -> None:
     page.click("#run")
     page.wait_for_selector("#status.error", timeout=30_000)
     assert "HTTP 403" in page.text_content("#status")
+
+
+def test_a_reviewer_decides_a_pending_line_in_the_ui(serve_url: str, page: Any) -> None:
+    """A garbled line a brand checked waits in the queue; the reviewer rejects it on the Reviews tab."""
+    line = "Head: Fresh Fresh Brew SmolHeadL (ui test)"
+    r = httpx.post(
+        f"{serve_url}/v1/governance/check", json={"lines": [line]}, headers=auth("brand_x"), timeout=30
+    )
+    review_id = r.json()["verdicts"][0]["review_id"]
+    page.goto(f"{serve_url}/ui")
+    page.fill("#key", KEYS["reviewer"])
+    page.click('nav button[data-tab="tab-reviews"]')
+    page.click("#load-reviews")
+    row = page.locator(f'tr.review[data-id="{review_id}"]')
+    row.wait_for(timeout=30_000)
+    assert line in row.text_content() and "repeated word" in row.text_content()
+    row.locator(".reason").fill("garbled generation")
+    row.locator("button.reject").click()
+    page.wait_for_selector(f'tr.review[data-id="{review_id}"]', state="detached", timeout=30_000)
+    mine = httpx.get(f"{serve_url}/v1/governance/reviews", headers=auth("brand_x"), timeout=30).json()[
+        "reviews"
+    ]
+    decided = next(x for x in mine if x["id"] == review_id)
+    assert decided["state"] == "rejected" and decided["reason"] == "garbled generation"
+    assert decided["decided_by"] == "reviewer"

@@ -127,9 +127,11 @@ def test_governance_check_gives_one_verdict_per_line(serve_url: str) -> None:
     )
     assert r.status_code == 200, r.text
     v = r.json()["verdicts"]
-    assert [x["ok"] for x in v] == [True, False, False]
-    assert any("guaranteed" in x for x in v[1]["violations"]) and "shorter than" in v[2]["violations"][0]
-    assert "guaranteed" in r.json()["rules"]["banned_words"]
+    assert [x["decision"] for x in v] == ["ok", "rejected", "rejected"]
+    assert (
+        set(v[1]["claims"]) == {"price_guarantee", "superlative"} and "shorter than" in v[2]["violations"][0]
+    )
+    assert "health" in r.json()["policy"]["blocked_claims"]
 
 
 @pytest.mark.parametrize(

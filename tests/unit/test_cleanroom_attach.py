@@ -76,7 +76,7 @@ def test_partitioned_parquet_is_read_in_place_with_the_answers_of_a_copy(
 
 
 def test_a_new_day_is_attached_as_a_new_version(tmp_path: Path, data: tuple[Path, Path]) -> None:
-    csv, export = data
+    _, export = data
     room = CleanRoom(tmp_path / "acme.duckdb", exact_policy(k=K, attach_files=True))
     first = room.attach(str(export))
     day = export / "event_date=2026-01-07"
@@ -119,7 +119,7 @@ def test_attaching_needs_the_policy_and_clean_files(
     with pytest.raises(PolicyViolation, match="attach_files"):
         CleanRoom(tmp_path / "off.duckdb", exact_policy(k=K)).attach(str(export))
     room = CleanRoom(tmp_path / "acme.duckdb", exact_policy(k=K, attach_files=True))
-    with pytest.raises(CleanRoomError, match="no .parquet file"):
+    with pytest.raises(CleanRoomError, match=r"no \.parquet file"):
         room.attach(str(tmp_path / "nowhere"))
     bad = tmp_path / "bad"
     bad.mkdir()
