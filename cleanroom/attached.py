@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cleanroom.errors import CleanRoomError
-from cleanroom.schema import EVENT_COLUMNS
+from cleanroom.schema import EVENT_COLUMNS, quote
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,6 @@ def reader(urls: list[str], extra: str = "") -> str:
 def select_sql(urls: list[str], source: dict[str, str], batch: int, extra: str = "") -> str:
     """The rows of one attached batch in the event schema (``source``: schema column -> file column), with
     ``_batch``, no ``_row`` and the optional ``event_id``; ``extra``: more read_parquet options."""
-    from cleanroom.store import quote
-
     cols = [f'CAST({quote(source[c])} AS {t}) AS "{c}"' for c, t in EVENT_COLUMNS.items()]
     eid = "CAST(" + quote(source["event_id"]) + " AS VARCHAR)" if "event_id" in source else "NULL::VARCHAR"
     return (

@@ -11,7 +11,8 @@ from cleanroom.history import Release, ReleaseHistory
 from cleanroom.policy import CleanRoomPolicy
 from cleanroom.query import EVENTS, REST, CompiledQuery, Query
 from cleanroom.results import QueryResult, jsonable
-from cleanroom.store import EventStore, quote
+from cleanroom.schema import quote
+from cleanroom.store import EventStore
 
 # the key of a release's union of released cells: NUL-led, so no cell key (dimension values joined by
 # U+001F, NULL spelled U+0000 alone) can equal it

@@ -37,3 +37,8 @@ METRICS: dict[str, str] = {
 NUMERIC_COLUMNS = ("quantity", "revenue", "cost", "margin", "stock_level")
 INTEGER_METRICS = frozenset({"impressions", "clicks", "purchases", "units", "shoppers"})
 EVENT_TYPES = ("impression", "click", "purchase")
+
+
+def quote(name: str) -> str:
+    """A column name (of the schema or of a loaded file) as a SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cleanroom import attached
+import cleanroom.attached as attached
 from cleanroom.errors import CleanRoomError, DataChanged, PolicyViolation
 from cleanroom.query import EVENTS, CompiledQuery
 from cleanroom.results import LoadReport
-from cleanroom.schema import EVENT_COLUMNS, EVENT_TYPES, NUMERIC_COLUMNS
+from cleanroom.schema import EVENT_COLUMNS, EVENT_TYPES, NUMERIC_COLUMNS, quote
 
 
 def sha256_of(path: Path) -> str:
@@ -30,11 +30,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def quote(name: str) -> str:
-    """A column name of the loaded file as a SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 VERIFY_EVERY_S = 10.0  # how often attached files' stamps are compared before a query

@@ -188,6 +188,8 @@ class Gate:
             decision="allowed",
             source=decision.source,
             task_source=decision.task_source,
+            task=decision.task,
+            task_confidence=decision.task_confidence,
             stack=stack.text if stack else None,
             composite_id=stack.composite_id if stack else None,
         )

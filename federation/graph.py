@@ -52,6 +52,10 @@ def composition_graph(base: str, res: Resolution, tenant: Tenant | None) -> dict
         "tenant": tenant.id if tenant else None,
         "source": res.decision.source,
         "task_source": res.decision.task_source,
+        "task": res.decision.task,
+        "task_confidence": None
+        if res.decision.task_confidence is None
+        else round(res.decision.task_confidence, 3),
         "composite_id": stack.composite_id if stack else None,
         "rank": stack.rank if stack else 0,
         "components": components,

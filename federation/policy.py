@@ -5,13 +5,13 @@ Order is always industry → retailer → manufacturer → task. Three ways in, 
 2. structured: a ``federation`` object in the body (``retailer``, ``manufacturer``, ``task``, ``weights``,
    ``industry``) with model ``base`` or ``base:auto``; fields it leaves out fall back to 3;
 3. implicit (model ``base:auto``): the industry adapter always, retailer and manufacturer from the
-   tenant's identity, the task from the request or, failing that, :func:`classify_task`.
+   tenant's identity, the task from the request or, failing that, the task classifier
+   (:mod:`federation.task_classifier`) above ``task_confidence``.
 Pure Python; access control is :func:`check_access`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -22,27 +22,11 @@ from adapters import AdapterManifest, Visibility
 from adapters.manifest import LAYER_ORDER, AdapterKind
 from adapters.stack import StackPart
 from federation.errors import InvalidRequest
+from federation.task_classifier import TaskClassifier
 from federation.tenants import Forbidden, Tenant
 
 Layer = AdapterKind  # a stack's layers are the adapter kinds, in LAYER_ORDER
 AUTO = "auto"
-
-# words, matched at word boundaries on the lower-cased prompt ("plant" is not "plan", "roast" is not "roas");
-# a trailing \w* accepts inflections (taglines, allocating, normalised)
-_TASK_PATTERNS: dict[str, tuple[str, ...]] = {
-    "planning": (
-        r"plan(s|ned|ning)?", r"budget\w*", r"allocat\w*", r"forecast\w*", r"i?roas", r"spend\w*",
-        r"media mix", r"flight(s|ing)?", r"invest\w*",
-    ),
-    "creative": (
-        r"ads?", r"ad (copy|line|idea)s?", r"copy(writing)?", r"headline\w*", r"creative\w*", r"slogan\w*",
-        r"tagline\w*", r"banner\w*", r"write", r"draft", r"compose",
-    ),
-    "harmonization": (
-        r"map(s|ped|ping)?", r"fields?", r"schema\w*", r"harmoni[sz]\w*", r"columns?", r"normali[sz]\w*",
-    ),
-}  # fmt: skip
-_TASK_RE = {task: [re.compile(rf"\b(?:{p})\b") for p in pats] for task, pats in _TASK_PATTERNS.items()}
 
 
 class PolicyError(InvalidRequest):
@@ -67,6 +51,14 @@ class FederationPolicy(BaseModel):
     )
     default_task: str | None = Field(
         default=None, description="Task when neither the request nor the classifier gives one."
+    )
+    task_confidence: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="The task classifier's choice is used only at this probability or above (chosen by "
+        "cross-validation on the training split; bench/results/task-routing.json); below it, "
+        "`default_task` or no task adapter.",
     )
     weights: dict[Layer, float] = Field(
         default_factory=lambda: dict.fromkeys(LAYER_ORDER, 1.0),
@@ -98,17 +90,8 @@ class Decision:
     layers: tuple[Layer, ...]
     source: Literal["explicit", "structured", "implicit", "base"]
     task_source: Literal["request", "classifier", "default"] | None = None
-
-
-def classify_task(text: str) -> str | None:
-    """Task from keywords at word boundaries (documented in README): the task with the most hits; None when no
-    task has any, or when two tie (no confident choice: the policy's default or no task adapter applies)."""
-    lowered = text.lower()
-    scores = {task: sum(len(r.findall(lowered)) for r in res) for task, res in _TASK_RE.items()}
-    ranked = sorted(scores.values(), reverse=True)
-    if ranked[0] == 0 or ranked[0] == ranked[1]:
-        return None
-    return max(scores, key=lambda t: scores[t])
+    task: str | None = None  # the task chosen (None: no task adapter)
+    task_confidence: float | None = None  # the classifier's probability of its choice, when it was asked
 
 
 def decide(
@@ -129,12 +112,14 @@ def decide(
         return Decision((), (), "base")
     fed = federation or FederationRequest()
     weights = {**policy.weights, **(fed.weights or {})}
+    confidence: float | None = None
     task_source: Literal["request", "classifier", "default"] | None = None
     task = fed.task
     if task is not None:
         task_source = "request"
-    else:
-        task = classify_task(prompt_text)
+    else:  # read the words: the classifier, trusted above the policy's threshold; else the fallback
+        guess, confidence = TaskClassifier.shipped().predict(prompt_text)
+        task = guess if confidence >= policy.task_confidence else None
         task_source = "classifier" if task else None
         if task is None and policy.default_task:
             task, task_source = policy.default_task, "default"
@@ -159,7 +144,9 @@ def decide(
             raise PolicyError(f"federation.weights.{layer} must be in (0, 10], got {w}")
         parts.append(StackPart(adapter_id, None, w))
         layers.append(layer)
-    return Decision(tuple(parts), tuple(layers), "structured" if federation else "implicit", task_source)
+    return Decision(
+        tuple(parts), tuple(layers), "structured" if federation else "implicit", task_source, task, confidence
+    )
 
 
 def check_access(tenant: Tenant, manifests: Sequence[AdapterManifest]) -> None:

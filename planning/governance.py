@@ -261,3 +261,45 @@ def combine(
             *(f"model flags a {c.replace('_', ' ')} claim" for c in flagged),
         ]
     return out
+
+
+MODEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "claims": {"type": "array", "items": {"type": "string", "enum": list(CLAIM_CLASSES)}, "maxItems": 5}
+    },
+    "required": ["claims"],
+    "additionalProperties": False,
+}
+_DEFINITIONS = (
+    "health: health, medical, diet or body claims; superlative: best, number one, only, perfect; comparative: "
+    "better than, beats or names another brand; price_guarantee: guarantees, refunds, risk free, discounts, "
+    "lowest price; sensitive_audience: children, babies, teens, pregnancy."
+)
+
+
+def model_messages(text: str) -> list[dict[str, str]]:
+    """Chat messages asking a model which claim classes an ad text makes (answer: :data:`MODEL_SCHEMA`)."""
+    return [
+        {
+            "role": "system",
+            "content": "You review ad copy for a brand-safety team. Claim classes: "
+            + _DEFINITIONS
+            + ' Answer with JSON {"claims": [...]} listing the classes the ad makes; [] when none.',
+        },
+        {"role": "user", "content": f"Ad: {text.strip()[:1000]}"},
+    ]
+
+
+def parse_model_claims(answer: str) -> list[str] | None:
+    """The classes a model's answer names (in :data:`CLAIM_CLASSES`), or None when it is not the JSON asked."""
+    import json
+
+    try:
+        obj = json.loads(answer)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    claims = obj.get("claims") if isinstance(obj, dict) else None
+    if not isinstance(claims, list):
+        return None
+    return sorted({c for c in claims if c in CLAIM_CLASSES})

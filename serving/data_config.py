@@ -79,6 +79,12 @@ class GovernanceConfig(Strict):
     )
     max_chars: int = Field(default=90, gt=0, description="Longest allowed ad line.")
     min_chars: int = Field(default=10, ge=0, description="Shortest allowed ad line.")
+    model_check: bool = Field(
+        default=False,
+        description="Also ask the base model (guided JSON) which claim classes a line makes: a class only the "
+        "model finds sends the line to a reviewer (`pending`); rules still decide rejections. One short "
+        "generation per line; its measured value is in bench/results/governance.json.",
+    )
     retailers: dict[str, GovernancePolicy] = Field(
         default_factory=dict,
         description="Retailer id -> what its policy adds for lines shown on its network.",

@@ -19,7 +19,7 @@ from planning.creatives import (
     matches_rationale_schema,
     rationale_messages,
 )
-from planning.governance import check_text
+from planning.governance import MODEL_SCHEMA, check_text, combine, model_messages, parse_model_claims
 from serving.data_config import ComparisonConfig
 
 
@@ -95,7 +95,25 @@ async def _creative(
         return {"sku": sku["sku"], "error": ans.error}
     policy = cfg.governance.policy(market["retailer"], market["manufacturer"])
     verdict = check_text(ans.text, policy)
+    if cfg.governance.model_check:
+        verdict = combine(verdict, await model_claims(complete, model.split(":", 1)[0], ans.text), policy)
     return {"sku": sku["sku"], **verdict, "model": ans.model}
+
+
+async def model_claims(complete: Complete, served_name: str, text: str) -> list[str] | None:
+    """The claim classes the base model finds in ``text`` (guided JSON); None when it could not answer."""
+    body = {
+        "model": served_name,
+        "messages": model_messages(text),
+        "max_tokens": 40,
+        "temperature": 0,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "claims", "schema": MODEL_SCHEMA, "strict": True},
+        },
+    }
+    ans = await complete(body)
+    return parse_model_claims(ans.text) if ans.status == 200 else None
 
 
 def checked_rationale(rationale: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

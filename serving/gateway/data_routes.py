@@ -5,6 +5,7 @@ with a :class:`serving.replies.Reply` relayed as it is."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from dataclasses import asdict
 from typing import Annotated, Literal
@@ -16,12 +17,12 @@ from starlette.responses import JSONResponse, Response
 
 from federation.errors import InvalidRequest, PermissionDenied
 from federation.tenants import Role
-from planning.governance import check_text
+from planning.governance import check_text, combine
 from serving.errors import NotConfigured
 from serving.gateway.dispatch import complete
 from serving.gateway.http import gateway, read_body, read_model, request_id
 from serving.replies import Reply
-from serving.writer import write_texts
+from serving.writer import model_claims, write_texts
 
 router = APIRouter()
 
@@ -146,8 +147,13 @@ async def governance_check(request: Request) -> Response:
         if brand not in (None, tenant.id):
             raise PermissionDenied(f"tenant {tenant.id!r} checks lines as its own brand, not {brand!r}")
         brand = tenant.id
-    policy = gw.cfg.comparison.governance.policy(body.retailer, brand)
+    governance = gw.cfg.comparison.governance
+    policy = governance.policy(body.retailer, brand)
     verdicts = [check_text(line, policy) for line in body.lines]
+    if governance.model_check:  # the base model's opinion, combined by the documented rule
+        ask = functools.partial(complete, gw, tenant, request_id=request_id(request))
+        found = await asyncio.gather(*(model_claims(ask, gw.cfg.model.served_name, x) for x in body.lines))
+        verdicts = [combine(v, claims, policy) for v, claims in zip(verdicts, found, strict=True)]
     for v in verdicts:
         if v["decision"] == "pending":
             review = await gw.reviews.call("submit", tenant.id, brand, body.retailer, v)

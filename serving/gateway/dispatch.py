@@ -51,6 +51,10 @@ async def generate(gw: Gateway, kind: str, request: Request) -> Response:
         gw.metrics.requests.inc(tags={"composition": "none", "status": str(status_of(e))})
         raise
     g = _generation(gw, kind, body, rid, tenant, res.stack, started)
+    if res.decision.task is not None:  # which task adapter the stack took, and how sure the classifier was
+        g.headers["x-rmn-task"] = res.decision.task
+        if res.decision.task_confidence is not None and res.decision.task_source == "classifier":
+            g.headers["x-rmn-task-confidence"] = f"{res.decision.task_confidence:.3f}"
     try:
         return await _admitted(gw, g)
     except (Overloaded, DeadlineExceeded, EngineFailed) as e:

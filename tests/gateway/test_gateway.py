@@ -184,3 +184,20 @@ async def test_data_routes_validate_bodies_and_say_what_is_not_configured(
     assert r.status_code == 200 and len(r.json()["verdicts"]) == 1
     r = await client.post("/v1/cleanroom/query", json={}, headers=ADMIN)
     assert_openai_error(r, 404, "not_found_error")  # no clean-room handle on this gateway
+
+
+async def test_the_chosen_task_and_its_confidence_are_in_the_headers(gateway_app: GatewayFactory) -> None:
+    client, _, _ = gateway_app()
+    body = {
+        **chat_body("base:auto"),
+        "messages": [{"role": "user", "content": "Write three taglines for spring"}],
+    }
+    r = await client.post("/v1/chat/completions", json=body, headers=auth("brand_x"))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-rmn-task"] == "creative" and 0.6 <= float(r.headers["x-rmn-task-confidence"]) <= 1
+    assert "task_creative@1" in r.headers["x-rmn-model"]
+    told = {**body, "federation": {"task": "planning"}}
+    r = await client.post("/v1/chat/completions", json={**told, "model": "base"}, headers=auth("brand_x"))
+    assert r.headers["x-rmn-task"] == "planning" and "x-rmn-task-confidence" not in r.headers
+    graph = await client.post("/v1/federation/resolve", json=body, headers=auth("brand_x"))
+    assert graph.json()["task"] == "creative" and graph.json()["task_confidence"] >= 0.6

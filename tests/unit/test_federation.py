@@ -15,10 +15,10 @@ from federation.policy import (
     FederationRequest,
     PolicyError,
     check_access,
-    classify_task,
     decide,
 )
 from federation.ratelimit import RateLimiter
+from federation.task_classifier import classify_task
 from federation.tenants import AuthError, Forbidden, Tenant, TenantDirectory, hash_key
 
 KINDS = {
