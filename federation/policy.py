@@ -80,6 +80,10 @@ class FederationRequest(BaseModel):
         default=None, description="Task name (planning, creative, harmonization) or task adapter id."
     )
     weights: dict[Layer, float] | None = Field(default=None, description="Per-layer weights, (0, 10].")
+    explain: bool = Field(
+        default=False,
+        description="Add the full composition graph to a non-streamed answer (`rmn_composition`).",
+    )
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def decide(
     if not auto and federation is None:
         return Decision((), (), "base")
     fed = federation or FederationRequest()
-    weights = {**policy.weights, **(fed.weights or {})}
+    weights = {**policy.weights, **tenant.layer_weights, **(fed.weights or {})}
     confidence: float | None = None
     task_source: Literal["request", "classifier", "default"] | None = None
     task = fed.task
@@ -121,8 +125,9 @@ def decide(
         guess, confidence = TaskClassifier.shipped().predict(prompt_text)
         task = guess if confidence >= policy.task_confidence else None
         task_source = "classifier" if task else None
-        if task is None and policy.default_task:
-            task, task_source = policy.default_task, "default"
+        fallback = tenant.default_task or policy.default_task
+        if task is None and fallback:
+            task, task_source = fallback, "default"
     chosen: dict[Layer, str | None] = {
         Layer.industry: policy.industry_adapter if fed.industry else None,
         Layer.retailer: fed.retailer or tenant.retailer,

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.manifest import AdapterKind
 from federation.errors import FederationError, PermissionDenied
 
 
@@ -81,6 +82,16 @@ class Tenant(BaseModel):
         default=600,
         gt=0,
         description="Requests per minute, for the whole cluster (admission.cluster_wide; else per router replica).",
+    )
+    default_task: str | None = Field(
+        default=None,
+        description="Task (name or task adapter id) of this tenant's implicit stacks when the request names "
+        "none and the classifier is unsure (before the policy's default_task).",
+    )
+    layer_weights: dict[AdapterKind, float] = Field(
+        default_factory=dict,
+        description="This tenant's default weight per layer (over the policy's weights; a request's "
+        "federation.weights override), each in (0, 10].",
     )
     weight: float = Field(
         default=1.0,

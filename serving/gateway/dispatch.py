@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from adapters.cache import ResolvedStack
+from federation.graph import composition_graph
 from federation.tenants import Tenant
 from serving.admission import Lease, Shed
 from serving.errors import DeadlineExceeded, EngineFailed, Overloaded, ReplicaLost, error_response, status_of
@@ -50,7 +51,16 @@ async def generate(gw: Gateway, kind: str, request: Request) -> Response:
     except Exception as e:  # refused before any engine: counted, then answered by the error model
         gw.metrics.requests.inc(tags={"composition": "none", "status": str(status_of(e))})
         raise
+    explain = isinstance(body.get("federation"), dict) and body["federation"].get("explain") is True
     g = _generation(gw, kind, body, rid, tenant, res.stack, started)
+    if res.stack is not None:  # the composition that answered, compactly: layer=id@version*weight, in order
+        layers = res.decision.layers or tuple(m.kind for m in res.stack.manifests)
+        g.headers["x-rmn-composition"] = ",".join(
+            f"{layer}={p.id}@{p.version}*{p.weight:g}"
+            for layer, p in zip(layers, res.stack.parts, strict=True)
+        )
+    if explain:
+        g.graph = composition_graph(gw.cfg.model.served_name, res, tenant)
     if res.decision.task is not None:  # which task adapter the stack took, and how sure the classifier was
         g.headers["x-rmn-task"] = res.decision.task
         if res.decision.task_confidence is not None and res.decision.task_source == "classifier":
@@ -211,6 +221,8 @@ def _answer(gw: Gateway, g: Generation, head: Head, gen: Any, first: Any) -> Res
     if not head.stream:
         item: Body = first
         gw.count_tokens(g.label, item.body.get("usage"))
+        if g.graph is not None and head.status == 200:
+            item.body["rmn_composition"] = g.graph  # asked for with federation.explain
         gw.metrics.ttft.observe(time.monotonic() - g.started, tags={"composition": g.label})
         return finish(gw, g, head.status, JSONResponse(item.body, status_code=head.status, headers=g.headers))
     lease, g.lease = g.lease, None  # the stream gives it back when it ends

@@ -27,6 +27,7 @@ class Generation:
     client_usage: bool
     headers: dict[str, str] = field(default_factory=dict)
     lease: Lease | None = None
+    graph: dict[str, Any] | None = None  # the composition graph, when the request asked for it
 
     def left(self) -> float:
         """Seconds to the deadline."""

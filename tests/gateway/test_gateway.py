@@ -201,3 +201,19 @@ async def test_the_chosen_task_and_its_confidence_are_in_the_headers(gateway_app
     assert r.headers["x-rmn-task"] == "planning" and "x-rmn-task-confidence" not in r.headers
     graph = await client.post("/v1/federation/resolve", json=body, headers=auth("brand_x"))
     assert graph.json()["task"] == "creative" and graph.json()["task_confidence"] >= 0.6
+
+
+async def test_every_answer_names_its_composition_and_explains_it_when_asked(
+    gateway_app: GatewayFactory,
+) -> None:
+    client, _, _ = gateway_app()
+    body = chat_body("base:auto", federation={"task": "planning", "explain": True})
+    r = await client.post("/v1/chat/completions", json=body, headers=auth("brand_x"))
+    assert r.status_code == 200, r.text
+    layers = [x.split("=")[0] for x in r.headers["x-rmn-composition"].split(",")]
+    assert layers == ["industry", "retailer", "manufacturer", "task"]
+    assert "task=task_planning@1*1" in r.headers["x-rmn-composition"]
+    graph = r.json()["rmn_composition"]
+    assert graph["composite_id"] == r.headers["x-rmn-composite"] and len(graph["components"]) == 4
+    plain = await client.post("/v1/chat/completions", json=chat_body("base:auto"), headers=auth("brand_x"))
+    assert "rmn_composition" not in plain.json() and plain.headers["x-rmn-composition"]

@@ -61,3 +61,32 @@ def test_held_out_accuracy_of_the_shipped_set_is_at_least_0_9() -> None:
         task, confidence = model.predict(text)
         right += (task if confidence >= POLICY.task_confidence else None) == label
     assert right / len(held) >= 0.9, right / len(held)
+
+
+def test_a_tenants_own_defaults_come_between_the_policy_and_the_request() -> None:
+    from tests.unit.test_federation import tenant
+
+    brand = tenant(
+        "brand_x",
+        retailer="acme",
+        manufacturer="brand_x",
+        default_task="planning",
+        layer_weights={"task": 0.5},
+    )
+
+    def weights(fed: dict | None) -> dict[str, float]:
+        from federation.policy import FederationRequest
+
+        d = decide(
+            brand,
+            parse_stack("auto"),
+            FederationRequest.model_validate(fed) if fed else None,
+            "What is the capital of Australia?",  # no task the classifier trusts
+            POLICY,
+            lambda i: KINDS[i],
+        )
+        assert d.task == "planning" and d.task_source == "default"  # the tenant's, before the policy's (none)
+        return {layer: p.weight for layer, p in zip(d.layers, d.parts, strict=True)}
+
+    assert weights(None) == {"industry": 1.0, "retailer": 1.0, "manufacturer": 1.0, "task": 0.5}
+    assert weights({"weights": {"task": 2.0}})["task"] == 2.0  # the request's weight wins
