@@ -39,6 +39,7 @@ from planning.planner import PlanningError
 from planning.workflow import ComparisonError, InvalidComparison
 from serving.admission import Shed
 from serving.config_base import ConfigError
+from serving.experiments import ExperimentExists, ExperimentStopped
 from serving.replies import Body, EngineItem, Head, Reply, error_body
 from serving.reviews import AlreadyDecided
 
@@ -133,6 +134,8 @@ ANSWERS: dict[type[BaseException], Answer] = {
     NoLongerServed: Answer(410, "not_found_error"),
     RateLimited: Answer(429, "rate_limit_error"),
     AlreadyDecided: Answer(409, "invalid_request_error"),
+    ExperimentExists: Answer(409, "invalid_request_error"),
+    ExperimentStopped: Answer(410, "not_found_error"),
     # planning
     PlanningError: Answer(400, "planning_error"),
     ComparisonError: Answer(400, "planning_error"),

@@ -53,6 +53,17 @@ class RouterMetrics:
             description="Requests served per adapter.",
             tag_keys=("component",),
         )
+        # experiment labels are "<tenant>/<id>": bounded by the tenants times MAX_PER_TENANT experiments each
+        self.experiment_requests = Counter(
+            "rmn_experiment_requests_total",
+            description="Requests assigned to an experiment's arm.",
+            tag_keys=_keys("experiment", "arm"),
+        )
+        self.experiment_outcomes = Counter(
+            "rmn_experiment_outcomes_total",
+            description="Outcomes reported for an experiment's requests (POST /v1/feedback).",
+            tag_keys=_keys("experiment", "arm", "outcome"),
+        )
         self.sheds = Counter(
             "rmn_requests_shed_total",
             description="Requests refused by admission control (503 at once), by reason.",

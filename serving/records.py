@@ -82,3 +82,20 @@ class Records:
             os.replace(tmp, target)
         except Exception as e:
             raise RecordsUnavailable(f"records at {self.where}: writing {name} failed: {e!r}") from e
+
+
+async def board_call(local: Any | None, actor: Any, method: str, *args: Any) -> Any:
+    """``<board>.<method>(*args)`` on ``local`` (an in-process board: the gateway test tier) or else on the actor
+    ``actor()`` returns; a refusal raised in the actor (an :class:`Exception` of ours) is raised here as it was
+    raised, not wrapped."""
+    if local is not None:
+        return getattr(local, method)(*args)
+    from ray.exceptions import RayTaskError
+
+    try:
+        return await getattr(actor(), method).remote(*args)
+    except RayTaskError as e:
+        cause = e.cause
+        if isinstance(cause, Exception) and type(cause).__module__.split(".")[0] in ("federation", "serving"):
+            raise cause from None
+        raise

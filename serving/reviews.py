@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from federation.errors import InvalidRequest, NotFound
-from serving.records import Records, RecordsUnavailable
+from serving.records import Records, RecordsUnavailable, board_call
 
 log = logging.getLogger("ray.serve")
 BOARD_NAME = "rmn-reviews"
@@ -119,21 +119,12 @@ def review_board(records: Records | None = None) -> Any:
 
 class Reviews:
     """The gateway's side: the app's board in a Serve replica (``shared``), else a queue of its own (the
-    gateway test tier). The queue's refusals raised in the actor are raised here as they were raised."""
+    gateway test tier)."""
 
     def __init__(self, records: Records, shared: bool) -> None:
-        self._records, self._shared = records, shared
+        self._records = records
         self._local = None if shared else ReviewQueue(records)
 
     async def call(self, method: str, *args: Any) -> Any:
         """``ReviewQueue.<method>(*args)`` wherever the queue lives."""
-        if self._local is not None:
-            return getattr(self._local, method)(*args)
-        from ray.exceptions import RayTaskError
-
-        try:
-            return await getattr(review_board(self._records), method).remote(*args)
-        except RayTaskError as e:  # the queue's own refusal (not found, decided): raise it as it was raised
-            if isinstance(e.cause, InvalidRequest | NotFound):
-                raise e.cause from None
-            raise
+        return await board_call(self._local, lambda: review_board(self._records), method, *args)

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.errors import ANSWERS, error_response
-from serving.gateway import adapter_routes, data_routes, openai_routes
+from serving.gateway import adapter_routes, data_routes, experiment_routes, openai_routes
 
 
 async def _answer_error(request: Request, exc: Exception) -> Response:
@@ -23,7 +23,7 @@ async def _answer_error(request: Request, exc: Exception) -> Response:
 def make_api() -> FastAPI:
     """The gateway's FastAPI app (routes of every surface, errors answered by the error model)."""
     api = FastAPI(title="rmn-lora", version="0.1.0")
-    for router in (openai_routes.router, adapter_routes.router, data_routes.router):
+    for router in (openai_routes.router, adapter_routes.router, data_routes.router, experiment_routes.router):
         api.include_router(router)
     for cls in (*ANSWERS, Exception):  # Shed and every other class of ours are in ANSWERS
         api.add_exception_handler(cls, _answer_error)

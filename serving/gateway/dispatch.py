@@ -24,6 +24,7 @@ from federation.graph import composition_graph
 from federation.tenants import Tenant
 from serving.admission import Lease, Shed
 from serving.errors import DeadlineExceeded, EngineFailed, Overloaded, ReplicaLost, error_response, status_of
+from serving.gateway.experiment_routes import join_experiment
 from serving.gateway.generation import Generation, cost_of
 from serving.gateway.http import read_body, request_id
 from serving.gateway.ray_errors import cancel, is_backpressure, replica_lost
@@ -47,12 +48,14 @@ async def generate(gw: Gateway, kind: str, request: Request) -> Response:
     try:
         tenant = await gw.admit(request)
         body = await read_body(request)
+        joined = await join_experiment(gw, tenant, body, rid)  # model experiment:<id>: the unit's arm
         res = await gw.resolve(tenant, body, rid)
     except Exception as e:  # refused before any engine: counted, then answered by the error model
         gw.metrics.requests.inc(tags={"composition": "none", "status": str(status_of(e))})
         raise
     explain = isinstance(body.get("federation"), dict) and body["federation"].get("explain") is True
     g = _generation(gw, kind, body, rid, tenant, res.stack, started)
+    g.headers.update(joined)
     if res.stack is not None:  # the composition that answered, compactly: layer=id@version*weight, in order
         layers = res.decision.layers or tuple(m.kind for m in res.stack.manifests)
         g.headers["x-rmn-composition"] = ",".join(

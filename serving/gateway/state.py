@@ -23,6 +23,7 @@ from serving.adapter_api import adapter_view, may_see
 from serving.admission import FairScheduler
 from serving.config import AppConfig
 from serving.errors import error_fields, status_of
+from serving.experiments import Experiments
 from serving.gateway.shared import Shared
 from serving.metrics import RouterMetrics
 from serving.records import Records
@@ -69,6 +70,7 @@ class Gateway:
         self.records = Records(config.adapters.root, config.adapters.storage_options)  # beside the registry
         self.usage = usage if usage is not None else UsageCounter(records=self.records)
         self.reviews = Reviews(self.records, shared=replica is not None)  # one queue per app in Serve
+        self.experiments = Experiments(self.records, shared=replica is not None)
         self._handles: OrderedDict[str, Any] = OrderedDict()
         adm = config.admission
         self.routers = self._configured(config.router_deployment)  # running router replicas, as last read

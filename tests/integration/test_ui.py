@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from typing import Any
 
 import httpx
@@ -138,3 +139,32 @@ def test_a_reviewer_decides_a_pending_line_in_the_ui(serve_url: str, page: Any) 
     decided = next(x for x in mine if x["id"] == review_id)
     assert decided["state"] == "rejected" and decided["reason"] == "garbled generation"
     assert decided["decided_by"] == "reviewer"
+
+
+def test_the_ui_shows_a_tenants_experiments(serve_url: str, page: Any) -> None:
+    spec = {
+        "id": "ui-test",
+        "arms": [{"name": "a", "model": "base", "share": 1}, {"name": "b", "model": "base:auto", "share": 1}],
+    }
+    x = auth("brand_x")
+    assert httpx.post(f"{serve_url}/v1/experiments", json=spec, headers=x, timeout=30).status_code == 201
+    for i in range(6):
+        body = {"model": "experiment:ui-test", "user": f"u{i}", "prompt": "coffee", "max_tokens": 2}
+        assert httpx.post(f"{serve_url}/v1/completions", json=body, headers=x, timeout=60).status_code == 200
+    deadline = time.monotonic() + 15  # each router replica sends its assignments within a second or so
+    while True:
+        api = httpx.get(f"{serve_url}/v1/experiments/ui-test", headers=x, timeout=30).json()
+        if sum(a["requests"] for a in api["arms"]) == 6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sum(a["requests"] for a in api["arms"]) == 6
+    page.goto(f"{serve_url}/ui")
+    page.fill("#key", KEYS["brand_x"])
+    page.click('nav button[data-tab="tab-experiments"]')
+    page.click("#load-experiments")
+    table = page.locator('table.experiment[data-id="ui-test"]')
+    table.wait_for(timeout=30_000)
+    for arm in api["arms"]:
+        assert table.locator(f'tr[data-arm="{arm["name"]}"] td.requests').text_content() == str(
+            arm["requests"]
+        )
