@@ -163,6 +163,17 @@ class FairScheduler:
         """Requests queued in all."""
         return sum(len(t.queue) for t in self._tenants.values())
 
+    def demand(self) -> dict[str, int]:
+        """Tenant -> its requests running or waiting here."""
+        return {t: s.inflight + len(s.queue) for t, s in self._tenants.items() if s.inflight or s.queue}
+
+    def scale_weights(self, scale: dict[str, float]) -> None:
+        """Weigh each tenant by its configured weight x ``scale`` (its share of its cluster-wide demand that
+        is here, floored at 5 %): a tenant active on several routers gets, in all, one tenant's share."""
+        for name, state in self._tenants.items():
+            base = max(self._weights.get(name, 1.0), 1e-3)
+            state.weight = base * min(1.0, max(0.05, scale.get(name, 1.0)))
+
     def set_slots(self, slots: int) -> None:
         """Resize (the engine deployment scaled); waiters are dispatched into new slots at once."""
         self.slots = max(1, slots)

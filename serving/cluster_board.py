@@ -1,8 +1,9 @@
 """What the router replicas of one app share: their backlog and each tenant's rate limit, cluster-wide.
 
 Contract of :class:`Board` (pure Python; one instance lives in a named Ray actor per app, :func:`board_actor`):
-- :meth:`Board.report` records a router replica's waiting requests; :meth:`Board.backlog` sums the reports no
-  older than ``stale_s`` (a router that stopped reporting, e.g. died, stops counting);
+- :meth:`Board.report` records a router replica's waiting requests and its demand per tenant (running +
+  waiting) and answers with the cluster's demand; :meth:`Board.backlog` sums the reports no older than
+  ``stale_s`` (a router that stopped reporting, e.g. died, stops counting);
 - :meth:`Board.lease` hands out up to ``want`` tokens of a tenant's cluster-wide token bucket (``per_minute``
   a minute, bursts up to that many) and, when none is left, the seconds until one is: routers take tokens in
   batches and spend them locally (:class:`serving.cluster_limits.ClusterLimiter`), so no request waits for a
@@ -27,17 +28,33 @@ class Board:
         self._clock = clock
         self._stale = stale_s
         self._reports: dict[str, tuple[int, float]] = {}  # router -> (waiting, when)
+        self._demand: dict[str, dict[str, int]] = {}  # router -> tenant -> requests running + waiting there
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, last refill)
 
-    def report(self, router: str, waiting: int) -> None:
-        """Router ``router`` has ``waiting`` requests queued now."""
+    def report(self, router: str, waiting: int, demand: dict[str, int] | None = None) -> dict[str, Any]:
+        """Router ``router`` has ``waiting`` requests queued now (and, per tenant, ``demand``: its requests
+        running or waiting there); returns the cluster's demand as :meth:`demand` does."""
         self._reports[router] = (max(0, int(waiting)), self._clock())
+        self._demand[router] = {t: max(0, int(n)) for t, n in (demand or {}).items() if n}
+        return self.demand()
+
+    def demand(self) -> dict[str, Any]:
+        """``{"routers": router -> its requests running or waiting, "tenants": tenant -> the same, summed}``
+        over routers that reported recently: what fair shares across routers are computed from."""
+        self.backlog()  # drops stale routers
+        routers = {r: sum(self._demand.get(r, {}).values()) for r in self._reports}
+        tenants: dict[str, int] = {}
+        for r in self._reports:
+            for t, n in self._demand.get(r, {}).items():
+                tenants[t] = tenants.get(t, 0) + n
+        return {"routers": routers, "tenants": tenants}
 
     def backlog(self) -> int:
         """Requests waiting in all routers that reported recently."""
         now = self._clock()
         for router in [r for r, (_, t) in self._reports.items() if now - t > self._stale]:
             del self._reports[router]
+            self._demand.pop(router, None)
         return sum(n for n, _ in self._reports.values())
 
     def lease(self, tenant: str, per_minute: int, want: int) -> tuple[int, float]:

@@ -23,7 +23,8 @@ class Router:
 
     async def admission(self) -> dict[str, Any]:
         """This replica's admission state (ops, tests): dispatch slots, requests in flight and waiting, the
-        router replicas it divides the engines by, and whether its rate limits are cluster-wide right now."""
+        router replicas it divides the engines by, whether its rate limits are cluster-wide right now, its
+        replica id and the cluster's demand it last read (routers' and tenants' requests running + waiting)."""
         gw = self.gateway
         s = gw.scheduler
         return {
@@ -32,4 +33,6 @@ class Router:
             "waiting": s.waiting if s else 0,
             "routers": gw.routers,
             "shared_limits": gw.limits is not None and not gw.limits.degraded,
+            "replica": gw.replica_id,
+            "cluster_demand": gw.cluster_demand,
         }

@@ -1,6 +1,8 @@
 """What one router replica shares with the others through the app's board (serving/cluster_board.py):
-tenants' rate limits (leased in batches: :class:`serving.cluster_limits.ClusterLimiter`) and its backlog, reported
-every second so the engine deployment scales on demand (serving/autoscaling.py).
+tenants' rate limits (leased in batches: :class:`serving.cluster_limits.ClusterLimiter`), its backlog, reported
+every second so the engine deployment scales on demand (serving/autoscaling.py), and its demand per tenant, so
+each router's share of the engine slots and each tenant's weight follow where the requests are
+(:func:`serving.gateway.state.slot_share`).
 
 Contract: :meth:`Shared.start` begins the report loop (once, on the replica's event loop); every board call
 has a timeout, and a board that cannot be reached is looked up (or recreated) again on the next call, so the
@@ -26,9 +28,18 @@ class Shared:
     """A router replica's link to the app's board. ``waiting()``: its queued requests now; ``routers()``:
     the router replicas running (the fallback share of a limit)."""
 
-    def __init__(self, app: str, me: str, waiting: Callable[[], int], routers: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        app: str,
+        me: str,
+        waiting: Callable[[], int],
+        routers: Callable[[], int],
+        demand: Callable[[], dict[str, int]] | None = None,
+        on_demand: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self._app, self._me = app, me
         self._waiting = waiting
+        self._demand, self._on_demand = demand, on_demand
         self._board: Any = None
         self._task: asyncio.Task[None] | None = None
         self.limits = ClusterLimiter(self._lease, routers, lease_timeout_s=LEASE_TIMEOUT_S)
@@ -51,9 +62,12 @@ class Shared:
     async def _report_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(
-                    self._handle().report.remote(self._me, self._waiting()), REPORT_EVERY_S
+                mine = self._demand() if self._demand is not None else None
+                view = await asyncio.wait_for(
+                    self._handle().report.remote(self._me, self._waiting(), mine), REPORT_EVERY_S
                 )
+                if self._on_demand is not None and isinstance(view, dict):
+                    self._on_demand(view)
             except Exception as e:  # keep serving; the engine's autoscaler sees no backlog from us meanwhile
                 log.debug("backlog report failed: %r", e)
                 self._board = None

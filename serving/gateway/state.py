@@ -74,6 +74,9 @@ class Gateway:
         self._handles: OrderedDict[str, Any] = OrderedDict()
         adm = config.admission
         self.routers = self._configured(config.router_deployment)  # running router replicas, as last read
+        self.replica_id = replica[1] if replica is not None else "local"
+        self._running_engines: int | None = None
+        self._cluster_demand: dict[str, Any] | None = None
         self.scheduler: FairScheduler | None = None
         if adm.enabled:
             weights = {t.id: t.weight for t in config.federation.tenants} if config.federation else {}
@@ -89,7 +92,13 @@ class Gateway:
         self._slots_task: asyncio.Task[None] | None = None
         self.shared: Shared | None = None
         if replica is not None and adm.cluster_wide:
-            self.shared = Shared(*replica, waiting=self._waiting, routers=lambda: self.routers)
+            self.shared = Shared(
+                *replica,
+                waiting=self._waiting,
+                routers=lambda: self.routers,
+                demand=self._demand,
+                on_demand=self._apply_demand,
+            )
         self.limits = (
             self.shared.limits if self.shared is not None and config.federation is not None else None
         )
@@ -114,13 +123,36 @@ class Gateway:
     def _waiting(self) -> int:
         return self.scheduler.waiting if self.scheduler is not None else 0
 
+    def _demand(self) -> dict[str, int]:
+        return self.scheduler.demand() if self.scheduler is not None else {}
+
+    @property
+    def cluster_demand(self) -> dict[str, Any] | None:
+        """The cluster's demand as the board last reported it (None before the first report)."""
+        return self._cluster_demand
+
+    def _apply_demand(self, view: dict[str, Any]) -> None:
+        """The cluster's demand arrived (every second): this router's share of the engine slots follows its
+        share of the demand, and each tenant's weight its share of that tenant's demand."""
+        self._cluster_demand = view
+        if self.scheduler is None:
+            return
+        mine = self._demand()
+        tenants = view.get("tenants", {})
+        self.scheduler.scale_weights({t: n / tenants[t] for t, n in mine.items() if tenants.get(t)})
+        if self.cfg.admission.slots is None:
+            self.scheduler.set_slots(self.default_slots(self._running_engines))
+
     def default_slots(self, running_engines: int | None) -> int:
-        """Engine concurrency per router replica: running engine replicas (else the configured count)
-        x max_ongoing_requests / running router replicas (else the configured count)."""
+        """This router replica's share of the engine concurrency (running engine replicas, else the configured
+        count, x max_ongoing_requests): by its share of the cluster's demand when the board reports one, else an
+        equal share of the running router replicas (:func:`slot_share`)."""
         eng = self.cfg.engine_deployment
         if running_engines is None:
             running_engines = self._configured(eng)
-        return max(1, max(running_engines, 1) * eng.max_ongoing_requests // max(self.routers, 1))
+        total = max(running_engines, 1) * eng.max_ongoing_requests
+        routers = (self._cluster_demand or {}).get("routers", {})
+        return slot_share(total, max(self.routers, 1), routers.get(self.replica_id, 0), sum(routers.values()))
 
     def refresh_slots(self) -> None:
         """Follow the engine and router deployments' running replicas (autoscaling, replaced replicas), every
@@ -150,6 +182,7 @@ class Gateway:
             return
         self.routers = routers or self.routers
         if running:
+            self._running_engines = running
             self.scheduler.set_slots(self.default_slots(running))
 
     # ---- metrics ------------------------------------------------------------------------------
@@ -235,3 +268,12 @@ class Gateway:
             for row in view["versions"]:
                 row["usage"] = usage.get(f"{view['id']}@{row['version']}", {"requests": 0, "last_used": None})
             view["requests"] = sum(row["usage"]["requests"] for row in view["versions"])
+
+
+def slot_share(total: int, routers: int, mine: int, demand: int) -> int:
+    """A router's engine slots: ``total`` x its share of the cluster's ``demand`` (requests running or waiting in
+    all routers) when there is demand, at least one slot (a request arriving at an idle router starts at once)
+    and at most ``total``; with no demand anywhere, an equal share of ``routers``."""
+    if demand <= 0:
+        return max(1, total // max(routers, 1))
+    return min(total, max(1, round(total * mine / demand)))

@@ -102,13 +102,20 @@ def test_a_backlog_scales_the_engine_up_and_it_comes_back_down(scale_url: str) -
             peak = max(peak, running("engine"))
             time.sleep(0.5)
         time.sleep(4)  # the routers read the running engines every 2 s
-        slots = {s["slots"] for s in router_states()}
+        states: dict[str, dict[str, Any]] = {}
+        for _ in range(5):  # the handle picks a replica by chance: ask until both answered
+            states |= {s["replica"]: s for s in router_states()}
+            if len(states) == 2:
+                break
+        slots = {r: s["slots"] for r, s in states.items()}
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert peak == 3, f"never scaled to 3 engine replicas; answers {dict(codes)}"
-    assert slots == {3}, slots  # 3 engines x 2 ongoing / 2 routers
+    # 3 engines x 2 ongoing, shared by the routers' demand (each at least 1; rounding may give one more)
+    assert len(slots) == 2 and all(n >= 1 for n in slots.values()) and 6 <= sum(slots.values()) <= 7, slots
+    assert any(s["cluster_demand"] and s["cluster_demand"]["routers"] for s in states.values()), states
     assert codes[200] > 0 and set(codes) <= {200, 503}, dict(codes)  # shed or served, never lost or late
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and running("engine") > 1:
