@@ -4,6 +4,8 @@ real vLLM (guided JSON) in tests/integration/test_compare_vllm.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -180,3 +182,59 @@ def test_harmonize_maps_a_retailer_export_header(serve_url: str) -> None:
 def test_harmonize_refuses_bad_input(serve_url: str, body: dict, headers: dict, status: int) -> None:
     r = httpx.post(f"{serve_url}/v1/harmonize", json=body, headers=headers, timeout=30)
     assert r.status_code == status, r.text
+
+
+def test_the_review_queue_and_experiments_outlive_their_boards(serve_url: str, app_config: Any) -> None:
+    """On Ray: the queue and the experiments live in actors (every router replica sees one of each), written
+    beside the registry; a new cluster starts without the actors: kill both, and both read back."""
+    import time
+
+    import ray
+
+    from serving.records import Records
+
+    line = f"Head: Fresh Fresh Roast ({time.time_ns()})"
+    r = httpx.post(
+        f"{serve_url}/v1/governance/check", json={"lines": [line]}, headers=auth("brand_x"), timeout=30
+    )
+    review_id = r.json()["verdicts"][0]["review_id"]
+    exp_id = f"durable-{time.time_ns() % 10**9}"
+    spec = {
+        "id": exp_id,
+        "arms": [{"name": "a", "model": "base", "share": 1}, {"name": "b", "model": "base", "share": 1}],
+    }
+    assert (
+        httpx.post(f"{serve_url}/v1/experiments", json=spec, headers=auth("brand_x"), timeout=30).status_code
+        == 201
+    )
+    assert (
+        httpx.post(
+            f"{serve_url}/v1/experiments/{exp_id}/pause", headers=auth("brand_x"), timeout=30
+        ).status_code
+        == 200
+    )
+    records = Records(app_config.adapters.root, app_config.adapters.storage_options)
+    for name in ("rmn-reviews", "rmn-experiments"):
+        ray.kill(ray.get_actor(f"{name}-{records.key}", namespace="rmn"))
+    queue = httpx.get(
+        f"{serve_url}/v1/governance/reviews?state=pending", headers=auth("reviewer"), timeout=30
+    )
+    assert review_id in [x["id"] for x in queue.json()["reviews"]], queue.text
+    exp = httpx.get(f"{serve_url}/v1/experiments/{exp_id}", headers=auth("brand_x"), timeout=30)
+    assert exp.status_code == 200 and exp.json()["state"] == "paused", exp.text
+    decided = httpx.post(
+        f"{serve_url}/v1/governance/reviews/{review_id}",
+        json={"decision": "approve", "reason": "fine after all"},
+        headers=auth("brand_x"),
+        timeout=30,
+    )
+    assert decided.status_code == 403  # through the actor, the role check still holds
+    missing = httpx.post(
+        f"{serve_url}/v1/governance/reviews/rev-nope",
+        json={"decision": "approve", "reason": "x"},
+        headers=auth("reviewer"),
+        timeout=30,
+    )
+    assert (
+        missing.status_code == 404 and "no review" in missing.json()["error"]["message"]
+    )  # raised in the actor
