@@ -49,7 +49,7 @@ def _scores(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 async def _model_claims(texts: list[str]) -> list[list[str] | None]:
-    from planning.governance import MODEL_SCHEMA, model_messages, parse_model_claims
+    from planning.governance import model_request, parse_model_claims
     from serving.demo.defaults import default_config
     from serving.engines.vllm_engine import VLLMEngine
     from serving.replies import Body
@@ -59,16 +59,7 @@ async def _model_claims(texts: list[str]) -> list[list[str] | None]:
     await engine.start()
 
     async def one(text: str) -> list[str] | None:
-        body = {
-            "model": cfg.model.served_name,
-            "messages": model_messages(text),
-            "max_tokens": 40,
-            "temperature": 0,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "claims", "schema": MODEL_SCHEMA, "strict": True},
-            },
-        }
+        body = model_request(cfg.model.served_name, text)
         answer: dict[str, Any] = {}
         async for item in engine.handle("chat", body):
             if isinstance(item, Body):

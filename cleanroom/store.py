@@ -194,14 +194,7 @@ class EventStore:
         seen = self.con.execute("SELECT batch FROM _loads WHERE sha256 = ?", [digest]).fetchone()
         if seen:
             return LoadReport(path.name, digest, int(seen[0]), 0, already_loaded=True)
-        try:
-            probe = self.con.execute(f"SELECT * FROM {reader}(?) LIMIT 0", [str(path)])
-        except Exception as e:
-            raise CleanRoomError(f"{path.name}: cannot read it: {e}") from e
-        source = {(mapping or {}).get(d[0], d[0]): d[0] for d in probe.description}  # schema -> file
-        missing = sorted(set(EVENT_COLUMNS) - set(source))
-        if missing:
-            raise CleanRoomError(f"{path.name}: missing columns {missing}")
+        source = self._columns(path.name, f"SELECT * FROM {reader}(?) LIMIT 0", [str(path)], mapping)
         batch = self.version + 1
         self.con.execute("BEGIN TRANSACTION")
         try:
@@ -216,6 +209,21 @@ class EventStore:
         self.version = batch
         self.data_id = self._compute_data_id()
         return LoadReport(path.name, digest, batch, rows, dup)
+
+    def _columns(
+        self, name: str, probe_sql: str, params: list[Any], mapping: dict[str, str] | None
+    ) -> dict[str, str]:
+        """Schema column -> the file's column (``mapping`` renames native names); CleanRoomError naming ``name``
+        when the file cannot be read or lacks a schema column."""
+        try:
+            probe = self.con.execute(probe_sql, params)
+        except Exception as e:
+            raise CleanRoomError(f"{name}: cannot read it: {e}") from e
+        cols = {(mapping or {}).get(d[0], d[0]): d[0] for d in probe.description}
+        missing = sorted(set(EVENT_COLUMNS) - set(cols))
+        if missing:
+            raise CleanRoomError(f"{name}: missing columns {missing}")
+        return cols
 
     def _insert_batch(
         self, path: Path, reader: str, source: dict[str, str], batch: int, bounds: dict[str, float]
@@ -306,14 +314,7 @@ class EventStore:
         if seen:
             return LoadReport(source, digest, int(seen[0]), 0, already_loaded=True)
         self._register(source)
-        try:
-            probe = self.con.execute(f"SELECT * FROM {attached.reader(urls)} LIMIT 0")
-        except Exception as e:
-            raise CleanRoomError(f"{source}: cannot read it: {e}") from e
-        cols = {(mapping or {}).get(d[0], d[0]): d[0] for d in probe.description}  # schema -> file
-        missing = sorted(set(EVENT_COLUMNS) - set(cols))
-        if missing:
-            raise CleanRoomError(f"{source}: missing columns {missing}")
+        cols = self._columns(source, f"SELECT * FROM {attached.reader(urls)} LIMIT 0", [], mapping)
         batch = self.version + 1
         rows = "(" + attached.select_sql(urls, cols, batch, ", filename = true, file_row_number = true") + ")"
         locate = "filename || ' row ' || (file_row_number + 1)"

@@ -291,6 +291,20 @@ def model_messages(text: str) -> list[dict[str, str]]:
     ]
 
 
+def model_request(served_name: str, text: str) -> dict[str, Any]:
+    """The chat request asking ``served_name`` (no adapter) for ``text``'s claim classes, greedy, guided JSON."""
+    return {
+        "model": served_name,
+        "messages": model_messages(text),
+        "max_tokens": 40,
+        "temperature": 0,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "claims", "schema": MODEL_SCHEMA, "strict": True},
+        },
+    }
+
+
 def parse_model_claims(answer: str) -> list[str] | None:
     """The classes a model's answer names (in :data:`CLAIM_CLASSES`), or None when it is not the JSON asked."""
     import json

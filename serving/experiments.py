@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from federation.errors import InvalidRequest, NotFound
-from serving.records import Records, RecordsUnavailable, board_call
+from serving.records import Records, RecordsUnavailable, board_call, detached_board
 
 log = logging.getLogger("ray.serve")
 BOARD_NAME = "rmn-experiments"
@@ -265,14 +265,7 @@ class ExperimentBoard:
 
 def experiment_board(records: Records | None = None) -> Any:
     """The cluster's experiment board (a detached actor named per registry, created on first use)."""
-    import ray
-
-    from serving.usage import board_name
-
-    actor = ray.remote(num_cpus=0)(ExperimentBoard)
-    return actor.options(
-        name=board_name(BOARD_NAME, records), namespace="rmn", get_if_exists=True, lifetime="detached"
-    ).remote(records=records)
+    return detached_board(ExperimentBoard, BOARD_NAME, records)
 
 
 SPEC_TTL_S = 2.0

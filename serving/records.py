@@ -84,6 +84,18 @@ class Records:
             raise RecordsUnavailable(f"records at {self.where}: writing {name} failed: {e!r}") from e
 
 
+def detached_board(cls: type, base: str, records: Records | None) -> Any:
+    """The cluster's actor of board class ``cls`` persisting to ``records``: detached (it outlives the replica
+    that made it), named ``<base>-<registry key>`` (apps sharing a registry share it), created on first use."""
+    import ray
+
+    name = base if records is None else f"{base}-{records.key}"
+    actor: Any = ray.remote(num_cpus=0)(cls)
+    return actor.options(name=name, namespace="rmn", get_if_exists=True, lifetime="detached").remote(
+        records=records
+    )
+
+
 async def board_call(local: Any | None, actor: Any, method: str, *args: Any) -> Any:
     """``<board>.<method>(*args)`` on ``local`` (an in-process board: the gateway test tier) or else on the actor
     ``actor()`` returns; a refusal raised in the actor (an :class:`Exception` of ours) is raised here as it was

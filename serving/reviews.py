@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from federation.errors import InvalidRequest, NotFound
-from serving.records import Records, RecordsUnavailable, board_call
+from serving.records import Records, RecordsUnavailable, board_call, detached_board
 
 log = logging.getLogger("ray.serve")
 BOARD_NAME = "rmn-reviews"
@@ -107,14 +107,7 @@ class ReviewQueue:
 
 def review_board(records: Records | None = None) -> Any:
     """The cluster's review queue (a detached actor named per registry, created on first use)."""
-    import ray
-
-    from serving.usage import board_name
-
-    actor = ray.remote(num_cpus=0)(ReviewQueue)
-    return actor.options(
-        name=board_name(BOARD_NAME, records), namespace="rmn", get_if_exists=True, lifetime="detached"
-    ).remote(records=records)
+    return detached_board(ReviewQueue, BOARD_NAME, records)
 
 
 class Reviews:

@@ -19,7 +19,7 @@ from planning.creatives import (
     matches_rationale_schema,
     rationale_messages,
 )
-from planning.governance import MODEL_SCHEMA, check_text, combine, model_messages, parse_model_claims
+from planning.governance import check_text, combine, model_request, parse_model_claims
 from serving.data_config import ComparisonConfig
 
 
@@ -102,16 +102,7 @@ async def _creative(
 
 async def model_claims(complete: Complete, served_name: str, text: str) -> list[str] | None:
     """The claim classes the base model finds in ``text`` (guided JSON); None when it could not answer."""
-    body = {
-        "model": served_name,
-        "messages": model_messages(text),
-        "max_tokens": 40,
-        "temperature": 0,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "claims", "schema": MODEL_SCHEMA, "strict": True},
-        },
-    }
+    body = model_request(served_name, text)
     ans = await complete(body)
     return parse_model_claims(ans.text) if ans.status == 200 else None
 
