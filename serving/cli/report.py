@@ -89,7 +89,10 @@ def format_comparison(body: dict[str, Any]) -> str:
         if "error" in cr:
             lines.append(f"creative {cr['sku']}: not written: {cr['error']}")
         else:
-            verdict = "OK" if cr["ok"] else "REJECTED (" + "; ".join(cr["violations"]) + ")"
+            decision = cr.get("decision") or ("ok" if cr["ok"] else "rejected")
+            verdict = "OK" if cr["ok"] else f"{decision.upper()} (" + "; ".join(cr["violations"]) + ")"
+            if cr.get("review_id"):
+                verdict += f" review {cr['review_id']}"
             lines.append(f"creative {cr['sku']}: {cr['text']!r} -> {verdict}")
     return "\n".join(lines)
 
