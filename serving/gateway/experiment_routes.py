@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse, Response
 
 from federation.errors import InvalidRequest
 from federation.tenants import Tenant
-from serving.gateway.http import gateway, read_body, request_id
+from serving.experiments import ExperimentSpec, Feedback
+from serving.gateway.http import gateway, read_model, request_id
 from serving.gateway.state import Gateway
 
 router = APIRouter()
@@ -30,8 +31,8 @@ async def create_experiment(request: Request) -> Response:
     """Define an experiment: ``{"id", "arms": [{"name", "model", "share"}, ...]}`` (the first arm is the control)."""
     gw = gateway(request)
     tenant = await gw.tenant(request, "experiments")
-    body = await read_body(request)
-    exp = await gw.experiments.call("create", tenant.id, body)
+    spec = await read_model(request, ExperimentSpec)
+    exp = await gw.experiments.call("create", tenant.id, spec)
     _audit(
         gw, request, tenant, "experiment.create", experiment=exp["id"], arms=[a["name"] for a in exp["arms"]]
     )
@@ -73,9 +74,9 @@ async def feedback(request: Request) -> Response:
     """An outcome of an answered request: ``{"request_id", "outcome": click|accept|conversion|rating, "value"}``."""
     gw = gateway(request)
     tenant = await gw.tenant(request, "feedback")
-    body = await read_body(request)
+    outcome = await read_model(request, Feedback)
     await gw.experiments.flush()
-    joined = await gw.experiments.call("feedback", tenant.id, body)
+    joined = await gw.experiments.call("feedback", tenant.id, outcome)
     gw.metrics.experiment_outcomes.inc(
         tags={
             "experiment": f"{tenant.id}/{joined['experiment']}",
