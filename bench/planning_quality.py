@@ -13,8 +13,11 @@ beanco), in-process (no Ray, no LLM):
    per arm, the mean of full minus each clean-room arm with a 95 % interval over the cases (normal
    approximation of the paired differences), and the win rates.
 
-The clean room runs under the demo config's policy of the market's retailer (DP by default). Interval
-coverage of predicted profits is not measured: the planners do not produce intervals yet (issue #26, item 2).
+The clean room runs under the demo config's policy of the market's retailer (DP by default).
+
+3. **Interval coverage**: how often the full-data plan's 80 % interval (planning/uncertainty.py) holds the plan's
+   TRUE profit and incremental revenue, profit-optimal and fixed-budget plans (the latter spend more, where the
+   curves extrapolate), seeds 1-10 (where the widening was chosen) and 11-20 (held out) apart.
 Writes ``bench/results/planning-quality.json``. Usage: ``python -m bench.planning_quality [--seeds 1-20]``.
 """
 
@@ -71,6 +74,29 @@ async def answers_for(backend: Any, market_json: str, brand: str) -> dict[str, d
     return out
 
 
+def covered(plan: Any, truth: Any) -> list[dict[str, bool]]:
+    """Whether the plan's 80 % intervals hold its true profit and incremental revenue ([] when it spends nothing)."""
+    iv = plan.analysis["intervals"]
+    if iv is None:
+        return []
+    return [{
+        "profit": iv["profit"][0] <= truth.profit <= iv["profit"][1],
+        "incremental_revenue": iv["incremental_revenue"][0] <= truth.incremental_revenue <= iv["incremental_revenue"][1],
+    }]  # fmt: skip
+
+
+def coverage(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Share of plans whose interval held the truth, per quantity."""
+    hits = [h for c in cases for h in c["covered"]]
+    return {
+        "plans": len(hits),
+        **{
+            k: round(statistics.fmean(h[k] for h in hits), 3) if hits else None
+            for k in ("profit", "incremental_revenue")
+        },
+    }
+
+
 def interval(diffs: list[float]) -> dict[str, float]:
     """Mean and 95 % normal interval of paired differences."""
     mean = statistics.fmean(diffs)
@@ -107,13 +133,16 @@ def run(seeds: list[int]) -> dict[str, Any]:
                     spent, _ = plan_full(data, req.model_copy(update={"scenario": "fixed_budget"}))
                     own, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days, data)
                     alone, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days)
+                    truth_full, truth_spent = score(full, market), score(spent, market)
                     cases.append({
                         "seed": seed, "brand": brand, "budget": budget,
                         "true_optimum": true_optimum(market, brand, budget),
-                        "full": score(full, market).profit, "full_spend": round(full.total_spend, 2),
+                        "full": truth_full.profit, "full_spend": round(full.total_spend, 2),
                         "full_expected": round(full.analysis["plan_profit"], 2),
                         "full_warned": full.analysis["warning"] is not None,
-                        "full_fixed_budget": score(spent, market).profit,
+                        "full_fixed_budget": truth_spent.profit,
+                        "covered": covered(full, truth_full) + covered(spent, truth_spent),
+                        "full_forecast_bias": truth_spent.forecast_bias,
                         "full_fixed_budget_warned": spent.analysis["warning"] is not None,
                         "full_fixed_budget_expected": round(spent.analysis["plan_profit"], 2),
                         "cleanroom_own": score(own, market).profit, "cleanroom_alone": score(alone, market).profit,
@@ -158,7 +187,13 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
             "full_wins_vs_cleanroom_own": f"{sum(c['full'] > c['cleanroom_own'] for c in cases)}/{len(cases)}",
             "full_wins_vs_cleanroom_alone": f"{sum(c['full'] > c['cleanroom_alone'] for c in cases)}/{len(cases)}",
         },
-        "interval_coverage_80pct": "not measured: the planners produce no intervals yet (issue #26 item 2)",
+        "interval_coverage_80pct": {
+            "target": [0.7, 0.9],
+            "all_seeds": coverage(cases),
+            "seeds_1_10_calibration": coverage([c for c in cases if c["seed"] <= 10]),
+            "seeds_11_20_held_out": coverage([c for c in cases if c["seed"] > 10]),
+        },
+        "full_forecast_bias_fixed_budget": round(statistics.fmean(c["full_forecast_bias"] for c in cases), 3),
         "per_case": cases,
     }
 

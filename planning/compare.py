@@ -19,12 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planning.curves import Curve, fit_aggregates, fit_brand
+from planning.curves import Curve, fit_aggregates, fit_brand, response
 from planning.harmonize import Harmonization, harmonize
 from planning.market import BrandData, Market, MarketConfig
 from planning.planner import CellInput, Plan, PlanRequest, solve
 from planning.scoring import Score, score
 from planning.spend import analyse
+from planning.uncertainty import intervals
 
 
 class CompareRequest(PlanRequest):
@@ -63,7 +64,8 @@ class PlanSide(BaseModel):
     spend_analysis: dict[str, Any] = Field(
         default_factory=dict,
         description="How much to spend on this planner's own curves: profit-vs-spend curve, profit-optimal and "
-        "break-even spend, marginal ROAS, and a warning first when the plan is expected to lose money.",
+        "break-even spend, marginal ROAS, a warning first when the plan is expected to lose money, what the curves "
+        "were fitted on and (full data) 80 % intervals on the plan's incremental revenue, profit and iROAS.",
     )
     allocation: list[dict[str, Any]]
     curves: list[dict[str, Any]] = Field(
@@ -105,6 +107,8 @@ def plan_full(data: BrandData, req: PlanRequest) -> tuple[Plan, float]:
         cells.append(CellInput(c, float(f.margin[i]), float(f.price[i]), headroom))
     plan = solve(cells, req, data.horizon_days, "profit")
     plan.analysis = analyse(cells, req, data.horizon_days, plan).as_dict()
+    plan.analysis["fitted_on"] = response(data)[1]
+    plan.analysis["intervals"] = intervals(data, plan) if plan.total_spend > 0 else None
     return plan, time.perf_counter() - started
 
 
@@ -174,6 +178,10 @@ def plan_from_cleanroom(
     inputs = own_cells(curves, own) if own is not None else [CellInput(c) for c in curves]
     plan = solve(inputs, req, horizon_days, "profit" if own is not None else "revenue")
     plan.analysis = analyse(inputs, req, horizon_days, plan).as_dict()
+    plan.analysis["fitted_on"] = (
+        "attributed revenue in released aggregates (over-states the incremental response)"
+    )
+    plan.analysis["intervals"] = None  # totals per cell have no days to resample (docs/planning.md)
     return plan, view, time.perf_counter() - started
 
 

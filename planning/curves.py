@@ -1,9 +1,10 @@
 """Response curves: daily incremental revenue ``a * (1 - exp(-x / s))`` of daily spend ``x``, and the fits
 each planner can make from what it sees.
 
-- :func:`fit_brand` (full data): per SKU x placement, from the brand's DAILY campaign data (spend and
-  attributed revenue), ``a`` by least squares per cell and ``s = m * mean(x)`` with ``m`` on a grid,
-  one ``m`` per placement (pooled over SKUs: per-cell shapes overfit daily noise).
+- :func:`fit_brand` (full data): per SKU x placement, from the brand's DAILY campaign data (spend and the lift
+  tests' incremental revenue where the brand has them, else attributed revenue, which over-states the response:
+  :func:`response`), ``a`` by least squares per cell and ``s = m * mean(x)`` with ``m`` on a grid, one ``m`` per
+  placement (pooled over SKUs: per-cell shapes overfit daily noise).
 - :func:`fit_aggregates` (clean room): a per-placement shape ``m_p`` from released placement x day totals
   (attributed revenue, no baseline term: aggregates cannot separate it), then each released SKU x placement
   cell's level from its totals. Suppressed cells get no curve.
@@ -41,10 +42,17 @@ def _g(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     return out
 
 
+def response(data: BrandData) -> tuple[np.ndarray, str]:
+    """What the full-data curves are fitted on: (revenue per SKU x placement x day, its name)."""
+    if data.lift is not None:
+        return data.lift, "incremental revenue (lift tests)"
+    return data.attributed, "attributed revenue (over-states the incremental response)"
+
+
 def fit_brand(data: BrandData) -> tuple[list[Curve], np.ndarray]:
     """Curves per (SKU, placement) from the brand's daily campaign data, and the baseline daily units per
     SKU (sell-out on non-promo days minus what the curves explain), from the brand's tables."""
-    x, y = data.spend, data.attributed  # (n, P, T)
+    x, y = data.spend, response(data)[0]  # (n, P, T)
     mean_x = np.maximum(x.mean(axis=2), 1e-6)  # (n, P)
     best_sse = np.full(mean_x.shape, np.inf)
     best_a = np.zeros(mean_x.shape)

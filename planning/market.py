@@ -8,7 +8,9 @@ placements and shoppers; TRUE saturating response curves per SKU x placement: da
   include a share of baseline sales of exposed shoppers, so attributed ROAS overstates iROAS), in the
   retailer's OWN field names (:data:`RETAILER_FIELDS`; see :mod:`planning.harmonize`);
 - each brand's private tables: SKU facts (price, margin, stock, elasticity, promo days), its own spend and
-  campaign-report attributed revenue per SKU x placement x day, its own sell-out (units, revenue) per SKU x day;
+  campaign-report attributed revenue per SKU x placement x day, its own sell-out (units, revenue) per SKU x day,
+  and (``holdout_share`` > 0) the retailer's lift tests: incremental revenue per SKU x placement x day measured
+  against a random holdout of shoppers — unbiased but noisy, the honest input for response curves;
 - :class:`Truth` (the curves, baselines and stock headroom over the planning horizon), which only the
   evaluator reads — planners receive :class:`BrandData` or clean-room answers, never a :class:`Market`.
 """
@@ -60,6 +62,14 @@ class MarketConfig(BaseModel):
     days: int = Field(default=56, ge=7, le=730, description="Days of history.")
     shoppers: int = Field(default=3000, ge=10, description="Distinct shoppers at the retailer.")
     horizon_days: int = Field(default=28, ge=1, le=365, description="Days the plan covers.")
+    holdout_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of shoppers the retailer's ad server holds out at random (ghost ads) to measure each "
+        "campaign's incremental revenue per SKU x placement x day, reported to the brand beside the attributed "
+        "revenue. 0: no lift tests (the brand sees attributed revenue only).",
+    )
 
 
 @dataclass
@@ -88,6 +98,7 @@ class BrandData:
     units: np.ndarray  # (sku, day): its own sell-out units
     revenue: np.ndarray  # (sku, day)
     horizon_days: int
+    lift: np.ndarray | None = None  # (sku, placement, day): holdout-measured incremental revenue, if any
 
 
 @dataclass
@@ -114,6 +125,7 @@ class Market:
     attributed: np.ndarray  # (sku, placement, day): attributed revenue (what campaign reports show)
     units: np.ndarray  # (sku, day)
     events: dict[str, np.ndarray] = field(default_factory=dict)  # retailer's log, our column names
+    lift: np.ndarray | None = None  # (sku, placement, day): lift-test incremental revenue (holdout_share > 0)
 
     def brand_data(self, brand: str) -> BrandData:
         """The brand's private tables: its SKUs only, no truth."""
@@ -141,6 +153,7 @@ class Market:
             self.units[idx],
             self.units[idx] * price,
             self.config.horizon_days,
+            None if self.lift is None else self.lift[idx],
         )
 
     def brand_index(self, brand: str) -> list[int]:
@@ -207,10 +220,8 @@ def generate(config: MarketConfig) -> Market:
     units = rng.poisson(mean_units).astype(float)
     # attributed purchases: the incremental ones plus a share of baseline buyers who saw an ad
     halo = rng.uniform(0.1, 0.4, P)
-    attributed_units = rng.poisson(
-        inc_rev / price[:, None, None]
-        + halo[None, :, None] * base_units[:, None, None] * (1 - np.exp(-spend / (3 * s[:, :, None])))
-    )
+    halo_units = halo[None, :, None] * base_units[:, None, None] * (1 - np.exp(-spend / (3 * s[:, :, None])))
+    attributed_units = rng.poisson(inc_rev / price[:, None, None] + halo_units)
     market = Market(
         config,
         skus,
@@ -223,7 +234,23 @@ def generate(config: MarketConfig) -> Market:
         units,
     )
     market.events = _events(market, rng, attributed_units, unit_price)
+    if (
+        config.holdout_share > 0
+    ):  # drawn after everything else: the rest of the market is the same with or without
+        market.lift = _lift(np.random.default_rng([config.seed, 1]), config.holdout_share, attributed_units,
+                            halo_units, unit_price)  # fmt: skip
     return market
+
+
+def _lift(
+    rng: np.random.Generator, share: float, attributed: np.ndarray, halo: np.ndarray, unit_price: np.ndarray
+) -> np.ndarray:
+    """The lift tests' incremental revenue per SKU x placement x day: the attributed units minus the units the
+    held-out shoppers (``share`` of them, ghost ads) bought as if exposed, scaled up to the whole audience —
+    unbiased for the incremental units, noisier the smaller the holdout (it can be negative on a day)."""
+    holdout = rng.poisson(share * halo) / share
+    out: np.ndarray = (attributed - holdout) * unit_price[:, None, :]
+    return out
 
 
 def _events(market: Market, rng: np.random.Generator, attributed: np.ndarray, unit_price: np.ndarray) -> dict:

@@ -33,6 +33,15 @@ def recommendation(side: dict[str, Any], name: str) -> list[str]:
         )
     elif a:
         lines.append(f"{name}: spend {a['plan_spend']:,.2f}, marginal iROAS {a['marginal_roas']:.2f}")
+    iv = a.get("intervals")
+    if iv:
+        p, r = iv["profit"], iv["iroas"]
+        lines.append(
+            f"{name}: {iv['level']:.0%} interval profit {p[0]:+,.2f} .. {p[1]:+,.2f}, iROAS {r[0]:.2f} .. {r[1]:.2f}, "
+            f"chance of a loss {iv['loss_probability']:.0%}"
+        )
+    if a.get("fitted_on"):
+        lines.append(f"{name}: curves fitted on {a['fitted_on']}")
     return lines
 
 
@@ -115,7 +124,7 @@ def format_files_plan(body: dict[str, Any]) -> str:
     lines += [
         "",
         f"backtest: curves fitted on the first {b['fitted_on_days']} days forecast the last {b['holdout_days']} days' "
-        f"attributed revenue at WAPE {b['wape']} (bias {b['bias']:+}); attributed revenue over-states incremental "
-        "revenue, so this bounds the forecast's error, it does not prove the plan",
+        f"{b['measured_on']} at WAPE {b['wape']} (bias {b['bias']:+}); this bounds the forecast's error, it does not "
+        "prove the plan",
     ]
     return "\n".join(lines)

@@ -30,6 +30,8 @@ def test_the_shipped_example_is_the_markets_brand_and_plans_the_same(tmp_path: P
     order = [data.placements.index(p) for p in direct.placements]  # files list placements alphabetically
     np.testing.assert_allclose(data.spend[:, order], direct.spend)
     np.testing.assert_allclose(data.attributed[:, order], direct.attributed, atol=0.005)
+    assert data.lift is not None and direct.lift is not None  # the lift tests' column is read
+    np.testing.assert_allclose(data.lift[:, order], direct.lift, atol=0.005)
     np.testing.assert_array_equal(data.units, direct.units)
     np.testing.assert_array_equal(data.facts.promo, direct.facts.promo)
     req = PlanRequest(budget=1000)
@@ -42,7 +44,12 @@ def test_the_shipped_example_is_the_markets_brand_and_plans_the_same(tmp_path: P
 def test_backtest_forecasts_held_out_days() -> None:
     data = load_brand_dir(EXAMPLE)
     b = backtest(data, 14)
-    assert b["fitted_on_days"] == 42 and b["attributed_revenue"] > 0 and 0 < b["wape"] < 1
+    assert (
+        b["fitted_on_days"] == 42
+        and b["measured_revenue"] > 0
+        and b["measured_on"].startswith("incremental")
+        and 0 < b["wape"] < 1
+    )
     assert set(b["by_placement"]) == set(data.placements)
     with pytest.raises(BrandDataError, match="holdout_days must be between 1 and 42"):
         backtest(data, 50)
@@ -52,6 +59,7 @@ def test_rmn_compare_data_prints_the_recommendation_and_json(capsys: pytest.Capt
     assert main(["compare", "--data", str(EXAMPLE), "--budget", "1000"]) == 0
     out = capsys.readouterr().out
     assert "profit-optimal spend" in out and "backtest:" in out and "BRE-0001" in out
+    assert "80% interval profit" in out and "fitted on incremental revenue (lift tests)" in out
     assert (
         main(["compare", "--data", str(EXAMPLE), "--budget", "5000", "--scenario", "fixed_budget", "--json"])
         == 0
