@@ -25,7 +25,7 @@ from planning.market import BrandData, Market, MarketConfig
 from planning.planner import CellInput, Plan, PlanRequest, solve
 from planning.scoring import Score, score
 from planning.spend import analyse
-from planning.uncertainty import intervals
+from planning.uncertainty import DRAWS, intervals
 
 
 class CompareRequest(PlanRequest):
@@ -91,8 +91,8 @@ class ComparisonResult(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)
 
 
-def plan_full(data: BrandData, req: PlanRequest) -> tuple[Plan, float]:
-    """The full-data plan and its wall seconds (fit + LP)."""
+def plan_full(data: BrandData, req: PlanRequest, draws: int = DRAWS) -> tuple[Plan, float]:
+    """The full-data plan and its wall seconds (fit + LP + ``draws`` bootstrap refits for its intervals; 0: none)."""
     started = time.perf_counter()
     curves, baseline_units = fit_brand(data)
     f = data.facts
@@ -108,7 +108,7 @@ def plan_full(data: BrandData, req: PlanRequest) -> tuple[Plan, float]:
     plan = solve(cells, req, data.horizon_days, "profit")
     plan.analysis = analyse(cells, req, data.horizon_days, plan).as_dict()
     plan.analysis["fitted_on"] = response(data)[1]
-    plan.analysis["intervals"] = intervals(data, plan) if plan.total_spend > 0 else None
+    plan.analysis["intervals"] = intervals(data, plan, draws) if plan.total_spend > 0 and draws else None
     return plan, time.perf_counter() - started
 
 
