@@ -32,6 +32,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from serving.cli.report import format_comparison
 
     if args.data:
+        if args.report:
+            raise ValueError("--report is for comparisons; with --data use --json")
         return _cmd_plan_files(args)
     if not args.manufacturer:
         raise ValueError("--manufacturer is required (or plan from your own files with --data DIR)")
@@ -84,8 +86,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError("the config has no comparison section")
         with tempfile.TemporaryDirectory() as work:
             body = compare_local(cfg.comparison.market, req, cfg.market_policy(), Path(work))
+    if args.report:
+        write_report(body, Path(args.report))
     print(json.dumps(body, indent=2) if args.json else format_comparison(body))
     return 0
+
+
+def write_report(body: dict[str, Any], path: Path) -> None:
+    """The comparison as ``path``: HTML or PDF by its suffix (planning/report.py)."""
+    from planning import report
+
+    if path.suffix.lower() not in (".html", ".pdf"):
+        raise ValueError(f"--report {path}: the file must end in .html or .pdf")
+    data = report.pdf(body) if path.suffix.lower() == ".pdf" else report.html(body).encode()
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise ValueError(f"--report {path}: {e.strerror or e}") from e
 
 
 def _cmd_market_corpus(args: argparse.Namespace) -> int:
@@ -161,6 +178,12 @@ def add_planning_commands(sub: Any) -> None:
     cp.add_argument("--timeout", type=float, default=300, help="server mode: seconds to wait")
     cp.add_argument(
         "--json", action="store_true", help="print the ComparisonResult JSON instead of the table"
+    )
+    cp.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="also write the comparison as a report: FILE.html (one page, inline charts) or FILE.pdf",
     )
     cp.set_defaults(fn=_cmd_compare)
 

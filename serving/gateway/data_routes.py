@@ -25,6 +25,7 @@ from serving.replies import Reply
 from serving.writer import model_claims, write_texts
 
 router = APIRouter()
+REPORT_TYPES = {"json": "application/json", "html": "text/html; charset=utf-8", "pdf": "application/pdf"}
 
 
 class HarmonizeBody(BaseModel):
@@ -97,8 +98,12 @@ async def cleanroom_budget(request: Request) -> Response:
 @router.post("/v1/plans/compare")
 async def compare(request: Request) -> Response:
     """Plan a budget with the brand's full data and through the clean room, in parallel; score both on the
-    market's ground truth; add a rationale and ad lines written through the composed adapters."""
+    market's ground truth; add a rationale and ad lines written through the composed adapters. ``?format=html``
+    or ``pdf`` answers the same comparison as a report (planning/report.py) instead of JSON."""
     gw, rid = gateway(request), request_id(request)
+    fmt = request.query_params.get("format", "json")
+    if fmt not in REPORT_TYPES:
+        raise InvalidRequest(f"format must be one of {sorted(REPORT_TYPES)}, got {fmt!r}")
     if gw.comparison is None:
         raise NotConfigured("planning is not configured on this deployment")
     tenant = await gw.tenant(request, "plans")
@@ -118,6 +123,15 @@ async def compare(request: Request) -> Response:
                     "submit", tenant.id, market["manufacturer"], market["retailer"], line
                 )
                 line["review_id"] = review["id"]
+    if answer.ok and fmt != "json":
+        from planning import report
+
+        content = report.pdf(answer.body) if fmt == "pdf" else report.html(answer.body).encode()
+        name = f"rmn-plan-{answer.body['market']['manufacturer']}-{answer.body['market']['seed']}.{fmt}"
+        disposition = {
+            "content-disposition": f'{"attachment" if fmt == "pdf" else "inline"}; filename="{name}"'
+        }
+        return Response(content, media_type=REPORT_TYPES[fmt], headers=disposition)
     return JSONResponse(answer.body, status_code=answer.status)
 
 

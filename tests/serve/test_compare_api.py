@@ -89,6 +89,29 @@ def test_seed_changes_every_number(serve_url: str) -> None:
     assert a["market"]["retailer_log_rows"] != b["market"]["retailer_log_rows"]
 
 
+def test_the_comparison_as_a_report(serve_url: str) -> None:
+    """``?format=pdf`` / ``html``: the same comparison as a report (its pages are checked as images in
+    tests/unit/test_report.py); an unknown format is a 400 before any planning."""
+    body = {"budget": 600, "manufacturer": "brand_x", "creatives": 0, "seed": 11}
+    h = httpx.post(
+        f"{serve_url}/v1/plans/compare?format=html", json=body, headers=auth("brand_x"), timeout=120
+    )
+    assert h.status_code == 200 and h.headers["content-type"].startswith("text/html"), h.text[:300]
+    assert "Media plan: brand_x" in h.text and "<polyline" in h.text
+    p = httpx.post(
+        f"{serve_url}/v1/plans/compare?format=pdf", json=body, headers=auth("brand_x"), timeout=120
+    )
+    assert p.status_code == 200 and p.headers["content-type"] == "application/pdf"
+    assert (
+        p.content.startswith(b"%PDF-")
+        and 'filename="rmn-plan-brand_x-11.pdf"' in p.headers["content-disposition"]
+    )
+    bad = httpx.post(
+        f"{serve_url}/v1/plans/compare?format=docx", json=body, headers=auth("brand_x"), timeout=30
+    )
+    assert bad.status_code == 400 and "format must be one of" in bad.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "tenant", "status", "needle"),
     [
