@@ -4,7 +4,8 @@ One factor at a time around the demo market and policy (3,000 shoppers; DP with 
 shoppers 1,000 ... 30,000; epsilon per query 0.25 ... 4 and exact mode (no noise, trusted partners); k 25 ... 400.
 Per setting, seeds 1..N x brewmax and beanco at a budget of 1,000, scenario ``profit_optimal``, in-process (no
 Ray, no LLM): the full-data plan and the clean-room plan with the brand's own margins and stock (the fair arm),
-both scored on the market's truth. Reported per setting: mean true profit of each arm, full minus clean room
+both scored on the market's truth (a clean room that releases no cell leaves its planner nothing to spend on:
+profit 0, counted as ``cleanroom_released_nothing``). Reported per setting: mean true profit of each arm, full minus clean room
 (mean and 95 % interval over the paired cases), the full-data win rate, and the clean-room cells released.
 
 Writes ``bench/results/planning-sweep.json``. Usage: ``python -m bench.planning_sweep [--seeds 1-5]``.
@@ -47,12 +48,12 @@ def measure(market_cfg: Any, policy: Any, seeds: list[int]) -> dict[str, Any]:
     """Full data vs the clean room (+ own margins and stock) over ``seeds`` x brands (module docstring)."""
     from planning.compare import plan_from_cleanroom, plan_full
     from planning.market import generate
-    from planning.planner import PlanRequest
+    from planning.planner import PlanningError, PlanRequest
     from planning.scoring import score
     from planning.workflow import LocalBackend
 
     req = PlanRequest(budget=BUDGET)
-    full, clean, released = [], [], []
+    full, clean, released, no_plan = [], [], [], 0
     with tempfile.TemporaryDirectory() as work:
         for seed in seeds:
             cfg = market_cfg.model_copy(update={"seed": seed})
@@ -65,8 +66,14 @@ def measure(market_cfg: Any, policy: Any, seeds: list[int]) -> dict[str, Any]:
             for brand in BRANDS:
                 data = market.brand_data(brand)
                 f, _ = plan_full(data, req, draws=0)
-                c, view, _ = plan_from_cleanroom(answers[brand], req, cfg.days, cfg.horizon_days, data)
                 full.append(score(f, market).profit)
+                try:
+                    c, view, _ = plan_from_cleanroom(answers[brand], req, cfg.days, cfg.horizon_days, data)
+                except PlanningError:  # nothing released to plan from: the clean-room planner spends nothing
+                    clean.append(0.0)
+                    released.append(0)
+                    no_plan += 1
+                    continue
                 clean.append(score(c, market).profit)
                 released.append(view["cells_released"])
     diffs = [a - b for a, b in zip(full, clean, strict=True)]
@@ -79,6 +86,7 @@ def measure(market_cfg: Any, policy: Any, seeds: list[int]) -> dict[str, Any]:
         "full_minus_cleanroom": interval(diffs),
         "full_wins": f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
         "cleanroom_cells_released_mean": round(statistics.fmean(released), 1),
+        "cleanroom_released_nothing": no_plan,
     }
 
 
