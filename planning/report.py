@@ -1,13 +1,15 @@
 """A comparison as a report people forward: one self-contained HTML page (inline SVG, no external assets) or a PDF
 written here (PDF 1.4, the standard Helvetica fonts, vector charts; no dependency).
 
-Contract: :func:`html` and :func:`pdf` take a ComparisonResult as JSON (``planning.compare.ComparisonResult``
+Contract: :func:`render` (``html`` | ``pdf`` -> (bytes, media type)), :func:`html` and :func:`pdf` take a
+ComparisonResult as JSON (``planning.compare.ComparisonResult``
 dumped) and show the same content in this order: the recommendation per side (its warning first, the 80 %
 intervals where the side has them), the verdict, the scores on the market's truth side by side, the
 profit-vs-spend curve of each side with its chosen and profit-optimal spend marked, the top cells of each plan,
 what data each side used (what its curves were fitted on, clean-room cells released and withheld, k, blocked
 fields, epsilon spent), and the rationale and ad lines when the result has them. Every number is the result's;
-nothing is recomputed. :func:`blocks` is that content once; the two renderers only lay it out.
+nothing is recomputed. :func:`blocks` is that content once; the two renderers only lay it out. A body that is not
+a comparison result (a field missing or of the wrong kind) is a :class:`ReportError` naming it, never a crash.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from planning.planner import PlanningError
+
+MEDIA_TYPES = {"html": "text/html; charset=utf-8", "pdf": "application/pdf"}
 SIDES = (("full", "full data", (0.18, 0.44, 0.87)), ("cleanroom", "clean room", (0.88, 0.54, 0.18)))
 
 
@@ -172,6 +177,23 @@ def blocks(result: dict[str, Any]) -> list[Block]:
             Block("table", table=Table(["sku", "line", "verdict"], rows)),
         ]
     return out
+
+
+class ReportError(PlanningError):
+    """The body cannot be rendered as a report; the message says what is missing or wrong."""
+
+
+def render(result: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+    """``result`` as a report in ``fmt`` (``html`` | ``pdf``): (content, media type)."""
+    if fmt not in MEDIA_TYPES:
+        raise ReportError(f"format must be one of {sorted(MEDIA_TYPES)}, got {fmt!r}")
+    try:
+        content = pdf(result) if fmt == "pdf" else html(result).encode()
+    except KeyError as e:
+        raise ReportError(f"not a comparison result: field {e.args[0]!r} is missing") from e
+    except (TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ReportError(f"not a comparison result: {e}") from e
+    return content, MEDIA_TYPES[fmt]
 
 
 # ---- HTML ---------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from dataclasses import asdict
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from federation.errors import InvalidRequest, PermissionDenied
 from federation.tenants import Role
+from planning.compare import ComparisonResult
 from planning.governance import check_text, combine
 from serving.errors import NotConfigured
 from serving.gateway.dispatch import complete
@@ -25,7 +27,7 @@ from serving.replies import Reply
 from serving.writer import model_claims, write_texts
 
 router = APIRouter()
-REPORT_TYPES = {"json": "application/json", "html": "text/html; charset=utf-8", "pdf": "application/pdf"}
+REPORT_FORMATS = ("json", "html", "pdf")
 
 
 class HarmonizeBody(BaseModel):
@@ -102,8 +104,8 @@ async def compare(request: Request) -> Response:
     or ``pdf`` answers the same comparison as a report (planning/report.py) instead of JSON."""
     gw, rid = gateway(request), request_id(request)
     fmt = request.query_params.get("format", "json")
-    if fmt not in REPORT_TYPES:
-        raise InvalidRequest(f"format must be one of {sorted(REPORT_TYPES)}, got {fmt!r}")
+    if fmt not in REPORT_FORMATS:
+        raise InvalidRequest(f"format must be one of {sorted(REPORT_FORMATS)}, got {fmt!r}")
     if gw.comparison is None:
         raise NotConfigured("planning is not configured on this deployment")
     tenant = await gw.tenant(request, "plans")
@@ -124,15 +126,28 @@ async def compare(request: Request) -> Response:
                 )
                 line["review_id"] = review["id"]
     if answer.ok and fmt != "json":
-        from planning import report
-
-        content = report.pdf(answer.body) if fmt == "pdf" else report.html(answer.body).encode()
-        name = f"rmn-plan-{answer.body['market']['manufacturer']}-{answer.body['market']['seed']}.{fmt}"
-        disposition = {
-            "content-disposition": f'{"attachment" if fmt == "pdf" else "inline"}; filename="{name}"'
-        }
-        return Response(content, media_type=REPORT_TYPES[fmt], headers=disposition)
+        return _report(answer.body, fmt)
     return JSONResponse(answer.body, status_code=answer.status)
+
+
+def _report(result: dict[str, Any], fmt: str) -> Response:
+    from planning.report import render
+
+    content, media_type = render(result, fmt)
+    tag = "-".join(str(result["market"].get(k, "")) for k in ("manufacturer", "seed"))
+    name = "rmn-plan-" + re.sub(r"[^A-Za-z0-9_.-]", "_", tag)[:80] + f".{fmt}"  # a header value: no quotes
+    disposition = f'{"attachment" if fmt == "pdf" else "inline"}; filename="{name}"'
+    return Response(content, media_type=media_type, headers={"content-disposition": disposition})
+
+
+@router.post("/v1/plans/report")
+async def plan_report(request: Request) -> Response:
+    """A comparison result the caller already has (the JSON of ``POST /v1/plans/compare``) as a report,
+    ``?format=pdf`` (default) or ``html``, without planning again (no epsilon spent): what the UI downloads."""
+    await gateway(request).tenant(request, "plans")
+    fmt = request.query_params.get("format", "pdf")
+    result = await read_model(request, ComparisonResult)
+    return _report(result.model_dump(mode="json"), fmt)
 
 
 @router.post("/v1/harmonize")

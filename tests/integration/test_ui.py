@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -87,6 +88,15 @@ def test_ui_runs_a_comparison_and_shows_the_apis_numbers(serve_url: str, page: A
         assert page.locator(f'#spend-curve circle.optimal[data-side="{side}"]').count() == 1
         assert page.locator(f'#spend-curve circle.chosen[data-side="{side}"]').count() == 1
         assert page.locator(f'[data-warning="{side}"]').count() == (1 if a["warning"] else 0)
+        iv = a["intervals"]  # the full-data side's 80 % interval; the clean room has none
+        assert page.locator(f'[data-interval="{side}"]').count() == (1 if iv else 0)
+        if iv:
+            low = page.text_content(f'[data-profit-low="{side}"]').replace(",", "")
+            assert float(low) == round(iv["profit"][0], 2)
+    with page.expect_download() as download:  # the report of the result on screen, not planned again
+        page.click("#report-pdf")
+    pdf = Path(download.value.path()).read_bytes()
+    assert pdf.startswith(b"%PDF-") and download.value.suggested_filename == "rmn-plan-brand_x-21.pdf"
 
     page.click('nav button[data-tab="tab-plan"]')
     assert page.locator("#allocation tbody tr").count() == len(api["full"]["allocation"])
