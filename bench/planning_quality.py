@@ -31,7 +31,7 @@ import asyncio
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +63,10 @@ def true_optimum(market: Any, brand: str, budget: float) -> float:
 
 async def answers_for(backend: Any, market_json: str, brand: str) -> dict[str, dict[str, Any]]:
     """The clean-room answers the clean-room planner gets for ``brand`` (asked once, reused per budget)."""
-    from cleanroom import Querier, Query
-    from planning.compare import cleanroom_queries, wants
+    from planning.workflow import cleanroom_answers
 
     room = await backend.prepare_room(market_json)
-    cr = backend._rooms[room.retailer]
-    who = Querier(brand, cr.policy.brand_scope(brand, "manufacturer", manufacturer=brand))
-    out: dict[str, dict[str, Any]] = {}
-    for name, q in cleanroom_queries(brand).items():
-        if wants(name, out):
-            result = await asyncio.to_thread(cr.query, who, Query.model_validate(q))
-            out[name] = {"k": cr.policy.k, **asdict(result)}
-    return out
+    return await cleanroom_answers(backend.asker(room.retailer, brand, brand), brand)
 
 
 def ceiling(market: Any, brand: str, budget: float, optimum: float, rng: Any) -> dict[str, bool]:
@@ -98,6 +90,24 @@ def ceiling(market: Any, brand: str, budget: float, optimum: float, rng: Any) ->
     finally:
         market.lift = saved
     return out
+
+
+def markets(
+    base: Any, policy: Any, seeds: list[int], work: Path
+) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """Per seed: (market config, market, brand -> its clean-room answers under ``policy``), rooms under ``work``."""
+    from planning.market import generate
+    from planning.workflow import LocalBackend
+
+    for seed in seeds:
+        cfg = base.model_copy(update={"seed": seed})
+        market = generate(cfg)
+        backend = LocalBackend(policy, work / f"seed{seed}")
+        try:
+            answers = {b: asyncio.run(answers_for(backend, cfg.model_dump_json(), b)) for b in BRANDS}
+        finally:
+            backend.close()
+        yield cfg, market, answers
 
 
 def covered(plan: Any, truth: Any) -> list[dict[str, bool]]:
@@ -134,10 +144,8 @@ def run(seeds: list[int]) -> dict[str, Any]:
     import numpy as np
 
     from planning.compare import plan_from_cleanroom, plan_full
-    from planning.market import generate
     from planning.planner import PlanRequest
     from planning.scoring import score
-    from planning.workflow import LocalBackend
     from serving.demo.defaults import demo_config
 
     cfg = demo_config()
@@ -145,14 +153,8 @@ def run(seeds: list[int]) -> dict[str, Any]:
     base, policy = cfg.comparison.market, cfg.market_policy()
     cases: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
-        for seed in seeds:
-            mcfg = base.model_copy(update={"seed": seed})
-            market = generate(mcfg)
-            backend = LocalBackend(policy, Path(work) / f"seed{seed}")
-            try:
-                answers = {b: asyncio.run(answers_for(backend, mcfg.model_dump_json(), b)) for b in BRANDS}
-            finally:
-                backend.close()
+        for mcfg, market, answers in markets(base, policy, seeds, Path(work)):
+            seed = mcfg.seed
             for brand in BRANDS:
                 data = market.brand_data(brand)
                 for budget in BUDGETS:

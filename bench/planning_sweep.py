@@ -14,14 +14,13 @@ Writes ``bench/results/planning-sweep.json``. Usage: ``python -m bench.planning_
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.planning_quality import BRANDS, answers_for, interval
+from bench.planning_quality import BRANDS, interval, markets
 from bench.record import write_results
 
 BUDGET = 1_000
@@ -47,22 +46,13 @@ def policy_for(base: Any, epsilon: float | None, k: int) -> Any:
 def measure(market_cfg: Any, policy: Any, seeds: list[int]) -> dict[str, Any]:
     """Full data vs the clean room (+ own margins and stock) over ``seeds`` x brands (module docstring)."""
     from planning.compare import plan_from_cleanroom, plan_full
-    from planning.market import generate
     from planning.planner import PlanningError, PlanRequest
     from planning.scoring import score
-    from planning.workflow import LocalBackend
 
     req = PlanRequest(budget=BUDGET)
     full, clean, released, no_plan = [], [], [], 0
     with tempfile.TemporaryDirectory() as work:
-        for seed in seeds:
-            cfg = market_cfg.model_copy(update={"seed": seed})
-            market = generate(cfg)
-            backend = LocalBackend(policy, Path(work) / f"seed{seed}")
-            try:
-                answers = {b: asyncio.run(answers_for(backend, cfg.model_dump_json(), b)) for b in BRANDS}
-            finally:
-                backend.close()
+        for cfg, market, answers in markets(market_cfg, policy, seeds, Path(work)):
             for brand in BRANDS:
                 data = market.brand_data(brand)
                 f, _ = plan_full(data, req, draws=0)

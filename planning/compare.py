@@ -175,6 +175,8 @@ def plan_from_cleanroom(
         "k": cells.get("k"),
     }
     view["brand_margins_and_stock"] = own is not None
+    if "daily_refused" in answers:  # the shape query was refused by the policy: curves shaped without it
+        view["daily_refused"] = answers["daily_refused"]["reason"]
     inputs = own_cells(curves, own) if own is not None else [CellInput(c) for c in curves]
     plan = solve(inputs, req, horizon_days, "profit" if own is not None else "revenue")
     plan.analysis = analyse(inputs, req, horizon_days, plan).as_dict()

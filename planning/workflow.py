@@ -104,6 +104,33 @@ def full_side(market: Market, manufacturer: str, req: PlanRequest) -> SideOutcom
     return SideOutcome(plan, seconds)
 
 
+def _refused_by_policy(e: ComparisonError) -> bool:
+    """Whether the clean room refused a query under its policy (HTTP 400: not an outage, not a denial)."""
+    from cleanroom.errors import AccessDenied, PolicyViolation
+
+    cause = e.cause
+    if isinstance(cause, PolicyViolation):
+        return not isinstance(cause, AccessDenied)
+    return getattr(cause, "status", None) == 400  # relayed from the clean-room deployment
+
+
+async def cleanroom_answers(ask: Ask, manufacturer: str) -> dict[str, dict[str, Any]]:
+    """The answers to :func:`planning.compare.cleanroom_queries` through ``ask``. The per-day query only shapes
+    the curves: when the policy refuses it (e.g. exact mode's differencing check against earlier releases), the
+    plan goes on without it and ``answers["daily_refused"]`` holds the reason; any other failure is raised."""
+    answers: dict[str, dict[str, Any]] = {}
+    for name, q in cleanroom_queries(manufacturer).items():
+        if not wants(name, answers):
+            continue
+        try:
+            answers[name] = await ask(q)
+        except ComparisonError as e:
+            if name != "daily" or not _refused_by_policy(e):
+                raise
+            answers["daily_refused"] = {"reason": str(e)}
+    return answers
+
+
 async def cleanroom_side(
     ask: Ask,
     manufacturer: str,
@@ -114,13 +141,10 @@ async def cleanroom_side(
 ) -> SideOutcome:
     """The clean-room plan: the queries of :func:`cleanroom_queries` through ``ask``, then fit + LP (with the
     brand's own margins and stock from ``own`` when given)."""
-    answers: dict[str, dict[str, Any]] = {}
-    for name, q in cleanroom_queries(manufacturer).items():
-        if wants(name, answers):
-            try:
-                answers[name] = await ask(q)
-            except ComparisonError as e:
-                return SideOutcome(error=f"clean room: {e}", cause=e.cause)
+    try:
+        answers = await cleanroom_answers(ask, manufacturer)
+    except ComparisonError as e:
+        return SideOutcome(error=f"clean room: {e}", cause=e.cause)
     try:
         plan, view, seconds = await asyncio.to_thread(
             plan_from_cleanroom, answers, req, history_days, horizon_days, own
@@ -225,6 +249,16 @@ class LocalBackend:
     async def plan_cleanroom(
         self, tenant: str, room: str, market_json: str, manufacturer: str, req: PlanRequest, own_data: bool
     ) -> SideOutcome:
+        ask = self.asker(room, tenant, manufacturer)
+        market = await self.market(market_json)
+        own = market.brand_data(manufacturer) if own_data else None
+        return await cleanroom_side(
+            ask, manufacturer, req, market.config.days, market.config.horizon_days, own
+        )
+
+    def asker(self, room: str, tenant: str, manufacturer: str) -> Ask:
+        """``ask(query) -> answer`` on the prepared clean room ``room`` as ``tenant`` planning for
+        ``manufacturer``; a refusal or failure is a :class:`ComparisonError` carrying the clean room's error."""
         from cleanroom import CleanRoomError, Querier, Query
 
         cr = self._rooms[room]
@@ -237,11 +271,7 @@ class LocalBackend:
                 raise ComparisonError(str(e), e) from e
             return {"k": cr.policy.k, **asdict(result)}
 
-        market = await self.market(market_json)
-        own = market.brand_data(manufacturer) if own_data else None
-        return await cleanroom_side(
-            ask, manufacturer, req, market.config.days, market.config.horizon_days, own
-        )
+        return ask
 
     def close(self) -> None:
         """Close the clean rooms this backend opened."""

@@ -185,6 +185,30 @@ def test_compare_local_under_dp_is_reproducible_by_seed(tmp_path: Path) -> None:
     assert a["cleanroom"]["score"] != c["cleanroom"]["score"]
 
 
+def test_a_refused_shape_query_leaves_a_plan_made_without_it(tmp_path: Path) -> None:
+    """Exact mode checks every release against all earlier ones, room-wide: on the demo market of seed 3,
+    beanco's per-day query, asked after brewmax's releases, is refused as differencing. The per-day query only
+    shapes the curves, so beanco's clean-room plan is made without it and says so; the totals query is
+    still required (its refusal fails the side, as before)."""
+    import asyncio
+
+    from planning.workflow import LocalBackend, run_comparison
+
+    brands = ["brewmax", "beanco"]
+    policy = CleanRoomPolicy(retailer="acme", mode="exact", trusted_tenants=brands)
+    backend = LocalBackend(policy, tmp_path)
+    base = MarketConfig(seed=3)
+    try:
+        first, second = (
+            asyncio.run(run_comparison(b, {"budget": 1000, "manufacturer": b}, base, backend)) for b in brands
+        )
+    finally:
+        backend.close()
+    assert "daily_refused" not in first["cleanroom_view"]
+    assert "differencing" in second["cleanroom_view"]["daily_refused"]
+    assert second["cleanroom_view"]["daily_cells_released"] == 0 and second["cleanroom"]["cells_planned"] > 0
+
+
 def test_compare_local_refuses_bad_requests_with_a_status(tmp_path: Path) -> None:
     from serving.errors import status_of
 
