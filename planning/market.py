@@ -234,11 +234,9 @@ def generate(config: MarketConfig) -> Market:
         units,
     )
     market.events = _events(market, rng, attributed_units, unit_price)
-    if (
-        config.holdout_share > 0
-    ):  # drawn after everything else: the rest of the market is the same with or without
-        market.lift = _lift(np.random.default_rng([config.seed, 1]), config.holdout_share, attributed_units,
-                            halo_units, unit_price)  # fmt: skip
+    if config.holdout_share > 0:  # its own random stream: the rest of the market is the same with or without
+        lift_rng = np.random.default_rng([config.seed, 1])
+        market.lift = _lift(lift_rng, config.holdout_share, attributed_units, halo_units, unit_price)
     return market
 
 
