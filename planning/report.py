@@ -362,8 +362,20 @@ class _Pages:
         self.pages[-1].append(f"{col} rg {col} RG 1.5 w [] 0 d {c} {'f' if filled else 'S'}")
 
 
+CHART_H = 220.0  # points a chart takes on the page (plus its caption)
+
+
+def _first_height(block: Block | None) -> float:
+    """Points the start of ``block`` needs: a heading is kept on the page of what follows it."""
+    if block is None:
+        return 0.0
+    if block.chart is not None:
+        return CHART_H + 20
+    return 2 * 12.5 if block.table is not None else 14.0
+
+
 def _pdf_chart(pages: _Pages, chart: Chart) -> None:
-    w, h, pad = PAGE_W - 2 * MARGIN, 220.0, 40.0
+    w, h, pad = PAGE_W - 2 * MARGIN, CHART_H, 40.0
     pages.need(h + 20)
     top = pages.y
     X0, Y0, x0, x1, y0, y1 = _scale(chart, w, h, pad)
@@ -413,10 +425,11 @@ def pdf(result: dict[str, Any]) -> bytes:
     """The report as PDF bytes (see the module contract)."""
     pages = _Pages()
     width = PAGE_W - 2 * MARGIN
-    for b in blocks(result):
+    content = blocks(result)
+    for n, b in enumerate(content):
         if b.kind in ("h1", "h2"):
             size = 16 if b.kind == "h1" else 12
-            pages.need(size + 14)
+            pages.need(size + 14 + _first_height(content[n + 1] if n + 1 < len(content) else None))
             pages.y -= 6 if b.kind == "h2" else 0
             pages.text(MARGIN, pages.y, b.text, size, bold=True)
             pages.y -= size + 6
