@@ -233,12 +233,17 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def seed_range(text: str) -> list[int]:
+    """The seeds of ``--seeds a-b`` (or a single seed ``a``)."""
+    lo, _, hi = text.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1-20", help="a range a-b of market seeds")
     args = ap.parse_args()
-    lo, _, hi = args.seeds.partition("-")
-    seeds = list(range(int(lo), int(hi or lo) + 1))
+    seeds = seed_range(args.seeds)
     started = time.perf_counter()
     out = run(seeds)
     out["seconds"] = round(time.perf_counter() - started, 1)

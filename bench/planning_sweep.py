@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.planning_quality import BRANDS, interval, markets
+from bench.planning_quality import BRANDS, interval, markets, seed_range
 from bench.record import write_results
 
 BUDGET = 1_000
@@ -104,8 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1-10", help="a range a-b of market seeds")
     args = ap.parse_args()
-    lo, _, hi = args.seeds.partition("-")
-    seeds = list(range(int(lo), int(hi or lo) + 1))
+    seeds = seed_range(args.seeds)
     started = time.perf_counter()
     out: dict[str, Any] = {"sweep": run(seeds)}
     out["seconds"] = round(time.perf_counter() - started, 1)

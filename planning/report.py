@@ -6,8 +6,8 @@ ComparisonResult as JSON (``planning.compare.ComparisonResult``
 dumped) and show the same content in this order: the recommendation per side (its warning first, the 80 %
 intervals where the side has them), the verdict, the scores on the market's truth side by side, the
 profit-vs-spend curve of each side with its chosen and profit-optimal spend marked, the top cells of each plan,
-what data each side used (what its curves were fitted on, clean-room cells released and withheld, k, blocked
-fields, epsilon spent), and the rationale and ad lines when the result has them. Every number is the result's;
+what data each side used (what its curves were fitted on — with its recommendation —, clean-room cells released
+and withheld, k, blocked fields, epsilon spent), and the rationale and ad lines when the result has them. Every number is the result's;
 nothing is recomputed. :func:`blocks` is that content once; the two renderers only lay it out. A body that is not
 a comparison result (a field missing or of the wrong kind) is a :class:`ReportError` naming it, never a crash.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html as _html
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from planning.planner import PlanningError
@@ -47,42 +47,42 @@ class Block:
     text: str = ""
     table: Table | None = None
     chart: Chart | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _money(v: Any) -> str:
     return "-" if v is None else f"{float(v):,.2f}"
 
 
-def _recommendation(side: dict[str, Any], name: str) -> list[Block]:
+def recommendation(side: dict[str, Any], name: str) -> list[tuple[str, str]]:
+    """What a planner reads first about one side, as (kind, text): its warning (``warn``: the warning itself), how
+    much to spend and what it returns (``spend``), the plan's interval (``interval``) and what its curves were
+    fitted on (``fitted``). The report, the CLI and the demo all print these lines."""
     a = side.get("spend_analysis") or {}
-    out = [Block("warn", f"{name}: {a['warning']}")] if a.get("warning") else []
+    out = [("warn", str(a["warning"]))] if a.get("warning") else []
     if a.get("knows_margins"):
-        out.append(
-            Block(
-                "p",
-                f"{name}: recommended spend {_money(a['plan_spend'])} (predicted profit {float(a['plan_profit']):+,.2f}, "
-                f"marginal iROAS {float(a['marginal_roas']):.2f}); profit-optimal spend {_money(a['optimal_spend'])}, "
-                f"break-even spend {_money(a['break_even_spend'])}.",
-            )
-        )
+        out.append((
+            "spend",
+            f"{name}: recommended spend {_money(a['plan_spend'])} (predicted profit {float(a['plan_profit']):+,.2f}, "
+            f"marginal iROAS {float(a['marginal_roas']):.2f}); profit-optimal spend {_money(a['optimal_spend'])} "
+            f"({float(a['optimal_profit']):+,.2f}), break-even spend {_money(a['break_even_spend'])}",
+        ))  # fmt: skip
     elif a:
-        out.append(
-            Block(
-                "p", f"{name}: spend {_money(a.get('plan_spend'))}; without margins it cannot price a dollar."
-            )
-        )
+        out.append((
+            "spend",
+            f"{name}: spend {_money(a.get('plan_spend'))}, marginal iROAS {float(a['marginal_roas']):.2f}; without "
+            "margins it cannot price a dollar",
+        ))  # fmt: skip
     iv = a.get("intervals")
     if iv:
         p, r, inc = iv["profit"], iv["iroas"], iv["incremental_revenue"]
-        out.append(
-            Block(
-                "p",
-                f"{name}, {iv['level']:.0%} intervals: profit {p[0]:+,.2f} to {p[1]:+,.2f}; incremental revenue "
-                f"{inc[0]:,.2f} to {inc[1]:,.2f}; iROAS {r[0]:.2f} to {r[1]:.2f}; chance of a loss "
-                f"{iv['loss_probability']:.0%} ({iv['method']}).",
-            )
-        )
+        out.append((
+            "interval",
+            f"{name}: {iv['level']:.0%} interval profit {p[0]:+,.2f} to {p[1]:+,.2f}, incremental revenue "
+            f"{inc[0]:,.2f} to {inc[1]:,.2f}, iROAS {r[0]:.2f} to {r[1]:.2f}, chance of a loss "
+            f"{iv['loss_probability']:.0%}",
+        ))  # fmt: skip
+    if a.get("fitted_on"):
+        out.append(("fitted", f"{name}: curves fitted on {a['fitted_on']}"))
     return out
 
 
@@ -100,7 +100,10 @@ def blocks(result: dict[str, Any]) -> list[Block]:
         Block("h2", "Recommendation"),
     ]
     for key, name, _ in SIDES:
-        out += _recommendation(result[key], name)
+        out += [
+            Block("warn", f"{name}: {text}") if kind == "warn" else Block("p", text)
+            for kind, text in recommendation(result[key], name)
+        ]
     out += [Block("h2", "Verdict"), Block("p", result["verdict"])]
     f, c, d = result["full"]["score"], result["cleanroom"]["score"], result["deltas"]
     metrics = [
@@ -143,14 +146,6 @@ def blocks(result: dict[str, Any]) -> list[Block]:
                     Block("table", table=Table(["sku", "placement", "spend", "predicted revenue"], rows))]  # fmt: skip
     v = result["cleanroom_view"]
     used = [
-        [
-            "full data: curves fitted on",
-            str((result["full"].get("spend_analysis") or {}).get("fitted_on", "-")),
-        ],
-        [
-            "clean room: curves fitted on",
-            str((result["cleanroom"].get("spend_analysis") or {}).get("fitted_on", "-")),
-        ],
         [
             "clean-room cells released / withheld",
             f"{v.get('cells_released')} / "
@@ -258,7 +253,8 @@ def html(result: dict[str, Any]) -> str:
     """The report as one HTML page (see the module contract)."""
     e = _html.escape
     body = []
-    for b in blocks(result):
+    content = blocks(result)
+    for b in content:
         if b.kind in ("h1", "h2", "p"):
             body.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
         elif b.kind == "warn":
@@ -269,7 +265,7 @@ def html(result: dict[str, Any]) -> str:
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b.chart is not None:
             body.append(f"<figure>{_svg(b.chart)}<figcaption>{e(b.chart.title)}</figcaption></figure>")
-    title = e(blocks(result)[0].text)
+    title = e(content[0].text)
     style = (
         "body{font:14px/1.45 system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"

@@ -9,6 +9,8 @@ spend on SKUs with no stock headroom.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from pydantic import BaseModel, Field
 
@@ -29,24 +31,32 @@ class Score(BaseModel):
     spend_out_of_stock: float = Field(description="Spend on SKUs with no stock headroom ($).")
 
 
+def cap_at_stock(
+    revenue: dict[tuple[str, str], float], price: Callable[[str], float], headroom: Callable[[str], float]
+) -> dict[tuple[str, str], float]:
+    """``revenue`` per (SKU, placement) with each SKU's cells scaled down together so that its incremental units
+    (revenue / ``price(sku)``) fit ``headroom(sku)`` units (none below 0): sales beyond stock cannot happen."""
+    units: dict[str, float] = {}
+    for (sku, _), r in revenue.items():
+        units[sku] = units.get(sku, 0.0) + r / price(sku)
+    scale = {sku: min(1.0, max(headroom(sku), 0.0) / u) if u > 0 else 1.0 for sku, u in units.items()}
+    return {key: r * scale[key[0]] for key, r in revenue.items()}
+
+
 def score(plan: Plan, market: Market) -> Score:
     """Measure ``plan`` on ``market``'s truth (see the module contract)."""
     t, f = market.truth, market.facts
     days = market.config.horizon_days
     sku_i = {s: i for i, s in enumerate(market.skus)}
     pl_i = {p: j for j, p in enumerate(market.placements)}
-    true_rev: dict[tuple[str, str], float] = {}
-    units_by_sku: dict[int, float] = {}
+    uncapped: dict[tuple[str, str], float] = {}
     for (sku, placement), x in plan.spend.items():
         i, j = sku_i[sku], pl_i[placement]
         r = days * t.a[i, j] * (1 - np.exp(-x / (days * t.s[i, j]))) if x > 0 else 0.0
-        true_rev[(sku, placement)] = float(r)
-        units_by_sku[i] = units_by_sku.get(i, 0.0) + float(r) / f.price[i]
-    scale = {
-        i: min(1.0, max(t.headroom_units[i], 0.0) / u) if u > 0 else 1.0 for i, u in units_by_sku.items()
-    }
-    for key in true_rev:
-        true_rev[key] *= scale[sku_i[key[0]]]
+        uncapped[(sku, placement)] = float(r)
+    true_rev = cap_at_stock(
+        uncapped, lambda sku: f.price[sku_i[sku]], lambda sku: t.headroom_units[sku_i[sku]]
+    )
     inc = sum(true_rev.values())
     spend = sum(plan.spend.values())
     profit = sum(f.margin[sku_i[k[0]]] * r for k, r in true_rev.items()) - spend

@@ -32,6 +32,7 @@ import numpy as np
 from planning.curves import Curve, fit_brand
 from planning.market import BrandData
 from planning.planner import Plan
+from planning.scoring import cap_at_stock
 
 LEVEL = 0.8
 DRAWS = 60
@@ -77,17 +78,12 @@ def predict(plan: Plan, curves: list[Curve], baseline: np.ndarray, data: BrandDa
     f, days = data.facts, data.horizon_days
     idx = {s: i for i, s in enumerate(f.sku)}
     by_key = {(c.sku, c.placement): c for c in curves}
-    revenue: dict[tuple[str, str], float] = {}
-    units = np.zeros(len(f.sku))
-    for key, spend in plan.spend.items():
-        curve = by_key.get(key)
-        r = curve.revenue(spend, days) if curve is not None else 0.0
-        revenue[key] = r
-        units[idx[key[0]]] += r / f.price[idx[key[0]]]
-    headroom = np.maximum(f.stock - baseline * days, 0.0)
-    scale = np.where(units > 0, np.minimum(1.0, headroom / np.maximum(units, 1e-12)), 1.0)
-    inc = sum(r * scale[idx[k[0]]] for k, r in revenue.items())
-    margin = sum(float(f.margin[idx[k[0]]]) * r * scale[idx[k[0]]] for k, r in revenue.items())
+    uncapped = {k: by_key[k].revenue(x, days) if k in by_key else 0.0 for k, x in plan.spend.items()}
+    revenue = cap_at_stock(
+        uncapped, lambda sku: f.price[idx[sku]], lambda sku: f.stock[idx[sku]] - baseline[idx[sku]] * days
+    )
+    inc = sum(revenue.values())
+    margin = sum(float(f.margin[idx[k[0]]]) * r for k, r in revenue.items())
     return float(inc), float(margin - plan.total_spend)
 
 

@@ -94,13 +94,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def write_report(body: dict[str, Any], path: Path) -> None:
     """The comparison as ``path``: HTML or PDF by its suffix (planning/report.py)."""
-    from planning import report
+    from planning.report import render
 
-    if path.suffix.lower() not in (".html", ".pdf"):
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("html", "pdf"):
         raise ValueError(f"--report {path}: the file must end in .html or .pdf")
-    data = report.pdf(body) if path.suffix.lower() == ".pdf" else report.html(body).encode()
     try:
-        path.write_bytes(data)
+        path.write_bytes(render(body, fmt)[0])
     except OSError as e:
         raise ValueError(f"--report {path}: {e.strerror or e}") from e
 

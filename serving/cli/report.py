@@ -22,27 +22,10 @@ def _fmt(spec: str, value: Any) -> str:
 
 
 def recommendation(side: dict[str, Any], name: str) -> list[str]:
-    """What a planner reads first about one side: its warning, then how much to spend and what it returns."""
-    a = side.get("spend_analysis") or {}
-    lines = [f"WARNING ({name}): {a['warning']}"] if a.get("warning") else []
-    if a.get("knows_margins"):
-        lines.append(
-            f"{name}: spend {a['plan_spend']:,.2f} (predicted profit {a['plan_profit']:+,.2f}, marginal iROAS "
-            f"{a['marginal_roas']:.2f}); profit-optimal spend {a['optimal_spend']:,.2f} "
-            f"({a['optimal_profit']:+,.2f}), break-even spend {a['break_even_spend']:,.2f}"
-        )
-    elif a:
-        lines.append(f"{name}: spend {a['plan_spend']:,.2f}, marginal iROAS {a['marginal_roas']:.2f}")
-    iv = a.get("intervals")
-    if iv:
-        p, r = iv["profit"], iv["iroas"]
-        lines.append(
-            f"{name}: {iv['level']:.0%} interval profit {p[0]:+,.2f} .. {p[1]:+,.2f}, iROAS {r[0]:.2f} .. {r[1]:.2f}, "
-            f"chance of a loss {iv['loss_probability']:.0%}"
-        )
-    if a.get("fitted_on"):
-        lines.append(f"{name}: curves fitted on {a['fitted_on']}")
-    return lines
+    """What a planner reads first about one side (planning.report.recommendation), its warning in capitals."""
+    from planning.report import recommendation as lines
+
+    return [f"WARNING ({name}): {text}" if kind == "warn" else text for kind, text in lines(side, name)]
 
 
 def format_comparison(body: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from federation.errors import InvalidRequest, PermissionDenied
 from federation.tenants import Role
 from planning.compare import ComparisonResult
 from planning.governance import check_text, combine
+from planning.report import MEDIA_TYPES, render
 from serving.errors import NotConfigured
 from serving.gateway.dispatch import complete
 from serving.gateway.http import gateway, read_body, read_model, request_id
@@ -27,7 +28,7 @@ from serving.replies import Reply
 from serving.writer import model_claims, write_texts
 
 router = APIRouter()
-REPORT_FORMATS = ("json", "html", "pdf")
+REPORT_FORMATS = ("json", *MEDIA_TYPES)  # what /v1/plans/compare answers in
 
 
 class HarmonizeBody(BaseModel):
@@ -131,8 +132,6 @@ async def compare(request: Request) -> Response:
 
 
 def _report(result: dict[str, Any], fmt: str) -> Response:
-    from planning.report import render
-
     content, media_type = render(result, fmt)
     tag = "-".join(str(result["market"].get(k, "")) for k in ("manufacturer", "seed"))
     name = "rmn-plan-" + re.sub(r"[^A-Za-z0-9_.-]", "_", tag)[:80] + f".{fmt}"  # a header value: no quotes
