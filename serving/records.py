@@ -84,16 +84,23 @@ class Records:
             raise RecordsUnavailable(f"records at {self.where}: writing {name} failed: {e!r}") from e
 
 
+BOARD_NAMESPACE = "rmn"  # the Ray namespace of every detached board
+
+
 def detached_board(cls: type, base: str, records: Records | None) -> Any:
     """The cluster's actor of board class ``cls`` persisting to ``records``: detached (it outlives the replica
     that made it), named ``<base>-<registry key>`` (apps sharing a registry share it), created on first use."""
     import ray
 
-    name = base if records is None else f"{base}-{records.key}"
     actor: Any = ray.remote(num_cpus=0)(cls)
-    return actor.options(name=name, namespace="rmn", get_if_exists=True, lifetime="detached").remote(
-        records=records
-    )
+    return actor.options(
+        name=board_name(base, records), namespace=BOARD_NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote(records=records)
+
+
+def board_name(base: str, records: Records | None) -> str:
+    """A board's actor name: one per registry its records live beside (apps sharing a registry share it)."""
+    return base if records is None else f"{base}-{records.key}"
 
 
 async def board_call(local: Any | None, actor: Any, method: str, *args: Any) -> Any:

@@ -28,11 +28,10 @@ from federation.errors import InvalidRequest, first_error
 from federation.tenants import Tenant
 from serving.adapter_api import upload_fields
 from serving.adapters_config import AdaptersConfig
-from serving.records import Records, RecordsUnavailable
+from serving.records import Records, RecordsUnavailable, detached_board
 
 log = logging.getLogger("ray.serve")
 BOARD_NAME = "rmn-adapter-jobs"
-BOARD_NAMESPACE = "rmn"
 
 
 class TrainSettings(BaseModel):
@@ -153,17 +152,7 @@ class JobBoard:
 def board(records: Records | None = None) -> Any:
     """The cluster's job board (created on first use, persisting to ``records``; detached, so it outlives the
     replica that made it)."""
-    import ray
-
-    from serving.usage import board_name
-
-    actor = ray.remote(num_cpus=0)(JobBoard)
-    return actor.options(
-        name=board_name(BOARD_NAME, records),
-        namespace=BOARD_NAMESPACE,
-        get_if_exists=True,
-        lifetime="detached",
-    ).remote(records=records)
+    return detached_board(JobBoard, BOARD_NAME, records)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,10 @@ import logging
 import time
 from typing import Any
 
-from serving.records import Records, RecordsUnavailable
+from serving.records import Records, RecordsUnavailable, detached_board
 
 BOARD_NAME = "rmn-adapter-usage"
 USAGE_DOC = "usage.json"
-BOARD_NAMESPACE = "rmn"
 log = logging.getLogger("ray.serve")
 
 
@@ -62,26 +61,13 @@ class UsageBoard:
 def usage_board(records: Records | None = None) -> Any:
     """The cluster's usage board (created on first use, restoring ``records``; detached: it outlives router
     replicas)."""
-    import ray
-
-    actor = ray.remote(num_cpus=0)(UsageBoard)
-    return actor.options(
-        name=board_name(BOARD_NAME, records),
-        namespace=BOARD_NAMESPACE,
-        get_if_exists=True,
-        lifetime="detached",
-    ).remote(records)
+    return detached_board(UsageBoard, BOARD_NAME, records)
 
 
 def _add(counts: dict[str, tuple[int, float]], key: str, n: int, last: float) -> None:
     """``counts[key] += (n requests, last used)``."""
     m, t = counts.get(key, (0, 0.0))
     counts[key] = (n + m, max(last, t))
-
-
-def board_name(base: str, records: Records | None) -> str:
-    """A board's actor name: one per registry its records live beside (apps sharing a registry share it)."""
-    return base if records is None else f"{base}-{records.key}"
 
 
 class UsageCounter:
