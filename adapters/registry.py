@@ -43,9 +43,8 @@ def _check_weights_finite(path: Path) -> None:
     from safetensors.torch import load
 
     try:
-        for key, t in load(
-            path.read_bytes()
-        ).items():  # from bytes: the mmap reader leaks (compose.load_lora)
+        tensors = load(path.read_bytes())  # from bytes: the mmap reader leaks (compose.load_lora)
+        for key, t in tensors.items():
             if not bool(t.float().isfinite().all()):
                 raise InvalidAdapter(f"tensor {key!r} in {path.name} contains NaN or Inf")
     except InvalidAdapter:
