@@ -22,7 +22,7 @@ from planning.compare import ComparisonResult
 from planning.governance import check_text, combine
 from planning.report import MEDIA_TYPES, render
 from serving.errors import NotConfigured
-from serving.gateway.dispatch import complete
+from serving.gateway.dispatch import call_deployment, complete
 from serving.gateway.http import gateway, read_body, read_model, request_id
 from serving.replies import Reply
 from serving.writer import model_claims, write_texts
@@ -71,12 +71,15 @@ async def _cleanroom(request: Request, method: str) -> Response:
         raise NotConfigured("no clean room is configured on this deployment")
     tenant = await gw.tenant(request, "clean-room queries")
     retailer = request.query_params.get("retailer", "")
+    room = gw.cleanroom
     if method == "query":
-        answer: Reply = await gw.cleanroom.query.remote(tenant.id, await read_body(request))
+        body = await read_body(request)
+        call = lambda: room.query.remote(tenant.id, body)  # noqa: E731
     elif method == "budget":
-        answer = await gw.cleanroom.budget.remote(tenant.id, retailer, tenant.role == "admin")
+        call = lambda: room.budget.remote(tenant.id, retailer, tenant.role == "admin")  # noqa: E731
     else:
-        answer = await gw.cleanroom.schema.remote(retailer)
+        call = lambda: room.schema.remote(retailer)  # noqa: E731
+    answer: Reply = await call_deployment(gw, call, "clean-room", request_id(request))
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
@@ -115,7 +118,10 @@ async def compare(request: Request) -> Response:
         raise PermissionDenied(
             f"tenant {tenant.id!r} may plan only for its own brand, not {body.get('manufacturer')!r}"
         )
-    answer: Reply = await gw.comparison.compare.remote(tenant.id, body)
+    planner = gw.comparison
+    answer: Reply = await call_deployment(
+        gw, lambda: planner.compare.remote(tenant.id, body), "comparison", rid
+    )
     if answer.ok and answer.body["request"]["write_text"] and gw.cfg.comparison is not None:
         writer = functools.partial(complete, gw, tenant, request_id=rid)
         await write_texts(writer, gw.cfg.comparison, gw.cfg.model.served_name, answer.body)

@@ -14,7 +14,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -34,6 +35,7 @@ from serving.replies import Body, Head
 from serving.writer import Completion
 
 log = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 
 class EnginesFull(Overloaded):
@@ -188,6 +190,27 @@ async def dispatch(gw: Gateway, g: Generation) -> Response:
             raise engine_failure(e, g.request_id) from e
         break
     return _answer(gw, g, head, gen, first)
+
+
+async def call_deployment(gw: Gateway, call: Callable[[], Awaitable[T]], what: str, rid: str) -> T:
+    """Await ``call()`` on a deployment handle; when its replica was lost (died, unreachable, draining) call
+    once more, which Serve routes to a live replica. Lost twice or queue full: 503 with Retry-After; any other
+    failure propagates. Only for calls that are safe to run twice (the clean room answers a repeated release
+    from its stored answers, and a ledger charged by a lost call stays charged: never less private)."""
+    for attempt in (0, 1):
+        try:
+            return await call()
+        except Exception as e:
+            if replica_lost(e) and attempt == 0:
+                gw.metrics.retries.inc(tags={"reason": "replica_lost"})
+                log.warning(f"{what} replica lost; retrying once", extra={"request_id": rid})
+                continue
+            if is_backpressure(e):
+                raise Overloaded(f"the {what} is overloaded, retry later", 1) from e
+            if replica_lost(e):
+                raise ReplicaLost(f"the {what} replica was lost twice; retry (request id {rid})", 2) from e
+            raise
+    raise AssertionError("unreachable")
 
 
 def engine_failure(e: BaseException, rid: str) -> Exception:

@@ -217,3 +217,40 @@ async def test_every_answer_names_its_composition_and_explains_it_when_asked(
     assert graph["composite_id"] == r.headers["x-rmn-composite"] and len(graph["components"]) == 4
     plain = await client.post("/v1/chat/completions", json=chat_body("base:auto"), headers=auth("brand_x"))
     assert "rmn_composition" not in plain.json() and plain.headers["x-rmn-composition"]
+
+
+class _LostRoom:
+    """A clean-room handle whose replica is lost for the first ``lost`` calls, then answers."""
+
+    def __init__(self, lost: int) -> None:
+        self.lost, self.calls = lost, 0
+        self.query = self
+
+    def remote(self, *args: Any) -> Any:
+        from serving.replies import Reply
+
+        self.calls += 1
+        lost = self.calls <= self.lost
+
+        async def answer() -> Reply:
+            if lost:
+                raise ActorDiedError()
+            return Reply(200, {"cells": [], "stored_answer": True})
+
+        return answer()
+
+
+async def test_a_lost_clean_room_replica_is_retried_once_then_answered_503(
+    gateway_app: GatewayFactory,
+) -> None:
+    """A clean-room call that meets a replica Serve has not yet dropped (killed, draining) runs once more on a
+    live one; lost twice, the client gets 503 with Retry-After, never a 500."""
+    client, gw, _ = gateway_app()
+    gw.cleanroom = room = _LostRoom(lost=1)
+    body = {"retailer": "shopco", "query": {"metrics": ["revenue"]}}
+    r = await client.post("/v1/cleanroom/query", json=body, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["stored_answer"] and room.calls == 2, r.text
+    gw.cleanroom = room = _LostRoom(lost=5)
+    r = await client.post("/v1/cleanroom/query", json=body, headers=ADMIN)
+    assert "was lost" in assert_openai_error(r, 503, "service_unavailable")["message"]
+    assert r.headers["retry-after"] == "2" and room.calls == 2
