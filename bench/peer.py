@@ -60,6 +60,7 @@ def _prepare(work: Path) -> dict[str, dict[str, Path]]:
 
 
 ENGINE = {"max_loras": 8, "max_cpu_loras": 64}  # set from the command line; the same for both sides
+RMN_ENV: dict[str, str] = {}  # --rmn-env: more environment for rmn's engine replica (experiments)
 
 
 def _engine_args() -> dict[str, Any]:
@@ -75,10 +76,22 @@ def _engine_args() -> dict[str, Any]:
 
 
 def _start_peer(
-    model: Path, loads: dict[str, dict[str, Path]], port: int, log: Path
+    model: Path, loads: dict[str, dict[str, Path]], port: int, log: Path, lora: bool = True
 ) -> subprocess.Popen[bytes]:
+    """Stock vLLM; ``lora=False``: without ``--enable-lora`` (the model alone: the physical reference)."""
     e = _engine_args()
     names = {peer_name(name): path for load in loads.values() for name, path in load.items()}
+    lora_args = [
+        "--enable-lora",
+        "--max-loras",
+        str(e["max_loras"]),
+        "--max-cpu-loras",
+        str(e["max_cpu_loras"]),
+        "--max-lora-rank",
+        str(e["max_lora_rank"]),
+        "--lora-modules",
+        *[f"{n}={p}" for n, p in names.items()],
+    ]
     cmd = [
         sys.executable,
         "-m",
@@ -91,20 +104,12 @@ def _start_peer(
         str(port),
         "--host",
         "127.0.0.1",
-        "--enable-lora",
-        "--max-loras",
-        str(e["max_loras"]),
-        "--max-cpu-loras",
-        str(e["max_cpu_loras"]),
-        "--max-lora-rank",
-        str(e["max_lora_rank"]),
         "--max-model-len",
         str(e["max_model_len"]),
         "--dtype",
         e["dtype"],
         "--enforce-eager",
-        "--lora-modules",
-        *[f"{n}={p}" for n, p in names.items()],
+        *(lora_args if lora else []),
     ]
     env = {**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver", "VLLM_CPU_KVCACHE_SPACE": "1"}
     return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -129,7 +134,7 @@ def _start_rmn(model: Path, port: int, work: Path, log: Path) -> subprocess.Pope
             "max_ongoing_requests": 64,
             "max_queued_requests": 256,
             "num_cpus": 1,
-            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+            "env": {"VLLM_CPU_KVCACHE_SPACE": "1", **RMN_ENV},
         },
     }
     path = work / "rmn-peer.yaml"
@@ -185,6 +190,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+SIDES = {  # side -> (how it is started, the loads it serves)
+    "vllm_no_lora": "stock vLLM without --enable-lora: the model alone, base load only (the reference)",
+    "vllm": "stock vLLM with --enable-lora and vLLM's own CPU LoRA ops, adapters pre-built",
+    "rmn": "rmn serve, open API, stacks composed on demand, grouped CPU LoRA (engine.cpu_lora=grouped)",
+}
+TARGETS = {"base": 0.95, "4 single adapters": 0.85, "4 stacks": 0.85, "32 compositions": 0.75}  # #24 item 3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=64)
@@ -193,28 +206,45 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--max-loras", type=int, default=8, help="adapter slots per engine step (both sides)")
     ap.add_argument("--max-cpu-loras", type=int, default=64, help="adapters kept in CPU memory (both sides)")
+    ap.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES), help="servers to run")
+    ap.add_argument("--loads", nargs="+", default=None, help="loads to run (default: all)")
+    ap.add_argument("--out", default="bench/results/peer.json", help="results file")
+    ap.add_argument(
+        "--rmn-env", nargs="*", default=[], metavar="KEY=VALUE", help="env of rmn's engine replica"
+    )
     args = ap.parse_args()
+    RMN_ENV.update(kv.split("=", 1) for kv in args.rmn_env)
     ENGINE.update(max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras)
     from serving.demo.defaults import demo_model_dir
 
     model = demo_model_dir()
     work = Path(tempfile.mkdtemp(prefix="bench-peer-"))
     loads = _prepare(work)
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {"vllm": [], "rmn": []} for name in loads}
-    ready_s: dict[str, list[float]] = {"vllm": [], "rmn": []}
+    if args.loads:
+        unknown = set(args.loads) - set(loads)
+        if unknown:
+            ap.error(f"unknown loads {sorted(unknown)}; known: {sorted(loads)}")
+        loads = {n: a for n, a in loads.items() if n in args.loads}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        name: {side: [] for side in args.sides if side != "vllm_no_lora" or name == "base"} for name in loads
+    }
+    ready_s: dict[str, list[float]] = {side: [] for side in args.sides}
     for rep in range(args.reps):
-        for side in ["vllm", "rmn"] if rep % 2 == 0 else ["rmn", "vllm"]:
+        for side in args.sides if rep % 2 == 0 else args.sides[::-1]:  # the order alternated
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             log = work / f"{side}-{rep}.log"
-            proc = (
-                _start_peer(model, loads, port, log) if side == "vllm" else _start_rmn(model, port, work, log)
-            )
+            if side == "rmn":
+                proc = _start_rmn(model, port, work, log)
+            else:
+                proc = _start_peer(model, loads, port, log, lora=side == "vllm")
             try:
                 ready_s[side].append(
-                    round(_wait_ready(url, proc, "/v1/models" if side == "vllm" else "/readyz"), 1)
+                    round(_wait_ready(url, proc, "/readyz" if side == "rmn" else "/v1/models"), 1)
                 )
                 for name, adapters in loads.items():
+                    if side not in runs[name]:
+                        continue
                     if side == "vllm":
                         models = [peer_name(n) for n in adapters] or ["base"]
                     else:
@@ -228,24 +258,35 @@ def main() -> None:
         n: {s: statistics.median(r["tokens_per_s"] for r in v) for s, v in sides.items()}
         for n, sides in runs.items()
     }
-    out = {
+    out: dict[str, Any] = {
         "model": "SmolLM2-135M-Instruct (demo), bf16, CPU",
         "load": f"{args.requests} chat requests, {args.concurrency} concurrent, {args.tokens} output tokens, ignore_eos, temperature 0",
         "engine": _engine_args(),
-        "peer": "stock vLLM OpenAI server from this venv (vllm-cpu 0.29.0), VLLM_PLUGINS=lora_filesystem_resolver "
-        "(this project's plugin excluded: vLLM's own per-token CPU LoRA ops); stacks and compositions pre-built",
-        "rmn": "rmn serve, open API, stacks composed on demand, grouped CPU LoRA (engine.cpu_lora=grouped)",
+        "sides": {side: SIDES[side] for side in args.sides},
+        "peer_version": "vllm-cpu 0.29.0 from this venv, VLLM_PLUGINS=lora_filesystem_resolver (this project's "
+        "plugin excluded)",
         "reps": args.reps,
         "ready_s": ready_s,
         "runs": runs,
         "median_tokens_per_s": med,
-        "rmn_over_vllm": {n: round(m["rmn"] / m["vllm"], 2) for n, m in med.items()},
-        "lora_over_base": {
-            side: {n: round(med[n][side] / med["base"][side], 3) for n in med if n != "base"}
-            for side in ("vllm", "rmn")
-        },
     }
-    print(write_results("bench/results/peer.json", out).read_text())
+    if "rmn" in args.sides and "vllm" in args.sides:
+        out["rmn_over_vllm"] = {n: round(m["rmn"] / m["vllm"], 2) for n, m in med.items()}
+    if "base" in med:
+        out["lora_over_base"] = {
+            side: {
+                n: round(med[n][side] / med["base"][side], 3) for n in med if n != "base" and side in med[n]
+            }
+            for side in ("vllm", "rmn")
+            if side in med["base"]
+        }
+    if "rmn" in args.sides and "vllm_no_lora" in args.sides:
+        ref = med["base"]["vllm_no_lora"]
+        ratios = {n: round(m["rmn"] / ref, 3) for n, m in med.items()}
+        out["rmn_over_vllm_no_lora"] = {
+            n: {"ratio": r, "target": TARGETS[n], "met": r >= TARGETS[n]} for n, r in ratios.items()
+        }
+    print(write_results(args.out, out).read_text())
 
 
 if __name__ == "__main__":

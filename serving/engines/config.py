@@ -142,6 +142,13 @@ class EngineConfig(Strict):
         "others run vLLM's ops; verdicts in the log and the engine's stats; serving/engines/cpu_lora/); 'vllm' "
         "keeps vLLM's per-token ops everywhere (with the index -1 fix).",
     )
+    cpu_executor: Literal["uni", "mp"] = Field(
+        default="uni",
+        description="CPU only, one worker (no tensor/pipeline parallelism): 'uni' runs vLLM's model worker in "
+        "its engine-core process, its OpenMP threads bound to the replica's cores as vLLM binds a worker's "
+        "(no hand-off between two processes, whose busy-wait takes a core's share: +15 % tok/s on 2 cores, "
+        "bench/results/peer.json); 'mp': vLLM's default, the worker in a process of its own.",
+    )
     lora_target_modules: list[str] | None = Field(
         default=None,
         description="vLLM module names that get LoRA (e.g. ['qkv_proj'] when every adapter targets q/k/v "

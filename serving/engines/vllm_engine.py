@@ -9,6 +9,7 @@ behaves exactly like ``vllm serve``. :meth:`VLLMEngine.handle` follows the engin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -121,6 +122,18 @@ def _bounded_ray_stat_logger() -> Any:
     return BoundedRayStatLogger
 
 
+def _worker_threads(vllm_config: Any) -> contextlib.AbstractContextManager[None]:
+    """While the engine-core process is started: the OpenMP environment vLLM gives a CPU worker process
+    (threads, binding to ``VLLM_CPU_OMP_THREADS_BIND``) when that process runs the worker itself ("uni"
+    executor, ``engine.cpu_executor``); nothing to do otherwise (the "mp" executor sets it per worker)."""
+    parallel = vllm_config.parallel_config
+    if vllm_config.device_config.device_type != "cpu" or parallel.distributed_executor_backend != "uni":
+        return contextlib.nullcontext()
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    return OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0)  # type: ignore[no-any-return]
+
+
 class VLLMEngine:
     """One vLLM ``AsyncLLM`` with vLLM's OpenAI serving objects and runtime LoRA add/remove."""
 
@@ -147,6 +160,14 @@ class VLLMEngine:
             else:
                 n = len(os.sched_getaffinity(0))
         cores, self._core_claims = claim_cores(n, Path(tempfile.gettempdir()) / "rmn-cpu-claims")
+        if len(cores) == 1 and self.engine_cfg.cpu_executor == "uni":
+            # one thread runs the scheduler and the model in turn: no barrier to keep its threads together,
+            # and the OS places it beside the replica's other processes better than a fixed core does
+            # (bench/results/peer.json: +7 % on 2 cores); the claim still spreads replicas over the node
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+            os.environ["OMP_NUM_THREADS"] = "1"
+            log.info("vLLM CPU thread: one, unbound (core %s claimed)", cores[0])
+            return
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
         log.info("vLLM CPU threads bound to cores %s", cores)
 
@@ -157,6 +178,10 @@ class VLLMEngine:
             self._bind_cores()
             # read by the LoRA plugin in every vLLM process this one starts (they inherit the environment)
             os.environ["RMN_CPU_LORA"] = self.engine_cfg.cpu_lora
+            # read by vLLM's CPU platform: "1" turns a one-worker engine's "uni" executor into "mp"
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = (
+                "0" if self.engine_cfg.cpu_executor == "uni" else "1"
+            )
         if self.engine_cfg.compact_json:
             # forced tool calls (named, "required") through the JSON-schema path, which honours compact JSON;
             # vLLM's strict structural tags allow any whitespace, where small models loop until max_tokens
@@ -175,13 +200,14 @@ class VLLMEngine:
         args = _vllm_args(self.model_cfg, self.engine_cfg)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
-        self._client = AsyncLLM.from_vllm_config(
-            vllm_config=vllm_config,
-            usage_context=UsageContext.OPENAI_API_SERVER,
-            enable_log_requests=False,
-            disable_log_stats=False,
-            stat_loggers=[_bounded_ray_stat_logger()],
-        )
+        with _worker_threads(vllm_config):
+            self._client = AsyncLLM.from_vllm_config(
+                vllm_config=vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                enable_log_requests=False,
+                disable_log_stats=False,
+                stat_loggers=[_bounded_ray_stat_logger()],
+            )
         if self.engine_cfg.device == "cpu":  # probe the LoRA layers' arithmetic now, not in a first request
             try:
                 await self._client.collective_rpc("rmn_cpu_lora_probe", timeout=600)

@@ -84,3 +84,38 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
     assert len(shapes) >= 4  # q/k/v, o, gate/up, down (and lm_head when targeted)
     assert all(layer["fused_error"] <= 2 * layer["vllm_error"] + 1e-6 for layer in report["layers"])
     assert report["bit_identical"] == all(layer["identical"] for layer in report["layers"])
+
+
+def test_a_step_without_adapters_runs_the_base_layers_with_the_same_bits(llm, adapter_dirs) -> None:  # type: ignore[no-untyped-def]
+    """A batch with no adapter anywhere runs each LoRA layer's base layer alone (no LoRA bookkeeping: the
+    model with LoRA enabled as fast as without); the same tokens and the same logprobs, bit for bit, as the
+    LoRA path adding zero; a batch with an adapter still takes the LoRA path."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from serving.engines.cpu_lora.wrapper import GroupedPunicaWrapperCPU, worker_reports
+
+    def idle_batches() -> int:
+        return sum(r["idle_batches"] for reports in llm.collective_rpc(worker_reports) for r in reports)
+
+    sp = SamplingParams(max_tokens=12, temperature=0, logprobs=5)
+
+    def run(lora: LoRARequest | None = None) -> tuple[list[int], list[dict[int, float]]]:
+        out = llm.generate([PROMPT], sp, lora_request=lora, use_tqdm=False)[0].outputs[0]
+        logprobs = [{t: lp.logprob for t, lp in step.items()} for step in out.logprobs]
+        return list(out.token_ids), logprobs
+
+    start = idle_batches()
+    bypassed = run()
+    assert idle_batches() >= start + 2  # prefill and decode batches ran on the base layers
+    GroupedPunicaWrapperCPU.bypass = False
+    try:
+        start = idle_batches()
+        through_lora = run()
+        assert idle_batches() == start
+    finally:
+        GroupedPunicaWrapperCPU.bypass = True
+    assert bypassed == through_lora
+    start = idle_batches()
+    adapted = run(LoRARequest("alpha", 1, str(adapter_dirs["alpha"])))
+    assert idle_batches() == start and adapted[0] != bypassed[0]

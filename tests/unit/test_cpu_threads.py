@@ -46,3 +46,32 @@ def test_a_dead_process_frees_its_cores_and_oversubscription_shares(tmp_path: Pa
     free, h2 = claim_cores(len(CORES), tmp_path)
     assert free == CORES and len(h2) == len(CORES)
     release(h2)
+
+
+@pytest.mark.parametrize(
+    ("threads", "executor", "bind", "omp"),
+    [(1, "uni", "nobind", "1"), (1, "mp", "<cores>", None), (2, "uni", "<cores>", None)],
+)
+def test_an_engine_binds_its_threads_unless_one_thread_runs_in_the_engine_core(
+    threads: int, executor: str, bind: str, omp: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One thread under the "uni" executor runs unbound (the OS places it; the core is still claimed);
+    otherwise vLLM's threads are bound to the claimed cores; an explicit binding is kept."""
+    from serving.engines.config import EngineConfig, ModelConfig
+    from serving.engines.vllm_engine import VLLMEngine
+
+    if threads > len(CORES):
+        pytest.skip("needs two cores")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    engine = VLLMEngine(ModelConfig(path=tmp_path), EngineConfig(cpu_threads=threads, cpu_executor=executor))
+    engine._bind_cores()
+    claimed = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "rmn-cpu-claims").glob("core-*.lock"))
+    assert len(claimed) == threads
+    want = ",".join(map(str, claimed)) if bind == "<cores>" else bind
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == want and os.environ.get("OMP_NUM_THREADS") == omp
+    release(engine._core_claims)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "3")
+    VLLMEngine(ModelConfig(path=tmp_path), EngineConfig(cpu_executor=executor))._bind_cores()
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "3"
