@@ -86,36 +86,39 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
     assert report["bit_identical"] == all(layer["identical"] for layer in report["layers"])
 
 
-def test_a_step_without_adapters_runs_the_base_layers_with_the_same_bits(llm, adapter_dirs) -> None:  # type: ignore[no-untyped-def]
-    """A batch with no adapter anywhere runs each LoRA layer's base layer alone (no LoRA bookkeeping: the
-    model with LoRA enabled as fast as without); the same tokens and the same logprobs, bit for bit, as the
-    LoRA path adding zero; a batch with an adapter still takes the LoRA path."""
+def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_same_bits(
+    llm, adapter_dirs
+) -> None:  # type: ignore[no-untyped-def]
+    """A batch with no adapter runs every LoRA layer's base layer alone, and a batch whose adapters target q/v
+    only (the test adapters) runs the MLP and o_proj that way (no LoRA bookkeeping: the model with LoRA
+    enabled about as fast as without); the same tokens and logprobs, bit for bit, as the LoRA path adding
+    zero there, base and adapter alike."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
     from serving.engines.cpu_lora.wrapper import GroupedPunicaWrapperCPU, worker_reports
 
-    def idle_batches() -> int:
-        return sum(r["idle_batches"] for reports in llm.collective_rpc(worker_reports) for r in reports)
+    def counts() -> tuple[int, int]:
+        reports = [r for rs in llm.collective_rpc(worker_reports) for r in rs]
+        return sum(r["idle_batches"] for r in reports), sum(r["bypassed_calls"] for r in reports)
 
     sp = SamplingParams(max_tokens=12, temperature=0, logprobs=5)
+    alpha = LoRARequest("alpha", 1, str(adapter_dirs["alpha"]))
 
-    def run(lora: LoRARequest | None = None) -> tuple[list[int], list[dict[int, float]]]:
+    def run(lora: LoRARequest | None) -> tuple[tuple[int, int], tuple[list[int], list[dict[int, float]]]]:
+        start = counts()
         out = llm.generate([PROMPT], sp, lora_request=lora, use_tqdm=False)[0].outputs[0]
         logprobs = [{t: lp.logprob for t, lp in step.items()} for step in out.logprobs]
-        return list(out.token_ids), logprobs
+        end = counts()
+        return (end[0] - start[0], end[1] - start[1]), (list(out.token_ids), logprobs)
 
-    start = idle_batches()
-    bypassed = run()
-    assert idle_batches() >= start + 2  # prefill and decode batches ran on the base layers
+    (idle, bypassed), base = run(None)
+    assert idle >= 2 and bypassed > 0  # prefill and decode batches ran on the base layers
+    (idle, bypassed), adapted = run(alpha)
+    assert idle == 0 and bypassed > 0 and adapted[0] != base[0]  # o_proj and the MLP only
     GroupedPunicaWrapperCPU.bypass = False
     try:
-        start = idle_batches()
-        through_lora = run()
-        assert idle_batches() == start
+        assert run(None) == ((0, 0), base)
+        assert run(alpha) == ((0, 0), adapted)
     finally:
         GroupedPunicaWrapperCPU.bypass = True
-    assert bypassed == through_lora
-    start = idle_batches()
-    adapted = run(LoRARequest("alpha", 1, str(adapter_dirs["alpha"])))
-    assert idle_batches() == start and adapted[0] != bypassed[0]

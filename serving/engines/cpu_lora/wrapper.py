@@ -27,16 +27,15 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     """``PunicaWrapperCPU`` whose linear and logits LoRA run through a :class:`GroupedLoRA`."""
 
     mode = "grouped"  # grouped | fused | vllm (class-wide: set by serving.engines.cpu_lora.set_mode)
-    idle = False  # this step has no adapter anywhere (set per batch by update_metadata)
-    bypass = True  # class-wide: idle steps run the base layers alone (False: the LoRA path adds zero)
+    bypass = True  # class-wide: layers no slot of the batch touches run their base layer alone
+    active_slots: frozenset[int] | None = None  # the batch's slots with an adapter (None: no bypass)
 
     def __init__(self, max_num_batched_tokens: int, max_batches: int, device: Any, **kwargs: Any) -> None:
         super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
         self.grouped = GroupedLoRA(max_tokens=min(max_num_batched_tokens, _PROBE_TOKENS))
-        self.idle_batches = (
-            0  # batches run on the base layers alone (a batch: one mapping, one or more steps)
-        )
         self._groups: list[tuple[int, Any]] | None = None
+        self.idle_batches = 0  # batches without any adapter (a batch: one mapping, one or more steps)
+        self.bypassed_calls = 0  # layer calls that ran the base layer alone
 
     def update_metadata(
         self, mapping: Any, lora_index_to_id: list[int | None], *args: Any, **kwargs: Any
@@ -44,10 +43,14 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         super().update_metadata(mapping, lora_index_to_id, *args, **kwargs)
         self._groups = None  # the batch changed: regroup on first use
         self.grouped.weights.set_slots(lora_index_to_id)
-        # no token and no sequence of this step has an adapter (LoRA ids are >= 1; 0 is none): the LoRA
-        # layers run their base layers alone (:func:`bypass_idle_layers`), which is what adding zero gives
-        self.idle = type(self).bypass and not any(mapping.index_mapping) and not any(mapping.prompt_mapping)
-        self.idle_batches += self.idle
+        if not type(self).bypass:
+            self.active_slots = None
+            return
+        ids = set(mapping.index_mapping)
+        ids.update(mapping.prompt_mapping)
+        ids.discard(0)  # LoRA ids are >= 1; 0: no adapter
+        self.active_slots = frozenset(i for i, lora_id in enumerate(lora_index_to_id) if lora_id in ids)
+        self.idle_batches += not self.active_slots
 
     def probe_layers(self, layers: Any) -> None:
         """Probe now every linear LoRA layer's shape (they are otherwise probed on first use, which would
@@ -124,12 +127,16 @@ def select() -> None:
 
 
 def _bypassing(forward: Any) -> Any:
-    """``forward`` of a LoRA layer that runs the wrapped base layer alone while its punica wrapper is idle."""
+    """``forward`` of a LoRA layer that runs its base layer alone when no slot of the batch has weights in it
+    (the layer's ``rmn_slots``, kept by :func:`_tracking`; unknown: only a batch without adapters)."""
 
     @functools.wraps(forward)
     def bypass(self: Any, *args: Any, **kwargs: Any) -> Any:
         d = self.__dict__
-        if getattr(d.get("punica_wrapper"), "idle", False):
+        wrapper = d.get("punica_wrapper")
+        active = getattr(wrapper, "active_slots", None)
+        if active is not None and (not active or active.isdisjoint(d.get("rmn_slots", active))):
+            wrapper.bypassed_calls += 1
             return d["_modules"]["base_layer"].forward(*args, **kwargs)
         return forward(self, *args, **kwargs)
 
@@ -137,14 +144,33 @@ def _bypassing(forward: Any) -> Any:
     return bypass
 
 
+def _tracking(method: Any, holds: bool) -> Any:
+    """``set_lora`` (``holds``) or ``reset_lora`` of a LoRA layer that also notes which slots hold weights in
+    it: vLLM resets a layer's slot when the adapter put there has no weights for that layer."""
+
+    @functools.wraps(method)
+    def track(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, index, *args, **kwargs)
+        slots = self.__dict__.setdefault("rmn_slots", set())
+        if holds:
+            slots.add(index)
+        else:
+            slots.discard(index)
+        return result
+
+    track.rmn_bypass = True  # type: ignore[attr-defined]
+    return track
+
+
 def bypass_idle_layers() -> list[str]:
-    """Wrap the ``forward`` of vLLM's linear and embedding LoRA layers (every subclass of
-    ``BaseLinearLayerWithLoRA`` that defines one, and ``VocabParallelEmbeddingWithLoRA``): in a step where the
-    layer's wrapper is a :class:`GroupedPunicaWrapperCPU` with no adapter in the batch, the layer returns its
-    base layer's ``forward`` — the same op on the same weights, so the same bits as the LoRA path, which adds
-    exactly zero there — without the LoRA bookkeeping (a few Python calls per layer: ~13 % of a decode step
-    of the demo model on 2 cores). Other wrappers (CUDA's) never set ``idle``. Returns the classes wrapped
-    now (idempotent)."""
+    """Wrap vLLM's linear and embedding LoRA layers (every subclass of ``BaseLinearLayerWithLoRA`` and
+    ``VocabParallelEmbeddingWithLoRA``): ``set_lora``/``reset_lora`` note which slots hold weights in the
+    layer, and ``forward``, when its wrapper is a :class:`GroupedPunicaWrapperCPU` and no slot of the batch
+    holds weights there (a batch without adapters; a layer the batch's adapters do not target, e.g. the MLP
+    under q/v adapters), returns its base layer's ``forward``: the same op on the same weights, so the same
+    bits as the LoRA path, which adds exactly zero there, without the LoRA bookkeeping (~13 % of a decode
+    step of the demo model on 2 cores). Other wrappers (CUDA's) never set ``active_slots``. Returns the
+    methods wrapped now (idempotent)."""
     from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
     from vllm.lora.layers.vocab_parallel_embedding import VocabParallelEmbeddingWithLoRA
 
@@ -153,10 +179,15 @@ def bypass_idle_layers() -> list[str]:
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        forward = cls.__dict__.get("forward")
-        if forward is not None and not getattr(forward, "rmn_bypass", False):
-            cls.forward = _bypassing(forward)  # type: ignore[attr-defined]
-            wrapped.append(cls.__qualname__)
+        for name, wrap in (
+            ("forward", _bypassing),
+            ("set_lora", lambda m: _tracking(m, True)),
+            ("reset_lora", lambda m: _tracking(m, False)),
+        ):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "rmn_bypass", False):
+                setattr(cls, name, wrap(method))
+                wrapped.append(f"{cls.__qualname__}.{name}")
     return wrapped
 
 
@@ -180,8 +211,11 @@ def _wrappers(manager: Any) -> list[GroupedPunicaWrapperCPU]:
 
 def worker_reports(worker: Any) -> list[dict[str, Any]]:
     """The :meth:`GroupedLoRA.report` of every grouped wrapper in a vLLM worker (run there through
-    ``collective_rpc``) with its ``idle_batches``; empty without LoRA or with vLLM's own wrapper."""
-    return [{**w.grouped.report(), "idle_batches": w.idle_batches} for w in _wrappers(_manager(worker))]
+    ``collective_rpc``) with its ``idle_batches`` and ``bypassed_calls``; empty without LoRA or with vLLM's own wrapper."""
+    return [
+        {**w.grouped.report(), "idle_batches": w.idle_batches, "bypassed_calls": w.bypassed_calls}
+        for w in _wrappers(_manager(worker))
+    ]
 
 
 def worker_probe(worker: Any) -> list[dict[str, Any]]:
