@@ -131,7 +131,7 @@ def _worker_threads(vllm_config: Any) -> contextlib.AbstractContextManager[None]
         return contextlib.nullcontext()
     from vllm.utils.ompmultiprocessing import OMPProcessManager
 
-    return OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0)  # type: ignore[no-any-return]
+    return OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0)
 
 
 class VLLMEngine:
