@@ -119,7 +119,9 @@ def peer_name(name: str) -> str:
     return name.replace(":", "_").replace("+", "_").replace("*", "w").replace("@", "v")
 
 
-def _start_rmn(model: Path, port: int, work: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start_rmn(
+    model: Path, port: int, work: Path, log: Path, executor: str = "uni"
+) -> subprocess.Popen[bytes]:
     from serving.demo.defaults import home
 
     e = _engine_args()
@@ -127,7 +129,8 @@ def _start_rmn(model: Path, port: int, work: Path, log: Path) -> subprocess.Pope
         "model": {"path": str(model)},
         "adapters": {"root": str(home() / "adapters"), "cache_root": str(work / "rmn-composites")},
         "engine": {
-            k: e[k] for k in ("max_loras", "max_cpu_loras", "max_lora_rank", "max_model_len", "dtype")
+            **{k: e[k] for k in ("max_loras", "max_cpu_loras", "max_lora_rank", "max_model_len", "dtype")},
+            "cpu_executor": executor,
         },
         "http": {"port": port, "metrics_port": free_port(), "request_timeout_s": 600},
         "engine_deployment": {
@@ -137,7 +140,7 @@ def _start_rmn(model: Path, port: int, work: Path, log: Path) -> subprocess.Pope
             "env": {"VLLM_CPU_KVCACHE_SPACE": "1", **RMN_ENV},
         },
     }
-    path = work / "rmn-peer.yaml"
+    path = work / f"rmn-peer-{executor}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--config", str(path)]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -194,6 +197,7 @@ SIDES = {  # side -> (how it is started, the loads it serves)
     "vllm_no_lora": "stock vLLM without --enable-lora: the model alone, base load only (the reference)",
     "vllm": "stock vLLM with --enable-lora and vLLM's own CPU LoRA ops, adapters pre-built",
     "rmn": "rmn serve, open API, stacks composed on demand, grouped CPU LoRA (engine.cpu_lora=grouped)",
+    "rmn_mp": "rmn as above with engine.cpu_executor=mp (vLLM's worker in a process of its own)",
 }
 TARGETS = {"base": 0.95, "4 single adapters": 0.85, "4 stacks": 0.85, "32 compositions": 0.75}  # #24 item 3
 
@@ -206,7 +210,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--max-loras", type=int, default=8, help="adapter slots per engine step (both sides)")
     ap.add_argument("--max-cpu-loras", type=int, default=64, help="adapters kept in CPU memory (both sides)")
-    ap.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES), help="servers to run")
+    ap.add_argument(
+        "--sides",
+        nargs="+",
+        choices=list(SIDES),
+        default=["vllm_no_lora", "vllm", "rmn"],
+        help="servers to run",
+    )
     ap.add_argument("--loads", nargs="+", default=None, help="loads to run (default: all)")
     ap.add_argument("--out", default="bench/results/peer.json", help="results file")
     ap.add_argument(
@@ -234,13 +244,13 @@ def main() -> None:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             log = work / f"{side}-{rep}.log"
-            if side == "rmn":
-                proc = _start_rmn(model, port, work, log)
+            if side.startswith("rmn"):
+                proc = _start_rmn(model, port, work, log, "mp" if side == "rmn_mp" else "uni")
             else:
                 proc = _start_peer(model, loads, port, log, lora=side == "vllm")
             try:
                 ready_s[side].append(
-                    round(_wait_ready(url, proc, "/readyz" if side == "rmn" else "/v1/models"), 1)
+                    round(_wait_ready(url, proc, "/readyz" if side.startswith("rmn") else "/v1/models"), 1)
                 )
                 for name, adapters in loads.items():
                     if side not in runs[name]:
@@ -280,6 +290,8 @@ def main() -> None:
             for side in ("vllm", "rmn")
             if side in med["base"]
         }
+    if "rmn" in args.sides and "rmn_mp" in args.sides:
+        out["uni_over_mp"] = {n: round(m["rmn"] / m["rmn_mp"], 3) for n, m in med.items()}
     if "rmn" in args.sides and "vllm_no_lora" in args.sides:
         ref = med["base"]["vllm_no_lora"]
         ratios = {n: round(m["rmn"] / ref, 3) for n, m in med.items()}
