@@ -145,9 +145,10 @@ class EngineConfig(Strict):
     cpu_executor: Literal["uni", "mp"] = Field(
         default="uni",
         description="CPU only, one worker (no tensor/pipeline parallelism): 'uni' runs vLLM's model worker in "
-        "its engine-core process, its OpenMP threads bound to the replica's cores as vLLM binds a worker's "
-        "(no hand-off between two processes, whose busy-wait takes a core's share: 1.12x the base model's tokens/s on 2 cores, "
-        "bench/results/peer-executor.json); 'mp': vLLM's default, the worker in a process of its own.",
+        "its engine-core process (no hand-off between two processes, whose busy-wait takes a core's share: 1.12x "
+        "the base model's tokens/s on 2 cores, bench/results/peer-executor.json), its OpenMP threads bound to "
+        "the replica's cores as vLLM binds a worker's (a single thread: left to the OS); 'mp': vLLM's default, "
+        "the worker in a process of its own.",
     )
     lora_target_modules: list[str] | None = Field(
         default=None,

@@ -163,7 +163,7 @@ class VLLMEngine:
         if len(cores) == 1 and self.engine_cfg.cpu_executor == "uni":
             # one thread runs the scheduler and the model in turn: no barrier to keep its threads together,
             # and the OS places it beside the replica's other processes better than a fixed core does
-            # (bench/results/peer.json: +7 % on 2 cores); the claim still spreads replicas over the node
+            # (153-155 vs 139-149 tokens/s on 2 cores, docs/benchmarks.md); the claim still spreads replicas
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
             os.environ["OMP_NUM_THREADS"] = "1"
             log.info("vLLM CPU thread: one, unbound (core %s claimed)", cores[0])

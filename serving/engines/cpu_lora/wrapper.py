@@ -119,7 +119,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
 def select() -> None:
     """Make vLLM's CPU platform choose :class:`GroupedPunicaWrapperCPU` for the LoRA managers it builds from
-    now on, and let LoRA layers skip their LoRA work in steps without adapters (idempotent)."""
+    now on, and let LoRA layers no slot of the batch holds weights in skip their LoRA work (idempotent)."""
     from vllm.platforms.cpu import CpuPlatform
 
     CpuPlatform.get_punica_wrapper = classmethod(lambda cls: QUALNAME)  # type: ignore[method-assign,assignment]
@@ -211,7 +211,8 @@ def _wrappers(manager: Any) -> list[GroupedPunicaWrapperCPU]:
 
 def worker_reports(worker: Any) -> list[dict[str, Any]]:
     """The :meth:`GroupedLoRA.report` of every grouped wrapper in a vLLM worker (run there through
-    ``collective_rpc``) with its ``idle_batches`` and ``bypassed_calls``; empty without LoRA or with vLLM's own wrapper."""
+    ``collective_rpc``) with its ``idle_batches`` and ``bypassed_calls``; empty without LoRA or with vLLM's own
+    wrapper."""
     return [
         {**w.grouped.report(), "idle_batches": w.idle_batches, "bypassed_calls": w.bypassed_calls}
         for w in _wrappers(_manager(worker))
