@@ -77,9 +77,9 @@ def ceiling(market: Any, brand: str, budget: float, optimum: float, rng: Any) ->
     from planning.planner import PlanRequest
     from planning.scoring import score
 
-    t, f = market.truth, market.facts
+    f = market.facts
     unit_price = f.price[:, None] * np.where(f.promo, 1 - f.discount[:, None], 1.0)
-    units = t.a[:, :, None] * (1 - np.exp(-market.spend / t.s[:, :, None])) / f.price[:, None, None]
+    units = market.true_incremental_units()
     out = {}
     saved = market.lift
     try:
@@ -140,7 +140,7 @@ def interval(diffs: list[float]) -> dict[str, float]:
     return {"mean": round(mean, 2), "low": round(mean - half, 2), "high": round(mean + half, 2)}
 
 
-def run(seeds: list[int]) -> dict[str, Any]:
+def run(seeds: list[int], market: dict[str, float] | None = None) -> dict[str, Any]:
     import numpy as np
 
     from planning.compare import plan_from_cleanroom, plan_full
@@ -150,7 +150,7 @@ def run(seeds: list[int]) -> dict[str, Any]:
 
     cfg = demo_config()
     assert cfg.comparison is not None
-    base, policy = cfg.comparison.market, cfg.market_policy()
+    base, policy = cfg.comparison.market.model_copy(update=market or {}), cfg.market_policy()
     cases: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
         for mcfg, market, answers in markets(base, policy, seeds, Path(work)):
@@ -160,6 +160,7 @@ def run(seeds: list[int]) -> dict[str, Any]:
                 for budget in BUDGETS:
                     req = PlanRequest(budget=budget)
                     full, _ = plan_full(data, req)
+                    plain, _ = plan_full(data, req, draws=0, carryovers=(0.0,), weekly=False)
                     spent, _ = plan_full(data, req.model_copy(update={"scenario": "fixed_budget"}))
                     own, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days, data)
                     alone, _, _ = plan_from_cleanroom(answers[brand], req, mcfg.days, mcfg.horizon_days)
@@ -170,6 +171,7 @@ def run(seeds: list[int]) -> dict[str, Any]:
                         "true_optimum": optimum,
                         "ceiling": ceiling(market, brand, budget, optimum, np.random.default_rng([seed, budget])),
                         "full": truth_full.profit, "full_spend": round(full.total_spend, 2),
+                        "full_plain_fit": score(plain, market).profit, "fit": full.analysis["fit"],
                         "full_expected": round(full.analysis["plan_profit"], 2),
                         "full_warned": full.analysis["warning"] is not None,
                         "full_fixed_budget": truth_spent.profit,
@@ -184,10 +186,13 @@ def run(seeds: list[int]) -> dict[str, Any]:
 
 
 def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
     passed = [c["full"] >= 0.9 * c["true_optimum"] - 1e-6 for c in cases]
     negative = [c for c in cases if c["full_expected"] < 0]
     negative_fixed = [c for c in cases if c["full_fixed_budget_expected"] < 0]
     arms = ("full", "cleanroom_own", "cleanroom_alone")
+    carry = [float(np.median(list(c["fit"]["carryover"].values()))) for c in cases]
     return {
         "cases": len(cases),
         "spend_decision": {
@@ -219,6 +224,19 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
             "full_wins_vs_cleanroom_own": f"{sum(c['full'] > c['cleanroom_own'] for c in cases)}/{len(cases)}",
             "full_wins_vs_cleanroom_alone": f"{sum(c['full'] > c['cleanroom_alone'] for c in cases)}/{len(cases)}",
         },
+        "fit": {  # what the full-data fit found (median carry-over over placements; weekday factors kept)
+            "carryover_median_by_case": {
+                "mean": round(statistics.fmean(carry), 3),
+                "min": min(carry),
+                "max": max(carry),
+            },
+            "weekday_factors_kept": f"{sum(c['fit']['weekday_factors'] is not None for c in cases)}/{len(cases)}",
+            "plain_fit_mean_true_profit": round(statistics.fmean(c["full_plain_fit"] for c in cases), 2),
+            "plain_fit_reaches_90pct_of_true_optimum": (
+                f"{sum(c['full_plain_fit'] >= 0.9 * c['true_optimum'] - 1e-6 for c in cases)}/{len(cases)}"
+            ),
+            "full_minus_plain_fit": interval([c["full"] - c["full_plain_fit"] for c in cases]),
+        },
         "ceiling_reaches_90pct": {
             k: f"{sum(c['ceiling'][k] for c in cases)}/{len(cases)}" for k in ("noise_free", "poisson_only")
         },
@@ -242,14 +260,18 @@ def seed_range(text: str) -> list[int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1-20", help="a range a-b of market seeds")
+    ap.add_argument("--carryover", type=float, default=0.0, help="the market's ad carry-over (0: none)")
+    ap.add_argument("--weekly", type=float, default=0.0, help="the market's day-of-week amplitude (0: none)")
+    ap.add_argument("--out", default="bench/results/planning-quality.json")
     args = ap.parse_args()
     seeds = seed_range(args.seeds)
     started = time.perf_counter()
-    out = run(seeds)
+    out = run(seeds, {"carryover": args.carryover, "weekly_amplitude": args.weekly})
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["setup"] = {"seeds": args.seeds, "budgets": BUDGETS, "brands": BRANDS, "scenario": "profit_optimal",
-                    "market": "demo config's comparison market (3,000 shoppers, 56 days, 28-day horizon)"}  # fmt: skip
-    path = write_results("bench/results/planning-quality.json", out)
+                    "market": "demo config's comparison market (3,000 shoppers, 56 days, 28-day horizon)",
+                    "carryover": args.carryover, "weekly_amplitude": args.weekly}  # fmt: skip
+    path = write_results(args.out, out)
     print({k: v for k, v in out.items() if k != "per_case"}, path)
 
 

@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--zipf", type=float, default=1.1)
     ap.add_argument("--every", type=float, default=5.0)
     ap.add_argument("--cache-mb", type=int, default=8, help="composite cache bound (MB)")
+    ap.add_argument("--out", default="bench/results/scale.json", help="results JSON (the PNG beside it)")
     args = ap.parse_args()
 
     import httpx
@@ -285,7 +286,7 @@ def main() -> None:
         },
     }
     print(summary, flush=True)
-    out = Path("bench/results/scale.json")
+    out = Path(args.out)
     write_results(
         out,
         {

@@ -194,7 +194,9 @@ def load_brand_dir(directory: Path | str, brand: str | None = None, horizon_days
             lift[i, j, d] = _number(media_file, row, rec, "incremental_revenue", -math.inf)
     facts.promo = promo
     name = brand or directory.name
-    return BrandData(name, facts, placements, spend, attributed, units, revenue, horizon_days, lift)
+    return BrandData(
+        name, facts, placements, spend, attributed, units, revenue, horizon_days, lift, first.weekday()
+    )
 
 
 def write_example(market: Market, brand: str, directory: Path | str) -> Path:
@@ -258,13 +260,15 @@ def write_example(market: Market, brand: str, directory: Path | str) -> Path:
     return out
 
 
-def backtest(data: BrandData, holdout_days: int) -> dict[str, Any]:
+def backtest(
+    data: BrandData, holdout_days: int, carryovers: tuple[float, ...] | None = None
+) -> dict[str, Any]:
     """Fit the full-data curves on all but the last ``holdout_days`` days and forecast each cell's revenue over
     those days from their actual spend: WAPE and bias against what the brand measured there (lift tests'
     incremental revenue where it has them, else attributed revenue), in total and per placement — the only truth
     real data has, so a good backtest bounds, but does not prove, a plan's quality."""
-    from planning.curves import fit_brand, response
-    from planning.uncertainty import resample
+    from planning.curves import CARRYOVERS, fit_brand, response
+    from planning.market import carry
 
     days = data.spend.shape[2]
     if not 1 <= holdout_days <= days - MIN_DAYS:
@@ -273,15 +277,24 @@ def backtest(data: BrandData, holdout_days: int) -> dict[str, Any]:
         )
     cut = days - holdout_days
     f = data.facts
-    curves, _ = fit_brand(resample(data, np.arange(cut)))
+    # carry-over and weekdays from the whole history in order (causal: a held-out day never informs a fitted one)
+    fit = fit_brand(data, np.arange(cut), carryovers or CARRYOVERS)
+    factor = (
+        np.ones(days)
+        if fit.weekday is None
+        else np.array(fit.weekday)[(data.first_weekday + np.arange(days)) % 7]
+    )
     measured, measured_on = response(data)
     idx, p_idx = {s: i for i, s in enumerate(f.sku)}, {p: j for j, p in enumerate(data.placements)}
     pred, actual = np.zeros(len(data.placements)), np.zeros(len(data.placements))
     err = np.zeros(len(data.placements))
-    for c in curves:
+    for c in fit.curves:
         i, j = idx[c.sku], p_idx[c.placement]
-        x = data.spend[i, j, cut:]
-        forecast = float((c.a * (1 - np.exp(-x / max(c.s, 1e-9)))).sum()) if c.a > 0 else 0.0
+        x = carry(data.spend[i, j], fit.carryover[c.placement])[
+            cut:
+        ]  # the carried spend of the held-out days
+        g = factor[cut:] * (1 - np.exp(-x / max(c.s, 1e-9)))
+        forecast = float((c.a * g).sum()) if c.a > 0 else 0.0
         truth = float(measured[i, j, cut:].sum())
         pred[j] += forecast
         actual[j] += truth

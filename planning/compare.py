@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planning.curves import Curve, fit_aggregates, fit_brand, response
+from planning.curves import CARRYOVERS, Curve, fit_aggregates, fit_brand, response
 from planning.harmonize import Harmonization, harmonize
 from planning.market import BrandData, Market, MarketConfig
 from planning.planner import CellInput, Plan, PlanRequest, solve
@@ -91,10 +91,18 @@ class ComparisonResult(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)
 
 
-def plan_full(data: BrandData, req: PlanRequest, draws: int = DRAWS) -> tuple[Plan, float]:
-    """The full-data plan and its wall seconds (fit + LP + ``draws`` bootstrap refits for its intervals; 0: none)."""
+def plan_full(
+    data: BrandData,
+    req: PlanRequest,
+    draws: int = DRAWS,
+    carryovers: tuple[float, ...] = CARRYOVERS,
+    weekly: bool = True,
+) -> tuple[Plan, float]:
+    """The full-data plan and its wall seconds (fit + LP + ``draws`` bootstrap refits for its intervals; 0: none).
+    ``carryovers`` and ``weekly``: what the fit may find (:func:`planning.curves.fit_brand`; a study turns them off)."""
     started = time.perf_counter()
-    curves, baseline_units = fit_brand(data)
+    fit = fit_brand(data, None, carryovers, weekly)
+    curves, baseline_units = fit.curves, fit.baseline
     f = data.facts
     idx = {s: i for i, s in enumerate(f.sku)}
     cells = []
@@ -108,7 +116,13 @@ def plan_full(data: BrandData, req: PlanRequest, draws: int = DRAWS) -> tuple[Pl
     plan = solve(cells, req, data.horizon_days, "profit")
     plan.analysis = analyse(cells, req, data.horizon_days, plan).as_dict()
     plan.analysis["fitted_on"] = response(data)[1]
-    plan.analysis["intervals"] = intervals(data, plan, draws) if plan.total_spend > 0 and draws else None
+    plan.analysis["fit"] = fit.describe()
+    chosen = tuple(sorted(set(fit.carryover.values())))
+    plan.analysis["intervals"] = (
+        intervals(data, plan, draws, carryovers=chosen, weekly=weekly)
+        if plan.total_spend > 0 and draws
+        else None
+    )
     return plan, time.perf_counter() - started
 
 
@@ -164,7 +178,7 @@ def plan_from_cleanroom(
     started = time.perf_counter()
     cells = answers["cells"]
     daily = answers.get("daily") or {"cells": [], "blocked_fields": [], "epsilon_spent": 0.0}
-    curves = fit_aggregates(cells["cells"], daily["cells"], history_days)
+    curves, carryover = fit_aggregates(cells["cells"], daily["cells"], history_days)
     view = {
         "cells_released": len(cells["cells"]),
         "cells_suppressed": cells["suppressed_cells"],
@@ -183,6 +197,7 @@ def plan_from_cleanroom(
     plan.analysis["fitted_on"] = (
         "attributed revenue in released aggregates (over-states the incremental response)"
     )
+    plan.analysis["fit"] = {"carryover": carryover, "weekday_factors": None}
     plan.analysis["intervals"] = None  # totals per cell have no days to resample (docs/planning.md)
     return plan, view, time.perf_counter() - started
 

@@ -4,10 +4,14 @@ each planner can make from what it sees.
 - :func:`fit_brand` (full data): per SKU x placement, from the brand's DAILY campaign data (spend and the lift
   tests' incremental revenue where the brand has them, else attributed revenue, which over-states the response:
   :func:`response`), ``a`` by least squares per cell and ``s = m * mean(x)`` with ``m`` on a grid, one ``m`` per
-  placement (pooled over SKUs: per-cell shapes overfit daily noise).
+  placement (pooled over SKUs: per-cell shapes overfit daily noise). ``x`` is the spend carried over from earlier
+  days (geometric adstock, one carry-over per placement from :data:`CARRYOVERS`, kept where it lowers the BIC)
+  and the response is scaled per weekday (factors kept only where they forecast the other half of the weeks
+  better); the curves describe an average day of a flat spend.
 - :func:`fit_aggregates` (clean room): a per-placement shape ``m_p`` from released placement x day totals
-  (attributed revenue, no baseline term: aggregates cannot separate it), then each released SKU x placement
-  cell's level from its totals. Suppressed cells get no curve.
+  (attributed revenue, no baseline term: aggregates cannot separate it) with one carry-over pooled over the
+  placements whose every day was released, then each released SKU x placement cell's level from its totals.
+  Suppressed cells get no curve.
 """
 
 from __future__ import annotations
@@ -49,61 +53,212 @@ def response(data: BrandData) -> tuple[np.ndarray, str]:
     return data.attributed, "attributed revenue (over-states the incremental response)"
 
 
-def fit_brand(data: BrandData) -> tuple[list[Curve], np.ndarray]:
-    """Curves per (SKU, placement) from the brand's daily campaign data, and the baseline daily units per
-    SKU (sell-out on non-promo days minus what the curves explain), from the brand's tables."""
-    x, y = data.spend, response(data)[0]  # (n, P, T)
-    mean_x = np.maximum(x.mean(axis=2), 1e-6)  # (n, P)
-    best_sse = np.full(mean_x.shape, np.inf)
-    best_a = np.zeros(mean_x.shape)
-    best_s = np.ones(mean_x.shape)
-    for m in GRID:  # one shape per placement, pooled over SKUs (per-cell shapes overfit daily noise)
-        s = m * mean_x
-        g = _g(x, s[:, :, None])
-        a = np.maximum((g * y).sum(axis=2) / np.maximum((g * g).sum(axis=2), 1e-12), 0.0)
-        sse = np.broadcast_to(((a[:, :, None] * g - y) ** 2).sum(axis=(0, 2)), mean_x.shape)
-        better = sse < best_sse
-        best_sse[better], best_a[better], best_s[better] = sse[better], a[better], s[better]
-    n, P, _ = x.shape
-    explained = (best_a[:, :, None] * _g(x, best_s[:, :, None])).sum(axis=1) / data.facts.price[:, None]
-    regular = ~data.facts.promo
+CARRYOVERS = (
+    0.0,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+)  # the carry-over grid (share of a day's effective spend carried on)
+
+
+@dataclass
+class BrandFit:
+    """The full-data fit: curves per cell, baseline daily units per SKU, the carry-over chosen per placement and
+    the day-of-week factors of the response (None: the data shows no weekly swing worth its six parameters)."""
+
+    curves: list[Curve]
+    baseline: np.ndarray
+    carryover: dict[str, float]
+    weekday: list[float] | None
+
+    def describe(self) -> dict[str, object]:
+        """What the fit found, for a plan's ``spend_analysis``: carry-over per placement, weekday factors."""
+        names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        return {
+            "carryover": {p: round(c, 2) for p, c in self.carryover.items()},
+            "weekday_factors": None
+            if self.weekday is None
+            else {names[d]: round(w, 3) for d, w in enumerate(self.weekday)},
+        }
+
+
+def _bic(sse: float, n: int, params: int) -> float:
+    return n * float(np.log(max(sse, 1e-12) / max(n, 1))) + params * float(np.log(max(n, 2)))
+
+
+def _weekday_factors(fitted: np.ndarray, y: np.ndarray, weekday: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Least-squares factor per weekday of ``y ~ w[weekday] * fitted`` over the days ``use``, scaled to mean 1
+    (1 for a weekday with no day in ``use``)."""
+    w = np.ones(7)
+    for d in range(7):
+        on = use & (weekday == d)
+        den = float((fitted[:, :, on] ** 2).sum())
+        if on.any() and den > 0:
+            w[d] = float((fitted[:, :, on] * y[:, :, on]).sum()) / den
+    w = np.clip(w, 0.05, None)
+    out: np.ndarray = w / w.mean()
+    return out
+
+
+def _weekly_helps(fitted: np.ndarray, y: np.ndarray, weekday: np.ndarray, week: np.ndarray) -> bool:
+    """Whether weekday factors estimated on odd weeks lower the squared error on even weeks AND the other way
+    round (a two-fold check by week: in-sample criteria admit spurious swings under heavy-tailed lift noise)."""
+    for fold in (0, 1):
+        train, test = week % 2 == fold, week % 2 != fold
+        if not train.any() or not test.any():
+            return False
+        w = _weekday_factors(fitted, y, weekday, train)
+        plain = float(((fitted[:, :, test] - y[:, :, test]) ** 2).sum())
+        swung = float(((fitted[:, :, test] * w[weekday[test]] - y[:, :, test]) ** 2).sum())
+        if swung >= plain:
+            return False
+    return True
+
+
+def _fit_cells(
+    carried: dict[float, np.ndarray], y: np.ndarray, factor: np.ndarray, mean_x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per placement the (carry-over, shape) pair of least squared error, each cell's level by least squares:
+    (a, s, carry-over, SSE) with a, s of shape (n, P) and the last two per placement. ``factor`` multiplies the
+    response per day (weekday factors, 1 without)."""
+    n, P = mean_x.shape
+    best_sse, best_a, best_s, best_c = np.full(P, np.inf), np.zeros((n, P)), np.ones((n, P)), np.zeros(P)
+    for c, x in carried.items():
+        for m in GRID:  # one shape per placement, pooled over SKUs (per-cell shapes overfit daily noise)
+            s = m * mean_x
+            g = _g(x, s[:, :, None]) * factor
+            a = np.maximum((g * y).sum(axis=2) / np.maximum((g * g).sum(axis=2), 1e-12), 0.0)
+            sse = ((a[:, :, None] * g - y) ** 2).sum(axis=(0, 2))  # (P,)
+            better = sse < best_sse
+            best_sse[better] = sse[better]
+            best_a[:, better], best_s[:, better], best_c[better] = a[:, better], s[:, better], c
+    return best_a, best_s, best_c, best_sse
+
+
+def fit_brand(
+    data: BrandData,
+    days: np.ndarray | None = None,
+    carryovers: tuple[float, ...] = CARRYOVERS,
+    weekly: bool = True,
+) -> BrandFit:
+    """Curves per (SKU, placement) from the brand's daily campaign data, and the baseline daily units per SKU
+    (sell-out on non-promo days minus what the curves explain), from the brand's tables.
+
+    The response of day t is ``w[weekday] * a * g(A_t; s)`` with ``A`` the spend carried over (geometric,
+    normalised: :func:`planning.market.carry`, one carry-over per placement from ``carryovers``) and ``w`` the
+    weekday factors (mean 1; fitted when ``weekly``): each is kept only where it lowers the BIC (the fit pays
+    ln N per parameter), so data without carry-over or a weekly swing gets the plain fit. ``days`` (indices into
+    the history, repeats allowed: a bootstrap resample) selects the days fitted on; carry-over and weekdays are
+    computed on the whole history in order first, so a resample keeps each day's own carried spend and weekday.
+    A flat spend's steady state is that spend and the factors average 1 over a week, so the curves describe an
+    average day of a flat plan."""
+    from planning.market import carry
+
+    idx = np.arange(data.spend.shape[2]) if days is None else np.asarray(days)
+    y = response(data)[0][:, :, idx]  # (n, P, T)
+    x_raw = data.spend[:, :, idx]
+    mean_x = np.maximum(x_raw.mean(axis=2), 1e-6)  # (n, P)
+    carried = {c: carry(data.spend, c)[:, :, idx] for c in carryovers}
+    weekday = (data.first_weekday + idx) % 7
+    ones = np.ones(len(idx))
+    n, P, T = y.shape
+    a, s, c, sse = _fit_cells(carried, y, ones, mean_x)
+    obs = n * T  # observations per placement
+    # a carry-over is kept per placement only where it beats the plain fit by more than its BIC price
+    if 0.0 in carried and len(carried) > 1:
+        a0, s0, _, sse0 = _fit_cells({0.0: carried[0.0]}, y, ones, mean_x)
+        plain = np.array([_bic(sse0[p], obs, 1) <= _bic(sse[p], obs, 2) for p in range(P)])
+        a[:, plain], s[:, plain], c[plain], sse[plain] = a0[:, plain], s0[:, plain], 0.0, sse0[plain]
+    factors: np.ndarray | None = None
+    if weekly and T >= 14:
+        fitted = np.stack(
+            [a[:, p, None] * _g(carried[float(c[p])][:, p], s[:, p, None]) for p in range(P)], 1
+        )
+        if _weekly_helps(fitted, y, weekday, idx // 7):
+            w = _weekday_factors(fitted, y, weekday, np.ones(T, dtype=bool))
+            chosen = {float(v) for v in c}
+            a, s, c, sse = _fit_cells({cc: carried[cc] for cc in chosen}, y, w[weekday], mean_x)
+            factors = w
+    day_factor = ones if factors is None else factors[weekday]
+    explained = (
+        np.stack([a[:, p, None] * _g(carried[float(c[p])][:, p], s[:, p, None]) for p in range(P)], 1).sum(
+            axis=1
+        )
+        * day_factor
+        / data.facts.price[:, None]
+    )
+    regular = ~data.facts.promo[:, idx]
+    units = data.units[:, idx]
     baseline = np.array(
         [
-            max(float((data.units[i] - explained[i])[regular[i]].mean()) if regular[i].any() else 0.0, 0.0)
+            max(float((units[i] - explained[i])[regular[i]].mean()) if regular[i].any() else 0.0, 0.0)
             for i in range(n)
         ]
     )
     curves = [
-        Curve(data.facts.sku[i], data.placements[p], float(best_a[i, p]), float(best_s[i, p]))
+        Curve(data.facts.sku[i], data.placements[p], float(a[i, p]), float(s[i, p]))
         for i in range(n)
         for p in range(P)
-        if x[i, p].sum() > 0
+        if x_raw[i, p].sum() > 0
     ]
-    return curves, baseline
+    return BrandFit(
+        curves,
+        baseline,
+        {data.placements[p]: float(c[p]) for p in range(P)},
+        None if factors is None else [float(v) for v in factors],
+    )
 
 
-def fit_shape(spend: np.ndarray, revenue: np.ndarray) -> float:
-    """The grid multiplier ``m`` (``s = m * mean spend``) that best fits ``revenue ~ a g(spend; s)``."""
+def fit_shape(spend: np.ndarray, revenue: np.ndarray, carryover: float = 0.0) -> tuple[float, float]:
+    """(``m``, squared error): the grid multiplier (``s = m * mean spend``) that best fits ``revenue ~ a g(A; s)``,
+    ``A`` the spend carried over with ``carryover`` (``spend``, ``revenue``: consecutive days in order)."""
+    from planning.market import carry
+
     mean_x = max(float(spend.mean()), 1e-6)
+    x = carry(spend, carryover)
     best, best_m = np.inf, 1.0
     for m in GRID:
-        g = _g(spend, m * mean_x)
+        g = _g(x, m * mean_x)
         a = max(float(g @ revenue) / max(float(g @ g), 1e-12), 0.0)
         sse = float(((a * g - revenue) ** 2).sum())
         if sse < best:
             best, best_m = sse, float(m)
-    return best_m
+    return best_m, best
 
 
-def fit_aggregates(cells: list[dict[str, object]], daily: list[dict[str, object]], days: int) -> list[Curve]:
+def fit_aggregates(
+    cells: list[dict[str, object]], daily: list[dict[str, object]], days: int
+) -> tuple[list[Curve], dict[str, float]]:
     """Curves for released SKU x placement cells (``sku``, ``placement``, ``spend``, ``revenue`` totals over
-    ``days``), shaped by released placement x day cells (``placement``, ``spend``, ``revenue``)."""
-    shapes: dict[str, float] = {}
-    for placement in {str(c["placement"]) for c in daily}:
-        rows = [c for c in daily if c["placement"] == placement]
+    ``days``), shaped by released placement x day cells (``placement``, ``event_date``, ``spend``, ``revenue``),
+    and the carry-over per placement: one for all placements whose every day was released (pooled: 56 daily
+    totals of one placement are too few to tell carry-over from noise), kept only where it lowers the BIC; 0 for
+    a placement with a missing day (a gap breaks the carried spend)."""
+    series: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {}
+    for placement in sorted({str(c["placement"]) for c in daily}):
+        rows = sorted(
+            (c for c in daily if c["placement"] == placement), key=lambda c: str(c.get("event_date", ""))
+        )
         x = np.array([float(c["spend"]) for c in rows])  # type: ignore[arg-type]
         y = np.array([float(c["revenue"]) for c in rows])  # type: ignore[arg-type]
-        shapes[placement] = fit_shape(x, y) if len(rows) >= 3 else 1.0
+        if len(rows) >= 3:
+            series[placement] = (x, y, len(rows) == days and all("event_date" in c for c in rows))
+    whole = [p for p, (_, _, w) in series.items() if w]
+    best_c, best_bic = 0.0, np.inf
+    if whole:
+        n_obs = sum(len(series[p][0]) for p in whole)
+        for carried in CARRYOVERS:
+            sse = sum(fit_shape(series[p][0], series[p][1], carried)[1] for p in whole)
+            bic = _bic(sse, n_obs, len(whole) + (carried > 0))
+            if bic < best_bic:
+                best_c, best_bic = float(carried), bic
+    carryover = {p: best_c if w else 0.0 for p, (_, _, w) in series.items()}
+    shapes = {p: fit_shape(x, y, carryover[p])[0] for p, (x, y, _) in series.items()}
     curves = []
     for c in cells:
         spend, revenue = float(c["spend"]), float(c["revenue"])  # type: ignore[arg-type]
@@ -114,4 +269,4 @@ def fit_aggregates(cells: list[dict[str, object]], daily: list[dict[str, object]
         s = m * x_bar
         a = (revenue / days) / float(1 - np.exp(-1 / m))
         curves.append(Curve(str(c["sku"]), str(c["placement"]), a, s))
-    return curves
+    return curves, carryover

@@ -2,7 +2,10 @@
 
 One retailer, several brands, SKUs (category, price, margin, stock, promo calendar, price elasticity),
 placements and shoppers; TRUE saturating response curves per SKU x placement: daily incremental revenue
-``a * (1 - exp(-spend / s))``. History of ``days`` days of flighted, varied spend produces:
+``a * (1 - exp(-spend / s))``. Optionally (``carryover``, ``weekly_amplitude``) a day's response follows the
+spend carried over from earlier days (geometric adstock, :func:`carry`) and a day-of-week swing of traffic
+(:func:`weekly`); the truth's curves stay those of an average day of a flat spend (its steady state). History
+of ``days`` days of flighted, varied spend produces:
 
 - the retailer's event log (impressions/clicks carrying ad cost, purchases attributed to a placement — which
   include a share of baseline sales of exposed shoppers, so attributed ROAS overstates iROAS), in the
@@ -70,6 +73,22 @@ class MarketConfig(BaseModel):
         "campaign's incremental revenue per SKU x placement x day, reported to the brand beside the attributed "
         "revenue. 0: no lift tests (the brand sees attributed revenue only).",
     )
+    carryover: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.9,
+        description="Ad carry-over (geometric adstock): a day's response follows (1 - c) x that day's spend + c x "
+        "the carried spend of the day before, so a dollar keeps working on later days; a flat spend's steady "
+        "state is that spend, so the true curves of a flat plan are unchanged. 0: none.",
+    )
+    weekly_amplitude: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.9,
+        description="Day-of-week swing of shopper traffic: baseline sales and ad response on a day are x (1 + "
+        "amplitude x sin(2 pi (weekday - 1) / 7)), weekday 0 = Monday (busiest Thursday to Saturday, mean 1 "
+        "over a week). 0: none.",
+    )
 
 
 @dataclass
@@ -99,6 +118,7 @@ class BrandData:
     revenue: np.ndarray  # (sku, day)
     horizon_days: int
     lift: np.ndarray | None = None  # (sku, placement, day): holdout-measured incremental revenue, if any
+    first_weekday: int = 0  # weekday of the history's first day (0 = Monday)
 
 
 @dataclass
@@ -109,6 +129,9 @@ class Truth:
     s: np.ndarray  # (sku, placement) daily spend scale
     baseline_units: np.ndarray  # (sku,) per day, no promo
     headroom_units: np.ndarray  # (sku,) stock left for incremental sales over the horizon
+    spend_before: np.ndarray | None = (
+        None  # (sku, placement) daily spend level before the history (carry-over)
+    )
 
 
 @dataclass
@@ -154,7 +177,18 @@ class Market:
             self.units[idx] * price,
             self.config.horizon_days,
             None if self.lift is None else self.lift[idx],
+            START.weekday(),
         )
+
+    def true_incremental_units(self) -> np.ndarray:
+        """The history's TRUE incremental units per SKU x placement x day (carry-over and weekday swing
+        included): what a perfect lift test would measure, for the evaluator's ceiling studies only."""
+        cfg, t = self.config, self.truth
+        traffic = weekly(cfg.days, cfg.weekly_amplitude, START.weekday())
+        carried = carry(self.spend, cfg.carryover, start=t.spend_before)
+        units: np.ndarray = t.a[:, :, None] * traffic * (1 - np.exp(-carried / t.s[:, :, None]))
+        out: np.ndarray = units / self.facts.price[:, None, None]
+        return out
 
     def brand_index(self, brand: str) -> list[int]:
         """Rows of ``brand``'s SKUs in the market arrays."""
@@ -213,14 +247,17 @@ def generate(config: MarketConfig) -> Market:
     level = s * rng.uniform(0.3, 2.0, (n, P))
     on = rng.random((n, P, D)) < 0.7
     spend = np.round(level[:, :, None] * rng.lognormal(0.0, 0.6, (n, P, D)) * on, 2)
-    inc_rev = a[:, :, None] * (1 - np.exp(-spend / s[:, :, None]))  # (n, P, D)
+    traffic = weekly(D, config.weekly_amplitude, START.weekday())  # (D,): all 1 without a weekly swing
+    carried = carry(spend, config.carryover, start=level)  # spend itself without carry-over
+    inc_rev = a[:, :, None] * traffic * (1 - np.exp(-carried / s[:, :, None]))  # (n, P, D)
     promo_mult = np.where(promo, 1 + elasticity[:, None] * discount[:, None], 1.0)
     unit_price = price[:, None] * np.where(promo, 1 - discount[:, None], 1.0)
-    mean_units = base_units[:, None] * promo_mult + inc_rev.sum(axis=1) / price[:, None]
+    mean_units = base_units[:, None] * promo_mult * traffic + inc_rev.sum(axis=1) / price[:, None]
     units = rng.poisson(mean_units).astype(float)
-    # attributed purchases: the incremental ones plus a share of baseline buyers who saw an ad
+    # attributed purchases: the incremental ones plus a share of baseline buyers who saw an ad that day
     halo = rng.uniform(0.1, 0.4, P)
-    halo_units = halo[None, :, None] * base_units[:, None, None] * (1 - np.exp(-spend / (3 * s[:, :, None])))
+    exposed = 1 - np.exp(-spend / (3 * s[:, :, None]))
+    halo_units = halo[None, :, None] * base_units[:, None, None] * traffic * exposed
     attributed_units = rng.poisson(inc_rev / price[:, None, None] + halo_units)
     market = Market(
         config,
@@ -228,7 +265,7 @@ def generate(config: MarketConfig) -> Market:
         brand_of,
         placements,
         SkuFacts(skus, category, price, margin, stock, elasticity, promo, discount),
-        Truth(a, s, base_units, headroom),
+        Truth(a, s, base_units, headroom, level),
         spend,
         attributed_units * unit_price[:, None, :],
         units,
@@ -238,6 +275,28 @@ def generate(config: MarketConfig) -> Market:
         lift_rng = np.random.default_rng([config.seed, 1])
         market.lift = _lift(lift_rng, config.holdout_share, attributed_units, halo_units, unit_price)
     return market
+
+
+def weekly(days: int, amplitude: float, first_weekday: int = 0) -> np.ndarray:
+    """Shopper traffic per day of a history whose first day is ``first_weekday`` (0 = Monday): ``1 + amplitude
+    x sin(2 pi (weekday - 1) / 7)``, which averages 1 over any whole week."""
+    wd = (first_weekday + np.arange(days)) % 7
+    out: np.ndarray = 1.0 + amplitude * np.sin(2 * np.pi * (wd - 1) / 7)
+    return out
+
+
+def carry(spend: np.ndarray, c: float, start: np.ndarray | None = None) -> np.ndarray:
+    """Geometric adstock along the last axis, normalised: ``A_t = (1 - c) x_t + c A_{t-1}`` (a flat spend's
+    steady state is that spend); ``A_{-1}`` is ``start`` (the spend level before the history; default the first
+    week's mean). ``c`` = 0 returns ``spend`` itself."""
+    if c <= 0:
+        return spend
+    prev = spend[..., : min(7, spend.shape[-1])].mean(axis=-1) if start is None else np.asarray(start, float)
+    out = np.empty(spend.shape, dtype=float)
+    for t in range(spend.shape[-1]):
+        prev = (1 - c) * spend[..., t] + c * prev
+        out[..., t] = prev
+    return out
 
 
 def _lift(

@@ -15,7 +15,9 @@ normal-equivalent level widened by :data:`WIDEN` (80 % -> the central 95 %), a f
 checked on seeds 11-20 by ``bench/planning_quality.py`` (coverage there, not here, is the claim).
 
 Why a bootstrap and not a posterior: the curves are a grid-and-least-squares fit with no closed form, and a
-resample refits everything the plan depends on (shape, level, baseline and so headroom) for ~1 ms a draw. What
+resample refits everything the plan depends on (carry-over, weekday factors, shape, level, baseline and so
+headroom) for a few ms a draw; carry-over and weekdays are computed on the history in order, so a drawn day keeps
+its own carried spend and weekday. What
 it does not cover: error the model cannot see (a response that is not of the curves' form, a market that
 changes after the history) — measured, not assumed: ``bench/planning_quality.py`` reports how often the 80 %
 interval covers the truth.
@@ -23,13 +25,12 @@ interval covers the truth.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
-from planning.curves import Curve, fit_brand
+from planning.curves import CARRYOVERS, Curve, fit_brand
 from planning.market import BrandData
 from planning.planner import Plan
 from planning.scoring import cap_at_stock
@@ -48,21 +49,6 @@ def bootstrap_level(level: float) -> float:
     """The central share of the draws reported as a ``level`` interval (0.8 -> 0.95)."""
     z = NormalDist().inv_cdf((1 + level) / 2) * WIDEN
     return 2 * NormalDist().cdf(z) - 1
-
-
-def resample(data: BrandData, days: np.ndarray) -> BrandData:
-    """``data`` with its history replaced by the days ``days`` (indices, repeats allowed), in that order."""
-    f = data.facts
-    facts = replace(f, promo=f.promo[:, days])
-    return replace(
-        data,
-        facts=facts,
-        spend=data.spend[:, :, days],
-        attributed=data.attributed[:, :, days],
-        units=data.units[:, days],
-        revenue=data.revenue[:, days],
-        lift=None if data.lift is None else data.lift[:, :, days],
-    )
 
 
 def block_days(n_days: int, rng: np.random.Generator, block: int = BLOCK_DAYS) -> np.ndarray:
@@ -88,15 +74,23 @@ def predict(plan: Plan, curves: list[Curve], baseline: np.ndarray, data: BrandDa
 
 
 def intervals(
-    data: BrandData, plan: Plan, draws: int = DRAWS, level: float = LEVEL, seed: int = 0
+    data: BrandData,
+    plan: Plan,
+    draws: int = DRAWS,
+    level: float = LEVEL,
+    seed: int = 0,
+    carryovers: tuple[float, ...] = CARRYOVERS,
+    weekly: bool = True,
 ) -> dict[str, Any]:
-    """The plan's ``level`` intervals (see the module contract); deterministic for a seed."""
+    """The plan's ``level`` intervals (see the module contract); deterministic for a seed. ``carryovers``: the
+    carry-overs each draw may choose from (the plan's own fit passes those it chose: a draw then costs ~3 ms,
+    not the whole grid's ~10); ``weekly``: whether a draw may fit weekday factors."""
     rng = np.random.default_rng(seed)
     n_days = data.spend.shape[2]
     samples = []
     for _ in range(draws):
-        curves, baseline = fit_brand(resample(data, block_days(n_days, rng)))
-        samples.append(predict(plan, curves, baseline, data))
+        fit = fit_brand(data, block_days(n_days, rng), carryovers, weekly)
+        samples.append(predict(plan, fit.curves, fit.baseline, data))
     inc = np.array([s[0] for s in samples])
     profit = np.array([s[1] for s in samples])
     spend = plan.total_spend
