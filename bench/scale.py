@@ -224,6 +224,7 @@ def main() -> None:
                         "cache_hits": cache["hits"],
                         "cache_misses": cache["misses"],
                         "locks": cache.get("locks"),
+                        "log_records_held": stats.get("log_records_held"),
                         "inflight_keys": cache.get("inflight_keys", stats.get("inflight_keys")),
                         "prometheus_series": series_total,
                         "prometheus_series_with_model_id": series_model,

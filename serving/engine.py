@@ -25,6 +25,7 @@ from federation.model_names import ModelNameError, parse_model_name
 from serving.adapter_api import register_files
 from serving.config import AppConfig
 from serving.engines import EngineFactory, Kind, create_engine
+from serving.engines.vllm_logging import records_held
 from serving.errors import EngineFailed, error_items, error_reply
 from serving.metrics import EngineMetrics
 from serving.node import node_name
@@ -190,7 +191,8 @@ class EngineDeployment:
         return {"replica": self._replica, **self._numerics}
 
     async def stats(self) -> dict[str, Any]:
-        """Replica id (and Ray actor name), adapters resident in vLLM, loads and evictions so far, the LoRA
+        """Replica id (and Ray actor name), adapters resident in vLLM, loads and evictions so far, log records
+        held by the process's buffering log handlers (bounded: serving.engines.vllm_logging), the LoRA
         arithmetic's verdicts as of the last :meth:`numerics`."""
         import ray
 
@@ -201,6 +203,7 @@ class EngineDeployment:
             "adapters": self._engine.loaded_adapters(),
             "loads": self._loads,
             "evictions": self._evictions,
+            "log_records_held": records_held(),
             "composite_cache": {
                 "hits": self._cache.stats.hits,
                 "misses": self._cache.stats.misses,

@@ -182,6 +182,10 @@ class VLLMEngine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = (
                 "0" if self.engine_cfg.cpu_executor == "uni" else "1"
             )
+        # before vLLM's first import here: its logging setup would close Serve's log handlers (vllm_logging)
+        from serving.engines.vllm_logging import install_vllm_handler, keep_host_handlers
+
+        keep_host_handlers()
         if self.engine_cfg.compact_json:
             # forced tool calls (named, "required") through the JSON-schema path, which honours compact JSON;
             # vLLM's strict structural tags allow any whitespace, where small models loop until max_tokens
@@ -195,6 +199,7 @@ class VLLMEngine:
         import serving.engines.lora_plugin as fix
         import serving.engines.tool_calls as tool_calls
 
+        install_vllm_handler()
         fix.register()  # the entry point does this too; explicit for editable installs without metadata
         tool_calls.install()
         args = _vllm_args(self.model_cfg, self.engine_cfg)

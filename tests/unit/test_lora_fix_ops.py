@@ -1,5 +1,7 @@
 """The plugin's ops against a pure-torch per-token reference (index -1 contributes zero)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -82,3 +84,31 @@ def test_entry_point_is_declared() -> None:
 
     names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
     assert names.get("rmn_cpu_lora_fix") == "serving.engines.lora_plugin:register"
+
+
+def test_vllm_reads_lora_files_from_bytes_with_the_same_tensors(tmp_path: Path) -> None:
+    """After register(), vLLM's LoRA loader opens adapter files with BytesSafeOpen (not the mmap reader, which
+    keeps memory per call) and gets the same names and tensors, bit for bit."""
+    import safetensors
+    import vllm.lora.lora_model as lora_model
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {
+        f"base_model.model.layers.{i}.q_proj.lora_A.weight": torch.randn(4, 8, generator=g) for i in range(3)
+    }
+    path = tmp_path / "adapter_model.safetensors"
+    save_file(tensors, str(path))
+    fix.register()
+    assert lora_model.safetensors.safe_open is fix.BytesSafeOpen
+    with (
+        lora_model.safetensors.safe_open(str(path), framework="pt") as ours,
+        safetensors.safe_open(str(path), framework="pt") as theirs,
+    ):
+        assert ours.keys() == list(theirs.keys())
+        for name in theirs.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+            assert torch.equal(ours.get_tensor(name), theirs.get_tensor(name))
+        with pytest.raises(KeyError):
+            ours.get_tensor("nope")
+    with pytest.raises(ValueError, match="torch tensors"):
+        fix.BytesSafeOpen(path, framework="numpy")
