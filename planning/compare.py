@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from planning.curves import CARRYOVERS, Curve, fit_aggregates, fit_brand, response
@@ -49,6 +50,14 @@ class CompareRequest(PlanRequest):
         default=True,
         description="Plan both sides at once (false: one after the other, the baseline bench/planning.py "
         "measures the fan-out against).",
+    )
+    seeds: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="Markets to compare on: consecutive seeds from `seed`. The result is the first market's; "
+        "`over_seeds` adds each market's true profits, the mean difference with a 95 % interval and the win rate, "
+        "and the verdict says them (each extra market runs both planners again, on its own clean room).",
     )
 
 
@@ -346,6 +355,32 @@ def _verdict(full: dict[str, Any], clean: dict[str, Any]) -> str:
                 f"{'the clean room' if clean[key] < full[key] else 'full data'} has the lower {name} ({full[key]:g} vs {clean[key]:g})"
             )
     return "; ".join([head, *others])
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summary of per-market rows (``seed``, ``full``, ``cleanroom``: true profits): the paired differences' mean
+    with a 95 % t-interval (none for one market), full data's wins and ties, and a sentence for the verdict."""
+    from scipy.stats import t as student
+
+    diffs = [r["full"] - r["cleanroom"] for r in rows]
+    n = len(diffs)
+    mean = float(np.mean(diffs))
+    half = float(student.ppf(0.975, n - 1) * np.std(diffs, ddof=1) / np.sqrt(n)) if n > 1 else None
+    wins, ties = sum(d > 0 for d in diffs), sum(d == 0 for d in diffs)
+    low, high = (None, None) if half is None else (round(mean - half, 2), round(mean + half, 2))
+    seeds = f"seed {rows[0]['seed']}" if n == 1 else f"seeds {rows[0]['seed']}-{rows[-1]['seed']}"
+    sentence = f"over {n} market{'s' * (n > 1)} ({seeds}) full data adds {mean:+,.2f} true profit per plan"
+    if low is not None and high is not None:
+        sentence += f" (95 % interval {low:+,.2f} to {high:+,.2f}{'; no clear difference' if low <= 0 <= high else ''})"
+    sentence += f" and wins {wins}/{n}" + (f" ({ties} tied)" if ties else "")
+    return {
+        "per_seed": rows,
+        "full_minus_cleanroom": {"mean": round(mean, 2), "low": low, "high": high},
+        "full_wins": wins,
+        "ties": ties,
+        "markets": n,
+        "sentence": sentence,
+    }
 
 
 def winner(result: dict[str, Any]) -> str | None:

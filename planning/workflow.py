@@ -25,6 +25,7 @@ from planning.compare import (
     cleanroom_queries,
     load_retailer_log,
     market_config,
+    over_seeds,
     plan_from_cleanroom,
     plan_full,
     wants,
@@ -207,7 +208,46 @@ async def run_comparison(
         {"sku": sku, "category": market.facts.category[market.skus.index(sku)]}
         for sku in list(seen)[: req.creatives]
     ]
+    if req.seeds > 1:
+        this: dict[str, Any] = {
+            "seed": cfg.seed,
+            "full": out["full"]["score"]["profit"],
+            "cleanroom": out["cleanroom"]["score"]["profit"],
+        }
+        rows = [this] + [
+            await _more_seed(tenant, req, cfg.model_copy(update={"seed": cfg.seed + i}), plan_req, backend)
+            for i in range(1, req.seeds)
+        ]
+        out["over_seeds"] = over_seeds(rows)
+        out["verdict"] += "; " + out["over_seeds"]["sentence"]
     return out
+
+
+async def _more_seed(
+    tenant: str, req: CompareRequest, cfg: MarketConfig, plan_req: PlanRequest, backend: CompareBackend
+) -> dict[str, Any]:
+    """One more market of a multi-seed comparison: both planners on ``cfg``'s market (its own clean room),
+    their plans' true profits."""
+    from planning.scoring import score
+
+    market_json = cfg.model_dump_json()
+    room = await backend.prepare_room(market_json)
+    full, clean = await asyncio.gather(
+        backend.plan_full(market_json, req.manufacturer, plan_req),
+        backend.plan_cleanroom(
+            tenant, room.retailer, market_json, req.manufacturer, plan_req, req.cleanroom_margins
+        ),
+    )
+    for side, name in ((full, "full-data"), (clean, "clean-room")):
+        if side.plan is None or side.error is not None:
+            raise ComparisonError(f"seed {cfg.seed}: {side.error or f'no {name} plan'}", side.cause)
+    assert full.plan is not None and clean.plan is not None
+    market = await backend.market(market_json)
+    return {
+        "seed": cfg.seed,
+        "full": score(full.plan, market).profit,
+        "cleanroom": score(clean.plan, market).profit,
+    }
 
 
 class LocalBackend:

@@ -49,6 +49,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         "manufacturer": args.manufacturer,
         "retailer": args.retailer,
         "seed": args.seed,
+        "seeds": args.seeds,
         "creatives": args.creatives,
     }
     req = CompareRequest.model_validate({k: v for k, v in fields.items() if v is not None})
@@ -171,6 +172,12 @@ def add_planning_commands(sub: Any) -> None:
     )
     cp.add_argument("--max-cell-share", type=float, default=None, help="most of the budget one cell may take")
     cp.add_argument("--seed", type=int, default=None, help="market seed (default: the config's)")
+    cp.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="compare on this many markets (consecutive seeds): mean difference, 95 %% interval, win rate",
+    )
     cp.add_argument("--creatives", type=int, default=None, help="ad lines to write (server mode)")
     cp.add_argument("--url", default=None, help="server base URL, e.g. http://127.0.0.1:8000")
     cp.add_argument("--key", default=None, help="API key (default: $RMN_API_KEY)")

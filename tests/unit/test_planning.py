@@ -171,6 +171,38 @@ def test_compare_sequential_is_the_same_comparison_one_side_after_the_other(tmp_
     assert seq["request"]["parallel"] is False
 
 
+def test_a_comparison_over_several_markets_reports_the_mean_difference_its_interval_and_wins(
+    tmp_path: Path,
+) -> None:
+    """``seeds: 4``: the result is the first market's (the same as a one-seed comparison), ``over_seeds`` adds
+    each market's true profits — each equal to a one-seed comparison of that market — the mean difference with
+    its 95 % t-interval and full data's wins, and the verdict says them."""
+    policy = CleanRoomPolicy(retailer="acme", k=20, mode="exact", trusted_tenants=["brewmax"])
+    req = CompareRequest(budget=800, manufacturer="brewmax", roas_floor=0.1, seed=5, seeds=4)
+    many = compare_local(SMALL, req, policy, tmp_path / "many")
+    one = compare_local(SMALL, req.model_copy(update={"seeds": 1}), policy, tmp_path / "one")
+    assert many["full"]["score"] == one["full"]["score"] and "over_seeds" not in one
+    rows = many["over_seeds"]["per_seed"]
+    assert [r["seed"] for r in rows] == [5, 6, 7, 8]
+    third = compare_local(SMALL, req.model_copy(update={"seed": 7, "seeds": 1}), policy, tmp_path / "third")
+    assert rows[2] == {
+        "seed": 7,
+        "full": third["full"]["score"]["profit"],
+        "cleanroom": third["cleanroom"]["score"]["profit"],
+    }
+    diffs = np.array([r["full"] - r["cleanroom"] for r in rows])
+    summary = many["over_seeds"]["full_minus_cleanroom"]
+    half = 3.182 * diffs.std(ddof=1) / 2  # t(0.975, 3) x sd / sqrt(4)
+    assert summary["mean"] == pytest.approx(diffs.mean(), abs=0.01)
+    assert summary["low"] == pytest.approx(diffs.mean() - half, abs=0.02)
+    assert summary["high"] == pytest.approx(diffs.mean() + half, abs=0.02)
+    assert many["over_seeds"]["full_wins"] == int((diffs > 0).sum())
+    assert many["verdict"].endswith(many["over_seeds"]["sentence"])
+    assert f"over 4 markets (seeds 5-8) full data adds {diffs.mean():+,.2f}" in many["verdict"]
+    with pytest.raises(ValidationError):
+        CompareRequest(budget=800, manufacturer="brewmax", seeds=11)
+
+
 def test_compare_local_under_dp_is_reproducible_by_seed(tmp_path: Path) -> None:
     """The market's clean room draws simulated noise from the market's seed: the same seed, the same plans."""
     policy = CleanRoomPolicy(
