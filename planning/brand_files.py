@@ -195,7 +195,7 @@ def load_brand_dir(directory: Path | str, brand: str | None = None, horizon_days
     facts.promo = promo
     name = brand or directory.name
     return BrandData(
-        name, facts, placements, spend, attributed, units, revenue, horizon_days, lift, first.weekday()
+        name, facts, placements, spend, attributed, units, revenue, horizon_days, lift, first.weekday(), first
     )
 
 
@@ -319,16 +319,26 @@ def backtest(
 
 
 def plan_from_files(
-    directory: Path | str, req: Any, horizon_days: int = 28, holdout_days: int | None = None
+    directory: Path | str,
+    req: Any,
+    horizon_days: int = 28,
+    holdout_days: int | None = None,
+    cleanroom: Any = None,
+    manufacturer: str | None = None,
 ) -> dict[str, Any]:
     """Plan from a brand's files (the full-data planner, ``req`` a :class:`PlanRequest`) and backtest its curves;
-    a JSON-able answer: what was read, the plan with its spend analysis, the backtest."""
+    a JSON-able answer: what was read, the plan with its spend analysis, the backtest. ``cleanroom``: an ``ask``
+    (query -> answer) on a retailer's clean room as the brand (named ``manufacturer`` there, default the
+    directory's name): the clean-room side beside it, backtested too, and a verdict on the two forecasts
+    (:mod:`planning.files_compare`)."""
     from planning.compare import allocation, plan_full
 
-    data = load_brand_dir(directory, horizon_days=horizon_days)
+    data = load_brand_dir(directory, brand=manufacturer, horizon_days=horizon_days)
     days = data.spend.shape[2]
     plan, seconds = plan_full(data, req)
-    return {
+    holdout = holdout_days or max(7, days // 4)
+    full_backtest = backtest(data, holdout)
+    body = {
         "data": {
             "directory": str(directory),
             "skus": len(data.facts.sku),
@@ -346,8 +356,17 @@ def plan_from_files(
             "allocation": [r for r in allocation(plan) if plan.spend[(r["sku"], r["placement"])] > 0.005],
             "seconds": round(seconds, 4),
         },
-        "backtest": backtest(data, holdout_days or max(7, days // 4)),
+        "backtest": full_backtest,
         "evaluation": "real data has no ground truth: the curves are judged by forecasting held-out days of what "
         "the brand measured (lift tests where it has them, else attributed revenue, which over-states incremental "
         "revenue); the plan's profit is the planner's own forecast, with a bootstrap interval",
     }
+    if cleanroom is not None:
+        import asyncio
+
+        from planning.files_compare import compare_files, verdict
+
+        side = asyncio.run(compare_files(data, cleanroom, req, holdout, data.brand))
+        body["cleanroom"] = side
+        body["verdict"] = verdict(full_backtest, side["backtest"])
+    return body

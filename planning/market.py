@@ -119,6 +119,7 @@ class BrandData:
     horizon_days: int
     lift: np.ndarray | None = None  # (sku, placement, day): holdout-measured incremental revenue, if any
     first_weekday: int = 0  # weekday of the history's first day (0 = Monday)
+    first_date: dt.date | None = None  # the history's first day (brand files; the market's START)
 
 
 @dataclass
@@ -178,6 +179,7 @@ class Market:
             self.config.horizon_days,
             None if self.lift is None else self.lift[idx],
             START.weekday(),
+            START,
         )
 
     def true_incremental_units(self) -> np.ndarray:

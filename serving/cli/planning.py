@@ -22,9 +22,110 @@ def _cmd_plan_files(args: argparse.Namespace) -> int:
         "max_cell_share": args.max_cell_share,
     }
     req = PlanRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-    body = plan_from_files(Path(args.data), req, args.horizon_days, args.holdout_days)
+    if not args.cleanroom:
+        body = plan_from_files(
+            Path(args.data), req, args.horizon_days, args.holdout_days, None, args.manufacturer
+        )
+    elif args.url:
+        body = plan_from_files(
+            Path(args.data), req, args.horizon_days, args.holdout_days, _remote_ask(args), args.manufacturer
+        )
+    else:
+        room = _open_room(args)
+        try:
+            brand = args.manufacturer or Path(args.data).name
+            ask = _room_ask(room, brand)
+            body = plan_from_files(
+                Path(args.data), req, args.horizon_days, args.holdout_days, ask, args.manufacturer
+            )
+        finally:
+            room.close()
     print(json.dumps(body, indent=2) if args.json else format_files_plan(body))
     return 0
+
+
+class RemoteRefusal(Exception):
+    """The server's answer to a clean-room query that was not 200 (``status``: its HTTP status)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def _remote_ask(args: argparse.Namespace) -> Any:
+    """``ask(query)`` through the server's ``POST /v1/cleanroom/query`` as the key's tenant."""
+    import os
+
+    import httpx
+
+    from planning.workflow import ComparisonError
+
+    key = args.key or os.environ.get("RMN_API_KEY", "")
+    url = f"{args.url.rstrip('/')}/v1/cleanroom/query"
+
+    async def ask(q: dict[str, Any]) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=args.timeout) as client:
+            try:
+                r = await client.post(
+                    url,
+                    json={"retailer": args.cleanroom, "query": q},
+                    headers={"authorization": f"Bearer {key}"},
+                )
+            except httpx.HTTPError as e:
+                raise ComparisonError(f"cannot reach {args.url}: {e}") from e
+        if r.status_code != 200:
+            try:
+                message = r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = r.text[:500]
+            refusal = RemoteRefusal(r.status_code, message)
+            raise ComparisonError(f"clean room: {refusal}", refusal)
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    return ask
+
+
+def _open_room(args: argparse.Namespace) -> Any:
+    """The config's clean room of retailer ``--cleanroom``, opened in this process."""
+    from cleanroom import CleanRoom
+    from serving.config import load_config
+    from serving.demo.defaults import demo_config
+
+    cfg = load_config(args.config) if args.config else demo_config()
+    rooms = {r.policy.retailer: r for r in (cfg.cleanroom.retailers if cfg.cleanroom else [])}
+    entry = rooms.get(args.cleanroom)
+    if entry is None:
+        raise ValueError(
+            f"--cleanroom {args.cleanroom!r}: the config has no such clean room (has: {sorted(rooms)})"
+        )
+    if not entry.db_path.exists():
+        raise ValueError(
+            f"--cleanroom {args.cleanroom!r}: {entry.db_path} does not exist (load the retailer's data first)"
+        )
+    return CleanRoom(
+        entry.db_path, entry.policy, storage_options=entry.storage_options, memory_limit=entry.memory_limit
+    )
+
+
+def _room_ask(room: Any, brand: str) -> Any:
+    """``ask(query)`` on ``room`` in this process as tenant ``brand`` planning for itself."""
+    import asyncio
+    from dataclasses import asdict
+
+    from cleanroom import CleanRoomError, Querier, Query
+    from planning.workflow import ComparisonError
+
+    who = Querier(brand, room.policy.brand_scope(brand, "manufacturer", manufacturer=brand))
+
+    async def ask(q: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = await asyncio.to_thread(room.query, who, Query.model_validate(q))
+        except CleanRoomError as e:
+            raise ComparisonError(str(e), e) from e
+        return {"k": room.policy.k, **asdict(result)}
+
+    return ask
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -35,6 +136,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if args.report:
             raise ValueError("--report is for comparisons; with --data use --json")
         return _cmd_plan_files(args)
+    if args.cleanroom:
+        raise ValueError(
+            "--cleanroom goes with --data (the synthetic comparison always uses the market's room)"
+        )
     if not args.manufacturer:
         raise ValueError("--manufacturer is required (or plan from your own files with --data DIR)")
 
@@ -166,6 +271,13 @@ def add_planning_commands(sub: Any) -> None:
         "--holdout-days", type=int, default=None, help="with --data: days held out (default: a quarter)"
     )
     cp.add_argument("--retailer", default=None, help="retailer (default: the market's)")
+    cp.add_argument(
+        "--cleanroom",
+        default=None,
+        metavar="RETAILER",
+        help="with --data: also plan through RETAILER's clean room (the server's with --url, else the config's, "
+        "opened here) as the brand (--manufacturer: its name in the retailer's data), both sides backtested",
+    )
     cp.add_argument("--roas-floor", type=float, default=None, help="minimum predicted iROAS")
     cp.add_argument(
         "--exploration-share", type=float, default=None, help="budget share spread over all cells"

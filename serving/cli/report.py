@@ -110,4 +110,14 @@ def format_files_plan(body: dict[str, Any]) -> str:
         f"{b['measured_on']} at WAPE {b['wape']} (bias {b['bias']:+}); this bounds the forecast's error, it does not "
         "prove the plan",
     ]
+    side = body.get("cleanroom")
+    if side is not None:
+        v = side["view"]
+        lines += [
+            "",
+            *recommendation({"spend_analysis": side["plan"]["spend_analysis"]}, "clean room"),
+            f"clean room: {v['cells_released']} SKU x placement cells released (k={v['k']}), blocked fields: "
+            f"{', '.join(v['blocked_fields']) or 'none'}, epsilon spent {v['epsilon_spent']}",
+            f"verdict: {body['verdict']}",
+        ]
     return "\n".join(lines)

@@ -148,3 +148,67 @@ def test_missing_files_and_columns_are_named(tmp_path: Path) -> None:
         BrandDataError, match=r"media.csv: missing columns \['placement', 'attributed_revenue'\]"
     ):
         load_brand_dir(tmp_path / "d")
+
+
+def test_rmn_compare_data_with_a_retailers_clean_room_plans_both_sides_and_backtests_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped example (brewmax of market seed 7) against the demo config's acme clean room holding that
+    market's retailer log (DP, k = 100), opened in-process: a clean-room plan with the brand's own margins, both
+    sides backtested on the last 14 days of what the brand measured, a verdict from the two forecast errors, the
+    epsilon the room charged. A repeated run is answered from the room's stored answers (no new epsilon)."""
+    from serving.demo.defaults import demo_config
+    from serving.demo.run import ensure_demo_cleanroom
+
+    monkeypatch.setenv("RMN_HOME", str(tmp_path))
+    ensure_demo_cleanroom(demo_config())
+    capsys.readouterr()
+    argv = ["compare", "--data", str(EXAMPLE), "--manufacturer", "brewmax", "--cleanroom", "acme"]
+    assert main([*argv, "--budget", "1000", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    side = body["cleanroom"]
+    assert side["manufacturer"] == "brewmax" and side["view"]["brand_margins_and_stock"] is True
+    assert side["view"]["cells_released"] > 0 and set(side["view"]["blocked_fields"]) >= {
+        "margin",
+        "stock_level",
+    }
+    assert side["view"]["epsilon_spent"] == pytest.approx(
+        2.0
+    )  # totals over the history + over the fitted days
+    cb, fb = side["backtest"], body["backtest"]
+    assert cb["holdout_days"] == fb["holdout_days"] == 14 and cb["fitted_on_days"] == 42
+    assert cb["measured_on"] == fb["measured_on"] and 0 < cb["cells_forecast"] <= cb["cells"]
+    assert f"WAPE {fb['wape']:.3f}" in body["verdict"] and f"WAPE {cb['wape']:.3f}" in body["verdict"]
+    assert "no ground truth" in body["verdict"]
+    assert main([*argv, "--budget", "1000"]) == 0  # the same queries: stored answers, the same plan
+    out = capsys.readouterr().out
+    assert "clean room:" in out and "verdict: on the last 14 days" in out
+    ledger = (tmp_path / "acme.epsilon.jsonl").read_text().splitlines()
+    assert len(ledger) == 2, ledger  # the repeat spent nothing
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--cleanroom", "nosuch"], "no such clean room (has: ['acme'])"),
+        (["--cleanroom", "acme", "--url", "http://127.0.0.1:1"], "cannot reach"),
+    ],
+)
+def test_rmn_compare_data_clean_room_errors(
+    extra: list[str],
+    needle: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from serving.demo.defaults import demo_config
+    from serving.demo.run import ensure_demo_cleanroom
+
+    monkeypatch.setenv("RMN_HOME", str(tmp_path))
+    ensure_demo_cleanroom(demo_config())
+    assert (
+        main(["compare", "--data", str(EXAMPLE), "--manufacturer", "brewmax", "--budget", "500", *extra]) == 1
+    )
+    assert needle in capsys.readouterr().err
+    assert main(["compare", "--manufacturer", "brewmax", "--budget", "500", "--cleanroom", "acme"]) == 1
+    assert "--cleanroom goes with --data" in capsys.readouterr().err
