@@ -250,6 +250,24 @@ async def _more_seed(
     }
 
 
+def room_asker(room: Any, tenant: str, manufacturer: str) -> Ask:
+    """``ask(query) -> answer`` on an open :class:`cleanroom.CleanRoom` as ``tenant`` planning for
+    ``manufacturer`` (queries run in a thread); a refusal or failure is a :class:`ComparisonError` carrying the
+    clean room's error."""
+    from cleanroom import CleanRoomError, Querier, Query
+
+    who = Querier(tenant, room.policy.brand_scope(tenant, "manufacturer", manufacturer=manufacturer))
+
+    async def ask(q: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = await asyncio.to_thread(room.query, who, Query.model_validate(q))
+        except CleanRoomError as e:
+            raise ComparisonError(str(e), e) from e
+        return {"k": room.policy.k, **asdict(result)}
+
+    return ask
+
+
 class LocalBackend:
     """Every step in this process: the clean room is a DuckDB file under ``work``, plans run in threads
     (NumPy, HiGHS and DuckDB release the GIL for most of their work)."""
@@ -299,19 +317,7 @@ class LocalBackend:
     def asker(self, room: str, tenant: str, manufacturer: str) -> Ask:
         """``ask(query) -> answer`` on the prepared clean room ``room`` as ``tenant`` planning for
         ``manufacturer``; a refusal or failure is a :class:`ComparisonError` carrying the clean room's error."""
-        from cleanroom import CleanRoomError, Querier, Query
-
-        cr = self._rooms[room]
-        who = Querier(tenant, cr.policy.brand_scope(tenant, "manufacturer", manufacturer=manufacturer))
-
-        async def ask(q: dict[str, Any]) -> dict[str, Any]:
-            try:
-                result = await asyncio.to_thread(cr.query, who, Query.model_validate(q))
-            except CleanRoomError as e:
-                raise ComparisonError(str(e), e) from e
-            return {"k": cr.policy.k, **asdict(result)}
-
-        return ask
+        return room_asker(self._rooms[room], tenant, manufacturer)
 
     def close(self) -> None:
         """Close the clean rooms this backend opened."""

@@ -31,10 +31,12 @@ def _cmd_plan_files(args: argparse.Namespace) -> int:
             Path(args.data), req, args.horizon_days, args.holdout_days, _remote_ask(args), args.manufacturer
         )
     else:
+        from planning.workflow import room_asker
+
         room = _open_room(args)
         try:
             brand = args.manufacturer or Path(args.data).name
-            ask = _room_ask(room, brand)
+            ask = room_asker(room, brand, brand)
             body = plan_from_files(
                 Path(args.data), req, args.horizon_days, args.holdout_days, ask, args.manufacturer
             )
@@ -42,6 +44,14 @@ def _cmd_plan_files(args: argparse.Namespace) -> int:
             room.close()
     print(json.dumps(body, indent=2) if args.json else format_files_plan(body))
     return 0
+
+
+def error_message(r: Any) -> str:
+    """The reason of a server's error answer (its ``error.message``, else the start of the body)."""
+    try:
+        return str(r.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(r.text[:500])
 
 
 class RemoteRefusal(Exception):
@@ -74,11 +84,7 @@ def _remote_ask(args: argparse.Namespace) -> Any:
             except httpx.HTTPError as e:
                 raise ComparisonError(f"cannot reach {args.url}: {e}") from e
         if r.status_code != 200:
-            try:
-                message = r.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = r.text[:500]
-            refusal = RemoteRefusal(r.status_code, message)
+            refusal = RemoteRefusal(r.status_code, error_message(r))
             raise ComparisonError(f"clean room: {refusal}", refusal)
         answer: dict[str, Any] = r.json()
         return answer
@@ -106,26 +112,6 @@ def _open_room(args: argparse.Namespace) -> Any:
     return CleanRoom(
         entry.db_path, entry.policy, storage_options=entry.storage_options, memory_limit=entry.memory_limit
     )
-
-
-def _room_ask(room: Any, brand: str) -> Any:
-    """``ask(query)`` on ``room`` in this process as tenant ``brand`` planning for itself."""
-    import asyncio
-    from dataclasses import asdict
-
-    from cleanroom import CleanRoomError, Querier, Query
-    from planning.workflow import ComparisonError
-
-    who = Querier(brand, room.policy.brand_scope(brand, "manufacturer", manufacturer=brand))
-
-    async def ask(q: dict[str, Any]) -> dict[str, Any]:
-        try:
-            result = await asyncio.to_thread(room.query, who, Query.model_validate(q))
-        except CleanRoomError as e:
-            raise ComparisonError(str(e), e) from e
-        return {"k": room.policy.k, **asdict(result)}
-
-    return ask
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -174,11 +160,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         except httpx.HTTPError as e:
             raise ValueError(f"cannot reach {args.url}: {e}") from e
         if r.status_code != 200:
-            try:
-                message = r.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = r.text[:500]
-            raise ValueError(f"HTTP {r.status_code}: {message}")
+            raise ValueError(f"HTTP {r.status_code}: {error_message(r)}")
         body = r.json()
     else:
         import tempfile
