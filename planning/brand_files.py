@@ -263,8 +263,9 @@ def write_example(market: Market, brand: str, directory: Path | str) -> Path:
 def backtest(
     data: BrandData, holdout_days: int, carryovers: tuple[float, ...] | None = None
 ) -> dict[str, Any]:
-    """Fit the full-data curves on all but the last ``holdout_days`` days and forecast each cell's revenue over
-    those days from their actual spend: WAPE and bias against what the brand measured there (lift tests'
+    """Fit the full-data curves on all but the last ``holdout_days`` days (``carryovers``: the carry-overs the fit
+    may choose; default the whole grid) and forecast each cell's revenue over those days from their actual spend
+    (carried over, weekday factors applied where found): WAPE and bias against what the brand measured there (lift tests'
     incremental revenue where it has them, else attributed revenue), in total and per placement — the only truth
     real data has, so a good backtest bounds, but does not prove, a plan's quality."""
     from planning.curves import CARRYOVERS, fit_brand, response
@@ -290,9 +291,8 @@ def backtest(
     err = np.zeros(len(data.placements))
     for c in fit.curves:
         i, j = idx[c.sku], p_idx[c.placement]
-        x = carry(data.spend[i, j], fit.carryover[c.placement])[
-            cut:
-        ]  # the carried spend of the held-out days
+        # the carried spend of the held-out days
+        x = carry(data.spend[i, j], fit.carryover[c.placement])[cut:]
         g = factor[cut:] * (1 - np.exp(-x / max(c.s, 1e-9)))
         forecast = float((c.a * g).sum()) if c.a > 0 else 0.0
         truth = float(measured[i, j, cut:].sum())

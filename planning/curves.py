@@ -53,23 +53,14 @@ def response(data: BrandData) -> tuple[np.ndarray, str]:
     return data.attributed, "attributed revenue (over-states the incremental response)"
 
 
-CARRYOVERS = (
-    0.0,
-    0.1,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.6,
-    0.7,
-    0.8,
-)  # the carry-over grid (share of a day's effective spend carried on)
+# the carry-over grid: the share of a day's effective spend carried on to the next
+CARRYOVERS = tuple(round(0.1 * i, 1) for i in range(9))
 
 
 @dataclass
 class BrandFit:
     """The full-data fit: curves per cell, baseline daily units per SKU, the carry-over chosen per placement and
-    the day-of-week factors of the response (None: the data shows no weekly swing worth its six parameters)."""
+    the day-of-week factors of the response (None: no weekly swing that forecasts held-out weeks better)."""
 
     curves: list[Curve]
     baseline: np.ndarray
@@ -150,9 +141,10 @@ def fit_brand(
     (sell-out on non-promo days minus what the curves explain), from the brand's tables.
 
     The response of day t is ``w[weekday] * a * g(A_t; s)`` with ``A`` the spend carried over (geometric,
-    normalised: :func:`planning.market.carry`, one carry-over per placement from ``carryovers``) and ``w`` the
-    weekday factors (mean 1; fitted when ``weekly``): each is kept only where it lowers the BIC (the fit pays
-    ln N per parameter), so data without carry-over or a weekly swing gets the plain fit. ``days`` (indices into
+    normalised: :func:`planning.market.carry`, one carry-over per placement from ``carryovers``, kept only where
+    it lowers the BIC: the fit pays ln N per parameter) and ``w`` the weekday factors (mean 1; fitted when
+    ``weekly``, kept only where those of odd weeks forecast even weeks better and the other way round), so data
+    without carry-over or a weekly swing gets the plain fit. ``days`` (indices into
     the history, repeats allowed: a bootstrap resample) selects the days fitted on; carry-over and weekdays are
     computed on the whole history in order first, so a resample keeps each day's own carried spend and weekday.
     A flat spend's steady state is that spend and the factors average 1 over a week, so the curves describe an
