@@ -331,20 +331,28 @@ def plan_from_files(
     (query -> answer) on a retailer's clean room as the brand (named ``manufacturer`` there, default the
     directory's name): the clean-room side beside it, backtested too, and a verdict on the two forecasts
     (:mod:`planning.files_compare`)."""
+    data = load_brand_dir(directory, brand=manufacturer, horizon_days=horizon_days)
+    body = files_plan(data, req, holdout_days, str(directory))
+    if cleanroom is not None:
+        import asyncio
+
+        body = asyncio.run(with_cleanroom(body, data, cleanroom, req))
+    return body
+
+
+def files_plan(data: BrandData, req: Any, holdout_days: int | None, source: str) -> dict[str, Any]:
+    """The full-data side of :func:`plan_from_files` for loaded ``data`` (``source``: where it was read)."""
     from planning.compare import allocation, plan_full
 
-    data = load_brand_dir(directory, brand=manufacturer, horizon_days=horizon_days)
     days = data.spend.shape[2]
     plan, seconds = plan_full(data, req)
-    holdout = holdout_days or max(7, days // 4)
-    full_backtest = backtest(data, holdout)
-    body = {
+    return {
         "data": {
-            "directory": str(directory),
+            "directory": source,
             "skus": len(data.facts.sku),
             "placements": data.placements,
             "history_days": days,
-            "horizon_days": horizon_days,
+            "horizon_days": data.horizon_days,
         },
         "request": req.model_dump(),
         "plan": {
@@ -356,17 +364,17 @@ def plan_from_files(
             "allocation": [r for r in allocation(plan) if plan.spend[(r["sku"], r["placement"])] > 0.005],
             "seconds": round(seconds, 4),
         },
-        "backtest": full_backtest,
+        "backtest": backtest(data, holdout_days or max(7, days // 4)),
         "evaluation": "real data has no ground truth: the curves are judged by forecasting held-out days of what "
         "the brand measured (lift tests where it has them, else attributed revenue, which over-states incremental "
         "revenue); the plan's profit is the planner's own forecast, with a bootstrap interval",
     }
-    if cleanroom is not None:
-        import asyncio
 
-        from planning.files_compare import compare_files, verdict
 
-        side = asyncio.run(compare_files(data, cleanroom, req, holdout, data.brand))
-        body["cleanroom"] = side
-        body["verdict"] = verdict(full_backtest, side["backtest"])
-    return body
+async def with_cleanroom(body: dict[str, Any], data: BrandData, ask: Any, req: Any) -> dict[str, Any]:
+    """``body`` (:func:`files_plan`'s) with the clean-room side through ``ask`` and the verdict on the two
+    forecasts (:mod:`planning.files_compare`)."""
+    from planning.files_compare import compare_files, verdict
+
+    side = await compare_files(data, ask, req, body["backtest"]["holdout_days"], data.brand)
+    return {**body, "cleanroom": side, "verdict": verdict(body["backtest"], side["backtest"])}

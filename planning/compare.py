@@ -175,6 +175,26 @@ def own_cells(curves: list[Curve], own: BrandData) -> list[CellInput]:
     return cells
 
 
+def cleanroom_view(answers: dict[str, dict[str, Any]], own_data: bool) -> dict[str, Any]:
+    """What the clean room showed a planner: cells released and suppressed, the fields it blocked, epsilon
+    spent, k, whether the brand's own margins and stock were used, and why the per-day query was refused."""
+    cells = answers["cells"]
+    daily = answers.get("daily") or {"cells": [], "blocked_fields": [], "epsilon_spent": 0.0}
+    view = {
+        "cells_released": len(cells["cells"]),
+        "cells_suppressed": cells["suppressed_cells"],
+        "daily_cells_released": len(daily["cells"]),
+        "blocked_fields": sorted(set(cells["blocked_fields"]) | set(daily["blocked_fields"])),
+        "epsilon_spent": round(cells.get("epsilon_spent", 0.0) + daily.get("epsilon_spent", 0.0), 6),
+        "noisy": bool(cells.get("noisy")),
+        "k": cells.get("k"),
+        "brand_margins_and_stock": own_data,
+    }
+    if "daily_refused" in answers:  # the shape query was refused by the policy: curves shaped without it
+        view["daily_refused"] = answers["daily_refused"]["reason"]
+    return view
+
+
 def plan_from_cleanroom(
     answers: dict[str, dict[str, Any]],
     req: PlanRequest,
@@ -185,21 +205,9 @@ def plan_from_cleanroom(
     """The clean-room plan from the answers to :func:`cleanroom_queries` (with ``own``: the brand's margins
     and stock too); returns (plan, what the clean room showed, wall seconds of fit + LP)."""
     started = time.perf_counter()
-    cells = answers["cells"]
-    daily = answers.get("daily") or {"cells": [], "blocked_fields": [], "epsilon_spent": 0.0}
-    curves, carryover = fit_aggregates(cells["cells"], daily["cells"], history_days)
-    view = {
-        "cells_released": len(cells["cells"]),
-        "cells_suppressed": cells["suppressed_cells"],
-        "daily_cells_released": len(daily["cells"]),
-        "blocked_fields": sorted(set(cells["blocked_fields"]) | set(daily["blocked_fields"])),
-        "epsilon_spent": round(cells.get("epsilon_spent", 0.0) + daily.get("epsilon_spent", 0.0), 6),
-        "noisy": bool(cells.get("noisy")),
-        "k": cells.get("k"),
-    }
-    view["brand_margins_and_stock"] = own is not None
-    if "daily_refused" in answers:  # the shape query was refused by the policy: curves shaped without it
-        view["daily_refused"] = answers["daily_refused"]["reason"]
+    view = cleanroom_view(answers, own is not None)
+    daily = answers.get("daily") or {"cells": []}
+    curves, carryover = fit_aggregates(answers["cells"]["cells"], daily["cells"], history_days)
     inputs = own_cells(curves, own) if own is not None else [CellInput(c) for c in curves]
     plan = solve(inputs, req, horizon_days, "profit" if own is not None else "revenue")
     plan.analysis = analyse(inputs, req, horizon_days, plan).as_dict()

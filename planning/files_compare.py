@@ -83,7 +83,8 @@ async def compare_files(
     """The clean-room side of a brand-files plan (see the module contract): ``{"plan", "view", "backtest"}`` plus
     a verdict sentence comparing its backtest with ``full_backtest`` the caller adds. ``ask``: query -> answer
     (a :class:`planning.workflow.ComparisonError` for a refusal); ``req``: a :class:`PlanRequest`."""
-    from planning.compare import allocation, plan_from_cleanroom
+    from planning.compare import allocation, cleanroom_view, plan_from_cleanroom
+    from planning.planner import PlanningError
     from planning.workflow import ComparisonError, cleanroom_answers
 
     if data.first_date is None:
@@ -97,7 +98,19 @@ async def compare_files(
             f"the clean room released no cell of {brand!r} between {data.first_date} and {last} "
             "(is the brand named as in the retailer's data? --manufacturer)"
         )
-    plan, view, seconds = plan_from_cleanroom(answers, req, days, data.horizon_days, data)
+    plan_body: dict[str, Any]
+    try:
+        plan, view, seconds = plan_from_cleanroom(answers, req, days, data.horizon_days, data)
+        plan_body = {
+            "scenario": plan.scenario,
+            "spend": round(plan.total_spend, 2),
+            "predicted_iroas": round(plan.predicted_iroas, 4),
+            "spend_analysis": plan.analysis,
+            "allocation": [r for r in allocation(plan) if plan.spend[(r["sku"], r["placement"])] > 0.005],
+            "seconds": round(seconds, 4),
+        }
+    except PlanningError as e:  # e.g. no released cell is one of the brand's SKUs: said, not fatal
+        view, plan_body = cleanroom_view(answers, True), {"error": f"clean-room plan: {e}"}
     cut = days - holdout_days
     try:
         early = await cleanroom_answers(
@@ -113,14 +126,7 @@ async def compare_files(
         backtest = {"refused": str(e)}
     return {
         "manufacturer": brand,
-        "plan": {
-            "scenario": plan.scenario,
-            "spend": round(plan.total_spend, 2),
-            "predicted_iroas": round(plan.predicted_iroas, 4),
-            "spend_analysis": plan.analysis,
-            "allocation": [r for r in allocation(plan) if plan.spend[(r["sku"], r["placement"])] > 0.005],
-            "seconds": round(seconds, 4),
-        },
+        "plan": plan_body,
         "view": view,
         "backtest": backtest,
     }

@@ -102,6 +102,7 @@ class ComparisonService:
             raise ValueError("ComparisonService needs config.comparison")
         self._market_cfg = config.comparison.market
         self._backend = _ServeBackend(planner, cleanroom)
+        self._cleanroom = cleanroom
 
     async def compare(self, tenant: str, body: dict[str, Any]) -> Reply:
         """Answer a :class:`CompareRequest` body for ``tenant``."""
@@ -109,3 +110,70 @@ class ComparisonService:
             return Reply(200, await run_comparison(tenant, body, self._market_cfg, self._backend))
         except ComparisonError as e:
             return error_reply(e)
+
+    async def plan_files(
+        self, tenant: str, manufacturer: str, files: dict[str, bytes], fields: dict[str, str]
+    ) -> Reply:
+        """Answer ``POST /v1/plans/files``: a brand's uploaded tables (``products``, ``sales``, ``media``; CSV, or
+        Parquet by its magic bytes) planned as ``rmn compare --data`` plans a directory, written to a temporary
+        directory on this replica's node and removed after; with ``cleanroom`` (a retailer), the clean-room side
+        through the clean-room deployment as ``tenant``, named ``manufacturer`` in the retailer's data."""
+        import tempfile
+        from pathlib import Path
+
+        from pydantic import ValidationError
+
+        from federation.errors import InvalidRequest, first_error
+        from planning.brand_files import files_plan, load_brand_dir, with_cleanroom
+
+        try:
+            req, horizon, holdout, retailer = _files_fields(fields)
+            with tempfile.TemporaryDirectory(prefix="rmn-brand-files-") as work:
+                for name, data in files.items():
+                    suffix = ".parquet" if data[:4] == b"PAR1" else ".csv"
+                    (Path(work) / f"{name}{suffix}").write_bytes(data)
+                loaded = await asyncio.to_thread(load_brand_dir, work, manufacturer, horizon)
+            body = await asyncio.to_thread(files_plan, loaded, req, holdout, "upload")
+            if retailer:
+
+                async def ask(q: dict[str, Any]) -> dict[str, Any]:
+                    ans: Reply = await self._cleanroom.query.remote(
+                        tenant, {"retailer": retailer, "query": q}
+                    )
+                    if not ans.ok:
+                        raise ComparisonError(ans.message, Relayed.of(ans))
+                    return dict(ans.body)
+
+                body = await with_cleanroom(body, loaded, ask, req)
+            return Reply(200, body)
+        except ValidationError as e:
+            loc, msg = first_error(e)
+            return error_reply(InvalidRequest(f"invalid field {loc}: {msg}"))
+        except InvalidRequest as e:
+            return error_reply(e)
+        except (ValueError, ComparisonError) as e:  # BrandDataError, PlanningError: a verdict on the files
+            return error_reply(e)
+
+
+FILES_FIELDS = ("horizon_days", "holdout_days", "cleanroom")
+
+
+def _files_fields(fields: dict[str, str]) -> tuple[PlanRequest, int, int | None, str | None]:
+    """(plan request, horizon days, holdout days or None, retailer or None) from the upload's text fields."""
+    from federation.errors import InvalidRequest
+
+    allowed = set(PlanRequest.model_fields) | set(FILES_FIELDS)
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown form fields {unknown}; allowed: {', '.join(sorted(allowed))}")
+    req = PlanRequest.model_validate({k: v for k, v in fields.items() if k in PlanRequest.model_fields})
+
+    def days(name: str, default: int | None) -> int | None:
+        raw = fields.get(name)
+        if raw in (None, ""):
+            return default
+        if not raw.isdigit() or not 1 <= int(raw) <= 365:
+            raise InvalidRequest(f"{name} must be a whole number of days from 1 to 365, got {raw!r}")
+        return int(raw)
+
+    return req, days("horizon_days", 28) or 28, days("holdout_days", None), fields.get("cleanroom") or None

@@ -121,5 +121,11 @@ class ComparisonConfig(Strict):
         description="Ray Serve options of the comparison deployment.",
     )
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig, description="Ad-line rules.")
+    max_upload_bytes: int = Field(
+        default=16 << 20,
+        gt=0,
+        description="Largest body `POST /v1/plans/files` accepts (a brand's products, sales and media files): "
+        "413 above it, checked before anything is read.",
+    )
     rationale_max_tokens: int = Field(default=160, gt=0, le=4096, description="Tokens of the JSON rationale.")
     creative_max_tokens: int = Field(default=40, gt=0, le=1024, description="Tokens per ad line.")

@@ -54,14 +54,6 @@ def error_message(r: Any) -> str:
         return str(r.text[:500])
 
 
-class RemoteRefusal(Exception):
-    """The server's answer to a clean-room query that was not 200 (``status``: its HTTP status)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-
-
 def _remote_ask(args: argparse.Namespace) -> Any:
     """``ask(query)`` through the server's ``POST /v1/cleanroom/query`` as the key's tenant."""
     import os
@@ -69,6 +61,7 @@ def _remote_ask(args: argparse.Namespace) -> Any:
     import httpx
 
     from planning.workflow import ComparisonError
+    from serving.errors import Relayed
 
     key = args.key or os.environ.get("RMN_API_KEY", "")
     url = f"{args.url.rstrip('/')}/v1/cleanroom/query"
@@ -84,7 +77,7 @@ def _remote_ask(args: argparse.Namespace) -> Any:
             except httpx.HTTPError as e:
                 raise ComparisonError(f"cannot reach {args.url}: {e}") from e
         if r.status_code != 200:
-            refusal = RemoteRefusal(r.status_code, error_message(r))
+            refusal = Relayed(f"HTTP {r.status_code}: {error_message(r)}", r.status_code, "clean_room")
             raise ComparisonError(f"clean room: {refusal}", refusal)
         answer: dict[str, Any] = r.json()
         return answer

@@ -115,7 +115,11 @@ def format_files_plan(body: dict[str, Any]) -> str:
         v = side["view"]
         lines += [
             "",
-            *recommendation({"spend_analysis": side["plan"]["spend_analysis"]}, "clean room"),
+            *(
+                recommendation({"spend_analysis": side["plan"]["spend_analysis"]}, "clean room")
+                if "spend_analysis" in side["plan"]
+                else [side["plan"]["error"]]
+            ),
             f"clean room: {v['cells_released']} SKU x placement cells released (k={v['k']}), blocked fields: "
             f"{', '.join(v['blocked_fields']) or 'none'}, epsilon spent {v['epsilon_spent']}",
             f"verdict: {body['verdict']}",

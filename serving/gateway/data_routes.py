@@ -1,5 +1,5 @@
 """The data surfaces: the clean room (``POST /v1/cleanroom/query``, ``GET /v1/cleanroom/schema|budget``), the
-comparison (``POST /v1/plans/compare``), field harmonisation (``POST /v1/harmonize``), the governance check
+comparison (``POST /v1/plans/compare``), a brand's own files (``POST /v1/plans/files``), field harmonisation (``POST /v1/harmonize``), the governance check
 (``POST /v1/governance/check``) and its review queue (``/v1/governance/reviews``). Bodies are pydantic models; the clean-room and comparison deployments answer
 with a :class:`serving.replies.Reply` relayed as it is."""
 
@@ -153,6 +153,31 @@ async def plan_report(request: Request) -> Response:
     fmt = request.query_params.get("format", "pdf")
     result = await read_model(request, ComparisonResult)
     return _report(result.model_dump(mode="json"), fmt)
+
+
+@router.post("/v1/plans/files")
+async def plan_files(request: Request) -> Response:
+    """Plan from a brand's own tables, as ``rmn compare --data`` does (multipart: ``products``, ``sales`` and
+    ``media`` files, CSV or Parquet; text fields: the plan request's — budget, scenario, target, ... — and
+    ``horizon_days``, ``holdout_days``, ``cleanroom`` (a retailer: its clean room's side beside, both backtested),
+    admins also ``manufacturer``). A tenant plans as itself: its id is the brand's name in the retailer's data."""
+    from serving.adapter_api import read_upload
+
+    gw, rid = gateway(request), request_id(request)
+    if gw.comparison is None or gw.cfg.comparison is None:
+        raise NotConfigured("planning is not configured on this deployment")
+    tenant = await gw.tenant(request, "plans")
+    files, fields = await read_upload(
+        request, gw.cfg.comparison.max_upload_bytes, ("products", "sales", "media"), max_fields=16
+    )
+    manufacturer = fields.pop("manufacturer", None) or tenant.id
+    if tenant.role != Role.admin and manufacturer != tenant.id:
+        raise PermissionDenied(f"tenant {tenant.id!r} may plan only for its own brand, not {manufacturer!r}")
+    planner = gw.comparison
+    answer: Reply = await call_deployment(
+        gw, lambda: planner.plan_files.remote(tenant.id, manufacturer, files, fields), "planning", rid
+    )
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 @router.post("/v1/harmonize")
