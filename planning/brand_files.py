@@ -377,4 +377,4 @@ async def with_cleanroom(body: dict[str, Any], data: BrandData, ask: Any, req: A
     from planning.files_compare import compare_files, verdict
 
     side = await compare_files(data, ask, req, body["backtest"]["holdout_days"], data.brand)
-    return {**body, "cleanroom": side, "verdict": verdict(body["backtest"], side["backtest"])}
+    return {**body, "cleanroom": side, "verdict": verdict(body["backtest"], side)}

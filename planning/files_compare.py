@@ -81,18 +81,26 @@ async def compare_files(
     data: BrandData, ask: Any, req: Any, holdout_days: int, manufacturer: str | None = None
 ) -> dict[str, Any]:
     """The clean-room side of a brand-files plan (see the module contract): ``{"plan", "view", "backtest"}`` plus
-    a verdict sentence comparing its backtest with ``full_backtest`` the caller adds. ``ask``: query -> answer
+    the caller adds the verdict (:func:`verdict`). A policy refusal of the brand's totals is this side's answer
+    (``{"refused": reason}``), not a failure of the request. ``ask``: query -> answer
     (a :class:`planning.workflow.ComparisonError` for a refusal); ``req``: a :class:`PlanRequest`."""
     from planning.compare import allocation, cleanroom_view, plan_from_cleanroom
     from planning.planner import PlanningError
-    from planning.workflow import ComparisonError, cleanroom_answers
+    from planning.workflow import ComparisonError, _refused_by_policy, cleanroom_answers
 
     if data.first_date is None:
         raise ValueError("brand data without dates cannot be matched with a clean room's days")
     brand = manufacturer or data.brand
     days = data.spend.shape[2]
     last = data.first_date + dt.timedelta(days=days - 1)
-    answers = await cleanroom_answers(window(ask, data.first_date, last), brand)
+    try:
+        answers = await cleanroom_answers(window(ask, data.first_date, last), brand)
+    except ComparisonError as e:
+        if not _refused_by_policy(e):
+            raise
+        # the room's policy refused the brand's totals (e.g. exact mode's differencing check against earlier
+        # releases): that is the clean room's answer for this side, the full-data side stands
+        return {"manufacturer": brand, "refused": str(e), "plan": None, "view": None, "backtest": None}
     if not answers["cells"]["cells"]:
         raise ComparisonError(
             f"the clean room released no cell of {brand!r} between {data.first_date} and {last} "
@@ -132,8 +140,12 @@ async def compare_files(
     }
 
 
-def verdict(full: dict[str, Any], clean: dict[str, Any]) -> str:
-    """Which side's curves forecast the held-out days better (no truth: forecast error is the evidence)."""
+def verdict(full: dict[str, Any], side: dict[str, Any]) -> str:
+    """Which side's curves forecast the held-out days better (no truth: forecast error is the evidence);
+    ``side``: :func:`compare_files`'s answer."""
+    if "refused" in side:
+        return f"the clean room refused the brand's queries ({side['refused']}): only the full-data plan is judged"
+    clean = side["backtest"]
     fw, cw = full.get("wape"), clean.get("wape")
     if "refused" in clean:
         return f"the clean room refused the backtest's queries ({clean['refused']}): only the full-data forecast is judged"

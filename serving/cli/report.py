@@ -111,7 +111,9 @@ def format_files_plan(body: dict[str, Any]) -> str:
         "prove the plan",
     ]
     side = body.get("cleanroom")
-    if side is not None:
+    if side is not None and "refused" in side:
+        lines += ["", f"verdict: {body['verdict']}"]
+    elif side is not None:
         v = side["view"]
         lines += [
             "",

@@ -212,3 +212,32 @@ def test_rmn_compare_data_clean_room_errors(
     assert needle in capsys.readouterr().err
     assert main(["compare", "--manufacturer", "brewmax", "--budget", "500", "--cleanroom", "acme"]) == 1
     assert "--cleanroom goes with --data" in capsys.readouterr().err
+
+
+def test_a_clean_room_refusal_of_the_brands_totals_is_that_sides_answer_and_a_denial_fails() -> None:
+    """compare_files: a policy refusal (e.g. differencing) of the first query is said as the side's answer and in
+    the verdict; an access denial (the brand is not the caller's) is the request's failure."""
+    import asyncio
+
+    from cleanroom.errors import AccessDenied, PolicyViolation
+    from planning.brand_files import files_plan
+    from planning.files_compare import compare_files, verdict
+    from planning.workflow import ComparisonError
+
+    data = load_brand_dir(EXAMPLE, brand="brewmax")
+    req = PlanRequest(budget=1000)
+
+    def refusing(exc: Exception):  # type: ignore[no-untyped-def]
+        async def ask(q: dict) -> dict:  # type: ignore[type-arg]
+            raise ComparisonError(str(exc), exc)
+
+        return ask
+
+    side = asyncio.run(compare_files(data, refusing(PolicyViolation("refused: differencing")), req, 14))
+    assert side["refused"] == "refused: differencing" and side["plan"] is None
+    body = files_plan(data, req, 14, "x")
+    assert verdict(body["backtest"], side).startswith(
+        "the clean room refused the brand's queries (refused: differencing)"
+    )
+    with pytest.raises(ComparisonError, match="not yours"):
+        asyncio.run(compare_files(data, refusing(AccessDenied("not yours")), req, 14))
