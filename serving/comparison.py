@@ -149,9 +149,7 @@ class ComparisonService:
         except ValidationError as e:
             loc, msg = first_error(e)
             return error_reply(InvalidRequest(f"invalid field {loc}: {msg}"))
-        except InvalidRequest as e:
-            return error_reply(e)
-        except (ValueError, ComparisonError) as e:  # BrandDataError, PlanningError: a verdict on the files
+        except (ValueError, ComparisonError) as e:  # InvalidRequest, BrandDataError, PlanningError, refusals
             return error_reply(e)
 
 
