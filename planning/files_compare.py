@@ -41,17 +41,17 @@ def cleanroom_backtest(answers: dict[str, dict[str, Any]], data: BrandData, cut:
     curves, carryover = fit_aggregates(answers["cells"]["cells"], daily, cut)
     measured, measured_on = response(data)
     by_key = {(c.sku, c.placement): c for c in curves}
-    sku_i = {s: i for i, s in enumerate(data.facts.sku)}
+    n, P, _ = data.spend.shape
+    cells = [(i, j) for i in range(n) for j in range(P) if data.spend[i, j].sum() > 0]  # spent on at all
     pred = actual = err = 0.0
     known = 0
-    for (sku, placement), i in ((k, sku_i[k[0]]) for k in _cells(data)):
-        j = data.placements.index(placement)
+    for i, j in cells:
         truth = float(measured[i, j, cut:].sum())
-        c = by_key.get((sku, placement))
+        c = by_key.get((data.facts.sku[i], data.placements[j]))
         forecast = 0.0
         if c is not None and c.a > 0:
             known += 1
-            x = carry(data.spend[i, j], carryover.get(placement, 0.0))[cut:]
+            x = carry(data.spend[i, j], carryover.get(c.placement, 0.0))[cut:]
             forecast = float((c.a * (1 - np.exp(-x / max(c.s, 1e-9)))).sum())
         pred, actual, err = pred + forecast, actual + truth, err + abs(forecast - truth)
     return {
@@ -63,18 +63,8 @@ def cleanroom_backtest(answers: dict[str, dict[str, Any]], data: BrandData, cut:
         "wape": round(err / actual, 4) if actual > 0 else None,
         "bias": round((pred - actual) / actual, 4) if actual > 0 else None,
         "cells_forecast": known,
-        "cells": len(_cells(data)),
+        "cells": len(cells),
     }
-
-
-def _cells(data: BrandData) -> list[tuple[str, str]]:
-    """(SKU, placement) cells the brand spent on at all."""
-    return [
-        (sku, p)
-        for i, sku in enumerate(data.facts.sku)
-        for j, p in enumerate(data.placements)
-        if data.spend[i, j].sum() > 0
-    ]
 
 
 async def compare_files(
