@@ -131,6 +131,16 @@ def _fit_cells(
     return best_a, best_s, best_c, best_sse
 
 
+def _fitted(a: np.ndarray, s: np.ndarray, c: np.ndarray, carried: dict[float, np.ndarray]) -> np.ndarray:
+    """Each cell's fitted daily response (n, P, T) before weekday factors: level ``a`` times the curve of its
+    placement's carried spend (carry-over ``c[p]``, its arrays in ``carried``)."""
+    P = a.shape[1]
+    out: np.ndarray = np.stack(
+        [a[:, p, None] * _g(carried[float(c[p])][:, p], s[:, p, None]) for p in range(P)], 1
+    )
+    return out
+
+
 def fit_brand(
     data: BrandData,
     days: np.ndarray | None = None,
@@ -159,31 +169,27 @@ def fit_brand(
     weekday = (data.first_weekday + idx) % 7
     ones = np.ones(len(idx))
     n, P, T = y.shape
-    a, s, c, sse = _fit_cells(carried, y, ones, mean_x)
-    obs = n * T  # observations per placement
-    # a carry-over is kept per placement only where it beats the plain fit by more than its BIC price
-    if 0.0 in carried and len(carried) > 1:
-        a0, s0, _, sse0 = _fit_cells({0.0: carried[0.0]}, y, ones, mean_x)
-        plain = np.array([_bic(sse0[p], obs, 1) <= _bic(sse[p], obs, 2) for p in range(P)])
-        a[:, plain], s[:, plain], c[plain], sse[plain] = a0[:, plain], s0[:, plain], 0.0, sse0[plain]
+    carrying = {k: v for k, v in carried.items() if k > 0}
+    if 0.0 in carried and carrying:
+        # each carry-over fitted once: the plain fit, the best carrying one, and a carry-over kept per placement
+        # only where it beats the plain fit by more than its BIC price
+        a, s, c, sse = _fit_cells({0.0: carried[0.0]}, y, ones, mean_x)
+        ac, sc, cc, ssec = _fit_cells(carrying, y, ones, mean_x)
+        obs = n * T  # observations per placement
+        better = np.array([_bic(ssec[p], obs, 2) < _bic(sse[p], obs, 1) for p in range(P)])
+        a[:, better], s[:, better], c[better] = ac[:, better], sc[:, better], cc[better]
+    else:
+        a, s, c, _ = _fit_cells(carried, y, ones, mean_x)
     factors: np.ndarray | None = None
     if weekly and T >= 14:
-        fitted = np.stack(
-            [a[:, p, None] * _g(carried[float(c[p])][:, p], s[:, p, None]) for p in range(P)], 1
-        )
+        fitted = _fitted(a, s, c, carried)
         if _weekly_helps(fitted, y, weekday, idx // 7):
             w = _weekday_factors(fitted, y, weekday, np.ones(T, dtype=bool))
             chosen = {float(v) for v in c}
-            a, s, c, sse = _fit_cells({cc: carried[cc] for cc in chosen}, y, w[weekday], mean_x)
+            a, s, c, _ = _fit_cells({k: carried[k] for k in chosen}, y, w[weekday], mean_x)
             factors = w
     day_factor = ones if factors is None else factors[weekday]
-    explained = (
-        np.stack([a[:, p, None] * _g(carried[float(c[p])][:, p], s[:, p, None]) for p in range(P)], 1).sum(
-            axis=1
-        )
-        * day_factor
-        / data.facts.price[:, None]
-    )
+    explained = _fitted(a, s, c, carried).sum(axis=1) * day_factor / data.facts.price[:, None]
     regular = ~data.facts.promo[:, idx]
     units = data.units[:, idx]
     baseline = np.array(

@@ -37,6 +37,19 @@ def _market(config_json: str) -> Market:
     return generate(MarketConfig.model_validate_json(config_json))
 
 
+def room_ask(cleanroom: DeploymentHandle, tenant: str, room: str) -> Any:
+    """``ask(query) -> answer`` on clean room ``room`` through the clean-room deployment as ``tenant``; its error
+    answers become :class:`ComparisonError` carrying the relayed status."""
+
+    async def ask(q: dict[str, Any]) -> dict[str, Any]:
+        ans: Reply = await cleanroom.query.remote(tenant, {"retailer": room, "query": q})
+        if not ans.ok:
+            raise ComparisonError(ans.message, Relayed.of(ans))
+        return dict(ans.body)
+
+    return ask
+
+
 class PlannerService:
     """Makes one plan per call: ``full`` (brand tables) or ``cleanroom`` (clean-room answers only)."""
 
@@ -55,12 +68,7 @@ class PlannerService:
         """The clean-room plan from the answers of the clean-room deployment (with ``own_data``: and the
         brand's own margins and stock, from its tables of the market regenerated here)."""
 
-        async def ask(q: dict[str, Any]) -> dict[str, Any]:
-            ans: Reply = await self._cleanroom.query.remote(tenant, {"retailer": room, "query": q})
-            if not ans.ok:
-                raise ComparisonError(ans.message, Relayed.of(ans))
-            return dict(ans.body)
-
+        ask = room_ask(self._cleanroom, tenant, room)
         cfg = MarketConfig.model_validate_json(market_json)
         own = None
         if own_data:
@@ -135,16 +143,7 @@ class ComparisonService:
                 loaded = await asyncio.to_thread(load_brand_dir, work, manufacturer, horizon)
             body = await asyncio.to_thread(files_plan, loaded, req, holdout, "upload")
             if retailer:
-
-                async def ask(q: dict[str, Any]) -> dict[str, Any]:
-                    ans: Reply = await self._cleanroom.query.remote(
-                        tenant, {"retailer": retailer, "query": q}
-                    )
-                    if not ans.ok:
-                        raise ComparisonError(ans.message, Relayed.of(ans))
-                    return dict(ans.body)
-
-                body = await with_cleanroom(body, loaded, ask, req)
+                body = await with_cleanroom(body, loaded, room_ask(self._cleanroom, tenant, retailer), req)
             return Reply(200, body)
         except ValidationError as e:
             loc, msg = first_error(e)
