@@ -4,8 +4,10 @@
    fast as one client can; accepted vs what the limit allows over the run (the bucket's burst plus its refill).
    Per-replica buckets would accept up to twice as many.
 2. Fair share under a flood across replicas: a light tenant's median latency alone, then while a heavy tenant
-   floods both routers with ``--flood`` concurrent clients (the heavy tenant's answers counted: 200, 503, 429).
-Writes ``bench/results/cluster.json``. Usage: ``python -m bench.cluster``.
+   floods both routers with ``--flood`` concurrent clients (the heavy tenant's answers counted: 200, 503, 429,
+   and its throughput), once per ``--reserve`` setting of ``admission.reserve_slots`` (0: fair order alone; 1: the
+   default, a slot per router kept for the other tenants) — each on a fresh app, in one run.
+Writes ``bench/results/cluster.json``. Usage: ``python -m bench.cluster [--reserve 0,1]``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 KEYS = {"heavy": "bench-heavy", "light": "bench-light", "metered": "bench-metered"}
 
 
-def _config(model_dir: Path, work: Path, metered_limit: int) -> Any:
+def _config(model_dir: Path, work: Path, metered_limit: int, reserve: int = 1) -> Any:
     from federation.tenants import hash_key
     from serving.config import AppConfig
 
@@ -56,6 +58,7 @@ def _config(model_dir: Path, work: Path, metered_limit: int) -> Any:
             },
             "router_deployment": {"num_replicas": 2, "num_cpus": 0.1},
             "http": {"request_timeout_s": 30},
+            "admission": {"reserve_slots": reserve},
             "federation": {"tenants": tenants},
         }
     )
@@ -114,9 +117,11 @@ def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
     for t in threads:
         t.start()
     time.sleep(3)  # the flood fills the queues first
+    before, t0 = heavy[200], time.monotonic()
     try:
         during = _light_latencies(url, n)
     finally:
+        heavy_rps = (heavy[200] - before) / (time.monotonic() - t0)
         stop.set()
         for t in threads:
             t.join()
@@ -130,6 +135,7 @@ def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
         "within_2x": p50_during <= 2 * p50_alone,
         "light_answered_during_flood": len(during),
         "heavy_statuses": dict(heavy),
+        "heavy_answered_per_s": round(heavy_rps, 2),
     }
 
 
@@ -138,20 +144,27 @@ def main() -> None:
     ap.add_argument("--metered-limit", type=int, default=120)
     ap.add_argument("--flood", type=int, default=16)
     ap.add_argument("--light", type=int, default=20)
+    ap.add_argument(
+        "--reserve", default="0,1", help="admission.reserve_slots settings to measure, comma-separated"
+    )
     args = ap.parse_args()
 
     from serving.local import local_app
     from serving.modelprep.tiny import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="rmn-bench-cluster-"))
-    cfg = _config(build_tiny_model(work / "model"), work, args.metered_limit)
-    with local_app(cfg, num_cpus=4) as url:
-        results = {
-            "engine": "vLLM (CPU), tiny random model",
-            "replicas": {"router": 2, "engine": 2},
-            "rate_limit": _rate_limit(url, args.metered_limit),
-            "fairness": _fairness(url, args.flood, args.light),
-        }
+    model = build_tiny_model(work / "model")
+    results: dict[str, Any] = {
+        "engine": "vLLM (CPU), tiny random model",
+        "replicas": {"router": 2, "engine": 2},
+        "fairness_by_reserve_slots": {},
+    }
+    for i, reserve in enumerate(int(r) for r in args.reserve.split(",")):
+        cfg = _config(model, work / f"app{reserve}", args.metered_limit, reserve)
+        with local_app(cfg, num_cpus=4) as url:
+            if i == 0:
+                results["rate_limit"] = _rate_limit(url, args.metered_limit)
+            results["fairness_by_reserve_slots"][str(reserve)] = _fairness(url, args.flood, args.light)
     print(results)
     write_results(Path(__file__).parent / "results" / "cluster.json", results)
 

@@ -4,10 +4,13 @@ written here (PDF 1.4, the standard Helvetica fonts, vector charts; no dependenc
 Contract: :func:`render` (``html`` | ``pdf`` -> (bytes, media type)), :func:`html` and :func:`pdf` take a
 ComparisonResult as JSON (``planning.compare.ComparisonResult``
 dumped) and show the same content in this order: the recommendation per side (its warning first, the 80 %
-intervals where the side has them), the verdict, the scores on the market's truth side by side, the
+intervals where the side has them), the verdict (with a table per market when the
+result was run over several seeds), the scores on the market's truth side by side, the
 profit-vs-spend curve of each side with its chosen and profit-optimal spend marked, the top cells of each plan,
 what data each side used (what its curves were fitted on — with its recommendation —, clean-room cells released
-and withheld, k, blocked fields, epsilon spent), and the rationale and ad lines when the result has them. Every number is the result's;
+and withheld, k, blocked fields, epsilon spent), and the rationale and ad lines when the result has them. A plan
+from a brand's own files (``rmn compare --data``, ``POST /v1/plans/files``) has no ground truth: its report shows
+the holdout backtest of each side instead of scores (:func:`files_blocks`). Every number is the result's;
 nothing is recomputed. :func:`blocks` is that content once; the two renderers only lay it out. A body that is not
 a comparison result (a field missing or of the wrong kind) is a :class:`ReportError` naming it, never a crash.
 """
@@ -87,7 +90,9 @@ def recommendation(side: dict[str, Any], name: str) -> list[tuple[str, str]]:
 
 
 def blocks(result: dict[str, Any]) -> list[Block]:
-    """The report's content (see the module contract)."""
+    """The report's content (see the module contract); a plan from a brand's files: :func:`files_blocks`."""
+    if "backtest" in result and "plan" in result and "market" not in result:
+        return files_blocks(result)
     m, req = result["market"], result["request"]
     out = [
         Block("h1", f"Media plan: {m['manufacturer']} at {m['retailer']}"),
@@ -105,6 +110,21 @@ def blocks(result: dict[str, Any]) -> list[Block]:
             for kind, text in recommendation(result[key], name)
         ]
     out += [Block("h2", "Verdict"), Block("p", result["verdict"])]
+    seeds = result.get("over_seeds")
+    if seeds:
+        d = seeds["full_minus_cleanroom"]
+        rows = [[str(r["seed"]), _money(r["full"]), _money(r["cleanroom"]), f"{r['full'] - r['cleanroom']:+,.2f}"]
+                for r in seeds["per_seed"]]  # fmt: skip
+        span = "-" if d["low"] is None else f"{d['low']:+,.2f} to {d['high']:+,.2f}"
+        rows.append(
+            [f"mean ({seeds['full_wins']}/{seeds['markets']} won)", "", "", f"{d['mean']:+,.2f} ({span})"]
+        )
+        out += [
+            Block("h2", f"Over {seeds['markets']} markets (true profit per plan)"),
+            Block(
+                "table", table=Table(["seed", "full data", "clean room", "difference (95 % interval)"], rows)
+            ),
+        ]
     f, c, d = result["full"]["score"], result["cleanroom"]["score"], result["deltas"]
     metrics = [
         ("spend", "spend"),
@@ -121,9 +141,35 @@ def blocks(result: dict[str, Any]) -> list[Block]:
         Block("h2", "Scores on the market's truth"),
         Block("table", table=Table(["metric", "full data", "clean room", "delta"], rows)),
     ]
+    sides = [(name, colour, result[key]) for key, name, colour in SIDES]
+    out += _curves_and_allocations(sides)
+    out += [
+        Block("h2", "Data used"),
+        Block("table", table=Table(["", ""], _view_rows(result["cleanroom_view"]))),
+    ]
+    rationale = result.get("rationale")
+    if rationale:
+        text = rationale.get("dropped") or str(rationale.get("json"))
+        out += [Block("h2", "Rationale (written through the composed adapters)"), Block("p", text)]
+    lines = result.get("creatives") or []
+    if lines:
+        rows = [[str(x.get("sku")), str(x.get("text", "")).replace("\n", " "), str(x.get("decision", "ok" if x.get("ok") else "rejected"))] for x in lines]  # fmt: skip
+        out += [
+            Block("h2", "Ad lines and their governance verdict"),
+            Block("table", table=Table(["sku", "line", "verdict"], rows)),
+        ]
+    return out
+
+
+def _curves_and_allocations(
+    sides: list[tuple[str, tuple[float, float, float], dict[str, Any]]],
+) -> list[Block]:
+    """Each side's profit-vs-spend curve in one chart, then its top cells; ``sides``: (name, colour, plan body
+    with ``spend_analysis`` and ``allocation``)."""
+    out: list[Block] = []
     series = []
-    for key, name, colour in SIDES:
-        a = result[key].get("spend_analysis") or {}
+    for name, colour, side in sides:
+        a = side.get("spend_analysis") or {}
         if a.get("curve"):
             pts = [(float(x), float(y)) for x, y in a["curve"]]
             series.append((name, colour, pts, float(a["plan_spend"]), a.get("optimal_spend")))
@@ -135,8 +181,8 @@ def blocks(result: dict[str, Any]) -> list[Block]:
                 chart=Chart("predicted net profit by total spend; dot: chosen, ring: optimal", series),
             ),
         ]
-    for key, name, _ in SIDES:
-        cells = [r for r in result[key].get("allocation", []) if float(r.get("spend", 0)) > 0.005][:10]
+    for name, _, side in sides:
+        cells = [r for r in side.get("allocation", []) if float(r.get("spend", 0)) > 0.005][:10]
         if cells:
             rows = [
                 [str(r["sku"]), str(r["placement"]), _money(r["spend"]), _money(r.get("predicted_revenue"))]
@@ -144,8 +190,12 @@ def blocks(result: dict[str, Any]) -> list[Block]:
             ]
             out += [Block("h2", f"Allocation, {name} (top cells)"),
                     Block("table", table=Table(["sku", "placement", "spend", "predicted revenue"], rows))]  # fmt: skip
-    v = result["cleanroom_view"]
-    used = [
+    return out
+
+
+def _view_rows(v: dict[str, Any]) -> list[list[str]]:
+    """What the clean-room side saw (a ``cleanroom_view``), as table rows."""
+    return [
         [
             "clean-room cells released / withheld",
             f"{v.get('cells_released')} / "
@@ -159,19 +209,76 @@ def blocks(result: dict[str, Any]) -> list[Block]:
             "yes" if v.get("brand_margins_and_stock") else "no",
         ],
     ]
-    out += [Block("h2", "Data used"), Block("table", table=Table(["", ""], used))]
-    rationale = result.get("rationale")
-    if rationale:
-        text = rationale.get("dropped") or str(rationale.get("json"))
-        out += [Block("h2", "Rationale (written through the composed adapters)"), Block("p", text)]
-    lines = result.get("creatives") or []
-    if lines:
-        rows = [[str(x.get("sku")), str(x.get("text", "")).replace("\n", " "), str(x.get("decision", "ok" if x.get("ok") else "rejected"))] for x in lines]  # fmt: skip
+
+
+BACKTEST_ROWS = [
+    ("fitted_on_days", "days fitted on"),
+    ("holdout_days", "held-out days forecast"),
+    ("measured_on", "measured on"),
+    ("measured_revenue", "measured revenue"),
+    ("forecast", "forecast"),
+    ("wape", "forecast WAPE"),
+    ("bias", "forecast bias"),
+]
+
+
+def files_blocks(result: dict[str, Any]) -> list[Block]:
+    """The report of a plan from a brand's own files (``rmn compare --data``, ``POST /v1/plans/files``): the
+    recommendation per side, the verdict on the two forecasts, the holdout backtest side by side (no ground
+    truth exists), the curves and allocations, what the clean room released, and how the plan is evaluated."""
+    d, p, b, req = result["data"], result["plan"], result["backtest"], result["request"]
+    side = result.get("cleanroom")
+    out = [
+        Block("h1", f"Media plan from {d['directory']}"),
+        Block(
+            "p",
+            f"Budget up to {_money(req['budget'])} over {d['horizon_days']} days, scenario "
+            f"{req.get('scenario', 'profit_optimal')}; {d['skus']} SKUs x {len(d['placements'])} placements, "
+            f"{d['history_days']} days of the brand's own history.",
+        ),
+        Block("h2", "Recommendation"),
+    ]
+    sides = [("your data", SIDES[0][2], p)]
+    clean_plan = (side or {}).get("plan") or {}
+    if "spend_analysis" in clean_plan:
+        sides.append(("clean room", SIDES[1][2], clean_plan))
+    for name, _, body in sides:
         out += [
-            Block("h2", "Ad lines and their governance verdict"),
-            Block("table", table=Table(["sku", "line", "verdict"], rows)),
+            Block("warn", f"{name}: {text}") if kind == "warn" else Block("p", text)
+            for kind, text in recommendation(body, name)
+        ]
+    if "error" in clean_plan:
+        out.append(Block("warn", f"clean room: {clean_plan['error']}"))
+    if result.get("verdict"):
+        out += [Block("h2", "Verdict"), Block("p", str(result["verdict"]))]
+    clean_bt = (side or {}).get("backtest") or {}
+    header = ["", "your data"] + (["clean room"] if side is not None else [])
+    rows = []
+    for key, label in BACKTEST_ROWS:
+        row = [label, _cell(b.get(key))]
+        if side is not None:
+            row.append(_cell(clean_bt.get(key)) if "refused" not in clean_bt else "refused")
+        rows.append(row)
+    out += [Block("h2", "Backtest on held-out days"), Block("table", table=Table(header, rows))]
+    if result.get("evaluation"):
+        out.append(Block("p", str(result["evaluation"])))
+    out += _curves_and_allocations(sides)
+    if side is not None and side.get("view"):
+        out += [Block("h2", "Data used"), Block("table", table=Table(["", ""], _view_rows(side["view"])))]
+    elif side is not None and side.get("refused"):
+        out += [
+            Block("h2", "Data used"),
+            Block("p", f"the clean room refused the brand's queries: {side['refused']}"),
         ]
     return out
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.4f}".rstrip("0").rstrip(".") if abs(v) < 10 else f"{v:,.2f}"
+    return str(v)
 
 
 class ReportError(PlanningError):

@@ -21,6 +21,10 @@ Contract of :class:`FairScheduler`:
   refused then (503, so within 1.5x ``max_wait_s``), not left to time out (504); a request
   that finds a free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the
   waiters;
+- a slot is kept for the other tenants (``reserve``): while another tenant has sent a request here in the last
+  ``reserve_window_s``, no tenant holds more than ``slots - reserve`` of the slots (at least 1), so that other
+  tenant's next request starts at once instead of waiting for a running request of a flood to end; a lone tenant
+  gets every slot, and tenants that all have waiters still fill every slot between them;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
 Pure asyncio; no Ray.
 """
@@ -71,6 +75,18 @@ class AdmissionConfig(Strict):
         default=256, ge=1, description="Cost assumed for a request that does not set max_tokens."
     )
     max_queue: int = Field(default=1024, ge=1, description="Waiting requests per router replica, at most.")
+    reserve_slots: int = Field(
+        default=1,
+        ge=0,
+        description="Slots of a router replica that one tenant may not take while another tenant has sent a "
+        "request there in the last reserve_window_s: kept free, so that tenant's next request starts at once "
+        "instead of waiting behind a flood. A lone tenant gets every slot; 0: no reserve.",
+    )
+    reserve_window_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How recently another tenant must have sent a request for the reserve to hold.",
+    )
     cluster_wide: bool = Field(
         default=True,
         description="Share tenants' rate limits and the routers' backlog through one small actor per app: a "
@@ -110,6 +126,7 @@ class _Tenant:
     queue: deque[_Waiter] = field(default_factory=deque)
     last_tag: float = 0.0
     inflight: int = 0
+    last_seen: float = -math.inf  # when it last asked for a slot (monotonic)
 
 
 @dataclass(eq=False)
@@ -135,6 +152,8 @@ class FairScheduler:
         max_queue: int = 1024,
         weights: dict[str, float] | None = None,
         lease_ttl_s: float = 600.0,
+        reserve: int = 0,
+        reserve_window_s: float = 30.0,
     ) -> None:
         self.slots = max(1, slots)
         self.max_wait_s = max_wait_s
@@ -151,6 +170,8 @@ class FairScheduler:
         self.overrun = 1.0  # recent actual / predicted service time (>= 1): stretches every estimate
         self.margin = BASE_MARGIN  # share of a deadline kept free: widened by misses, narrowed by successes
         self.shed_counts: dict[str, int] = {"queue_wait": 0, "queue_full": 0, "deadline": 0}
+        self.reserve = reserve
+        self.reserve_window_s = reserve_window_s
 
     # ---- what the router reads ----------------------------------------------------------------
     @property
@@ -202,23 +223,54 @@ class FairScheduler:
         return min(MAX_LIVE, max(1.0, ratios[len(ratios) // 2])) if ratios else 1.0
 
     def estimate_wait(self, tenant: str) -> float:
-        """Seconds a new request of ``tenant`` would wait before dispatch (0 with a free slot), by list
-        scheduling over the slots (see the module contract)."""
-        if self._inflight < self.slots and not self.waiting:
-            return 0.0
+        """Seconds a new request of ``tenant`` would wait before dispatch (0 with a free slot it may take), by
+        list scheduling over the slots (see the module contract); a tenant at its cap (the reserve) waits at
+        least until enough of its own running requests end."""
         now = time.monotonic()
+        state = self._tenants.get(tenant)
+        mine = state.inflight if state else 0
+        cap = self.cap(tenant, now)
+        if self._inflight < self.slots and mine < cap and not (state and state.queue):
+            return 0.0
+        own = [lease for lease in self._leases.values() if lease.tenant == tenant]
+        wait = self._list_schedule(
+            list(self._leases.values()), self._inflight, self.slots, self._ahead_costs(tenant), now
+        )
+        if mine >= cap:
+            queued = [x.cost for x in state.queue] if state else []
+            wait = max(wait, self._list_schedule(own, mine, cap, queued, now))
+        return wait
+
+    def _list_schedule(
+        self, leases: list[Lease], running: int, slots: int, ahead: list[float], now: float
+    ) -> float:
+        """When the first of ``slots`` slots is free for a new request, with ``running`` requests on them
+        (``leases`` those tracked) and ``ahead`` (costs) served first."""
         remaining = []
-        for lease in self._leases.values():
+        for lease in leases:
             service = self.service_s(lease.cost, now)
             remaining.append(max(OVERDUE_FLOOR * service, service - (now - lease.started)))
-        untracked = max(0, self._inflight - len(remaining))  # dispatched, lease not yet taken: just started
+        untracked = max(0, running - len(remaining))  # dispatched, lease not yet taken: just started
         remaining = sorted(remaining + [self.service_s(self._mean_cost(), now)] * untracked)
-        excess = max(0, len(remaining) - self.slots)  # more running than slots (shrunk): those free nothing
-        free = remaining[excess:] + [0.0] * max(0, self.slots - len(remaining))
+        excess = max(0, len(remaining) - slots)  # more running than slots (shrunk): those free nothing
+        free = remaining[excess:] + [0.0] * max(0, slots - len(remaining))
         heapq.heapify(free)
-        for cost in self._ahead_costs(tenant):
+        for cost in ahead:
             heapq.heappush(free, heapq.heappop(free) + self.service_s(cost, now))
         return free[0]
+
+    def cap(self, tenant: str, now: float | None = None, recent: set[str] | None = None) -> int:
+        """Most slots ``tenant`` may hold now: all of them, less ``reserve`` while another tenant has asked
+        here within ``reserve_window_s`` (never below 1). ``recent``: those tenants, if already known."""
+        if self.reserve <= 0 or self.slots <= 1:
+            return self.slots
+        recent = self._recent(now) if recent is None else recent
+        return max(1, self.slots - self.reserve) if recent - {tenant} else self.slots
+
+    def _recent(self, now: float | None = None) -> set[str]:
+        """Tenants that asked for a slot here within ``reserve_window_s``."""
+        since = (time.monotonic() if now is None else now) - self.reserve_window_s
+        return {name for name, s in self._tenants.items() if s.last_seen >= since}
 
     def record_miss(self, lease: Lease | None = None) -> None:
         """An admitted request missed its deadline: keep a wider share of every deadline free from now on;
@@ -236,8 +288,10 @@ class FairScheduler:
         t0 = time.monotonic()
         self._reap(t0)
         state = self._tenant(tenant)
-        if self._inflight < self.slots and not self.waiting:  # a free slot costs nothing: try (early EOS)
-            return self._start(state, tenant, t0, cost)
+        state.last_seen = t0
+        self._dispatch()  # the caps may have grown since (a reserve lapsed)
+        if self._inflight < self.slots and state.inflight < self.cap(tenant, t0) and not state.queue:
+            return self._start(state, tenant, t0, cost)  # a free slot costs nothing: try (early EOS)
         self._admit_to_queue(tenant, cost, time_left_s)
         tag = max(self._vtime, state.last_tag) + 1.0 / state.weight
         state.last_tag = tag
@@ -352,10 +406,15 @@ class FairScheduler:
         self._forget_idle()
 
     def _dispatch(self) -> None:
+        recent = self._recent() if self.reserve > 0 else set()
         while self._inflight < self.slots:
             best: _Tenant | None = None
-            for state in self._tenants.values():
-                if state.queue and (best is None or state.queue[0].tag < best.queue[0].tag):
+            for name, state in self._tenants.items():
+                if (
+                    state.queue
+                    and (best is None or state.queue[0].tag < best.queue[0].tag)
+                    and state.inflight < self.cap(name, recent=recent)
+                ):
                     best = state
             if best is None:
                 return

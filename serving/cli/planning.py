@@ -42,6 +42,8 @@ def _cmd_plan_files(args: argparse.Namespace) -> int:
             )
         finally:
             room.close()
+    if args.report:
+        write_report(body, Path(args.report))
     print(json.dumps(body, indent=2) if args.json else format_files_plan(body))
     return 0
 
@@ -112,8 +114,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from serving.cli.report import format_comparison
 
     if args.data:
-        if args.report:
-            raise ValueError("--report is for comparisons; with --data use --json")
         return _cmd_plan_files(args)
     if args.cleanroom:
         raise ValueError(
@@ -277,7 +277,8 @@ def add_planning_commands(sub: Any) -> None:
         "--report",
         default=None,
         metavar="FILE",
-        help="also write the comparison as a report: FILE.html (one page, inline charts) or FILE.pdf",
+        help="also write the comparison (or, with --data, the plan and its backtest) as a report: FILE.html (one "
+        "page, inline charts) or FILE.pdf",
     )
     cp.set_defaults(fn=_cmd_compare)
 

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import re
 from dataclasses import asdict
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
@@ -139,7 +140,13 @@ async def compare(request: Request) -> Response:
 
 def _report(result: dict[str, Any], fmt: str) -> Response:
     content, media_type = render(result, fmt)
-    tag = "-".join(str(result["market"].get(k, "")) for k in ("manufacturer", "seed"))
+    if "market" in result:
+        tag = "-".join(str(result["market"].get(k, "")) for k in ("manufacturer", "seed"))
+    else:  # a plan from a brand's files
+        tag = "files-" + str(
+            (result.get("cleanroom") or {}).get("manufacturer")
+            or PurePath(str(result["data"]["directory"])).name
+        )
     name = "rmn-plan-" + re.sub(r"[^A-Za-z0-9_.-]", "_", tag)[:80] + f".{fmt}"  # a header value: no quotes
     disposition = f'{"attachment" if fmt == "pdf" else "inline"}; filename="{name}"'
     return Response(content, media_type=media_type, headers={"content-disposition": disposition})
@@ -147,11 +154,15 @@ def _report(result: dict[str, Any], fmt: str) -> Response:
 
 @router.post("/v1/plans/report")
 async def plan_report(request: Request) -> Response:
-    """A comparison result the caller already has (the JSON of ``POST /v1/plans/compare``) as a report,
-    ``?format=pdf`` (default) or ``html``, without planning again (no epsilon spent): what the UI downloads."""
+    """A result the caller already has (the JSON of ``POST /v1/plans/compare``, or of ``POST /v1/plans/files``)
+    as a report, ``?format=pdf`` (default) or ``html``, without planning again (no epsilon spent): what the UI
+    downloads."""
     await gateway(request).tenant(request, "plans")
     fmt = request.query_params.get("format", "pdf")
-    result = await read_model(request, ComparisonResult)
+    body = await read_body(request)
+    if "backtest" in body and "market" not in body:  # a files plan: the renderer names what is missing
+        return _report(body, fmt)
+    result = await read_model(request, ComparisonResult)  # the body is read once, kept by the request
     return _report(result.model_dump(mode="json"), fmt)
 
 
@@ -162,10 +173,13 @@ async def plan_files(request: Request) -> Response:
     ``horizon_days``, ``holdout_days``, ``cleanroom`` (a retailer: its clean room's side beside, both backtested)
     and ``manufacturer`` (the brand's name in the retailer's data, default the tenant's id). The files are the
     caller's own, so the name only matters to the clean room, whose policy decides whether that brand is the
-    caller's (403 otherwise)."""
+    caller's (403 otherwise). ``?format=html`` or ``pdf`` answers the plan as a report (planning/report.py)."""
     from serving.adapter_api import read_upload
 
     gw, rid = gateway(request), request_id(request)
+    fmt = request.query_params.get("format", "json")
+    if fmt not in REPORT_FORMATS:
+        raise InvalidRequest(f"format must be one of {sorted(REPORT_FORMATS)}, got {fmt!r}")
     if gw.comparison is None or gw.cfg.comparison is None:
         raise NotConfigured("planning is not configured on this deployment")
     tenant = await gw.tenant(request, "plans")
@@ -177,6 +191,8 @@ async def plan_files(request: Request) -> Response:
     answer: Reply = await call_deployment(
         gw, lambda: planner.plan_files.remote(tenant.id, manufacturer, files, fields), "planning", rid
     )
+    if answer.ok and fmt != "json":
+        return _report(answer.body, fmt)
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 

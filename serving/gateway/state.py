@@ -87,6 +87,8 @@ class Gateway:
                 max_queue=adm.max_queue,
                 weights=weights,
                 lease_ttl_s=config.http.request_timeout_s + 30,
+                reserve=adm.reserve_slots,
+                reserve_window_s=adm.reserve_window_s,
             )
         self.slots_checked = 0.0
         self._slots_task: asyncio.Task[None] | None = None

@@ -14,7 +14,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "brand-data"
 
 
 def upload(
-    url: str, fields: dict[str, str], tenant: str = "brand_x", media: bytes | None = None
+    url: str, fields: dict[str, str], tenant: str = "brand_x", media: bytes | None = None, query: str = ""
 ) -> httpx.Response:
     files = {
         name: (f"{name}.csv", (EXAMPLE / f"{name}.csv").read_bytes(), "text/csv")
@@ -22,7 +22,9 @@ def upload(
     }
     if media is not None:
         files["media"] = ("media.csv", media, "text/csv")
-    return httpx.post(f"{url}/v1/plans/files", data=fields, files=files, headers=auth(tenant), timeout=120)
+    return httpx.post(
+        f"{url}/v1/plans/files{query}", data=fields, files=files, headers=auth(tenant), timeout=120
+    )
 
 
 def test_a_brands_files_are_planned_and_backtested(serve_url: str) -> None:
@@ -38,6 +40,21 @@ def test_a_brands_files_are_planned_and_backtested(serve_url: str) -> None:
     assert body["plan"]["spend_analysis"]["fitted_on"].startswith("incremental revenue")
     assert body["backtest"]["holdout_days"] == 14 and 0 < body["backtest"]["wape"] < 1
     assert "cleanroom" not in body and "no ground truth" in body["evaluation"]
+    # the same plan as a report: straight from the upload, or from the JSON the caller holds
+    r = upload(serve_url, {"budget": "1000", "holdout_days": "14"}, query="?format=pdf")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf", r.text[:200]
+    assert (
+        r.content.startswith(b"%PDF-")
+        and 'filename="rmn-plan-files-upload.pdf"' in r.headers["content-disposition"]
+    )
+    h = httpx.post(f"{serve_url}/v1/plans/report?format=html", json=body, headers=auth("brand_x"), timeout=60)
+    assert h.status_code == 200 and "Backtest on held-out days" in h.text, h.text[:300]
+    assert f"recommended spend {body['plan']['spend_analysis']['plan_spend']:,.2f}" in h.text
+    del body["backtest"]["wape"], body["data"]
+    h = httpx.post(f"{serve_url}/v1/plans/report?format=html", json=body, headers=auth("brand_x"), timeout=60)
+    assert h.status_code == 400 and "'data'" in h.json()["error"]["message"], h.text
+    r = upload(serve_url, {"budget": "1000"}, query="?format=docx")
+    assert r.status_code == 400 and "format must be one of" in r.json()["error"]["message"], r.text
 
 
 def test_a_bad_row_unknown_fields_and_another_brand_are_refused_with_reasons(serve_url: str) -> None:

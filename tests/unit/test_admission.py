@@ -301,3 +301,47 @@ def test_no_request_waits_past_one_and_a_half_times_the_wait_bound() -> None:
         assert s.inflight == 0 and s.waiting == 0
 
     run(main())
+
+
+def test_a_slot_is_kept_for_the_other_tenants_while_one_floods() -> None:
+    async def main() -> None:
+        lone = FairScheduler(slots=4, max_wait_s=1000, initial_service_s=1.0, reserve=1)
+        assert [(await lone.acquire("heavy")).waited_s < 0.01 for _ in range(4)] == [True] * 4  # every slot
+        s = FairScheduler(slots=4, max_wait_s=1000, initial_service_s=1.0, reserve=1, reserve_window_s=0.3)
+        light = await s.acquire("light")
+        held = [await s.acquire("heavy") for _ in range(3)]
+        fourth = asyncio.create_task(s.acquire("heavy"))
+        await asyncio.sleep(0)
+        assert s.cap("heavy") == 3 and s.cap("light") == 3 and s.waiting == 1
+        assert s.estimate_wait("heavy") == pytest.approx(1.0, abs=0.05)  # until one of its own ends
+        s.release(light)
+        await asyncio.sleep(0)
+        assert s.inflight == 3 and not fourth.done()  # the freed slot is kept for the other tenant
+        again = await s.acquire("light")  # which starts at once, ahead of the flood's waiter
+        assert again.waited_s < 0.01 and s.inflight == 4
+        s.release(held[0])
+        await asyncio.sleep(0)
+        assert fourth.done()  # the flood's own slot goes on to its waiter
+        s.release(again)
+        await asyncio.sleep(0.35)  # the light tenant went quiet: the reserve lapses
+        assert s.cap("heavy") == 4
+        assert (await s.acquire("heavy")).waited_s < 0.01 and s.inflight == 4
+
+    run(main())
+
+
+def test_tenants_that_all_wait_fill_every_slot_between_them() -> None:
+    async def main() -> None:
+        s = FairScheduler(slots=4, max_wait_s=1000, initial_service_s=1.0, reserve=1)
+        first = [await s.acquire(t) for t in ("a", "b")]
+        tasks = [asyncio.create_task(s.acquire(t)) for t in ("a", "b") * 4]
+        await asyncio.sleep(0)
+        assert s.inflight == 4 and s.waiting == 6  # each holds 2 of its cap of 3: no slot idles
+        s.release(first[0])
+        await asyncio.sleep(0)
+        assert s.inflight == 4
+        for t in tasks:
+            t.cancel()
+        await asyncio.sleep(0)
+
+    run(main())

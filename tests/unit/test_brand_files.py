@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pypdfium2 as pdfium  # the test extra: PDFium reads the report back
 import pytest
 
 from planning.brand_files import BrandDataError, backtest, load_brand_dir, write_example
@@ -180,9 +181,20 @@ def test_rmn_compare_data_with_a_retailers_clean_room_plans_both_sides_and_backt
     assert cb["measured_on"] == fb["measured_on"] and 0 < cb["cells_forecast"] <= cb["cells"]
     assert f"WAPE {fb['wape']:.3f}" in body["verdict"] and f"WAPE {cb['wape']:.3f}" in body["verdict"]
     assert "no ground truth" in body["verdict"]
-    assert main([*argv, "--budget", "1000"]) == 0  # the same queries: stored answers, the same plan
+    report = tmp_path / "plan.pdf"
+    # the same queries: stored answers, the same plan; written as a report too
+    assert main([*argv, "--budget", "1000", "--report", str(report)]) == 0
     out = capsys.readouterr().out
     assert "clean room:" in out and "verdict: on the last 14 days" in out
+    doc = pdfium.PdfDocument(report.read_bytes())
+    text = " ".join(" ".join(doc[i].get_textpage().get_text_range().split()) for i in range(len(doc)))
+    doc.close()
+    assert (
+        "Media plan from" in text and "Backtest on held-out days" in text and "Profit vs total spend" in text
+    )
+    assert f"recommended spend {body['plan']['spend_analysis']['plan_spend']:,.2f}" in text
+    assert " ".join(body["verdict"].split())[:60] in text and "epsilon spent" in text
+    assert f"{fb['wape']:.4f}".rstrip("0") in text and f"{cb['wape']:.4f}".rstrip("0") in text
     ledger = (tmp_path / "acme.epsilon.jsonl").read_text().splitlines()
     assert len(ledger) == 2, ledger  # the repeat spent nothing
 

@@ -119,3 +119,20 @@ def test_rmn_compare_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert main([*args, "--report", str(tmp_path / "plan.docx")]) != 0
     assert "must end in .html or .pdf" in capsys.readouterr().err
+
+
+def test_a_result_over_several_markets_shows_each_markets_profits_and_the_interval(
+    result: dict[str, Any],
+) -> None:
+    from planning.compare import over_seeds
+
+    several = copy.deepcopy(result)
+    several["over_seeds"] = over_seeds(
+        [{"seed": 7, "full": 120.5, "cleanroom": 80.25}, {"seed": 8, "full": 90.0, "cleanroom": 95.0}]
+    )
+    d = several["over_seeds"]["full_minus_cleanroom"]
+    for text in (" ".join(t.split()) for t, _ in pages(report.pdf(several))), [report.html(several)]:
+        joined = " ".join(text)
+        assert "Over 2 markets" in joined and "+40.25" in joined and "-5.00" in joined
+        assert f"{d['low']:+,.2f} to {d['high']:+,.2f}" in joined and "1/2 won" in joined
+    assert "Over 2 markets" not in report.html(result)  # one market: no such table
