@@ -4,7 +4,8 @@
    fast as one client can; accepted vs what the limit allows over the run (the bucket's burst plus its refill).
    Per-replica buckets would accept up to twice as many.
 2. Fair share under a flood across replicas: a light tenant's median latency alone, then while a heavy tenant
-   floods both routers with ``--flood`` concurrent clients (the heavy tenant's answers counted: 200, 503, 429,
+   floods both routers with ``--flood`` concurrent clients from another process (the heavy tenant's answers
+   counted: 200, 503, 429,
    and its throughput), once per ``--reserve`` setting of ``admission.reserve_slots`` (0: fair order alone; 1: the
    default, a slot per router kept for the other tenants) — each on a fresh app, in one run.
 Writes ``bench/results/cluster.json``. Usage: ``python -m bench.cluster [--reserve 0,1]``.
@@ -86,45 +87,68 @@ def _rate_limit(url: str, limit: int) -> dict[str, Any]:
     }
 
 
-def _light_latencies(url: str, n: int) -> list[float]:
+def _light_latencies(url: str, n: int) -> tuple[list[float], list[float]]:
+    """The light tenant's ``n`` sequential requests: (latencies, router queue waits) of those answered 200."""
     import httpx
 
     body = {"model": "base", "prompt": "coffee", "max_tokens": 8, "temperature": 0}
-    out = []
+    out, waits = [], []
     with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEYS['light']}"}) as c:
         for _ in range(n):
             t = time.perf_counter()
             r = c.post(f"{url}/v1/completions", json=body)
             if r.status_code == 200:
                 out.append(time.perf_counter() - t)
-    return out
+                timing = r.headers.get("server-timing", "queue;dur=0")
+                waits.append(float(timing.partition("dur=")[2]) / 1000)
+    return out, waits
 
 
-def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
+def _flood(url: str, clients: int, stop: Any, out: Any) -> None:
+    """The heavy tenant, in its own process (it must not share the light client's interpreter lock): ``clients``
+    closed-loop clients until ``stop`` is set; puts (status counts, monotonic times of its 200s, the cores it
+    used on average: the load generator shares this machine's cores with the app) on ``out``."""
     import httpx
 
-    alone = _light_latencies(url, n)
-    stop = threading.Event()
-    heavy: Counter[int] = Counter()
+    codes: Counter[int] = Counter()
+    done: list[float] = []
 
-    def flooder() -> None:
+    def client() -> None:
         body = {"model": "base", "prompt": "espresso", "max_tokens": 32, "temperature": 0}
         with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEYS['heavy']}"}) as c:
             while not stop.is_set():
-                heavy[c.post(f"{url}/v1/completions", json=body).status_code] += 1
+                code = c.post(f"{url}/v1/completions", json=body).status_code
+                codes[code] += 1
+                if code == 200:
+                    done.append(time.monotonic())
 
-    threads = [threading.Thread(target=flooder) for _ in range(flood)]
+    cpu, wall = time.process_time(), time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(3)  # the flood fills the queues first
-    before, t0 = heavy[200], time.monotonic()
+    for t in threads:
+        t.join()
+    out.put((dict(codes), done, (time.process_time() - cpu) / (time.monotonic() - wall)))
+
+
+def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
+    import multiprocessing
+
+    alone, _ = _light_latencies(url, n)
+    ctx = multiprocessing.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    flooder = ctx.Process(target=_flood, args=(url, flood, stop, out))
+    flooder.start()
+    time.sleep(5)  # the flood fills the queues first
+    t0 = time.monotonic()
     try:
-        during = _light_latencies(url, n)
+        during, waits = _light_latencies(url, n)
     finally:
-        heavy_rps = (heavy[200] - before) / (time.monotonic() - t0)
+        t1 = time.monotonic()
         stop.set()
-        for t in threads:
-            t.join()
+        heavy, done, flood_cores = out.get(timeout=120)
+        flooder.join(timeout=30)
+    heavy_rps = sum(t0 <= t <= t1 for t in done) / (t1 - t0)
     p50_alone, p50_during = statistics.median(alone), statistics.median(during)
     return {
         "flood_clients": flood,
@@ -134,8 +158,10 @@ def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
         "ratio": round(p50_during / p50_alone, 2),
         "within_2x": p50_during <= 2 * p50_alone,
         "light_answered_during_flood": len(during),
-        "heavy_statuses": dict(heavy),
+        "light_p50_queue_wait_during_flood_s": round(statistics.median(waits), 4),
+        "heavy_statuses": heavy,
         "heavy_answered_per_s": round(heavy_rps, 2),
+        "flood_client_cores_used": round(flood_cores, 2),
     }
 
 
@@ -143,7 +169,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--metered-limit", type=int, default=120)
     ap.add_argument("--flood", type=int, default=16)
-    ap.add_argument("--light", type=int, default=20)
+    ap.add_argument("--light", type=int, default=40)
     ap.add_argument(
         "--reserve", default="0,1", help="admission.reserve_slots settings to measure, comma-separated"
     )

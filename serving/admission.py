@@ -22,7 +22,8 @@ Contract of :class:`FairScheduler`:
   that finds a free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the
   waiters;
 - a slot is kept for the other tenants (``reserve``): while another tenant has sent a request here in the last
-  ``reserve_window_s``, no tenant holds more than ``slots - reserve`` of the slots (at least 1), so that other
+  ``reserve_window_s``, no tenant holds more than ``slots - reserve`` of the slots (the reserve at most a quarter
+  of them: none below 4 slots), so that other
   tenant's next request starts at once instead of waiting for a running request of a flood to end; a lone tenant
   gets every slot, and tenants that all have waiters still fill every slot between them;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
@@ -80,7 +81,8 @@ class AdmissionConfig(Strict):
         ge=0,
         description="Slots of a router replica that one tenant may not take while another tenant has sent a "
         "request there in the last reserve_window_s: kept free, so that tenant's next request starts at once "
-        "instead of waiting behind a flood. A lone tenant gets every slot; 0: no reserve.",
+        "instead of waiting behind a flood; at most a quarter of the slots (none below 4). A lone tenant gets "
+        "every slot; 0: no reserve.",
     )
     reserve_window_s: float = Field(
         default=30.0,
@@ -260,12 +262,13 @@ class FairScheduler:
         return free[0]
 
     def cap(self, tenant: str, now: float | None = None, recent: set[str] | None = None) -> int:
-        """Most slots ``tenant`` may hold now: all of them, less ``reserve`` while another tenant has asked
-        here within ``reserve_window_s`` (never below 1). ``recent``: those tenants, if already known."""
-        if self.reserve <= 0 or self.slots <= 1:
+        """Most slots ``tenant`` may hold now: all of them, less ``reserve`` (at most a quarter of them) while
+        another tenant has asked here within ``reserve_window_s``. ``recent``: those tenants, if known."""
+        reserve = min(self.reserve, self.slots // 4)  # never more than a quarter of the slots
+        if reserve <= 0:
             return self.slots
         recent = self._recent(now) if recent is None else recent
-        return max(1, self.slots - self.reserve) if recent - {tenant} else self.slots
+        return self.slots - reserve if recent - {tenant} else self.slots
 
     def _recent(self, now: float | None = None) -> set[str]:
         """Tenants that asked for a slot here within ``reserve_window_s``."""

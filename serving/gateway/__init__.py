@@ -11,6 +11,7 @@
 - :mod:`~serving.gateway.ingress`: the Serve deployment class (the only module here that needs Ray running)
 
 Every answer carries ``x-request-id``; generations also ``x-rmn-model`` (the version-pinned stack that served
-it), ``x-rmn-composite`` (its content-addressed id) and ``x-rmn-replica``. The gateway never reads adapter
+it), ``x-rmn-composite`` (its content-addressed id), ``x-rmn-replica`` and ``server-timing: queue;dur=MS`` (its
+wait in the router's fair queue). The gateway never reads adapter
 weights: engine replicas compose and load them on their own node.
 """

@@ -326,6 +326,9 @@ def test_a_slot_is_kept_for_the_other_tenants_while_one_floods() -> None:
         await asyncio.sleep(0.35)  # the light tenant went quiet: the reserve lapses
         assert s.cap("heavy") == 4
         assert (await s.acquire("heavy")).waited_s < 0.01 and s.inflight == 4
+        few = FairScheduler(slots=3, max_wait_s=1000, initial_service_s=1.0, reserve=1)
+        few.release(await few.acquire("light"))
+        assert few.cap("heavy") == 3  # at most a quarter of the slots is kept: none of 3
 
     run(main())
 
