@@ -156,15 +156,18 @@ def test_overload_at_4x_capacity_sheds_fast_and_serves_the_rest_in_time(
 
 def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
     """40 clients of one tenant flood past capacity (they get 503s and back off as told); a light tenant's
-    requests are never refused and its p50 stays within 3x of its p50 alone. A FIFO queue would put each light
-    request behind up to max_wait_share x deadline = 0.9 s of flood work, about 4x the ~0.24 s alone; the
-    bound is not tighter because the flood's own HTTP handling shares the 2-core machine with everything."""
+    requests are never refused, start at once (the slot each router keeps for the other tenants,
+    ``admission.reserve_slots``: its median ``server-timing`` queue wait is under 3 ms; ~10 ms without the
+    reserve, behind the next of the flood's running requests to end) and its p50 stays within 1.5x of its p50
+    alone (measured 1.0x; 1.1x without the reserve). A FIFO queue would put each light request behind up to
+    max_wait_share x deadline = 0.9 s of flood work, about 4x the ~0.22 s alone."""
     tokens = 20
 
     async def light_run(flood: bool) -> tuple[float, collections.Counter[int], collections.Counter[int]]:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as c:
             stop = time.monotonic() + 4.0
             light: list[float] = []
+            waits: list[float] = []
             light_codes: collections.Counter[int] = collections.Counter()
             flood_codes: collections.Counter[int] = collections.Counter()
 
@@ -181,18 +184,20 @@ def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
                     light_codes[r["status"]] += 1
                     if r["status"] == 200:
                         light.append(r["s"])
+                        waits.append(float(r["headers"]["server-timing"].partition("dur=")[2]) / 1000)
                     await asyncio.sleep(0.2)
 
             await asyncio.gather(lighter(), *(flooder() for _ in range(40 if flood else 0)))
-            return statistics.median(light), light_codes, flood_codes
+            return statistics.median(light), statistics.median(waits), light_codes, flood_codes
 
-    alone, _, _ = asyncio.run(light_run(False))
-    loaded, light_codes, flood_codes = asyncio.run(light_run(True))
+    alone, _, _, _ = asyncio.run(light_run(False))
+    loaded, waited, light_codes, flood_codes = asyncio.run(light_run(True))
     assert flood_codes[503] > 0, flood_codes  # the flood was past capacity
     assert set(light_codes) == {200} and light_codes[200] >= 5, light_codes  # the light tenant never refused
-    assert loaded <= 3 * alone, (alone, loaded)
+    assert waited < 0.003 and loaded <= 1.5 * alone, (alone, loaded, waited)
     print(
-        f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s; flood {dict(flood_codes)}"
+        f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s (queue wait p50 "
+        f"{waited:.3f}s); flood {dict(flood_codes)}"
     )
 
 
