@@ -22,10 +22,10 @@ Contract of :class:`FairScheduler`:
   that finds a free slot is dispatched (it may end early: ``max_tokens`` is a bound). ``max_queue`` bounds the
   waiters;
 - a slot is kept for the other tenants (``reserve``): while another tenant has sent a request here in the last
-  ``reserve_window_s``, no tenant holds more than ``slots - reserve`` of the slots (the reserve at most a quarter
-  of them: none below 4 slots), so that other
-  tenant's next request starts at once instead of waiting for a running request of a flood to end; a lone tenant
-  gets every slot, and tenants that all have waiters still fill every slot between them;
+  ``reserve_window_s``, no tenant holds more than ``slots - reserve`` of the slots (the reserve is at most a
+  quarter of them: none below 4 slots), so that other tenant's next request starts at once instead of waiting
+  for a running request of a flood to end; a lone tenant gets every slot, and tenants that all have waiters
+  still fill every slot between them;
 - nothing is lost: a waiter is either dispatched, shed, or removed when its caller gives up (cancellation).
 Pure asyncio; no Ray.
 """
@@ -234,11 +234,11 @@ class FairScheduler:
         cap = self.cap(tenant, now)
         if self._inflight < self.slots and mine < cap and not (state and state.queue):
             return 0.0
-        own = [lease for lease in self._leases.values() if lease.tenant == tenant]
         wait = self._list_schedule(
             list(self._leases.values()), self._inflight, self.slots, self._ahead_costs(tenant), now
         )
-        if mine >= cap:
+        if mine >= cap:  # its own running requests must end first
+            own = [lease for lease in self._leases.values() if lease.tenant == tenant]
             queued = [x.cost for x in state.queue] if state else []
             wait = max(wait, self._list_schedule(own, mine, cap, queued, now))
         return wait
