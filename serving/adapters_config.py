@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -65,6 +65,18 @@ class AdaptersConfig(Strict):
         default=256 << 20,
         gt=0,
         description="Largest POST /v1/adapters body (both files and the form); larger gets 413.",
+    )
+    training_device: Literal["auto", "gpu", "cpu"] = Field(
+        default="auto",
+        description="Where POST /v1/adapters/train jobs run: auto: on a GPU when one is free at submission, "
+        "else on CPU (never waiting for the engines' GPUs); gpu: on a GPU, refused (503 + Retry-After) when "
+        "none is free; cpu: on CPU even on GPU nodes.",
+    )
+    training_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources a GPU training job also asks for: a training group (e.g. "
+        "{training: 1} offered by a KubeRay worker group of its own); GPU jobs then wait for that group "
+        "instead of needing a GPU free at submission. A job is refused when no node offers them.",
     )
 
     @field_validator("root", mode="after")

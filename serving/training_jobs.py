@@ -28,6 +28,7 @@ from federation.errors import InvalidRequest, first_error
 from federation.tenants import Tenant
 from serving.adapter_api import upload_fields
 from serving.adapters_config import AdaptersConfig
+from serving.errors import Overloaded
 from serving.records import Records, RecordsUnavailable, detached_board
 
 log = logging.getLogger("ray.serve")
@@ -157,7 +158,8 @@ def board(records: Records | None = None) -> Any:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a training task needs (it runs on any node that has the base model and the registry)."""
+    """Everything a training task needs (it runs on any node that has the base model and the registry);
+    ``device``: the one its :class:`Placement` chose (``cuda`` | ``cpu``; ``auto``: what torch sees)."""
 
     job_id: str
     model_dir: str
@@ -166,6 +168,48 @@ class JobSpec:
     pairs: list[tuple[str, str]]
     settings: dict[str, Any]
     manifest: dict[str, Any]
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a training job runs: the torch device, and what its Ray task asks for."""
+
+    device: str  # cuda | cpu
+    num_gpus: int
+    resources: dict[str, float]
+
+
+def placement(
+    mode: str, group: dict[str, float], available: dict[str, float], total: dict[str, float]
+) -> Placement:
+    """Where a job runs (``adapters.training_device`` ``mode``, ``training_resources`` ``group``), given the
+    cluster's ``available`` and ``total`` Ray resources now: ``cpu`` on CPU; with a training group, on a GPU in
+    it (the job waits for the group); else on a GPU free now, or — none free — on CPU (``auto``) or refused
+    (``gpu``: :class:`Overloaded`, 503 + Retry-After). A job never waits on GPUs the engines hold: with them
+    all taken a GPU request would queue for as long as the engines run. Refused too when no node offers the
+    group's resources or a GPU at all (it would wait for ever)."""
+    if mode == "cpu":
+        return Placement("cpu", 0, {})
+    if group:
+        missing = sorted(k for k, v in {**group, "GPU": 1.0}.items() if total.get(k, 0) < v)
+        if missing:
+            raise Overloaded(
+                f"no node offers the training group's resources {missing} (adapters.training_resources): "
+                "a job would wait for ever; add the group or change the config",
+                60,
+            )
+        return Placement("cuda", 1, dict(group))
+    if available.get("GPU", 0) >= 1:
+        return Placement("cuda", 1, {})
+    if mode == "gpu":
+        held = "the engines hold every GPU" if total.get("GPU", 0) >= 1 else "the cluster has no GPU"
+        raise Overloaded(
+            f"no GPU is free for training ({held}; adapters.training_device: gpu): retry later, or train on "
+            "CPU with training_device auto or cpu",
+            30,
+        )
+    return Placement("cpu", 0, {})
 
 
 def run_job(spec: JobSpec, board_handle: Any) -> dict[str, Any]:
@@ -181,7 +225,7 @@ def run_job(spec: JobSpec, board_handle: Any) -> dict[str, Any]:
 
     scratch = Path(tempfile.mkdtemp(prefix=f"rmn-{spec.job_id}-"))
     try:
-        device = pick_device()
+        device = pick_device() if spec.device == "auto" else spec.device
         report(state="running", device=device, started=time.time())
         train_lora(
             spec.model_dir,
@@ -208,9 +252,12 @@ def run_job(spec: JobSpec, board_handle: Any) -> dict[str, Any]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def submit(spec: JobSpec, board_handle: Any) -> Any:
-    """Start :func:`run_job` as a Ray task on a GPU when the cluster has one (else one CPU)."""
+def submit(spec: JobSpec, board_handle: Any, where: Placement) -> Any:
+    """Start :func:`run_job` as a Ray task placed as ``where`` says (one CPU, and a GPU and the training
+    group's resources when it trains on one)."""
+    import dataclasses
+
     import ray
 
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    return ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_job).remote(spec, board_handle)
+    task = ray.remote(num_cpus=1, num_gpus=where.num_gpus, resources=dict(where.resources), max_retries=0)
+    return task(run_job).remote(dataclasses.replace(spec, device=where.device), board_handle)

@@ -60,7 +60,9 @@ async def adapters_train(request: Request) -> Response:
     """Train an adapter on the tenant's private pairs as a cluster job (multipart: a ``data.jsonl`` file of
     ``{"prompt", "response"}`` lines; fields id, kind, description and the TrainSettings fields): 202 + the
     job (serving/training_jobs.py). The result is registered like an upload."""
-    from serving.training_jobs import JobSpec, board, parse_train_request, submit
+    import ray
+
+    from serving.training_jobs import JobSpec, board, parse_train_request, placement, submit
 
     gw, rid = gateway(request), request_id(request)
     tenant: Tenant | None = None
@@ -72,6 +74,11 @@ async def adapters_train(request: Request) -> Response:
         settings, manifest, pairs = parse_train_request(
             tenant, fields, files["data.jsonl"], gw.registry, gw.cfg.engine.max_lora_rank
         )
+        adapters = gw.cfg.adapters
+        free, total = await asyncio.gather(
+            asyncio.to_thread(ray.available_resources), asyncio.to_thread(ray.cluster_resources)
+        )
+        where = placement(adapters.training_device, adapters.training_resources, free, total)
     except Exception as e:
         gw.audit_refusal("adapter_train", request, rid, e, tenant)
         raise
@@ -86,7 +93,7 @@ async def adapters_train(request: Request) -> Response:
         settings.model_dump(),
         manifest,
     )
-    submit(spec, jobs)
+    submit(spec, jobs, where)
     gw.gate.audit(
         event="adapter_train", request_id=rid, tenant=tenant.id, job=job["id"], adapter=manifest["id"]
     )
