@@ -108,11 +108,27 @@ def _start_peer(
         str(e["max_model_len"]),
         "--dtype",
         e["dtype"],
-        "--enforce-eager",
+        *(["--enforce-eager"] if DEVICE["name"] == "cpu" else []),  # CUDA graphs on a GPU, as vLLM's default
         *(lora_args if lora else []),
     ]
-    env = {**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver"}
+    if DEVICE["name"] == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # on a GPU vLLM sizes the KV cache (gpu_memory_utilization)
     return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+DEVICE = {"name": "cpu", "label": "CPU"}  # set by --device
+
+
+def _device_label(device: str) -> str:
+    """What the JSON says the servers ran on: CPU, or the GPU's name."""
+    if device == "cpu":
+        return "CPU"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU here (ENGINE=gpu make setup on a GPU machine)")
+    return f"GPU {torch.cuda.get_device_name(0)}"
 
 
 def peer_name(name: str) -> str:
@@ -125,19 +141,20 @@ def _start_rmn(
     from serving.demo.defaults import home
 
     e = _engine_args()
+    cpu = DEVICE["name"] == "cpu"
+    engine = {k: e[k] for k in ("max_loras", "max_cpu_loras", "max_lora_rank", "max_model_len", "dtype")}
     cfg = {
         "model": {"path": str(model)},
         "adapters": {"root": str(home() / "adapters"), "cache_root": str(work / "rmn-composites")},
-        "engine": {
-            **{k: e[k] for k in ("max_loras", "max_cpu_loras", "max_lora_rank", "max_model_len", "dtype")},
-            "cpu_executor": executor,
-        },
+        # on cuda the engine's device defaults apply: CUDA graphs on, the KV cache sized by vLLM
+        "engine": {**engine, "cpu_executor": executor} if cpu else {**engine, "device": "cuda"},
         "http": {"port": port, "metrics_port": free_port(), "request_timeout_s": 600},
         "engine_deployment": {
             "max_ongoing_requests": 64,
             "max_queued_requests": 256,
             "num_cpus": 1,
-            "env": {"VLLM_CPU_KVCACHE_SPACE": "1", **RMN_ENV},
+            "num_gpus": 0 if cpu else 1,
+            "env": {**({"VLLM_CPU_KVCACHE_SPACE": "1"} if cpu else {}), **RMN_ENV},
         },
     }
     path = work / f"rmn-peer-{executor}.yaml"
@@ -222,7 +239,17 @@ def main() -> None:
     ap.add_argument(
         "--rmn-env", nargs="*", default=[], metavar="KEY=VALUE", help="env of rmn's engine replica"
     )
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: both servers on the GPU with vLLM's GPU defaults (CUDA graphs, KV cache sized by vLLM; "
+        "needs the GPU install, ENGINE=gpu make setup)",
+    )
     args = ap.parse_args()
+    if args.device == "cuda" and "rmn_mp" in args.sides:
+        ap.error("rmn_mp compares CPU executors: not with --device cuda")
+    DEVICE.update(name=args.device, label=_device_label(args.device))
     RMN_ENV.update(kv.split("=", 1) for kv in args.rmn_env)
     ENGINE.update(max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras)
     from serving.demo.defaults import demo_model_dir
@@ -269,12 +296,12 @@ def main() -> None:
         for n, sides in runs.items()
     }
     out: dict[str, Any] = {
-        "model": "SmolLM2-135M-Instruct (demo), bf16, CPU",
+        "model": f"SmolLM2-135M-Instruct (demo), bf16, {DEVICE['label']}",
         "load": f"{args.requests} chat requests, {args.concurrency} concurrent, {args.tokens} output tokens, ignore_eos, temperature 0",
         "engine": _engine_args(),
         "sides": {side: SIDES[side] for side in args.sides},
-        "peer_version": "vllm-cpu 0.29.0 from this venv, VLLM_PLUGINS=lora_filesystem_resolver (this project's "
-        "plugin excluded)",
+        "peer_version": f"{'vllm-cpu' if DEVICE['name'] == 'cpu' else 'vllm'} 0.29.0 from this venv, "
+        "VLLM_PLUGINS=lora_filesystem_resolver (this project's plugin excluded)",
         "reps": args.reps,
         "ready_s": ready_s,
         "runs": runs,
