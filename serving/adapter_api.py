@@ -12,6 +12,7 @@ not exist: 404). Retiring: admins, and a manufacturer its own adapters. Every re
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -110,10 +111,23 @@ def upload_fields(tenant: Tenant, form: dict[str, str], registry: AdapterRegistr
 
 
 def register_files(
-    registry: AdapterRegistry, model_dir: Path, files: dict[str, bytes], fields: dict[str, Any]
+    registry: AdapterRegistry,
+    model_dir: Path,
+    files: dict[str, bytes],
+    fields: dict[str, Any],
+    targets: set[str] | None = None,
 ) -> AdapterManifest:
     """Write the uploaded files to a scratch directory and register them checked against the base model
-    (every check of ``rmn adapters register``); the scratch directory is removed. Raises InvalidAdapter."""
+    (every check of ``rmn adapters register``) and, given ``targets``, against the modules the engine applies
+    LoRA to (:func:`check_targets`); the scratch directory is removed. Raises InvalidAdapter."""
+    if targets is not None:
+        try:
+            config = json.loads(files[CONFIG])
+            modules = config.get("target_modules") if isinstance(config, dict) else None
+        except ValueError:
+            modules = None  # the registry's own checks name what is wrong with the file
+        if isinstance(modules, list):
+            check_targets({str(m) for m in modules}, targets)
     tmp = Path(tempfile.mkdtemp(prefix="rmn-upload-"))
     try:
         for name in FILES:
@@ -121,6 +135,18 @@ def register_files(
         return registry.register(tmp, base_model_dir=model_dir, base_model=model_dir.name, **fields)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_targets(modules: set[str], targets: set[str]) -> None:
+    """InvalidAdapter unless every module in ``modules`` is one the engine applies LoRA to (``targets``:
+    ``engine.lora_target_modules`` as the replica resolved it)."""
+    extra = sorted(modules - targets)
+    if extra:
+        raise InvalidAdapter(
+            f"this deployment applies LoRA to {sorted(targets)} only (engine.lora_target_modules, read when the "
+            f"engine replicas started) and the adapter also targets {extra}; register it offline (rmn adapters "
+            "register) and restart the engine replicas, or widen engine.lora_target_modules"
+        )
 
 
 def adapter_view(registry: AdapterRegistry, adapter_id: str) -> dict[str, Any]:

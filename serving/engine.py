@@ -18,11 +18,11 @@ from typing import Any
 
 from ray import serve
 
-from adapters import AdapterError, AdapterNotFound, InvalidAdapter, RegistryUnavailable
+from adapters import AdapterError, AdapterNotFound, AdapterRegistry, InvalidAdapter, RegistryUnavailable
 from adapters.cache import CompositeCache, resolve
 from federation.errors import FederationError
 from federation.model_names import ModelNameError, parse_model_name
-from serving.adapter_api import register_files
+from serving.adapter_api import check_targets, register_files
 from serving.config import AppConfig
 from serving.engines import EngineFactory, Kind, create_engine
 from serving.engines.vllm_logging import records_held
@@ -64,6 +64,29 @@ def _unlabel_multiplexing(load_fn: Any) -> None:
         wrapper.registered_model_gauge = _NoSeries()
 
 
+def lora_targets(setting: list[str] | str | None, registry: AdapterRegistry) -> set[str] | None:
+    """The modules an engine replica applies LoRA to (``engine.lora_target_modules``): the list given; for
+    ``registry`` the union of what every registered adapter version targets, read now (None — every supported
+    module — while the registry is empty, or unreadable: logged); None: every supported module."""
+    if setting != "registry":
+        return None if setting is None else set(setting)
+    try:
+        modules = {
+            t
+            for a in registry.ids()
+            for v in registry.versions(a)
+            for t in registry.manifest(a, v).target_modules
+        }
+    except Exception as e:  # the store away at start: serve every module rather than refuse adapters
+        log.warning("lora_target_modules: registry unreadable at start (%r): every supported module", e)
+        return None
+    if not modules:
+        log.info("lora_target_modules: the registry holds no adapter yet: every supported module")
+        return None
+    log.info("lora_target_modules from the registry: %s", sorted(modules))
+    return modules
+
+
 class EngineDeployment:
     """Ray Serve deployment class (bound by :func:`serving.app.build_app`); the engine is vLLM's, or the one
     ``engine_cls`` makes (the FakeEngine of the Serve test tier)."""
@@ -83,7 +106,13 @@ class EngineDeployment:
             compress=config.adapters.compress_overflow,
             on_event=self._on_cache_event,
         )
-        self._engine = create_engine(config.model, config.engine, engine_cls)
+        self._targets = await asyncio.to_thread(
+            lora_targets, config.engine.lora_target_modules, self._registry
+        )
+        engine_cfg = config.engine.model_copy(
+            update={"lora_target_modules": None if self._targets is None else sorted(self._targets)}
+        )
+        self._engine = create_engine(config.model, engine_cfg, engine_cls)
         await self._engine.start()
         self._loop = asyncio.get_running_loop()
         self._inflight: collections.Counter[str] = collections.Counter()
@@ -108,6 +137,13 @@ class EngineDeployment:
         ref = parse_model_name(lora_name, self._cfg.model.served_name)
         if ref.is_base or any(p.version is None for p in ref.parts):
             raise ModelNameError(f"multiplexed model id {lora_name!r} is not a version-pinned stack")
+        if self._targets is not None:  # refused here, with the reason, rather than failing inside vLLM
+            modules = await asyncio.to_thread(
+                lambda: {
+                    t for p in ref.parts for t in self._registry.manifest(p.id, str(p.version)).target_modules
+                }
+            )
+            check_targets(modules, self._targets)
         if len(ref.parts) == 1 and ref.parts[0].weight == 1.0:
             path = await asyncio.to_thread(self._registry.files, ref.parts[0].id, str(ref.parts[0].version))
         else:  # compose on THIS node from the registry (cache hit is the normal case)
@@ -173,7 +209,9 @@ class EngineDeployment:
         201 + manifest, or the refusal (:class:`InvalidAdapter`; :class:`AdapterExists` when the version was
         taken meanwhile). Nothing is written on a refusal."""
         try:
-            m = await asyncio.to_thread(register_files, self._registry, self._cfg.model.path, files, fields)
+            m = await asyncio.to_thread(
+                register_files, self._registry, self._cfg.model.path, files, fields, self._targets
+            )
         except InvalidAdapter as e:
             return error_reply(e, context="adapter refused: ")
         except RegistryUnavailable as e:

@@ -150,10 +150,12 @@ class EngineConfig(Strict):
         "the replica's cores as vLLM binds a worker's (a single thread: left to the OS); 'mp': vLLM's default, "
         "the worker in a process of its own.",
     )
-    lora_target_modules: list[str] | None = Field(
+    lora_target_modules: list[str] | Literal["registry"] | None = Field(
         default=None,
-        description="vLLM module names that get LoRA (e.g. ['qkv_proj'] when every adapter targets q/k/v "
-        "only; faster on CPU); null: every supported module. Adapters targeting others fail to load.",
+        description="Module names that get LoRA (e.g. ['q_proj', 'v_proj']: vLLM wraps only those layers, so "
+        "kernels do not run over zero weights of the others — on a GPU each wrapped layer costs a LoRA kernel per "
+        "step); 'registry': the modules the registry's adapters target, read when an engine replica starts; "
+        "null: every supported module. An adapter targeting others is refused at upload and at load (400).",
     )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="More vLLM engine args, passed through verbatim."

@@ -54,7 +54,7 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
     if model.tool_call_parser is not None:
         settings["tool_call_parser"] = model.tool_call_parser
         settings["enable_auto_tool_choice"] = model.auto_tool_choice
-    if engine.lora_target_modules is not None:
+    if isinstance(engine.lora_target_modules, list):  # "registry" is resolved by the engine deployment
         settings["lora_target_modules"] = list(engine.lora_target_modules)
     if engine.max_model_len is not None:
         settings["max_model_len"] = engine.max_model_len
