@@ -18,13 +18,14 @@ from serving.config import AppConfig, load_config
 from serving.engine import EngineDeployment
 from serving.engines import EngineFactory
 from serving.gateway.ingress import Router
+from serving.gpu_placement import engine_serve_options
 
 
 def build_app(config: AppConfig, engine_cls: EngineFactory | None = None) -> Application:
     """Router (ingress) → engine deployment, and when configured the clean-room deployment and the
     comparison deployment (→ planner deployment → clean-room deployment). ``engine_cls``: the engine the
     engine replicas make (vLLM's when None; the Serve test tier passes the FakeEngine)."""
-    engine_opts = config.engine_deployment.serve_options()
+    engine_opts = engine_serve_options(config)
     if "autoscaling_config" in engine_opts and config.admission.enabled and config.admission.cluster_wide:
         engine_opts["autoscaling_config"]["policy"] = {"policy_function": ENGINE_POLICY}  # ongoing + backlog
     engine = serve.deployment(name="engine", **engine_opts)(EngineDeployment)

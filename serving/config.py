@@ -77,8 +77,12 @@ class AppConfig(Strict):
         (with 0, Ray 2.60 does not hide the GPUs and every replica lands on GPU 0); on CPU none."""
         engine, reserved = self.engine, self.engine_deployment.num_gpus
         if engine.device == "cuda":
-            extra = engine.extra
-            need = int(extra.get("tensor_parallel_size", 1)) * int(extra.get("pipeline_parallel_size", 1))
+            need = engine.parallel_size
+            if engine.gpu_bundles and reserved != need:
+                raise ValueError(
+                    f"engine_deployment.num_gpus is {reserved:g} but engine.gpu_placement is bundles with tensor x "
+                    f"pipeline parallel size {need}: set it to {need} (one GPU in each worker's bundle)"
+                )
             if reserved < need:
                 raise ValueError(
                     f"engine_deployment.num_gpus is {reserved:g} but engine.device is cuda with "

@@ -157,9 +157,32 @@ class EngineConfig(Strict):
         "step); 'registry': the modules the registry's adapters target, read when an engine replica starts; "
         "null: every supported module. An adapter targeting others is refused at upload and at load (400).",
     )
+    gpu_placement: Literal["bundles", "actor"] = Field(
+        default="bundles",
+        description="With tensor x pipeline parallel size above 1 on cuda: bundles: one placement-group bundle "
+        "per GPU worker (as Ray Serve LLM does; vLLM's ray executor; workers may span nodes); actor: the "
+        "replica holds every GPU itself (vLLM's mp executor; one node).",
+    )
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="Ray placement strategy of the bundles (gpu_placement: bundles): PACK keeps the workers on "
+        "as few nodes as fit, STRICT_PACK on one node.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="More vLLM engine args, passed through verbatim."
     )
+
+    @property
+    def parallel_size(self) -> int:
+        """GPUs one engine uses: tensor x pipeline parallel size (``extra``)."""
+        return int(self.extra.get("tensor_parallel_size", 1)) * int(
+            self.extra.get("pipeline_parallel_size", 1)
+        )
+
+    @property
+    def gpu_bundles(self) -> bool:
+        """Whether the engine's GPU workers run in placement-group bundles (vLLM's ray executor)."""
+        return self.device == "cuda" and self.parallel_size > 1 and self.gpu_placement == "bundles"
 
     @model_validator(mode="before")
     @classmethod
@@ -168,6 +191,16 @@ class EngineConfig(Strict):
         if isinstance(data, dict) and data.get("device") == "cuda":
             data = {"kv_cache_memory_bytes": None, "enforce_eager": False, **data}
         return data
+
+    @model_validator(mode="after")
+    def _executor(self) -> EngineConfig:
+        backend = self.extra.get("distributed_executor_backend")
+        if self.gpu_bundles and backend not in (None, "ray"):
+            raise ValueError(
+                f"extra.distributed_executor_backend is {backend!r} but gpu_placement is bundles, whose workers "
+                "run on Ray: leave it unset (ray) or set gpu_placement: actor"
+            )
+        return self
 
     @model_validator(mode="after")
     def _slots(self) -> EngineConfig:

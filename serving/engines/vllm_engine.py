@@ -62,6 +62,8 @@ def _vllm_args(model: ModelConfig, engine: EngineConfig) -> Any:
         settings["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
     if engine.device == "cuda":
         settings["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        if engine.gpu_bundles:  # the workers run in the replica's placement-group bundles
+            settings["distributed_executor_backend"] = "ray"
     else:  # the grouped CPU LoRA wrappers' verdicts, asked for by VLLMEngine.numerics
         settings["worker_extension_cls"] = "serving.engines.cpu_lora.wrapper.ReportExtension"
     if engine.compact_json:
@@ -205,6 +207,12 @@ class VLLMEngine:
         args = _vllm_args(self.model_cfg, self.engine_cfg)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        if (
+            self.engine_cfg.gpu_bundles
+        ):  # as Ray Serve LLM does: vLLM's ray executor uses the replica's bundles
+            from ray.util import get_current_placement_group
+
+            vllm_config.parallel_config.placement_group = get_current_placement_group()
         with _worker_threads(vllm_config):
             self._client = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,

@@ -63,7 +63,20 @@ def test_node_placeholder_names_a_cache_per_node(tmp_path: Path) -> None:
         (
             GOOD
             + "engine: {device: cuda, extra: {tensor_parallel_size: 2}}\nengine_deployment: {num_gpus: 1}\n",
+            "engine_deployment.num_gpus is 1 but engine.gpu_placement is bundles with tensor x pipeline parallel "
+            "size 2: set it to 2",
+        ),
+        (
+            GOOD
+            + "engine: {device: cuda, gpu_placement: actor, extra: {tensor_parallel_size: 2}}\n"
+            + "engine_deployment: {num_gpus: 1}\n",
             "reserve at least 2",
+        ),
+        (
+            GOOD
+            + "engine: {device: cuda, extra: {tensor_parallel_size: 2, distributed_executor_backend: mp}}\n"
+            + "engine_deployment: {num_gpus: 2}\n",
+            "extra.distributed_executor_backend is 'mp' but gpu_placement is bundles",
         ),
         (
             GOOD + "engine_deployment: {num_gpus: 1}\n",
