@@ -141,6 +141,9 @@ class Lease:
     cost: float = 1.0
     predicted_s: float = 0.0  # its service time at dispatch, before any overrun stretch
     censored: bool = False  # it hit its deadline: its time is a lower bound, not a measurement
+    excluded_s: float = (
+        0.0  # one-off time inside it that is no service (its adapter composed and loaded first)
+    )
 
 
 class FairScheduler:
@@ -339,11 +342,11 @@ class FairScheduler:
         return self._track(Lease(tenant, now, now - t0, cost, self.model.predict(cost)))
 
     def release(self, lease: Lease) -> None:
-        """The request ended (any outcome): update the service time, the overrun and the margin, and
-        dispatch the next waiter."""
+        """The request ended (any outcome): update the service time (less ``lease.excluded_s``: a cold adapter
+        load is not the service rate), the overrun and the margin, and dispatch the next waiter."""
         if self._leases.pop(id(lease), None) is None:
             return
-        seconds = time.monotonic() - lease.started
+        seconds = max(0.0, time.monotonic() - lease.started - lease.excluded_s)
         if lease.predicted_s > 0:  # actual vs the prediction from the service time alone
             ratio = min(seconds / lease.predicted_s, 2.0 if lease.censored else MAX_RATIO)
             self.overrun = max(1.0, 0.8 * self.overrun + 0.2 * ratio)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -182,23 +183,26 @@ class EngineDeployment:
         """Serve one OpenAI request: the engine protocol's items, the :class:`Head` stamped with this
         replica and the adapter that served it (the multiplexed model id; '' for the base model)."""
         lora_name = serve.get_multiplexed_model_id()
+        load_s = 0.0
         if lora_name:
             failure: list[EngineItem] = []
+            started = time.monotonic()
             try:
                 await self._load(lora_name)
             except (AdapterNotFound, InvalidAdapter, FederationError, RegistryUnavailable) as e:
                 failure = error_items(e)  # a verdict on the request, or a store that is away for now
             except (AdapterError, RuntimeError) as e:
                 failure = error_items(EngineFailed(f"adapter {lora_name!r} could not be loaded: {e}"))
+            load_s = time.monotonic() - started
             if failure:
                 for item in failure:
-                    yield item.at(self._replica, lora_name) if isinstance(item, Head) else item
+                    yield item.at(self._replica, lora_name, load_s) if isinstance(item, Head) else item
                 return
             body = {**body, "model": lora_name}
         self._inflight[lora_name] += 1
         try:
             async for item in self._engine.handle(kind, body):
-                yield item.at(self._replica, lora_name or None) if isinstance(item, Head) else item
+                yield item.at(self._replica, lora_name or None, load_s) if isinstance(item, Head) else item
         finally:
             self._inflight[lora_name] -= 1
             if self._inflight[lora_name] <= 0:

@@ -61,10 +61,11 @@ class Head:
     stream: bool
     replica: str | None = None
     lora_name: str | None = None
+    load_s: float = 0.0  # seconds the request waited for its adapter to be composed and loaded first
 
-    def at(self, replica: str, lora_name: str | None) -> Head:
-        """This head, stamped with the replica and adapter that served it."""
-        return replace(self, replica=replica, lora_name=lora_name)
+    def at(self, replica: str, lora_name: str | None, load_s: float = 0.0) -> Head:
+        """This head, stamped with the replica and adapter that served it and the seconds its load took."""
+        return replace(self, replica=replica, lora_name=lora_name, load_s=load_s)
 
 
 @dataclass(frozen=True)

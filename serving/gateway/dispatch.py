@@ -228,6 +228,7 @@ def engine_failure(e: BaseException, rid: str) -> Exception:
 def _answer(gw: Gateway, g: Generation, head: Head, gen: Any, first: Any) -> Response:
     if g.lease is not None:  # what the request waited in the router's fair queue (W3C Server-Timing)
         g.headers["server-timing"] = f"queue;dur={g.lease.waited_s * 1000:.1f}"
+        g.lease.excluded_s = head.load_s  # its adapter's cold load is not the engines' service rate
     g.headers["x-rmn-replica"] = str(head.replica)
     g.headers["x-rmn-model"] = head.lora_name or gw.cfg.model.served_name
     log.info(

@@ -348,3 +348,23 @@ def test_tenants_that_all_wait_fill_every_slot_between_them() -> None:
         await asyncio.sleep(0)
 
     run(main())
+
+
+def test_a_cold_adapter_load_is_not_taken_for_the_service_rate() -> None:
+    """The engine says how long a request waited for its adapter to be composed and loaded (``Head.load_s``);
+    that one-off time is left out of the service-time fit, so the first requests after a deploy or a scale-up do
+    not make every later estimate seconds long (and shed requests that would have been served in time)."""
+
+    async def main() -> tuple[float, float]:
+        out = []
+        for excluded in (0.0, 0.3):
+            s = FairScheduler(slots=1, max_wait_s=1000, initial_service_s=0.001)
+            lease = await s.acquire("t", cost=10)
+            await asyncio.sleep(0.35)  # 0.3 s of it loading the adapter, ~0.05 s serving
+            lease.excluded_s = excluded
+            s.release(lease)
+            out.append(s.model.predict(10))
+        return out[0], out[1]
+
+    counted, left_out = run(main())
+    assert counted >= 0.34 and left_out < 0.1, (counted, left_out)
