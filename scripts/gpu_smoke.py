@@ -9,11 +9,16 @@ Steps, each recorded as ok / failed / skipped with its reason and seconds:
 2. ``gpu_tests``: ``pytest -m gpu`` (the engine on CUDA, eager and with CUDA graphs, an adapter and a stack);
 3. ``serve``: the demo model and adapters (``make demo`` prepares them) served on the GPU through the app
    (federation off), ready time, GPU memory in use; the base model, 4 adapters, a weighted 2-stack and a 4-stack all
-   answer 200 and the adapters and stacks change the text.
+   answer 200 and the adapters and stacks change the text;
+4. ``churn``: in the same app, a long streamed answer (512 tokens) while more compositions than
+   ``engine.max_cpu_loras`` are asked for beside it (each composed, loaded, evicted): the stream's p99 time between
+   chunks must stay within 3x its median (loads must not stall running streams);
+5. ``throughput``: ``bench.peer --device cuda`` (one rep, shortened): rmn against stock vLLM's server on the GPU,
+   base, 4 adapters, 4 stacks and 32 compositions; rmn / vLLM must be >= 0.9 on base and 4 adapters.
 
 Without CUDA every step that needs it is skipped with that reason (a dry run: the script itself is tested on CPU,
-tests/unit/test_gpu_smoke.py). Exit 0 when no step failed. Not yet here: throughput against stock vLLM on GPU,
-adapter churn under a long stream (issue #30 items 1 and 6).
+tests/unit/test_gpu_smoke.py, and so are the verdicts of steps 4 and 5 on made-up numbers). Exit 0 when no step
+failed. Nothing here has run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -115,17 +120,118 @@ def serve() -> dict[str, Any]:
             )
             answers[model] = r.choices[0].message.content or ""
         free, total = torch.cuda.mem_get_info()
+        churn = churn_under_stream(url, config.engine.max_cpu_loras + 4)
     distinct = len(set(answers.values()))
     if distinct < len(answers) - 1:  # one coincidence allowed on a 135M model; more means adapters do nothing
         raise RuntimeError(f"only {distinct} distinct answers from {len(answers)} models: {answers}")
+    CHURN.update(churn)
     return {"ready_s": round(ready_s, 1), "gpu_memory_used_gib": round((total - free) / 2**30, 2),
             "answers": answers, "distinct_answers": distinct}  # fmt: skip
+
+
+CHURN: dict[str, Any] = {}  # measured inside ``serve``'s app (one engine start), judged by the ``churn`` step
+
+
+def churn_under_stream(url: str, compositions: int) -> dict[str, Any]:
+    """Seconds between the chunks of a 512-token stream while ``compositions`` distinct weighted stacks are
+    asked for beside it (more than the engine keeps: each is composed, loaded and later evicted)."""
+    import threading
+
+    import httpx
+
+    gaps: list[float] = []
+    answered: list[int] = []
+
+    def stream() -> None:
+        body = {"model": "base", "prompt": "The history of coffee", "max_tokens": 512, "temperature": 0,
+                "ignore_eos": True, "stream": True}  # fmt: skip
+        last = None
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    now = time.perf_counter()
+                    if last is not None:
+                        gaps.append(now - last)
+                    last = now
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    time.sleep(1.0)  # the stream is running
+    with httpx.Client(timeout=300) as c:
+        for i in range(compositions):
+            w = round(0.05 + 0.9 * i / max(1, compositions - 1), 3)
+            model = f"base:brand_brewmax*{w}+task_creative*{round(1 - w, 3)}"
+            body = {"model": model, "prompt": "An ad line", "max_tokens": 8, "temperature": 0}
+            answered.append(c.post(f"{url}/v1/completions", json=body).status_code)
+    streamer.join()
+    return {"gaps_s": gaps, "loads_asked": compositions, "statuses": answered}
+
+
+def churn_verdict(measured: dict[str, Any], bound: float = 3.0) -> dict[str, Any]:
+    """The ``churn`` step from :func:`churn_under_stream`'s numbers: RuntimeError unless every composition was
+    answered 200 and the stream's p99 gap is within ``bound`` x its median."""
+    import statistics
+
+    gaps = sorted(measured.get("gaps_s") or [])
+    if len(gaps) < 50:
+        raise RuntimeError(f"the stream gave {len(gaps)} gaps, too few to judge (serve step failed?)")
+    median, p99 = statistics.median(gaps), gaps[int(0.99 * (len(gaps) - 1))]
+    bad = [s for s in measured["statuses"] if s != 200]
+    out = {"chunks": len(gaps) + 1, "median_gap_s": round(median, 5), "p99_gap_s": round(p99, 5),
+           "p99_over_median": round(p99 / median, 2), "compositions": measured["loads_asked"]}  # fmt: skip
+    if bad:
+        raise RuntimeError(
+            f"{len(bad)} of {len(measured['statuses'])} compositions not answered 200: {bad[:5]}"
+        )
+    if p99 > bound * median:
+        raise RuntimeError(
+            f"loads stall the stream: p99 gap {p99:.4f}s > {bound}x median {median:.4f}s ({out})"
+        )
+    return out
+
+
+def churn() -> dict[str, Any]:
+    return churn_verdict(CHURN)
+
+
+THROUGHPUT_TARGETS = {"base": 0.9, "4 single adapters": 0.9}
+
+
+def throughput_verdict(peer: dict[str, Any]) -> dict[str, Any]:
+    """The ``throughput`` step from ``bench.peer``'s JSON: rmn / stock vLLM (with LoRA) per load; RuntimeError
+    when a target of :data:`THROUGHPUT_TARGETS` is missed."""
+    med = peer["median_tokens_per_s"]
+    ratios = {n: round(m["rmn"] / m["vllm"], 3) for n, m in med.items() if "rmn" in m and "vllm" in m}
+    missed = {n: r for n, r in ratios.items() if n in THROUGHPUT_TARGETS and r < THROUGHPUT_TARGETS[n]}
+    out = {"model": peer.get("model"), "rmn_over_vllm": ratios, "targets": THROUGHPUT_TARGETS,
+           "tokens_per_s": med}  # fmt: skip
+    if missed or set(THROUGHPUT_TARGETS) - set(ratios):
+        raise RuntimeError(
+            f"rmn / vLLM below target or not measured: {missed or sorted(THROUGHPUT_TARGETS)} ({out})"
+        )
+    return out
+
+
+def throughput() -> dict[str, Any]:
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        out = Path(work) / "peer-gpu.json"
+        cmd = [sys.executable, "-m", "bench.peer", "--device", "cuda", "--reps", "1", "--requests", "128",
+               "--concurrency", "16", "--sides", "vllm", "rmn", "--out", str(out)]  # fmt: skip
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=420)
+        if done.returncode != 0:
+            raise RuntimeError(f"bench.peer exited {done.returncode}: {(done.stdout + done.stderr)[-800:]}")
+        return throughput_verdict(json.loads(out.read_text()))
 
 
 STEPS: list[tuple[str, Callable[[], dict[str, Any]], bool]] = [
     ("environment", environment, False),
     ("gpu_tests", gpu_tests, True),
     ("serve", serve, True),
+    ("churn", churn, True),
+    ("throughput", throughput, True),
 ]
 
 

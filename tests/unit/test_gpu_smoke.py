@@ -30,6 +30,41 @@ def test_dry_run_without_cuda(tmp_path: Path) -> None:
     steps = body["steps"]
     assert steps["environment"]["status"] == "ok" and steps["environment"]["cuda"] is False
     assert steps["environment"]["punica_wrapper"].endswith("PunicaWrapperCPU")
-    for name in ("gpu_tests", "serve"):
+    for name in ("gpu_tests", "serve", "churn", "throughput"):
         assert steps[name]["status"] == "skipped" and "no CUDA device" in steps[name]["reason"]
     assert body["run"]["commit"] and "[skipped] serve" in done.stdout
+
+
+def _smoke():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "scripts" / "gpu_smoke.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_churn_verdict_wants_every_load_answered_and_no_stalled_stream() -> None:
+    smoke = _smoke()
+    steady = {"gaps_s": [0.010] * 495 + [0.02] * 5, "loads_asked": 20, "statuses": [200] * 20}
+    verdict = smoke.churn_verdict(steady)
+    assert verdict["p99_over_median"] == 1.0 and verdict["chunks"] == 501
+    stalled = {**steady, "gaps_s": [0.010] * 480 + [0.5] * 20}  # loads pause the stream: 4 % of gaps at 50x
+    with pytest.raises(RuntimeError, match="loads stall the stream"):
+        smoke.churn_verdict(stalled)
+    with pytest.raises(RuntimeError, match="not answered 200"):
+        smoke.churn_verdict({**steady, "statuses": [200] * 19 + [503]})
+    with pytest.raises(RuntimeError, match="too few"):
+        smoke.churn_verdict({})
+
+
+def test_the_throughput_verdict_holds_rmn_to_90_percent_of_vllm_on_base_and_adapters() -> None:
+    smoke = _smoke()
+    med = {"base": {"vllm": 1000.0, "rmn": 950.0}, "4 single adapters": {"vllm": 800.0, "rmn": 760.0},
+           "32 compositions": {"vllm": 500.0, "rmn": 300.0}}  # fmt: skip
+    out = smoke.throughput_verdict({"model": "x, GPU H100", "median_tokens_per_s": med})
+    assert out["rmn_over_vllm"] == {"base": 0.95, "4 single adapters": 0.95, "32 compositions": 0.6}
+    slow = {**med, "4 single adapters": {"vllm": 800.0, "rmn": 600.0}}
+    with pytest.raises(RuntimeError, match="4 single adapters"):
+        smoke.throughput_verdict({"median_tokens_per_s": slow})
