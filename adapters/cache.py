@@ -5,7 +5,11 @@ stack, building it at most once per node even under concurrent callers and evict
 composites beyond ``max_bytes`` (:class:`adapters.nodecache.NodeCache` gives the locking, atomic
 publication and eviction); only the last 256 build times are kept. A stack whose total rank exceeds
 ``max_rank`` is refused, unless ``compress`` is set: then the summed delta of each module is truncated by
-SVD to ``max_rank`` and the measured relative error is recorded in the entry's ``composite.json``.
+SVD to ``max_rank`` and the measured relative error is recorded in the entry's ``composite.json``. With
+``dtype`` (the engine's, e.g. ``bfloat16``) the composite's tensors are written in it — composed in float32, then
+cast as vLLM would cast them on load (``Tensor.to``, round to nearest even; the composite's scale is 1, so vLLM
+multiplies nothing after the cast): the bits vLLM ends up with are the same and the files are half the size. Such
+entries live under ``<composite id>-<dtype>`` (the composite id itself, which routing uses, is unchanged).
 """
 
 from __future__ import annotations
@@ -129,7 +133,11 @@ class CompositeCache:
         max_rank: int = 64,
         compress: bool = False,
         on_event: Callable[[str, float], None] | None = None,
+        dtype: str | None = None,
     ) -> None:
+        if dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"dtype must be bfloat16, float16 or None (float32), not {dtype!r}")
+        self.dtype = dtype
         self._store = NodeCache(root, max_bytes, marker=INFO)
         self.root = self._store.root
         self.registry = registry
@@ -148,16 +156,20 @@ class CompositeCache:
         """The cache's size bound (LRU beyond it)."""
         return self._store.max_bytes
 
+    def _key(self, cid: str) -> str:
+        return cid if self.dtype is None else f"{cid}-{self.dtype}"
+
     def path(self, cid: str) -> Path:
         """Where composite ``cid`` lives (it may not exist yet)."""
-        return self._store.path(cid)
+        return self._store.path(self._key(cid))
 
     def get_or_build(self, stack: ResolvedStack) -> Path:
         """The composite's directory, built now if absent (see the module contract)."""
-        if not self._store.has(stack.composite_id):
+        key = self._key(stack.composite_id)
+        if not self._store.has(key):
             check_rank(stack, self.max_rank, self.compress)
         started = time.perf_counter()
-        dest, built = self._store.get_or_make(stack.composite_id, lambda tmp: self._build(stack, tmp))
+        dest, built = self._store.get_or_make(key, lambda tmp: self._build(stack, tmp))
         if built:
             seconds = time.perf_counter() - started
             self.stats.misses += 1
@@ -178,6 +190,10 @@ class CompositeCache:
         if rank > self.max_rank:
             state, rel_error = _svd_truncate(state, self.max_rank)
             rank, method = self.max_rank, f"{METHOD}+svd{self.max_rank}"
+        if self.dtype is not None:  # as vLLM casts on load (scale 1: nothing is multiplied after the cast)
+            import torch
+
+            state = {k: v.to(getattr(torch, self.dtype)) for k, v in state.items()}
         write_peft_dir(state, rank, {t for lora, _ in loras for t in lora.target_modules}, out)
         info = {
             "composite_id": stack.composite_id,
@@ -186,6 +202,7 @@ class CompositeCache:
             "rank": rank,
             "method": method,
             "relative_error": rel_error,
+            "dtype": self.dtype or "float32",
             "built_at": time.time(),
         }
         (out / INFO).write_text(json.dumps(info, indent=2))
@@ -196,4 +213,4 @@ class CompositeCache:
 
     def gc(self, keep: set[str] | None = None) -> int:
         """Drop interrupted builds, then LRU composites beyond ``max_bytes``; returns removals."""
-        return self._store.gc(keep)
+        return self._store.gc({self._key(c) for c in keep} if keep else None)

@@ -106,6 +106,8 @@ class EngineDeployment:
             max_rank=config.engine.max_lora_rank,
             compress=config.adapters.compress_overflow,
             on_event=self._on_cache_event,
+            # in the engine's dtype: the bits vLLM loads are the same, the files half the size ("auto": float32)
+            dtype=config.engine.dtype if config.engine.dtype in ("bfloat16", "float16") else None,
         )
         self._targets = await asyncio.to_thread(
             lora_targets, config.engine.lora_target_modules, self._registry

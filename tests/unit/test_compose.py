@@ -7,6 +7,7 @@ scale or weight moves the logits by > 1e-2) by seven orders of magnitude."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -173,6 +174,34 @@ def test_cache_builds_once_under_concurrency(registry: AdapterRegistry, tmp_path
     assert len(set(paths)) == 1 and cache.stats.misses == 1 and cache.stats.hits == 7
     assert sorted(events) == ["build"] + ["hit"] * 7
     assert cache.info(stack.composite_id)["rank"] == 28
+
+
+def test_a_composite_in_the_engines_dtype_is_what_vllm_would_load_from_float32(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    """vLLM casts a LoRA file's tensors to the model's dtype on load (``Tensor.to``) and, at scale 1, multiplies
+    nothing after: a composite written in bfloat16 gives it the very bits the float32 one would, at half the
+    bytes, under its own directory (the composite id is unchanged)."""
+    from safetensors.torch import load_file
+
+    stack = resolve(registry, parse_stack("qv4*0.7+ko8+qup16*0.3"))
+    wide = CompositeCache(tmp_path / "cache", registry).get_or_build(stack)
+    cache = CompositeCache(tmp_path / "cache", registry, dtype="bfloat16")
+    narrow = cache.get_or_build(stack)
+    assert narrow != wide and narrow.name == f"{stack.composite_id}-bfloat16"
+    f32, b16 = (load_file(str(p / "adapter_model.safetensors")) for p in (wide, narrow))
+    assert f32.keys() == b16.keys()
+    for k, v in f32.items():
+        assert b16[k].dtype == torch.bfloat16 and torch.equal(v.to(torch.bfloat16), b16[k]), k
+    assert (
+        json.loads((narrow / "adapter_config.json").read_text())["lora_alpha"]
+        == cache.info(stack.composite_id)["rank"]
+    )  # scale 1
+    assert cache.info(stack.composite_id)["dtype"] == "bfloat16"
+    size = lambda p: (p / "adapter_model.safetensors").stat().st_size  # noqa: E731
+    assert size(narrow) < 0.55 * size(wide)
+    with pytest.raises(ValueError, match="dtype"):
+        CompositeCache(tmp_path / "x", registry, dtype="int8")
 
 
 def test_crash_mid_build_leaves_no_entry(
