@@ -88,6 +88,30 @@ def lora_targets(setting: list[str] | str | None, registry: AdapterRegistry) -> 
     return modules
 
 
+def rank_advice(registry: AdapterRegistry, max_rank: int) -> str | None:
+    """A warning when ``max_rank`` (``engine.max_lora_rank``) is above the smallest of vLLM's ranks that covers
+    the largest stack the registry's live adapters make (the highest rank of each kind, summed: one adapter per
+    layer); every slot is padded to ``max_rank``, which costs on a GPU. None when it fits, or nothing is known."""
+    from serving.engines.config import LORA_RANKS
+
+    try:
+        best: dict[str, int] = {}
+        for m in registry.list():
+            best[m.kind.value] = max(best.get(m.kind.value, 0), m.rank)
+    except Exception:  # advice only
+        return None
+    largest = sum(best.values())
+    if not largest:
+        return None
+    bucket = next((r for r in LORA_RANKS if r >= largest), LORA_RANKS[-1])
+    if bucket >= max_rank:
+        return None
+    return (
+        f"engine.max_lora_rank is {max_rank} but the largest stack of the registry's adapters (one per layer) has "
+        f"rank {largest}: {bucket} would cover it, and every adapter slot is padded to max_lora_rank"
+    )
+
+
 class EngineDeployment:
     """Ray Serve deployment class (bound by :func:`serving.app.build_app`); the engine is vLLM's, or the one
     ``engine_cls`` makes (the FakeEngine of the Serve test tier)."""
@@ -109,6 +133,9 @@ class EngineDeployment:
             # in the engine's dtype: the bits vLLM loads are the same, the files half the size ("auto": float32)
             dtype=config.engine.dtype if config.engine.dtype in ("bfloat16", "float16") else None,
         )
+        advice = await asyncio.to_thread(rank_advice, self._registry, config.engine.max_lora_rank)
+        if advice:
+            log.warning(advice)
         self._targets = await asyncio.to_thread(
             lora_targets, config.engine.lora_target_modules, self._registry
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from serving.config_base import Strict
 
@@ -82,6 +82,9 @@ class ModelConfig(Strict):
         return self._chat_template_text
 
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.29's MaxLoRARanks
+
+
 class EngineConfig(Strict):
     """vLLM engine arguments that matter here; anything else goes in ``extra``."""
 
@@ -109,7 +112,11 @@ class EngineConfig(Strict):
     max_loras: int = Field(default=4, gt=0, description="Adapters active in one batch (slots).")
     max_cpu_loras: int = Field(default=16, gt=0, description="Adapters resident per replica (LRU beyond).")
     max_lora_rank: int = Field(
-        default=64, gt=0, description="Largest adapter rank accepted; slots are this size."
+        default=64,
+        gt=0,
+        description="Largest adapter (or composed stack) rank accepted; every slot is this size, so on a GPU "
+        "every adapter pays this rank in vLLM's kernels: use the smallest of vLLM's sizes (1, 8, 16, 32, 64, "
+        "128, 256, 320, 512) that covers your stacks (an engine replica logs the registry's largest).",
     )
     enforce_eager: bool = Field(
         default=True,
@@ -191,6 +198,15 @@ class EngineConfig(Strict):
         if isinstance(data, dict) and data.get("device") == "cuda":
             data = {"kv_cache_memory_bytes": None, "enforce_eager": False, **data}
         return data
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank_bucket(cls, v: int) -> int:
+        if v not in LORA_RANKS:
+            bigger = [r for r in LORA_RANKS if r >= v]
+            hint = f"; the smallest that covers {v} is {bigger[0]}" if bigger else ""
+            raise ValueError(f"must be one of vLLM's LoRA ranks {list(LORA_RANKS)}{hint}")
+        return v
 
     @model_validator(mode="after")
     def _executor(self) -> EngineConfig:

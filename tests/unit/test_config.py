@@ -51,6 +51,7 @@ def test_node_placeholder_names_a_cache_per_node(tmp_path: Path) -> None:
     ("text", "field"),
     [
         (GOOD + "engine: {max_lora_rank: 0}\n", "engine.max_lora_rank"),
+        (GOOD + "engine: {max_lora_rank: 24}\n", "the smallest that covers 24 is 32"),
         (GOOD + "engine: {dtype: int3}\n", "engine.dtype"),
         (GOOD + "engine: {max_loras: 8, max_cpu_loras: 2}\n", "engine"),
         (GOOD + "engine: {unknown_knob: 1}\n", "engine.unknown_knob"),

@@ -41,3 +41,18 @@ def test_an_upload_targeting_another_module_is_refused_before_anything_is_writte
     m = register_files(reg, tiny_model, files, dict(UPLOAD), targets={"q_proj", "gate_proj", "v_proj"})
     assert m.target_modules == ["gate_proj", "q_proj"]
     check_targets({"q_proj"}, {"q_proj", "v_proj"})  # a subset passes
+
+
+def test_a_max_lora_rank_above_what_the_registrys_stacks_need_is_pointed_out(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from serving.engine import rank_advice
+
+    reg = AdapterRegistry(tmp_path / "reg", max_rank=64)
+    assert rank_advice(reg, 64) is None  # nothing registered: nothing known
+    for kind, seed in (("industry", 1), ("retailer", 2), ("task", 3)):  # rank 8 each (the synthetic default)
+        src = make_random_adapter(tiny_model, tmp_path / kind, seed=seed)
+        reg.register(src, id=kind, **{**META, "kind": kind})
+    advice = rank_advice(reg, 64)
+    assert advice is not None and "rank 24: 32 would cover it" in advice
+    assert rank_advice(reg, 32) is None
