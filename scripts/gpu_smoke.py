@@ -14,7 +14,10 @@ Steps, each recorded as ok / failed / skipped with its reason and seconds:
    ``engine.max_cpu_loras`` are asked for beside it (each composed, loaded, evicted): the stream's p99 time between
    chunks must stay within 3x its median (loads must not stall running streams);
 5. ``throughput``: ``bench.peer --device cuda`` (one rep, shortened): rmn against stock vLLM's server on the GPU,
-   base, 4 adapters, 4 stacks and 32 compositions; rmn / vLLM must be >= 0.9 on base and 4 adapters.
+   base, 4 adapters, 4 stacks and 32 compositions; rmn / vLLM must be >= 0.9 on base and 4 adapters;
+6. ``exactness``: a fresh app under vLLM's batch-invariant mode: every model's greedy tokens alone equal its
+   tokens inside a batch of all of them (GPU kernels are not batch-invariant otherwise: no such claim without it).
+``serve`` also checks that the app's and vLLM's Prometheus series are exported; each app stops cleanly on exit.
 
 Without CUDA every step that needs it is skipped with that reason (a dry run: the script itself is tested on CPU,
 tests/unit/test_gpu_smoke.py, and so are the verdicts of steps 4 and 5 on made-up numbers). Exit 0 when no step
@@ -121,12 +124,63 @@ def serve() -> dict[str, Any]:
             answers[model] = r.choices[0].message.content or ""
         free, total = torch.cuda.mem_get_info()
         churn = churn_under_stream(url, config.engine.max_cpu_loras + 4)
+        metrics = scraped(config.http.metrics_port, ("ray_rmn_requests_total", "ray_vllm_"))
     distinct = len(set(answers.values()))
     if distinct < len(answers) - 1:  # one coincidence allowed on a 135M model; more means adapters do nothing
         raise RuntimeError(f"only {distinct} distinct answers from {len(answers)} models: {answers}")
     CHURN.update(churn)
     return {"ready_s": round(ready_s, 1), "gpu_memory_used_gib": round((total - free) / 2**30, 2),
-            "answers": answers, "distinct_answers": distinct}  # fmt: skip
+            "answers": answers, "distinct_answers": distinct, "metrics": metrics}  # fmt: skip
+
+
+def scraped(port: int, prefixes: tuple[str, ...], wait_s: float = 30.0) -> dict[str, int]:
+    """Series per name prefix on the node's Prometheus endpoint (Ray exports every few seconds);
+    RuntimeError when a prefix has none within ``wait_s``."""
+    import httpx
+
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        counts = {p: sum(line.startswith(p) for line in text.splitlines()) for p in prefixes}
+        if all(counts.values()):
+            return counts
+        time.sleep(2)
+    raise RuntimeError(f"metrics missing on :{port}/metrics: {counts}")
+
+
+def exactness() -> dict[str, Any]:
+    """Under vLLM's batch-invariant mode (``VLLM_BATCH_INVARIANT=1``), each model's greedy answer alone equals its
+    answer inside a batch of all of them at once (base, adapters, stacks): what the CPU tests prove op by op."""
+    import concurrent.futures
+
+    import httpx
+
+    from serving.config import AppConfig
+    from serving.demo.defaults import default_config
+    from serving.local import local_app
+
+    base = default_config().model_dump(mode="json")
+    engine = {k: v for k, v in base["engine"].items() if k not in ("kv_cache_memory_bytes", "enforce_eager")}
+    base["engine"] = {**engine, "device": "cuda", "gpu_memory_utilization": 0.5}
+    base["engine_deployment"] = {"num_gpus": 1, "num_cpus": 2, "env": {"VLLM_BATCH_INVARIANT": "1"}}
+    models = ["base", *(f"base:{a}" for a in ADAPTERS), *(f"base:{s}" for s in STACKS)]
+
+    def ask(url: str, model: str) -> list[str]:
+        body = {"model": model, "prompt": "An ad line for coffee:", "max_tokens": 32, "temperature": 0,
+                "logprobs": 1}  # fmt: skip
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=300)
+        r.raise_for_status()
+        return list(r.json()["choices"][0]["logprobs"]["tokens"])
+
+    with local_app(AppConfig.model_validate(base)) as url:
+        alone = {m: ask(url, m) for m in models}
+        with concurrent.futures.ThreadPoolExecutor(len(models) * 2) as pool:
+            mixed = list(pool.map(lambda m: (m, ask(url, m)), models * 2))
+    differ = sorted({m for m, tokens in mixed if tokens != alone[m]})
+    if differ:
+        raise RuntimeError(f"batched answers differ from the same model alone: {differ}")
+    return {"models": len(models), "batched_requests": len(mixed), "identical": True}
 
 
 CHURN: dict[str, Any] = {}  # measured inside ``serve``'s app (one engine start), judged by the ``churn`` step
@@ -232,6 +286,7 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]], bool]] = [
     ("serve", serve, True),
     ("churn", churn, True),
     ("throughput", throughput, True),
+    ("exactness", exactness, True),
 ]
 
 

@@ -30,7 +30,7 @@ def test_dry_run_without_cuda(tmp_path: Path) -> None:
     steps = body["steps"]
     assert steps["environment"]["status"] == "ok" and steps["environment"]["cuda"] is False
     assert steps["environment"]["punica_wrapper"].endswith("PunicaWrapperCPU")
-    for name in ("gpu_tests", "serve", "churn", "throughput"):
+    for name in ("gpu_tests", "serve", "churn", "throughput", "exactness"):
         assert steps[name]["status"] == "skipped" and "no CUDA device" in steps[name]["reason"]
     assert body["run"]["commit"] and "[skipped] serve" in done.stdout
 
