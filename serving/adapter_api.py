@@ -137,10 +137,19 @@ def register_files(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# vLLM fuses these projections into one layer: naming the layer or any of its parts gives LoRA to all of them
+PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
 def check_targets(modules: set[str], targets: set[str]) -> None:
     """InvalidAdapter unless every module in ``modules`` is one the engine applies LoRA to (``targets``:
-    ``engine.lora_target_modules`` as the replica resolved it)."""
-    extra = sorted(modules - targets)
+    ``engine.lora_target_modules`` as the replica resolved it; a fused layer or any part of it stands for all
+    its parts, as in vLLM: :data:`PACKED`)."""
+    covered = set(targets)
+    for layer, parts in PACKED.items():
+        if layer in covered or covered & set(parts):
+            covered |= {layer, *parts}
+    extra = sorted(modules - covered)
     if extra:
         raise InvalidAdapter(
             f"this deployment applies LoRA to {sorted(targets)} only (engine.lora_target_modules, read when the "

@@ -41,6 +41,10 @@ def test_an_upload_targeting_another_module_is_refused_before_anything_is_writte
     m = register_files(reg, tiny_model, files, dict(UPLOAD), targets={"q_proj", "gate_proj", "v_proj"})
     assert m.target_modules == ["gate_proj", "q_proj"]
     check_targets({"q_proj"}, {"q_proj", "v_proj"})  # a subset passes
+    check_targets({"q_proj", "k_proj", "v_proj"}, {"qkv_proj"})  # vLLM's fused layer stands for its parts
+    check_targets({"k_proj"}, {"q_proj"})  # and a part for the fused layer: vLLM wraps qkv_proj for either
+    with pytest.raises(InvalidAdapter, match=r"also targets \['down_proj', 'up_proj'\]"):
+        check_targets({"q_proj", "up_proj", "down_proj"}, {"qkv_proj", "o_proj"})
 
 
 def test_a_max_lora_rank_above_what_the_registrys_stacks_need_is_pointed_out(
