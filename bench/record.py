@@ -31,6 +31,32 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict[str, Any]:
+    """What tells one x86 CPU family from another where the model name does not (a VM may say only "AMD EPYC"):
+    vendor, family/model/stepping and the ISA flags oneDNN and MKL choose their kernels by (``cpuinfo``: the
+    text of /proc/cpuinfo; read here when None; {} where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    first: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        first[key.strip()] = value.strip()
+    flags = set(first.get("flags", "").split())
+    out: dict[str, Any] = {"vendor": first.get("vendor_id")}
+    for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping")):
+        out[name] = int(first[key]) if first.get(key, "").isdigit() else first.get(key)
+    out["isa"] = [f for f in ISA_FLAGS if f in flags]
+    return out
+
+
 def _mem_gib() -> float | None:
     try:
         kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
@@ -61,6 +87,7 @@ def run_info() -> dict[str, Any]:
         "machine": {
             "cores": os.cpu_count(),
             "cpu": _cpu_model(),
+            "cpu_id": cpu_identity(),
             "memory_gib": _mem_gib(),
             "python": platform.python_version(),
         },
