@@ -8,7 +8,9 @@
    counted: 200, 503, 429,
    and its throughput), once per ``--reserve`` setting of ``admission.reserve_slots`` (0: fair order alone; 1: the
    default, a slot per router kept for the other tenants) — each on a fresh app, in one run.
-Writes ``bench/results/cluster.json``. Usage: ``python -m bench.cluster [--reserve 0,1]``.
+   Each setting is measured ``--reps`` times on its app (alone, then flood), and the median ratio is kept: the
+   unloaded median moves between reps on a 2-core machine.
+Writes ``bench/results/cluster.json``. Usage: ``python -m bench.cluster [--reserve 0,1] [--reps 3]``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.record import write_results
+from serving.gateway.timing import parse_server_timing
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 KEYS = {"heavy": "bench-heavy", "light": "bench-light", "metered": "bench-metered"}
@@ -87,21 +90,39 @@ def _rate_limit(url: str, limit: int) -> dict[str, Any]:
     }
 
 
-def _light_latencies(url: str, n: int) -> tuple[list[float], list[float]]:
-    """The light tenant's ``n`` sequential requests: (latencies, router queue waits) of those answered 200."""
+def _light_latencies(url: str, n: int) -> tuple[list[float], list[dict[str, float]]]:
+    """The light tenant's ``n`` sequential requests: (latencies, their ``server-timing`` in seconds by name) of
+    those answered 200."""
     import httpx
 
     body = {"model": "base", "prompt": "coffee", "max_tokens": 8, "temperature": 0}
-    out, waits = [], []
+    out: list[float] = []
+    timings: list[dict[str, float]] = []
     with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEYS['light']}"}) as c:
         for _ in range(n):
             t = time.perf_counter()
             r = c.post(f"{url}/v1/completions", json=body)
             if r.status_code == 200:
                 out.append(time.perf_counter() - t)
-                timing = r.headers.get("server-timing", "queue;dur=0")
-                waits.append(float(timing.partition("dur=")[2]) / 1000)
-    return out, waits
+                timings.append(parse_server_timing(r.headers.get("server-timing", "")))
+    return out, timings
+
+
+def _where(latencies: list[float], timings: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds per hop: the router's fair queue, the engine replica, Serve's hops to and from it (the
+    router's call less the engine), the router's own work (its time less queue and call), and what is left of
+    the client's time (HTTP proxy, client)."""
+
+    def med(f: Any) -> float:
+        return round(statistics.median(f(t, lat) for t, lat in zip(timings, latencies, strict=True)), 4)
+
+    return {
+        "queue": med(lambda t, _: t.get("queue", 0.0)),
+        "engine": med(lambda t, _: t.get("engine", 0.0)),
+        "serve_hops": med(lambda t, _: t.get("call", 0.0) - t.get("engine", 0.0)),
+        "router": med(lambda t, _: t.get("router", 0.0) - t.get("call", 0.0) - t.get("queue", 0.0)),
+        "proxy_and_client": med(lambda t, lat: lat - t.get("router", 0.0)),
+    }
 
 
 def _flood(url: str, clients: int, stop: Any, out: Any) -> None:
@@ -134,7 +155,7 @@ def _flood(url: str, clients: int, stop: Any, out: Any) -> None:
 def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
     import multiprocessing
 
-    alone, _ = _light_latencies(url, n)
+    alone, alone_timings = _light_latencies(url, n)
     ctx = multiprocessing.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     flooder = ctx.Process(target=_flood, args=(url, flood, stop, out))
@@ -142,7 +163,7 @@ def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
     time.sleep(5)  # the flood fills the queues first
     t0 = time.monotonic()
     try:
-        during, waits = _light_latencies(url, n)
+        during, timings = _light_latencies(url, n)
     finally:
         t1 = time.monotonic()
         stop.set()
@@ -158,7 +179,13 @@ def _fairness(url: str, flood: int, n: int) -> dict[str, Any]:
         "ratio": round(p50_during / p50_alone, 2),
         "within_2x": p50_during <= 2 * p50_alone,
         "light_answered_during_flood": len(during),
-        "light_p50_queue_wait_during_flood_s": round(statistics.median(waits), 4),
+        "light_p50_queue_wait_during_flood_s": round(
+            statistics.median(t.get("queue", 0.0) for t in timings), 4
+        ),
+        "light_median_s_by_hop": {
+            "alone": _where(alone, alone_timings),
+            "during_flood": _where(during, timings),
+        },
         "heavy_statuses": heavy,
         "heavy_answered_per_s": round(heavy_rps, 2),
         "flood_client_cores_used": round(flood_cores, 2),
@@ -172,6 +199,12 @@ def main() -> None:
     ap.add_argument("--light", type=int, default=40)
     ap.add_argument(
         "--reserve", default="0,1", help="admission.reserve_slots settings to measure, comma-separated"
+    )
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="alone-then-flood measurements per setting (the ratio's median is kept)",
     )
     args = ap.parse_args()
 
@@ -190,7 +223,14 @@ def main() -> None:
         with local_app(cfg, num_cpus=4) as url:
             if i == 0:
                 results["rate_limit"] = _rate_limit(url, args.metered_limit)
-            results["fairness_by_reserve_slots"][str(reserve)] = _fairness(url, args.flood, args.light)
+            reps = [_fairness(url, args.flood, args.light) for _ in range(args.reps)]
+            ratios = [r["ratio"] for r in reps]
+            results["fairness_by_reserve_slots"][str(reserve)] = {
+                "ratio_median": statistics.median(ratios),
+                "ratio_per_rep": ratios,
+                "within_2x": statistics.median(ratios) <= 2,
+                "reps": reps,
+            }
     print(results)
     write_results(Path(__file__).parent / "results" / "cluster.json", results)
 

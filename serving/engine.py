@@ -212,10 +212,11 @@ class EngineDeployment:
         """Serve one OpenAI request: the engine protocol's items, the :class:`Head` stamped with this
         replica and the adapter that served it (the multiplexed model id; '' for the base model)."""
         lora_name = serve.get_multiplexed_model_id()
+        entered = time.monotonic()
         load_s = 0.0
         if lora_name:
             failure: list[EngineItem] = []
-            started = time.monotonic()
+            started = entered
             try:
                 await self._load(lora_name)
             except (AdapterNotFound, InvalidAdapter, FederationError, RegistryUnavailable) as e:
@@ -225,13 +226,17 @@ class EngineDeployment:
             load_s = time.monotonic() - started
             if failure:
                 for item in failure:
-                    yield item.at(self._replica, lora_name, load_s) if isinstance(item, Head) else item
+                    if isinstance(item, Head):
+                        item = item.at(self._replica, lora_name, load_s, time.monotonic() - entered)
+                    yield item
                 return
             body = {**body, "model": lora_name}
         self._inflight[lora_name] += 1
         try:
             async for item in self._engine.handle(kind, body):
-                yield item.at(self._replica, lora_name or None, load_s) if isinstance(item, Head) else item
+                if isinstance(item, Head):
+                    item = item.at(self._replica, lora_name or None, load_s, time.monotonic() - entered)
+                yield item
         finally:
             self._inflight[lora_name] -= 1
             if self._inflight[lora_name] <= 0:

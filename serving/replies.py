@@ -62,10 +62,12 @@ class Head:
     replica: str | None = None
     lora_name: str | None = None
     load_s: float = 0.0  # seconds the request waited for its adapter to be composed and loaded first
+    engine_s: float = 0.0  # seconds from the replica's call to this head (load included)
 
-    def at(self, replica: str, lora_name: str | None, load_s: float = 0.0) -> Head:
-        """This head, stamped with the replica and adapter that served it and the seconds its load took."""
-        return replace(self, replica=replica, lora_name=lora_name, load_s=load_s)
+    def at(self, replica: str, lora_name: str | None, load_s: float = 0.0, engine_s: float = 0.0) -> Head:
+        """This head, stamped with the replica and adapter that served it, the seconds its load took and the
+        seconds the replica had the request until this head."""
+        return replace(self, replica=replica, lora_name=lora_name, load_s=load_s, engine_s=engine_s)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from serving.gateway.http import read_body, request_id
 from serving.gateway.ray_errors import cancel, is_backpressure, replica_lost
 from serving.gateway.sse import relay
 from serving.gateway.state import Gateway
+from serving.gateway.timing import server_timing
 from serving.replies import Body, Head
 from serving.writer import Completion
 
@@ -166,6 +167,7 @@ async def dispatch(gw: Gateway, g: Generation) -> Response:
         gen: Any = None
         first: Any = None
         body = g.body if not attempt else {**g.body, "request_id": f"{g.request_id}-retry"}
+        called = time.monotonic()
         try:
             gen = handle.generate.remote(g.kind, body)  # may raise BackPressureError at once
             head: Head = await asyncio.wait_for(gen.__anext__(), timeout=g.left())
@@ -189,7 +191,7 @@ async def dispatch(gw: Gateway, g: Generation) -> Response:
                 continue
             raise engine_failure(e, g.request_id) from e
         break
-    return _answer(gw, g, head, gen, first)
+    return _answer(gw, g, head, gen, first, time.monotonic() - called)
 
 
 async def call_deployment(gw: Gateway, call: Callable[[], Awaitable[T]], what: str, rid: str) -> T:
@@ -225,9 +227,11 @@ def engine_failure(e: BaseException, rid: str) -> Exception:
     return EngineFailed(f"the engine failed to answer: {type(e).__name__} (request id {rid})")
 
 
-def _answer(gw: Gateway, g: Generation, head: Head, gen: Any, first: Any) -> Response:
-    if g.lease is not None:  # what the request waited in the router's fair queue (W3C Server-Timing)
-        g.headers["server-timing"] = f"queue;dur={g.lease.waited_s * 1000:.1f}"
+def _answer(gw: Gateway, g: Generation, head: Head, gen: Any, first: Any, call_s: float) -> Response:
+    g.headers["server-timing"] = server_timing(
+        g.lease.waited_s if g.lease is not None else 0.0, head, call_s, time.monotonic() - g.started
+    )
+    if g.lease is not None:
         g.lease.excluded_s = head.load_s  # its adapter's cold load is not the engines' service rate
     g.headers["x-rmn-replica"] = str(head.replica)
     g.headers["x-rmn-model"] = head.lora_name or gw.cfg.model.served_name

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,14 @@ class FakeEngineHandle:
         return FakeCall(self._items(lora_name, kind, body), fault)
 
     async def _items(self, lora_name: str, kind: str, body: dict[str, Any]) -> AsyncIterator[EngineItem]:
+        entered = time.monotonic()
         if lora_name:
             await self.engine.add_adapter(lora_name, str(self._adapter_dir))
             body = {**body, "model": lora_name}
         async for item in self.engine.handle(kind, body):  # type: ignore[arg-type]
-            yield item.at(self.replica, lora_name or None) if isinstance(item, Head) else item
+            if isinstance(item, Head):
+                item = item.at(self.replica, lora_name or None, engine_s=time.monotonic() - entered)
+            yield item
 
 
 class _Bound:

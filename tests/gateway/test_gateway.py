@@ -9,6 +9,7 @@ from typing import Any
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
+from serving.gateway.timing import parse_server_timing
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.fakes import FakeEngineHandle
 from tests.tenants import ADMIN, auth
@@ -36,6 +37,9 @@ async def test_a_stack_is_resolved_pinned_and_routed_by_its_model_id(gateway_app
     assert engine.calls[-1][0] == r.headers["x-rmn-model"]  # routed by the pinned stack as multiplexed id
     assert r.json()["choices"][0]["message"]["content"]
     assert gw.usage.counted  # components counted for usage
+    hops = parse_server_timing(r.headers["server-timing"])  # where the time went, each hop inside the next
+    assert set(hops) == {"queue", "load", "engine", "call", "router"}, hops
+    assert 0 < hops["engine"] <= hops["call"] <= hops["router"], hops
 
 
 async def test_refusals_answer_in_openai_shape_with_their_headers(gateway_app: GatewayFactory) -> None:
