@@ -12,7 +12,8 @@ whether the budget is spent or only a cap (Meridian's and Robyn's budget scenari
 - ``target_roas``: ``sum value * slope * y`` up to the budget while the plan's predicted iROAS stays >= target;
 - ``target_mroas``: ``sum (slope - target) * y``: every dollar whose marginal iROAS is >= target, up to the budget.
 
-In every scenario: predicted iROAS >= ``roas_floor``; each cell's spend <= ``max_cell_share * budget``; where
+In every scenario: predicted iROAS >= ``roas_floor``; each cell's spend <= ``max_cell_share * budget`` (unset: 0.25
+in ``fixed_budget``, no cap in the others); where
 stock is known, predicted incremental units of each SKU <= its stock headroom (SKUs with no headroom get no
 spend beyond exploration: none at all). Duals give the shadow prices.
 """
@@ -27,6 +28,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planning.curves import Curve
+
+FIXED_BUDGET_CELL_SHARE = 0.25  # max_cell_share's default where the whole budget is spent
 
 SEGMENTS = 12
 Scenario = Literal["fixed_budget", "profit_optimal", "target_roas", "target_mroas"]
@@ -71,8 +74,14 @@ class PlanRequest(BaseModel):
         description="Budget share spread evenly over all cells (scenario fixed_budget only: elsewhere no dollar "
         "is spent that the curves say loses).",
     )
-    max_cell_share: float = Field(
-        default=0.25, gt=0, le=1, allow_inf_nan=False, description="Most of the budget one cell may take."
+    max_cell_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Most of the budget one cell may take. Unset: 0.25 in scenario fixed_budget (a budget that "
+        "must be spent is spread); no cap in the others, where the budget is only an upper bound and a cap "
+        "relative to it would bind hardest on the smallest budgets.",
     )
 
     @model_validator(mode="after")
@@ -85,6 +94,13 @@ class PlanRequest(BaseModel):
     def fixed(self) -> bool:
         """Whether the whole budget is spent."""
         return self.scenario == "fixed_budget"
+
+    @property
+    def cell_share(self) -> float:
+        """The per-cell cap as a share of the budget: ``max_cell_share``, else its scenario's default."""
+        if self.max_cell_share is not None:
+            return self.max_cell_share
+        return FIXED_BUDGET_CELL_SHARE if self.fixed else 1.0
 
 
 @dataclass(frozen=True)
@@ -198,14 +214,14 @@ def solve(cells: list[CellInput], req: PlanRequest, days: int, objective: str) -
 def _cell_bounds(req: PlanRequest, n: int) -> tuple[float, float]:
     """Each cell's (forced exploration spend, most spend); PlanningError when they cannot hold together."""
     lo = req.exploration_share * req.budget / n if req.fixed else 0.0
-    hi = req.max_cell_share * req.budget
+    hi = req.cell_share * req.budget
     if lo > hi:
         raise PlanningError(
             f"exploration_share gives each of {n} cells {lo:.2f}, above max_cell_share's {hi:.2f}"
         )
     if req.fixed and hi * n < req.budget * (1 - 1e-9):
         raise PlanningError(
-            f"budget {req.budget:g} exceeds what {n} cells can take at max_cell_share {req.max_cell_share:g}"
+            f"budget {req.budget:g} exceeds what {n} cells can take at max_cell_share {req.cell_share:g}"
         )
     return lo, hi
 

@@ -87,13 +87,18 @@ def analyse(cells: list[CellInput], req: PlanRequest, days: int, plan: Plan) -> 
     out.plan_profit = predicted_profit(plan)
     best = plan  # the profit-optimal plan of these cells: this one, unless another scenario made it
     if req.scenario != "profit_optimal":
-        best = solve(cells, req.model_copy(update={"scenario": "profit_optimal"}), days, plan.objective)
+        best = solve(
+            cells,
+            req.model_copy(update={"scenario": "profit_optimal", "max_cell_share": req.cell_share}),
+            days,
+            plan.objective,
+        )
     out.optimal_spend, out.optimal_profit = best.total_spend, predicted_profit(best)
     fixed = req.model_copy(update={"scenario": "fixed_budget", "exploration_share": 0.0})
 
     def profit_at(total: float) -> float | None:
         """Predicted profit of the best plan spending ``total`` (None: the constraints cannot take it)."""
-        share = min(1.0, req.max_cell_share * req.budget / total)  # the plan's own per-cell cap
+        share = min(1.0, req.cell_share * req.budget / total)  # the plan's own per-cell cap
         try:
             at = solve(
                 cells,

@@ -257,7 +257,12 @@ def add_planning_commands(sub: Any) -> None:
     cp.add_argument(
         "--exploration-share", type=float, default=None, help="budget share spread over all cells"
     )
-    cp.add_argument("--max-cell-share", type=float, default=None, help="most of the budget one cell may take")
+    cp.add_argument(
+        "--max-cell-share",
+        type=float,
+        default=None,
+        help="most of the budget one cell may take (default: 0.25 with --scenario fixed_budget, no cap otherwise)",
+    )
     cp.add_argument("--seed", type=int, default=None, help="market seed (default: the config's)")
     cp.add_argument(
         "--seeds",

@@ -72,7 +72,6 @@ def test_ui_runs_a_comparison_and_shows_the_apis_numbers(serve_url: str, page: A
         "scenario": "profit_optimal",
         "roas_floor": 0.3,
         "exploration_share": 0.05,
-        "max_cell_share": 0.25,
         "seed": 21,
         "creatives": 1,
     }

@@ -190,9 +190,11 @@ def test_a_comparison_over_several_markets_reports_the_mean_difference_its_inter
         "full": third["full"]["score"]["profit"],
         "cleanroom": third["cleanroom"]["score"]["profit"],
     }
+    from scipy.stats import t as student
+
     diffs = np.array([r["full"] - r["cleanroom"] for r in rows])
     summary = many["over_seeds"]["full_minus_cleanroom"]
-    half = 3.182 * diffs.std(ddof=1) / 2  # t(0.975, 3) x sd / sqrt(4)
+    half = student.ppf(0.975, 3) * diffs.std(ddof=1) / 2  # t(0.975, 3) = 3.182... x sd / sqrt(4)
     assert summary["mean"] == pytest.approx(diffs.mean(), abs=0.01)
     assert summary["low"] == pytest.approx(diffs.mean() - half, abs=0.02)
     assert summary["high"] == pytest.approx(diffs.mean() + half, abs=0.02)
@@ -287,3 +289,22 @@ def test_market_corpora_carry_the_brands_private_facts_and_move_with_the_seed(tm
     out = tmp_path / "brand.jsonl"
     assert main(["market", "corpus", "--kind", "manufacturer", "--owner", "brewmax", "--out", str(out)]) == 0
     assert out.read_text().count("\n") == 24  # 12 SKUs x 2 facts (the demo market)
+
+
+def test_the_per_cell_cap_defaults_by_scenario_and_an_explicit_one_holds_in_every_scenario() -> None:
+    """One cell far better than the rest: where the budget is only an upper bound (profit_optimal, the
+    default) nothing caps it below the budget, so it takes what its curve says pays; a fixed budget spreads
+    (at most 0.25 of it per cell); an explicit max_cell_share binds in both."""
+    cells = [CellInput(Curve("S0", "p", a=400.0, s=20.0), value=0.5)] + [
+        CellInput(Curve(f"S{i}", "p", a=5.0, s=5.0), value=0.5) for i in range(1, 5)
+    ]
+    budget = 2000.0
+    free = solve(cells, PlanRequest(budget=budget), 28, "profit")
+    assert free.spend[("S0", "p")] > 0.25 * budget  # the profitable spend of the best cell, not a quarter
+    assert PlanRequest(budget=budget).cell_share == 1.0
+    spread = solve(cells, PlanRequest(budget=budget, scenario="fixed_budget"), 28, "profit")
+    assert PlanRequest(budget=budget, scenario="fixed_budget").cell_share == 0.25
+    assert max(spread.spend.values()) <= 0.25 * budget + 1e-6
+    for scenario in ("profit_optimal", "fixed_budget"):
+        capped = solve(cells, PlanRequest(budget=budget, scenario=scenario, max_cell_share=0.2), 28, "profit")
+        assert max(capped.spend.values()) <= 0.2 * budget + 1e-6, scenario
