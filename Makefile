@@ -49,7 +49,10 @@ test-fast: $(TEST_VENV) ## unit + gateway tiers: no Ray cluster, no vLLM engine 
 test-serve: $(TEST_VENV) ## the Serve tier: real Ray Serve with the FakeEngine
 	bash scripts/run-tests.sh -m serve $(PYTEST_ARGS)
 
-gpu-smoke: $(TEST_VENV) ## the GPU smoke check (ten minutes on one GPU; skips what needs CUDA without one) -> bench/results/gpu-smoke.json
+# the GPU engine's venv where nvidia-smi lists a GPU (ENGINE=... on the command line decides otherwise)
+SMOKE_ENGINE := $(if $(filter command line,$(origin ENGINE)),$(ENGINE),$(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo gpu || echo cpu))
+gpu-smoke: ## the GPU smoke check (ten minutes on one GPU; ENGINE=gpu where nvidia-smi lists one; skips what needs CUDA without one) -> bench/results/gpu-smoke.json
+	$(MAKE) --no-print-directory ENGINE=$(SMOKE_ENGINE) $(VENV)/.installed-$(SMOKE_ENGINE),demo,agents,test
 	$(BIN)/python scripts/gpu_smoke.py
 
 lint: $(LINT_VENV) ## ruff + mypy

@@ -7,7 +7,7 @@ Steps, each recorded as ok / failed / skipped with its reason and seconds:
 1. ``environment``: GPU model, driver, the CUDA version torch was built for, vLLM's version, and which punica
    wrapper vLLM's platform selects (on CUDA it must be vLLM's own GPU wrapper: the grouped CPU path is CPU only);
 2. ``gpu_tests``: ``pytest -m gpu`` (the engine on CUDA, eager and with CUDA graphs, an adapter and a stack);
-3. ``serve``: the demo model and adapters (``make demo`` prepares them) served on the GPU through the app
+3. ``serve``: the demo model and adapters (prepared here when missing, as ``make demo`` does) served on the GPU through the app
    (federation off), ready time, GPU memory in use; the base model, 4 adapters, a weighted 2-stack and a 4-stack all
    answer 200 and the adapters and stacks change the text;
 4. ``churn``: in the same app, a long streamed answer (512 tokens) while more compositions than
@@ -19,7 +19,9 @@ Steps, each recorded as ok / failed / skipped with its reason and seconds:
    tokens inside a batch of all of them (GPU kernels are not batch-invariant otherwise: no such claim without it).
 ``serve`` also checks that the app's and vLLM's Prometheus series are exported; each app stops cleanly on exit.
 
-Without CUDA every step that needs it is skipped with that reason (a dry run: the script itself is tested on CPU,
+On a machine where ``nvidia-smi`` lists a GPU but this venv's torch has no CUDA (the CPU engine's venv) the
+``environment`` step fails and says how to set up the GPU engine: no silent all-skipped pass on a GPU machine.
+Without CUDA (and no GPU) every step that needs it is skipped with that reason (a dry run: the script itself is tested on CPU,
 tests/unit/test_gpu_smoke.py, and so are the verdicts of steps 4 and 5 on made-up numbers). Exit 0 when no step
 failed. Nothing here has run on a GPU yet.
 """
@@ -47,6 +49,16 @@ def cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def gpus_visible() -> str:
+    """The GPUs ``nvidia-smi -L`` lists ('' when it is missing or lists none): what the machine has, whatever
+    this venv's torch was built for."""
+    try:
+        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 and "GPU" in done.stdout else ""
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -61,6 +73,13 @@ def environment() -> dict[str, Any]:
         out["punica_wrapper"] = current_platform.get_punica_wrapper()
     except Exception as e:  # a broken vLLM install is what this step is for
         out["vllm_error"] = f"{type(e).__name__}: {e}"
+    visible = gpus_visible()
+    if visible and not out["cuda"]:  # a GPU machine with the CPU engine's venv: every step would be skipped
+        raise RuntimeError(
+            f"a GPU is visible ({visible.splitlines()[0]}) but this venv's torch {torch.__version__} has no CUDA: "
+            "it was set up for the CPU engine. Run `make gpu-smoke` (it picks ENGINE=gpu where nvidia-smi "
+            "lists a GPU) in a checkout without a CPU .venv (`rm -rf .venv` first)"
+        )
     if out["cuda"]:
         out["gpu"] = torch.cuda.get_device_name(0)
         smi = subprocess.run(
@@ -95,12 +114,16 @@ def serve() -> dict[str, Any]:
     import torch
 
     from serving.config import AppConfig
-    from serving.demo.defaults import default_config, demo_model_dir, home
+    from serving.demo.defaults import default_config, demo_model_dir
+    from serving.demo.run import ensure_demo_adapters
     from serving.local import local_app
+    from serving.modelprep.smollm2 import prepare_smollm2
 
-    if not (demo_model_dir() / "config.json").is_file() or not (home() / "adapters").is_dir():
-        raise RuntimeError("no demo model or adapters: run `make demo` once first (it prepares both)")
-    base = default_config().model_dump(mode="json")
+    defaults = default_config()
+    ensure_demo_adapters(  # the demo model and adapters, prepared here when missing (as `make demo` does)
+        prepare_smollm2(demo_model_dir()), defaults.adapters.registry(defaults.engine.max_lora_rank)
+    )
+    base = defaults.model_dump(mode="json")
     engine = {k: v for k, v in base["engine"].items() if k not in ("kv_cache_memory_bytes", "enforce_eager")}
     base["engine"] = {
         **engine,

