@@ -141,9 +141,8 @@ class Lease:
     cost: float = 1.0
     predicted_s: float = 0.0  # its service time at dispatch, before any overrun stretch
     censored: bool = False  # it hit its deadline: its time is a lower bound, not a measurement
-    excluded_s: float = (
-        0.0  # one-off time inside it that is no service (its adapter composed and loaded first)
-    )
+    # one-off time inside it that is no service: its adapter composed and loaded, an attempt on a lost replica
+    excluded_s: float = 0.0
 
 
 class FairScheduler:
@@ -343,7 +342,8 @@ class FairScheduler:
 
     def release(self, lease: Lease) -> None:
         """The request ended (any outcome): update the service time (less ``lease.excluded_s``: a cold adapter
-        load is not the service rate), the overrun and the margin, and dispatch the next waiter."""
+        load or an attempt on a lost replica is not the service rate), the overrun and the margin, and dispatch
+        the next waiter."""
         if self._leases.pop(id(lease), None) is None:
             return
         seconds = max(0.0, time.monotonic() - lease.started - lease.excluded_s)

@@ -188,6 +188,8 @@ async def dispatch(gw: Gateway, g: Generation) -> Response:
             if replica_lost(e) and attempt == 0:
                 gw.metrics.retries.inc(tags={"reason": "replica_lost"})
                 log.warning("engine replica lost; retrying once", extra={"request_id": g.request_id})
+                if g.lease is not None:  # the lost attempt is no measure of the engines' service rate
+                    g.lease.excluded_s += time.monotonic() - called
                 continue
             raise engine_failure(e, g.request_id) from e
         break
@@ -232,7 +234,7 @@ def _answer(gw: Gateway, g: Generation, head: Head, gen: Any, first: Any, call_s
         g.lease.waited_s if g.lease is not None else 0.0, head, call_s, time.monotonic() - g.started
     )
     if g.lease is not None:
-        g.lease.excluded_s = head.load_s  # its adapter's cold load is not the engines' service rate
+        g.lease.excluded_s += head.load_s  # its adapter's cold load is not the engines' service rate
     g.headers["x-rmn-replica"] = str(head.replica)
     g.headers["x-rmn-model"] = head.lora_name or gw.cfg.model.served_name
     log.info(

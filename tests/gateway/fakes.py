@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,8 +21,10 @@ Fault = Callable[[int, str, dict[str, Any]], BaseException | None]
 class FakeCall:
     """A streaming handle call: an async iterator over the engine's items, cancellable."""
 
-    def __init__(self, items: AsyncIterator[EngineItem], fault: BaseException | None) -> None:
-        self._items, self._fault = items, fault
+    def __init__(
+        self, items: AsyncIterator[EngineItem], fault: BaseException | None, fault_after_s: float = 0.0
+    ) -> None:
+        self._items, self._fault, self._fault_after_s = items, fault, fault_after_s
         self.cancelled = False
 
     def __aiter__(self) -> FakeCall:
@@ -29,6 +32,7 @@ class FakeCall:
 
     async def __anext__(self) -> EngineItem:
         if self._fault is not None:
+            await asyncio.sleep(self._fault_after_s)  # Ray takes a while to tell a lost replica
             raise self._fault
         return await self._items.__anext__()
 
@@ -51,9 +55,11 @@ class FakeEngineHandle:
         fault: Fault | None = None,
         replica: str = "fake-replica",
         token_delay_s: float = 0.0,
+        fault_after_s: float = 0.0,
     ) -> None:
         self.engine = FakeEngine(config.model, config.engine, token_delay_s)
         self.fault = fault
+        self.fault_after_s = fault_after_s
         self.replica = replica
         self.calls: list[tuple[str, dict[str, Any]]] = []  # (model id, body) per generate call
         self.options_calls: list[str] = []
@@ -76,7 +82,7 @@ class FakeEngineHandle:
     def generate(self, lora_name: str, kind: str, body: dict[str, Any]) -> FakeCall:
         self.calls.append((lora_name, body))
         fault = self.fault(len(self.calls), lora_name, body) if self.fault else None
-        return FakeCall(self._items(lora_name, kind, body), fault)
+        return FakeCall(self._items(lora_name, kind, body), fault, self.fault_after_s)
 
     async def _items(self, lora_name: str, kind: str, body: dict[str, Any]) -> AsyncIterator[EngineItem]:
         entered = time.monotonic()

@@ -115,6 +115,24 @@ async def test_a_lost_replica_is_retried_once_then_answered_503(
     assert gw.scheduler is not None and gw.scheduler.inflight == 0  # the lease came back
 
 
+async def test_the_attempt_on_a_lost_replica_is_not_taken_for_the_engines_service_time(
+    gateway_app: GatewayFactory, gateway_config: Any
+) -> None:
+    """Ray tells a lost replica only after a while (0.5 s here, seconds in a cluster); that wait is left out of the
+    admission's service-time fit, or one replica's death would stretch every wait estimate and shed healthy
+    traffic for a while."""
+    slow_loss = FakeEngineHandle(
+        gateway_config, fault=lambda n, *_: ActorDiedError() if n == 1 else None, fault_after_s=0.5
+    )
+    client, gw, engine = gateway_app(engine=slow_loss)
+    assert gw.scheduler is not None
+    before = gw.scheduler.model.predict(10)
+    r = await client.post("/v1/chat/completions", json=chat_body(), headers=ADMIN)
+    assert r.status_code == 200 and len(engine.calls) == 2
+    assert gw.scheduler.overrun == 1.0, gw.scheduler.overrun  # 1.6 when the lost 0.5 s counted
+    assert gw.scheduler.model.predict(10) <= before
+
+
 async def test_a_full_engine_queue_requeues_once_then_answers_503(
     gateway_app: GatewayFactory, gateway_config: Any
 ) -> None:

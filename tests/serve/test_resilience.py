@@ -14,45 +14,19 @@ import httpx
 import pytest
 
 from serving.gateway.timing import parse_server_timing
+from tests.http_load import one as _one
+from tests.http_load import open_loop
 from tests.replicas import engine_stats
 from tests.serve.conftest import APP
 from tests.tenants import ADMIN, auth
 
 pytestmark = pytest.mark.serve
 
-T0: dict[str, float] = {}
 MODELS = ["base", "base:alpha", "base:beta", "base:alpha*0.5+beta*0.5", "base:beta+gamma"]
 
 
 def _chat(model: str, max_tokens: int, text: str = "hello") -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
-
-
-async def _one(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
-) -> dict[str, Any]:
-    t = time.monotonic()
-    T0.setdefault("t", t)
-    try:
-        r = await client.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=15)
-    except Exception as e:  # no answer at all: what must never happen
-        return {"status": None, "error": repr(e), "s": time.monotonic() - t}
-    shaped = True
-    if r.status_code != 200:
-        try:
-            err = r.json()["error"]
-            shaped = isinstance(err["message"], str) and err["code"] == r.status_code
-        except Exception:
-            shaped = False
-    text = r.text[:200] if r.status_code != 200 else ""
-    return {
-        "status": r.status_code,
-        "shaped": shaped,
-        "s": time.monotonic() - t,
-        "headers": dict(r.headers),
-        "text": text,
-        "at": round(t - T0["t"], 2),
-    }
 
 
 def _engine_running() -> int:
@@ -132,16 +106,7 @@ def test_overload_at_4x_capacity_sheds_fast_and_serves_the_rest_in_time(
     capacity = _capacity(serve_url, tokens)
     rate, seconds = 4 * capacity, 5.0
 
-    async def main() -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=500)) as c:
-            tasks = []
-            start = time.monotonic()
-            for i in range(int(rate * seconds)):  # open loop: arrivals do not wait for answers
-                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-                tasks.append(asyncio.create_task(_one(c, serve_url, _chat("base", tokens), ADMIN)))
-            return list(await asyncio.gather(*tasks))
-
-    results = asyncio.run(main())
+    results = open_loop(serve_url, _chat("base", tokens), ADMIN, rate, seconds)  # from a process of its own
     deadline = app_config.http.request_timeout_s
     codes = collections.Counter(r["status"] for r in results)
     shed = sorted(r["s"] for r in results if r["status"] == 503)
@@ -149,10 +114,13 @@ def test_overload_at_4x_capacity_sheds_fast_and_serves_the_rest_in_time(
     assert set(codes) <= {200, 503} and codes[503] and codes[200], codes  # nothing waited into a 504
     # p99 time to refusal: well before the deadline (refused, not waited out). Half the deadline, not a fixed
     # 1 s: at 4x an open-loop load the 2-core machine's HTTP handling alone has reached 1.1 s in a full run
-    assert shed[int(0.99 * (len(shed) - 1))] < 0.5 * deadline, shed[-5:]
+    p99 = shed[int(0.99 * (len(shed) - 1))]
+    assert p99 < 0.5 * deadline, shed[-5:]
     assert max(served) < deadline, max(served)
     assert all(r["headers"].get("retry-after") for r in results if r["status"] == 503)
-    print(f"capacity {capacity:.1f}/s, offered {rate:.1f}/s: {dict(codes)}, p99 refusal {shed[-1]:.3f}s")
+    print(
+        f"capacity {capacity:.1f}/s, offered {rate:.1f}/s: {dict(codes)}, refusal p99 {p99:.3f}s, max {shed[-1]:.3f}s"
+    )
 
 
 def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
