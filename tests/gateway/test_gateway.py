@@ -39,7 +39,9 @@ async def test_a_stack_is_resolved_pinned_and_routed_by_its_model_id(gateway_app
     assert gw.usage.counted  # components counted for usage
     hops = parse_server_timing(r.headers["server-timing"])  # where the time went, each hop inside the next
     assert set(hops) == {"queue", "load", "engine", "call", "router"}, hops
-    assert 0 < hops["engine"] <= hops["call"] <= hops["router"], hops
+    assert 0 <= hops["engine"] <= hops["call"] <= hops["router"] and hops["router"] > 0, (
+        hops
+    )  # engine: < 0.05 ms
 
 
 async def test_refusals_answer_in_openai_shape_with_their_headers(gateway_app: GatewayFactory) -> None:
