@@ -3,8 +3,9 @@ each planner can make from what it sees.
 
 - :func:`fit_brand` (full data): per SKU x placement, from the brand's DAILY campaign data (spend and the lift
   tests' incremental revenue where the brand has them, else attributed revenue, which over-states the response:
-  :func:`response`), ``a`` by least squares per cell and ``s = m * mean(x)`` with ``m`` on a grid, one ``m`` per
-  placement (pooled over SKUs: per-cell shapes overfit daily noise). ``x`` is the spend carried over from earlier
+  :func:`response`), ``a`` by least squares per cell and ``s = m * mean(x)`` with ``m`` on a grid: first one ``m``
+  per placement (pooled over SKUs), then each cell's own ``m`` shrunk towards it by a prior whose width is chosen
+  on held-out weeks (:func:`_cell_shapes`: noisy cells keep the pooled shape, clean ones get their own). ``x`` is the spend carried over from earlier
   days (geometric adstock, one carry-over per placement from :data:`CARRYOVERS`, kept where it lowers the BIC)
   and the response is scaled per weekday (factors kept only where they forecast the other half of the weeks
   better); the curves describe an average day of a flat spend.
@@ -141,11 +142,73 @@ def _fitted(a: np.ndarray, s: np.ndarray, c: np.ndarray, carried: dict[float, np
     return out
 
 
+CELL_GRID = np.geomspace(0.1, 10.0, 25)
+PRIOR_SDS = (0.0, 0.15, 0.3, 0.6, 1.2, 2.4)  # lognormal prior widths of a cell's shape around its placement's
+
+
+def _grid_sse(
+    x: np.ndarray, y: np.ndarray, factor: np.ndarray, mean_x: np.ndarray, use: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per grid multiplier (K) and cell (n, P): the least-squares level on the days ``use`` and the squared
+    error on every day: (a (K, n, P), sse_in (K, n, P), sse_out (K, n, P))."""
+    K = len(CELL_GRID)
+    n, P = mean_x.shape
+    a = np.zeros((K, n, P))
+    sse_in = np.zeros((K, n, P))
+    sse_out = np.zeros((K, n, P))
+    for k, m in enumerate(CELL_GRID):
+        g = _g(x, (m * mean_x)[:, :, None]) * factor
+        gi, yi = g[:, :, use], y[:, :, use]
+        a[k] = np.maximum((gi * yi).sum(axis=2) / np.maximum((gi * gi).sum(axis=2), 1e-12), 0.0)
+        r = (a[k][:, :, None] * g - y) ** 2
+        sse_in[k], sse_out[k] = r[:, :, use].sum(axis=2), r[:, :, ~use].sum(axis=2)
+    return a, sse_in, sse_out
+
+
+def _choose(sse: np.ndarray, m_pool: np.ndarray, sigma2: np.ndarray, sd: float) -> np.ndarray:
+    """Per cell the grid index of the MAP shape: squared error / (2 sigma^2) plus a lognormal prior of width
+    ``sd`` around the placement's pooled multiplier (sd 0: the grid point nearest the pooled one)."""
+    dist = (np.log(CELL_GRID)[:, None, None] - np.log(m_pool)[None, None, :]) ** 2  # (K, 1, P)
+    if sd <= 0:
+        return np.broadcast_to(np.argmin(dist, axis=0), sse.shape[1:])
+    out: np.ndarray = np.argmin(sse / (2 * sigma2[None]) + dist / (2 * sd * sd), axis=0)
+    return out
+
+
+def _cell_shapes(
+    x: np.ndarray, y: np.ndarray, factor: np.ndarray, mean_x: np.ndarray, m_pool: np.ndarray, week: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's own shape, shrunk towards its placement's pooled one: (a, s) of shape (n, P).
+
+    A cell's multiplier is the MAP on :data:`CELL_GRID` under a lognormal prior around the pooled ``m_pool`` (its
+    noise variance from the pooled fit's residuals); the prior's width is the one of :data:`PRIOR_SDS` that best
+    forecasts held-out weeks (fitted on odd weeks, scored on even ones and the other way round), so clean data
+    gets per-cell shapes and noisy data keeps the pooled one."""
+    n, P, T = y.shape
+    rows = np.arange(n)[:, None], np.arange(P)[None, :]
+    full_a, full_sse, _ = _grid_sse(x, y, factor, mean_x, np.ones(T, dtype=bool))
+    pooled = _choose(full_sse, m_pool, np.ones((n, P)), 0.0)
+    sigma2 = np.maximum(full_sse[(pooled, *rows)] / max(T - 1, 1), 1e-9)
+    held = np.zeros(len(PRIOR_SDS))
+    for fold in (0, 1):
+        use = week % 2 == fold
+        if not use.any() or use.all():
+            held[1:] = np.inf
+            break
+        _, sse_in, sse_out = _grid_sse(x, y, factor, mean_x, use)
+        for j, sd in enumerate(PRIOR_SDS):
+            k = _choose(sse_in, m_pool, sigma2 * use.mean(), sd)
+            held[j] += float(sse_out[(k, *rows)].sum())
+    k = _choose(full_sse, m_pool, sigma2, PRIOR_SDS[int(np.argmin(held))])
+    return full_a[(k, *rows)], CELL_GRID[k] * mean_x
+
+
 def fit_brand(
     data: BrandData,
     days: np.ndarray | None = None,
     carryovers: tuple[float, ...] = CARRYOVERS,
     weekly: bool = True,
+    cell_shapes: bool = True,
 ) -> BrandFit:
     """Curves per (SKU, placement) from the brand's daily campaign data, and the baseline daily units per SKU
     (sell-out on non-promo days minus what the curves explain), from the brand's tables.
@@ -158,7 +221,8 @@ def fit_brand(
     the history, repeats allowed: a bootstrap resample) selects the days fitted on; carry-over and weekdays are
     computed on the whole history in order first, so a resample keeps each day's own carried spend and weekday.
     A flat spend's steady state is that spend and the factors average 1 over a week, so the curves describe an
-    average day of a flat plan."""
+    average day of a flat plan. ``cell_shapes``: each cell then gets its own shape, shrunk towards its placement's
+    (:func:`_cell_shapes`); false keeps the pooled shapes."""
     from planning.market import carry
 
     idx = np.arange(data.spend.shape[2]) if days is None else np.asarray(days)
@@ -189,6 +253,9 @@ def fit_brand(
             a, s, c, _ = _fit_cells({k: carried[k] for k in chosen}, y, w[weekday], mean_x)
             factors = w
     day_factor = ones if factors is None else factors[weekday]
+    if cell_shapes:
+        x_c = np.stack([carried[float(c[p])][:, p] for p in range(P)], 1)
+        a, s = _cell_shapes(x_c, y, day_factor, mean_x, s[0] / mean_x[0], idx // 7)
     explained = _fitted(a, s, c, carried).sum(axis=1) * day_factor / data.facts.price[:, None]
     regular = ~data.facts.promo[:, idx]
     units = data.units[:, idx]
