@@ -81,14 +81,15 @@ def ceiling(market: Any, brand: str, budget: float, optimum: float, rng: Any) ->
     unit_price = f.price[:, None] * np.where(f.promo, 1 - f.discount[:, None], 1.0)
     units = market.true_incremental_units()
     out = {}
-    saved = market.lift
+    saved = market.lift, market.attributed
     try:
         for name, u in (("noise_free", units), ("poisson_only", rng.poisson(units))):
-            market.lift = u * unit_price[:, None, :]
+            # a perfect lift test: its holdout adds nothing (attributed = incremental)
+            market.lift = market.attributed = u * unit_price[:, None, :]
             plan, _ = plan_full(market.brand_data(brand), PlanRequest(budget=budget), draws=0)
             out[name] = score(plan, market).profit >= 0.9 * optimum - 1e-6
     finally:
-        market.lift = saved
+        market.lift, market.attributed = saved
     return out
 
 

@@ -1,21 +1,23 @@
-"""Per-cell curve shapes (planning/curves.py ``_cell_shapes``): clean response data gets each SKU x placement
-its own shape, noisy data keeps shapes near the placement's pooled one, and the held-out weeks decide which."""
+"""What the full-data curves are fitted on and how (planning/curves.py): per-cell shapes (``_cell_shapes``) —
+clean response data gets each SKU x placement its own shape, noisy data keeps shapes near the placement's pooled
+one, the held-out weeks decide which — and the lift tests with their holdout term modelled
+(``_lift_with_modelled_holdout``): less noise, no bias."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from planning.curves import fit_brand
+from planning.curves import _lift_with_modelled_holdout, fit_brand
 from planning.market import Market, MarketConfig, generate
 
 
 def _clean(seed: int) -> Market:
-    """The market with a perfect lift test: the true incremental revenue, no noise."""
+    """The market with a perfect lift test: the true incremental revenue, no noise (nothing held out)."""
     market = generate(MarketConfig(seed=seed))
     f = market.facts
     unit_price = f.price[:, None] * np.where(f.promo, 1 - f.discount[:, None], 1.0)
-    market.lift = market.true_incremental_units() * unit_price[:, None, :]
+    market.lift = market.attributed = market.true_incremental_units() * unit_price[:, None, :]
     return market
 
 
@@ -61,3 +63,20 @@ def test_a_bootstrap_resample_fits_per_cell_shapes_too() -> None:
     days = np.random.default_rng(0).integers(0, data.spend.shape[2], data.spend.shape[2])
     fit = fit_brand(data, days)
     assert fit.curves and all(c.s > 0 for c in fit.curves)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_the_modelled_holdout_takes_out_noise_not_signal(seed: int) -> None:
+    """The lift the curves are fitted on, with the holdout's estimate of exposed baseline buying modelled: its
+    squared error against the TRUE incremental revenue per cell-day is at most 0.7 of the raw lift tests', and its
+    total stays as unbiased as theirs (within 3 % of the truth's total of theirs)."""
+    market = generate(MarketConfig(seed=seed))
+    f = market.facts
+    unit_price = f.price[:, None] * np.where(f.promo, 1 - f.discount[:, None], 1.0)
+    true = market.true_incremental_units() * unit_price[:, None, :]
+    for brand in ("brewmax", "beanco"):
+        data, truth = market.brand_data(brand), true[market.brand_index(brand)]
+        assert data.lift is not None
+        modelled = _lift_with_modelled_holdout(data.spend, data.attributed, data.lift)
+        assert ((modelled - truth) ** 2).sum() <= 0.7 * ((data.lift - truth) ** 2).sum()
+        assert abs((modelled - truth).sum() - (data.lift - truth).sum()) <= 0.03 * truth.sum()
