@@ -150,8 +150,8 @@ PRIOR_SDS = (0.0, 0.15, 0.3, 0.6, 1.2, 2.4)  # lognormal prior widths of a cell'
 def _grid_sse(
     x: np.ndarray, y: np.ndarray, factor: np.ndarray, mean_x: np.ndarray, use: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per grid multiplier (K) and cell (n, P): the least-squares level on the days ``use`` and the squared
-    error on every day: (a (K, n, P), sse_in (K, n, P), sse_out (K, n, P))."""
+    """Per grid multiplier (K) and cell (n, P): the least-squares level fitted on the days ``use`` and its squared
+    error on those days and on the others: (a, sse_in, sse_out), each (K, n, P)."""
     K = len(CELL_GRID)
     n, P = mean_x.shape
     a = np.zeros((K, n, P))
