@@ -212,13 +212,20 @@ def _lift_with_modelled_holdout(x: np.ndarray, attributed: np.ndarray, lift: np.
     variance is five times the exposed baseline buying it estimates). The brand sees both columns, so it sees that
     estimate (``attributed - lift``) and models it per cell as a saturating curve of the day's spend (more spend,
     more shoppers reached; ``b * g(x; m * mean x)``, one shape per placement on :data:`GRID`, ``b`` by least squares)
-    — then subtracts the model from the attributed revenue instead of the day's raw estimate. Measured on the
+    — then subtracts the model from the attributed revenue instead of the day's raw estimate. A cell keeps its raw
+    lift where the columns do not read that way (the term below 0 on over a tenth of its days with spend, or not
+    growing with spend: e.g. files whose attributed revenue is missing or from another attribution). Measured on the
     synthetic market (tests/unit/test_cell_shapes.py): the error against the true incremental revenue falls, and
     the plans' mean true profit rises (docs/planning.md)."""
     held = attributed - lift
     mean_x = np.maximum(x.mean(axis=2), 1e-6)
     b, s, _, _ = _fit_cells({0.0: x}, held, np.ones(x.shape[2]), mean_x)
-    out: np.ndarray = attributed - b[:, :, None] * _g(x, s[:, :, None])
+    active = x > 0
+    consistent = ((held >= 0) & active).sum(axis=2) >= 0.9 * np.maximum(active.sum(axis=2), 1)
+    use = (
+        b > 0
+    ) & consistent  # else the columns do not read as lift = attributed - holdout: the lift as it is
+    out: np.ndarray = np.where(use[:, :, None], attributed - b[:, :, None] * _g(x, s[:, :, None]), lift)
     return out
 
 

@@ -80,3 +80,15 @@ def test_the_modelled_holdout_takes_out_noise_not_signal(seed: int) -> None:
         modelled = _lift_with_modelled_holdout(data.spend, data.attributed, data.lift)
         assert ((modelled - truth) ** 2).sum() <= 0.7 * ((data.lift - truth) ** 2).sum()
         assert abs((modelled - truth).sum() - (data.lift - truth).sum()) <= 0.03 * truth.sum()
+
+
+def test_columns_that_do_not_read_as_a_lift_test_keep_the_raw_lift() -> None:
+    """Files whose attributed revenue is missing (0) or equal to the lift (nothing held out) leave the lift as it
+    is: the modelled holdout is only subtracted where attributed - lift looks like one."""
+    data = generate(MarketConfig(seed=2)).brand_data("beanco")
+    assert data.lift is not None
+    for attributed in (np.zeros_like(data.lift), data.lift.copy()):
+        out = _lift_with_modelled_holdout(data.spend, attributed, data.lift)
+        np.testing.assert_array_equal(out, data.lift)
+    modelled = _lift_with_modelled_holdout(data.spend, data.attributed, data.lift)
+    assert not np.array_equal(modelled, data.lift)  # the market's own columns do read as one
