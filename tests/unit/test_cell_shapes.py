@@ -69,7 +69,7 @@ def test_a_bootstrap_resample_fits_per_cell_shapes_too() -> None:
 def test_the_modelled_holdout_takes_out_noise_not_signal(seed: int) -> None:
     """The lift the curves are fitted on, with the holdout's estimate of exposed baseline buying modelled: its
     squared error against the TRUE incremental revenue per cell-day is at most 0.7 of the raw lift tests', and its
-    total stays as unbiased as theirs (within 3 % of the truth's total of theirs)."""
+    total error stays that of the raw lift (within 3 % of the true total): noise out, no bias in."""
     market = generate(MarketConfig(seed=seed))
     f = market.facts
     unit_price = f.price[:, None] * np.where(f.promo, 1 - f.discount[:, None], 1.0)
