@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from planning.curves import CARRYOVERS, Curve, fit_aggregates, fit_brand, response
+from planning.curves import CARRYOVERS, Curve, fit_aggregates, fit_brand
 from planning.harmonize import Harmonization, harmonize
 from planning.market import BrandData, Market, MarketConfig
 from planning.planner import CellInput, Plan, PlanRequest, solve
@@ -124,7 +124,7 @@ def plan_full(
         cells.append(CellInput(c, float(f.margin[i]), float(f.price[i]), headroom))
     plan = solve(cells, req, data.horizon_days, "profit")
     plan.analysis = analyse(cells, req, data.horizon_days, plan).as_dict()
-    plan.analysis["fitted_on"] = response(data)[1]
+    plan.analysis["fitted_on"] = fit.fitted_on(data)
     plan.analysis["fit"] = fit.describe()
     chosen = tuple(sorted(set(fit.carryover.values())))
     plan.analysis["intervals"] = (

@@ -68,16 +68,28 @@ class BrandFit:
     baseline: np.ndarray
     carryover: dict[str, float]
     weekday: list[float] | None
+    holdout_modelled: tuple[int, int] | None = None  # (cells, of cells) fitted with the modelled holdout term
 
     def describe(self) -> dict[str, object]:
-        """What the fit found, for a plan's ``spend_analysis``: carry-over per placement, weekday factors."""
+        """What the fit found, for a plan's ``spend_analysis``: carry-over per placement, weekday factors and in how
+        many cells the lift tests' holdout term was modelled ("k/n", None without lift tests)."""
         names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
         return {
             "carryover": {p: round(c, 2) for p, c in self.carryover.items()},
             "weekday_factors": None
             if self.weekday is None
             else {names[d]: round(w, 3) for d, w in enumerate(self.weekday)},
+            "holdout_modelled": None
+            if self.holdout_modelled is None
+            else "{}/{}".format(*self.holdout_modelled),
         }
+
+    def fitted_on(self, data: BrandData) -> str:
+        """What the curves were fitted on, in words (:func:`response`, and where the holdout term was modelled)."""
+        label = response(data)[1]
+        if self.holdout_modelled is not None and self.holdout_modelled[0] > 0:
+            label += ", their holdout term modelled in {} of {} cells".format(*self.holdout_modelled)
+        return label
 
 
 def _bic(sse: float, n: int, params: int) -> float:
@@ -204,8 +216,11 @@ def _cell_shapes(
     return full_a[(k, *rows)], CELL_GRID[k] * mean_x
 
 
-def _lift_with_modelled_holdout(x: np.ndarray, attributed: np.ndarray, lift: np.ndarray) -> np.ndarray:
-    """The lift tests' incremental revenue with the holdout's day-to-day noise taken out (all arrays (n, P, T)).
+def _lift_with_modelled_holdout(
+    x: np.ndarray, attributed: np.ndarray, lift: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lift tests' incremental revenue with the holdout's day-to-day noise taken out (all arrays (n, P, T)),
+    and per cell (n, P) whether the model was used.
 
     A lift test reports attributed revenue minus what the held-out shoppers bought as if exposed, scaled up by
     1 / holdout share: unbiased, but the scaled-up holdout count carries most of its noise (with a 20 % holdout its
@@ -226,7 +241,7 @@ def _lift_with_modelled_holdout(x: np.ndarray, attributed: np.ndarray, lift: np.
         b > 0
     ) & consistent  # else the columns do not read as lift = attributed - holdout: the lift as it is
     out: np.ndarray = np.where(use[:, :, None], attributed - b[:, :, None] * _g(x, s[:, :, None]), lift)
-    return out
+    return out, use
 
 
 def fit_brand(
@@ -254,8 +269,9 @@ def fit_brand(
     idx = np.arange(data.spend.shape[2]) if days is None else np.asarray(days)
     y = response(data)[0][:, :, idx]  # (n, P, T)
     x_raw = data.spend[:, :, idx]
+    modelled: np.ndarray | None = None
     if data.lift is not None:
-        y = _lift_with_modelled_holdout(x_raw, data.attributed[:, :, idx], y)
+        y, modelled = _lift_with_modelled_holdout(x_raw, data.attributed[:, :, idx], y)
     mean_x = np.maximum(x_raw.mean(axis=2), 1e-6)  # (n, P)
     carried = {c: carry(data.spend, c)[:, :, idx] for c in carryovers}
     weekday = (data.first_weekday + idx) % 7
@@ -299,11 +315,13 @@ def fit_brand(
         for p in range(P)
         if x_raw[i, p].sum() > 0
     ]
+    has_spend = x_raw.sum(axis=2) > 0
     return BrandFit(
         curves,
         baseline,
         {data.placements[p]: float(c[p]) for p in range(P)},
         None if factors is None else [float(v) for v in factors],
+        None if modelled is None else (int((modelled & has_spend).sum()), int(has_spend.sum())),
     )
 
 

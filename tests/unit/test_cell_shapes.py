@@ -77,7 +77,7 @@ def test_the_modelled_holdout_takes_out_noise_not_signal(seed: int) -> None:
     for brand in ("brewmax", "beanco"):
         data, truth = market.brand_data(brand), true[market.brand_index(brand)]
         assert data.lift is not None
-        modelled = _lift_with_modelled_holdout(data.spend, data.attributed, data.lift)
+        modelled, _ = _lift_with_modelled_holdout(data.spend, data.attributed, data.lift)
         assert ((modelled - truth) ** 2).sum() <= 0.7 * ((data.lift - truth) ** 2).sum()
         assert abs((modelled - truth).sum() - (data.lift - truth).sum()) <= 0.03 * truth.sum()
 
@@ -88,7 +88,16 @@ def test_columns_that_do_not_read_as_a_lift_test_keep_the_raw_lift() -> None:
     data = generate(MarketConfig(seed=2)).brand_data("beanco")
     assert data.lift is not None
     for attributed in (np.zeros_like(data.lift), data.lift.copy()):
-        out = _lift_with_modelled_holdout(data.spend, attributed, data.lift)
+        out, used = _lift_with_modelled_holdout(data.spend, attributed, data.lift)
         np.testing.assert_array_equal(out, data.lift)
-    modelled = _lift_with_modelled_holdout(data.spend, data.attributed, data.lift)
-    assert not np.array_equal(modelled, data.lift)  # the market's own columns do read as one
+        assert not used.any()
+    modelled, used = _lift_with_modelled_holdout(data.spend, data.attributed, data.lift)
+    assert not np.array_equal(modelled, data.lift) and used.any()  # the market's own columns do read as one
+    fit = fit_brand(data)
+    k, n = fit.holdout_modelled or (0, 0)
+    assert 0 < k <= n == len(fit.curves)  # said in the plan: "their holdout term modelled in k of n cells"
+    assert (
+        fit.fitted_on(data)
+        == f"incremental revenue (lift tests), their holdout term modelled in {k} of {n} cells"
+    )
+    assert fit.describe()["holdout_modelled"] == f"{k}/{n}"
