@@ -129,9 +129,11 @@ def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
     """40 clients of one tenant flood past capacity (they get 503s and back off as told); a light tenant's
     requests are never refused, start at once (the slot each router keeps for the other tenants,
     ``admission.reserve_slots``: its median ``server-timing`` queue wait is under 3 ms; ~10 ms without the
-    reserve, behind the next of the flood's running requests to end) and its p50 stays within 1.5x of its p50
-    alone (measured 1.0x; 1.1x without the reserve). A FIFO queue would put each light request behind up to
-    max_wait_share x deadline = 0.9 s of flood work, about 4x the ~0.22 s alone."""
+    reserve, behind the next of the flood's running requests to end) — the fairness itself — and its p50 stays
+    under 3x its p50 alone: a FIFO queue would put each light request behind up to max_wait_share x deadline =
+    0.9 s of flood work, about 4x the ~0.22 s alone. The p50 ratio is timing, not the behaviour: 1.0x run alone,
+    up to 2.1x in a full `make test` on 2 cores (the 40 flooders share this process's event loop and the cores
+    with the proxy and routers), so its bound only tells "never queued behind the flood" from CPU contention."""
     tokens = 20
 
     async def light_run(flood: bool) -> tuple[float, collections.Counter[int], collections.Counter[int]]:
@@ -165,7 +167,7 @@ def test_a_flooding_tenant_does_not_starve_a_light_one(serve_url: str) -> None:
     loaded, waited, light_codes, flood_codes = asyncio.run(light_run(True))
     assert flood_codes[503] > 0, flood_codes  # the flood was past capacity
     assert set(light_codes) == {200} and light_codes[200] >= 5, light_codes  # the light tenant never refused
-    assert waited < 0.003 and loaded <= 1.5 * alone, (alone, loaded, waited)
+    assert waited < 0.003 and loaded <= 3 * alone, (alone, loaded, waited)
     print(
         f"light tenant p50: alone {alone:.3f}s, with a 40-client flood {loaded:.3f}s (queue wait p50 "
         f"{waited:.3f}s); flood {dict(flood_codes)}"
