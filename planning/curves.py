@@ -309,13 +309,13 @@ def fit_brand(
             for i in range(n)
         ]
     )
+    has_spend = x_raw.sum(axis=2) > 0  # the cells the fit has a curve for
     curves = [
         Curve(data.facts.sku[i], data.placements[p], float(a[i, p]), float(s[i, p]))
         for i in range(n)
         for p in range(P)
-        if x_raw[i, p].sum() > 0
+        if has_spend[i, p]
     ]
-    has_spend = x_raw.sum(axis=2) > 0
     return BrandFit(
         curves,
         baseline,
