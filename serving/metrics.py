@@ -7,6 +7,7 @@ are ``other`` (plus ``base`` for the base model); ``component`` is bounded by th
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
 from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -112,7 +113,8 @@ class EngineMetrics:
         self.cpu_lora_layers = Gauge(
             "rmn_cpu_lora_layer_shapes",
             description="CPU LoRA: layer shapes probed, by how they are served (grouped: the grouped arithmetic, "
-            "bit-identical to vLLM's ops on this CPU; vllm: vLLM's own ops, the grouped one differed).",
+            "bit-identical to vLLM's ops on this CPU; bounded: the grouped arithmetic, not bit-identical, its error "
+            "against float64 within 2x vLLM's own; vllm: vLLM's own ops).",
             tag_keys=("path",),
         )
 
@@ -122,9 +124,16 @@ class EngineMetrics:
         reports = report if isinstance(report, list) else [report] if report else []
         layers = [layer for r in reports for layer in r.get("layers", [])]
         if reports:
-            grouped = sum(1 for layer in layers if layer["identical"])
-            self.cpu_lora_layers.set(grouped, tags={"path": "grouped"})
-            self.cpu_lora_layers.set(len(layers) - grouped, tags={"path": "vllm"})
+            paths = Counter_(_path(layer) for layer in layers)
+            for path in ("grouped", "bounded", "vllm"):
+                self.cpu_lora_layers.set(paths[path], tags={"path": path})
+
+
+def _path(layer: dict[str, Any]) -> str:
+    """How one probed layer shape is served: grouped (vLLM's bits), bounded, or vllm (vLLM's own ops)."""
+    if layer.get("arithmetic", "grouped" if layer["identical"] else "vllm") == "vllm":
+        return "vllm"
+    return "grouped" if layer["identical"] else "bounded"
 
 
 class CleanRoomMetrics:

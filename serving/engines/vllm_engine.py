@@ -306,7 +306,8 @@ class VLLMEngine:
 
     async def numerics(self) -> dict[str, Any]:
         """How LoRA is applied on this engine: on CPU the grouped wrapper's mode, the CPU and, per layer shape
-        probed so far, whether its arithmetic is bit-identical to vLLM's ops (else vLLM's ops run that layer)."""
+        probed so far, the arithmetic that serves it (grouped or vllm), whether it gives vLLM's bits and whether
+        its error against float64 is within the bound (:meth:`GroupedLoRA.report`)."""
         if self.engine_cfg.device != "cpu" or self._client is None:
             return {"device": self.engine_cfg.device, "cpu_lora": None}
         try:

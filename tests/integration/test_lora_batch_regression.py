@@ -1,8 +1,10 @@
 """On the in-process engine: the upstream vLLM CPU LoRA bug (index -1 -> last slot) stays neutralised on both
-CPU paths (vLLM's per-token ops, masked, and the grouped path), and the grouped path gives the same greedy
-tokens as vLLM's own ops for a batch mixing the base model, adapters and a composed stack."""
+CPU paths (vLLM's per-token ops, masked, and the grouped path); for a batch mixing the base model, adapters
+and a composed stack the ``exact`` mode gives vLLM's greedy tokens, and the default ``grouped`` mode gives
+them too or departs only at a near-tie (on a CPU whose oneDNN/MKL sum in another order than vLLM's ops)."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -41,11 +43,28 @@ def test_base_request_batched_with_adapters_is_unchanged(llm, adapter_dirs, cpu_
     assert out[2] != base_alone and out[1] != base_alone  # the adapters do change the output
 
 
+def _departure(got: list[Any], want: list[Any]) -> str | None:
+    """None when two greedy outputs (vLLM ``CompletionOutput`` with logprobs) are the same token for token with
+    logprobs within 0.02, or part only where both runs saw a near-tie (each run's token in the other's top 2,
+    their logprobs within 0.05 of each other); else why not."""
+    for i, (a, b) in enumerate(zip(got.token_ids, want.token_ids, strict=False)):
+        la, lb = got.logprobs[i], want.logprobs[i]
+        if a == b:
+            if abs(la[a].logprob - lb[b].logprob) > 0.02:
+                return f"token {i}: logprob {la[a].logprob} vs {lb[b].logprob}"
+            continue
+        tie = b in la and a in lb and abs(la[a].logprob - la[b].logprob) <= 0.05
+        return None if tie else f"token {i}: {a} vs {b}, not a near-tie ({la}, {lb})"
+    return None if len(got.token_ids) == len(want.token_ids) else "lengths differ"
+
+
 def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The grouped wrapper applies LoRA where its probe found vLLM's bits for the layer's shape and leaves the
-    other layers to vLLM's ops (tests/unit/test_cpu_lora_grouped.py), so greedy text is the same token for
-    token on any CPU; the demo model's adapters and stacks: bench/cpu_lora.py. The engine's workers report
-    which path each layer shape took."""
+    """``exact`` applies the grouped arithmetic where its probe found vLLM's bits for the layer's shape and
+    leaves the other layers to vLLM's ops (tests/unit/test_cpu_lora_grouped.py), so greedy text is the same
+    token for token on any CPU. ``grouped`` (the default) also serves the layers whose bits differ but whose
+    error against float64 is within 2x vLLM's own: its greedy text is vLLM's, or parts from it only at a
+    near-tie. The demo model's adapters and stacks: bench/cpu_lora.py. The engine's workers report which path
+    each layer shape took."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -61,29 +80,38 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
         LoRARequest("alpha", 1, str(adapter_dirs["alpha"])),
     ]
     prompts = [PROMPT, "coffee ads", "plan a budget", "sponsored products on search", PROMPT]
-    sp = SamplingParams(max_tokens=24, temperature=0)
+    sp = SamplingParams(max_tokens=24, temperature=0, logprobs=2)
 
-    def run() -> list[list[int]]:
-        outs = llm.generate(prompts, sp, lora_request=loras, use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outs]
+    def run(mode: str) -> list[Any]:
+        cpu_lora.set_mode(mode)
+        return [o.outputs[0] for o in llm.generate(prompts, sp, lora_request=loras, use_tqdm=False)]
 
     try:
-        cpu_lora.install()
-        grouped = run()
-        cpu_lora.uninstall()
-        reference = run()
+        exact, grouped, reference = run("exact"), run("grouped"), run("vllm")
     finally:
         cpu_lora.install()
-    assert grouped == reference
-    assert grouped[1] != grouped[0] and grouped[2] != grouped[0]  # the adapters change the text
+
+    def tokens(outs: list[Any]) -> list[list[int]]:
+        return [list(o.token_ids) for o in outs]
+
+    assert tokens(exact) == tokens(reference)
+    assert tokens(exact)[1] != tokens(exact)[0] and tokens(exact)[2] != tokens(exact)[0]  # adapters change it
     from serving.engines.cpu_lora.wrapper import worker_probe
 
     (report,) = [r for worker in llm.collective_rpc(worker_probe) for r in worker]
     assert report["mode"] == "grouped" and report["machine"]["cpu"]
     shapes = {(layer["shape"]["hidden"], tuple(layer["shape"]["slices"])) for layer in report["layers"]}
     assert len(shapes) >= 4  # q/k/v, o, gate/up, down (and lm_head when targeted)
-    assert all(layer["fused_error"] <= 2 * layer["vllm_error"] + 1e-6 for layer in report["layers"])
-    assert report["bit_identical"] == all(layer["identical"] for layer in report["layers"])
+    for layer in report["layers"]:
+        assert layer["arithmetic"] == ("grouped" if layer["identical"] or layer["bounded"] else "vllm")
+        assert layer["bounded"] == (layer["fused_error"] <= 2 * layer["vllm_error"] + 1e-6)
+    assert report["bit_identical"] == all(
+        layer["identical"] or layer["arithmetic"] == "vllm" for layer in report["layers"]
+    )
+    if report["bit_identical"]:
+        assert tokens(grouped) == tokens(reference)
+    for got, want in zip(grouped, reference, strict=True):
+        assert _departure(got, want) is None, _departure(got, want)
 
 
 def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_same_bits(

@@ -1,5 +1,5 @@
 """Grouped CPU LoRA for vLLM's linear layers and lm_head: a few batched ops per layer instead of a per-token
-gather, with vLLM's bits where a probe on this CPU shows it and vLLM's arithmetic elsewhere.
+gather, with vLLM's bits where a probe on this CPU shows it and an error bound against float64 elsewhere.
 
 vLLM's CPU punica wrapper applies LoRA with pure-torch ops that gather a (rank x hidden) matrix PER TOKEN
 (``lora_a[indices]``; for lm_head a vocab x rank matrix per sequence) and contract it with an einsum; on CPU
@@ -19,12 +19,15 @@ over shared rows) and each slot's rows are rounded up to whole MKL row blocks, s
 (AMD Zen 4, AVX-512 BF16) the fused path gives vLLM's bits at every shape tested. But oneDNN and MKL choose
 their blocking per ISA, shape and batch, and on Intel AMX, or with ``ONEDNN_MAX_CPU_ISA=AVX2`` or
 ``AVX512_CORE``, a matmul over many tokens sums in another order at some token counts (even vLLM's own einsum
-over a slot's tokens differs from the same einsum over the whole batch there). So the ``grouped`` mode probes
-each layer shape once (:mod:`.probe`: token counts up to the batch limit, several slot mixes, both layouts)
-and applies LoRA to a layer only where its arithmetic was bit-identical to vLLM's ops; other layers run
-vLLM's own ops. The verdicts are logged and reported (:func:`serving.engines.cpu_lora.wrapper.worker_reports`,
-the engine's ``stats``). Token counts between the probed ones are not proven; the grouped arithmetic's error
-against float64 is within vLLM's own either way (tests/unit/test_cpu_lora_grouped.py).
+over a slot's tokens differs from the same einsum over the whole batch there). So each layer shape is probed
+once (:mod:`.probe`: token counts up to the batch limit, several slot mixes, both layouts, the error of both
+against float64). The ``grouped`` mode (the default) applies the grouped arithmetic to a layer where it gave
+vLLM's bits, and also where it did not but its error against float64 stayed within 2x vLLM's own (bounded,
+not bit-identical: on those CPUs falling back to vLLM's per-token ops would cost most of the speed); the
+``exact`` mode keeps vLLM's bits everywhere (vLLM's own ops on the other layers). The verdicts are logged and
+reported (:func:`serving.engines.cpu_lora.wrapper.worker_reports`, the engine's ``stats``, the
+``rmn_cpu_lora_layer_shapes`` gauge). Token counts between the probed ones are not proven bit-identical; the
+error bound is asserted on every CPU (tests/unit/test_cpu_lora_grouped.py, also under ISA caps).
 
 Layout: :mod:`.weights` (slot weights and their caches), :mod:`.arithmetic` (the ops), :mod:`.grouped` (the
 per-wrapper object), :mod:`.probe` (the verdicts), :mod:`.wrapper` (the vLLM ``PunicaWrapperCPU`` subclass;
@@ -52,10 +55,10 @@ __all__ = [
 
 def set_mode(mode: str) -> bool:
     """Select the grouped wrapper for LoRA managers built from now on and set the mode every grouped wrapper
-    runs (``grouped``; ``vllm``: vLLM's own ops; ``fused``: no probe, for benchmarks); False in a vLLM
-    without a CPU wrapper (nothing to do)."""
-    if mode not in ("grouped", "fused", "vllm"):
-        raise ValueError(f"RMN_CPU_LORA must be grouped or vllm, not {mode!r}")
+    runs (``grouped``; ``exact``: vLLM's bits on every layer; ``vllm``: vLLM's own ops; ``fused``: no probe,
+    for benchmarks); False in a vLLM without a CPU wrapper (nothing to do)."""
+    if mode not in ("grouped", "exact", "fused", "vllm"):
+        raise ValueError(f"RMN_CPU_LORA must be grouped, exact or vllm, not {mode!r}")
     try:
         from serving.engines.cpu_lora import wrapper
     except ImportError:

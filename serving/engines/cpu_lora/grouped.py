@@ -2,9 +2,13 @@
 
 Modes:
 - ``grouped`` (``engine.cpu_lora: grouped``, the default): per layer shape, the first call runs
-  :func:`check_shape`; where the grouped arithmetic was bit-identical to vLLM's ops at every probed token
-  count it serves the layer, elsewhere :meth:`GroupedLoRA.linear` returns False and the wrapper runs vLLM's own
-  ops. The grouped arithmetic's error against float64 is within vLLM's own either way (the probe measures it).
+  :func:`check_shape`. Where the grouped arithmetic was bit-identical to vLLM's ops at every probed token count
+  it serves the layer with vLLM's bits; where it was not, it still serves the layer if its error against
+  float64 stayed within :data:`.probe.ERROR_FACTOR` times vLLM's own (a bounded-error claim, reported per
+  layer as ``identical: false, bounded: true``); only a layer over that bound goes to vLLM's own ops
+  (:meth:`GroupedLoRA.linear` returns False and the wrapper runs them).
+- ``exact``: vLLM's bits on every layer: the grouped arithmetic where the probe found them, vLLM's own ops
+  elsewhere (which are several times slower: on a CPU whose oneDNN/MKL sum in another order, every layer).
 - ``fused``: the grouped arithmetic for every layer without a probe (the probe's subject; benchmarks, tests).
 The grouped arithmetic is the fused path for bf16 with vLLM's padded rank in whole row blocks, otherwise
 vLLM's per-token einsums run per slot group (:func:`.arithmetic.exact_linear`).
@@ -18,6 +22,7 @@ from typing import Any, Literal
 
 from serving.engines.cpu_lora.arithmetic import exact_linear, expand, shrink, slot_groups, split, together
 from serving.engines.cpu_lora.probe import (
+    ERROR_FACTOR,
     LayerShape,
     ShapeCheck,
     float64_reference,
@@ -31,7 +36,7 @@ from serving.engines.cpu_lora.weights import ROW_BLOCK, SlotWeights
 
 log = logging.getLogger("ray.serve.rmn.engine.cpu_lora")
 
-Mode = Literal["grouped", "fused"]
+Mode = Literal["grouped", "exact", "fused"]
 
 
 class GroupedLoRA:
@@ -45,9 +50,15 @@ class GroupedLoRA:
         self.checks: dict[LayerShape, ShapeCheck] = {}
 
     # ---- the decision per layer shape ---------------------------------------------------------------
+    def takes(self, check: ShapeCheck) -> bool:
+        """Whether a probed shape takes the grouped arithmetic in this mode: with vLLM's bits (any mode), or
+        within the error bound (``grouped``)."""
+        return check.identical or (self.mode == "grouped" and check.bounded)
+
     def serves(self, lora_a: tuple[Any, ...], output_slices: tuple[int, ...], limit: int) -> bool:
-        """Whether this layer takes the grouped arithmetic: always in ``fused`` mode; in ``grouped`` mode where
-        the probe for the layer's shape (up to ``limit`` tokens, or sequences for lm_head) found vLLM's bits."""
+        """Whether this layer takes the grouped arithmetic: always in ``fused`` mode; otherwise as
+        :meth:`takes` decides from the probe of the layer's shape (up to ``limit`` tokens, or sequences for
+        lm_head), run on its first call."""
         if self.mode == "fused":
             return True
         a = lora_a[0]
@@ -61,25 +72,42 @@ class GroupedLoRA:
                 "grouped CPU LoRA on %s: %s for %s (probed %d token counts in %.1f s; error vs float64 %.3g, "
                 "vLLM's own %.3g)",
                 machine()["cpu"],
-                "grouped arithmetic, bit-identical to vLLM's ops"
-                if check.identical
-                else f"vLLM's own ops (the grouped arithmetic differed at {check.mismatched[:8]} tokens)",
+                self.verdict(check),
                 shape,
                 len(check.tokens),
                 check.seconds,
                 check.fused_error,
                 check.vllm_error,
             )
-        return check.identical
+        return self.takes(check)
+
+    def verdict(self, check: ShapeCheck) -> str:
+        """How this mode serves a probed shape, in words (the log line's)."""
+        if check.identical:
+            return "grouped arithmetic, bit-identical to vLLM's ops"
+        differed = f"differed from vLLM's bits at {check.mismatched[:8]} tokens"
+        if self.takes(check):
+            return f"grouped arithmetic, error within {ERROR_FACTOR:g}x vLLM's own ({differed})"
+        why = "engine.cpu_lora: exact" if check.bounded else f"its error over {ERROR_FACTOR:g}x vLLM's own"
+        return f"vLLM's own ops (the grouped arithmetic {differed}; {why})"
 
     def report(self) -> dict[str, Any]:
-        """The mode, the machine and the verdict per layer shape seen so far."""
-        checks = [c.as_dict() for c in self.checks.values()]
+        """The mode, the machine and the verdict per layer shape seen so far: each layer's probe with the
+        ``arithmetic`` that serves it (``grouped`` or ``vllm``); ``bit_identical``: every layer gives vLLM's
+        bits (None when nothing was probed: ``fused`` makes no claim); ``error_bound``: the bound a layer
+        without them is held to, against float64, as a multiple of vLLM's own error."""
+        layers = [
+            {**c.as_dict(), "arithmetic": "grouped" if self.takes(c) else "vllm"}
+            for c in self.checks.values()
+        ]
         return {
             "mode": self.mode,
             "machine": machine(),
-            "layers": checks,
-            "bit_identical": all(c["identical"] for c in checks) if self.mode == "grouped" else None,
+            "layers": layers,
+            "bit_identical": None
+            if self.mode == "fused"
+            else all(c["identical"] or c["arithmetic"] == "vllm" for c in layers),
+            "error_bound": ERROR_FACTOR,
         }
 
     # ---- the arithmetic -----------------------------------------------------------------------------

@@ -5,8 +5,9 @@ model's LoRA manager; :func:`select` makes the CPU platform name :class:`Grouped
 swap, CPU only: CUDA keeps vLLM's Triton wrapper). The subclass overrides three hooks and owns its state:
 ``update_metadata`` (regroup the batch once per step, note which adapter each slot holds), ``add_lora_linear``
 and ``add_lora_logits``. The process-wide mode (``RMN_CPU_LORA``, :func:`serving.engines.cpu_lora.set_mode`)
-is read per call, so tests and benchmarks compare paths on one engine; ``vllm`` runs vLLM's own methods, and
-so does every layer whose shape the grouped arithmetic does not serve (:meth:`GroupedLoRA.serves`).
+is read per call, so tests and benchmarks compare paths on one engine (``grouped``, ``exact``, ``fused``: see
+:mod:`.grouped`); ``vllm`` runs vLLM's own methods, and so does every layer whose shape the grouped
+arithmetic does not serve (:meth:`GroupedLoRA.serves`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _PROBE_TOKENS = 512  # the probe's largest token count (the engine's batch limit
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     """``PunicaWrapperCPU`` whose linear and logits LoRA run through a :class:`GroupedLoRA`."""
 
-    mode = "grouped"  # grouped | fused | vllm (class-wide: set by serving.engines.cpu_lora.set_mode)
+    mode = "grouped"  # grouped | exact | fused | vllm (class-wide: set by serving.engines.cpu_lora.set_mode)
     bypass = True  # class-wide: layers no slot of the batch touches run their base layer alone
     active_slots: frozenset[int] | None = None  # the batch's slots with an adapter (None: no bypass)
 
@@ -55,7 +56,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     def probe_layers(self, layers: Any) -> None:
         """Probe now every linear LoRA layer's shape (they are otherwise probed on first use, which would
         delay the first requests by seconds); lm_head's is probed on first use."""
-        if type(self).mode != "grouped":
+        if type(self).mode not in ("grouped", "exact"):
             return
         for layer in layers:
             lora_a, slices = getattr(layer, "lora_a_stacked", None), getattr(layer, "output_slices", None)
@@ -66,7 +67,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         mode = type(self).mode
         if mode == "vllm":
             return None
-        self.grouped.mode = "fused" if mode == "fused" else "grouped"
+        self.grouped.mode = "fused" if mode == "fused" else "exact" if mode == "exact" else "grouped"
         return self.grouped
 
     def add_lora_linear(
