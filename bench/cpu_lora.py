@@ -50,6 +50,61 @@ def compositions(n: int) -> list[str]:
     return [f"retail_media*{w}+{r}*0.3+{m}*0.5+{t}*0.5" for w, r, m, t in itertools.islice(combos, n)]
 
 
+def demo_llm(max_loras: int = 8, max_cpu_loras: int = 64, **extra: Any) -> Any:
+    """The benchmarks' in-process vLLM ``LLM`` on the demo model: bf16, eager, prefix caching off, LoRA up to
+    rank 64 (``VLLM_ENABLE_V1_MULTIPROCESSING`` must be "0" before vLLM is imported)."""
+    from vllm import LLM
+
+    from serving.demo.defaults import demo_model_dir
+
+    return LLM(
+        model=str(demo_model_dir()),
+        dtype="bfloat16",
+        enable_lora=True,
+        max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras,
+        max_lora_rank=64,
+        kv_cache_memory_bytes=1 << 30,
+        max_model_len=512,
+        enforce_eager=True,
+        enable_prefix_caching=False,
+        seed=0,
+        **extra,
+    )
+
+
+def demo_loads(prompts: int, n_compositions: int = 32) -> dict[str, list[Any] | None]:
+    """One ``LoRARequest`` per prompt for each load, adapters taken in turn: base model (None); 4 single demo
+    adapters; 4 demo stacks; ``n_compositions`` distinct compositions (stacks composed exactly, cached)."""
+    from vllm.lora.request import LoRARequest
+
+    from adapters import AdapterRegistry
+    from adapters.cache import CompositeCache, resolve
+    from adapters.stack import parse_stack
+    from serving.demo.defaults import home
+
+    registry = AdapterRegistry(home() / "adapters", max_rank=64)
+    cache = CompositeCache(Path(tempfile.mkdtemp(prefix="bench-cpu-lora-")), registry, max_rank=64)
+    singles = [
+        registry.path(a, registry.get(a).version)
+        for a in ("retail_media", "acme_retail", "brand_brewmax", "task_planning")
+    ]
+    stacks = [cache.get_or_build(resolve(registry, parse_stack(s))) for s in STACKS]
+    many = [cache.get_or_build(resolve(registry, parse_stack(s))) for s in compositions(n_compositions)]
+    ids = iter(range(1, 10**6))
+
+    def lora_set(paths: list[Path]) -> list[Any]:
+        reqs = [LoRARequest(f"l{next(ids)}", next(ids), str(p)) for p in paths]
+        return [reqs[i % len(reqs)] for i in range(prompts)]
+
+    return {
+        "base": None,
+        "4 single adapters": lora_set(singles),
+        "4 stacks": lora_set(stacks),
+        f"{n_compositions} compositions": lora_set(many),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -59,54 +114,16 @@ def main() -> None:
     ap.add_argument("--max-cpu-loras", type=int, default=64, help="adapters kept in CPU memory")
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from vllm import LLM, SamplingParams
-    from vllm.lora.request import LoRARequest
+    from vllm import SamplingParams
 
-    from adapters import AdapterRegistry
-    from adapters.cache import CompositeCache, resolve
-    from adapters.stack import parse_stack
-    from serving.demo.defaults import demo_model_dir, home
     from serving.engines import cpu_lora
 
-    registry = AdapterRegistry(home() / "adapters", max_rank=64)
-    cache = CompositeCache(Path(tempfile.mkdtemp(prefix="bench-cpu-lora-")), registry, max_rank=64)
-    singles = [
-        registry.path(a, registry.get(a).version)
-        for a in ("retail_media", "acme_retail", "brand_brewmax", "task_planning")
-    ]
-    stacks = [cache.get_or_build(resolve(registry, parse_stack(s))) for s in STACKS]
-    many = [cache.get_or_build(resolve(registry, parse_stack(s))) for s in compositions(32)]
-
     def engine(**extra: Any) -> Any:
-        return LLM(
-            model=str(demo_model_dir()),
-            dtype="bfloat16",
-            enable_lora=True,
-            max_loras=args.max_loras,
-            max_cpu_loras=args.max_cpu_loras,
-            max_lora_rank=64,
-            kv_cache_memory_bytes=1 << 30,
-            max_model_len=512,
-            enforce_eager=True,
-            enable_prefix_caching=False,
-            seed=0,
-            **extra,
-        )
+        return demo_llm(args.max_loras, args.max_cpu_loras, **extra)
 
     prompts = [QUESTIONS[i % len(QUESTIONS)] + f" (request {i})" for i in range(args.prompts)]
     sp = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
-    ids = iter(range(1, 10**6))
-
-    def lora_set(paths: list[Path]) -> list[Any]:
-        reqs = [LoRARequest(f"l{next(ids)}", next(ids), str(p)) for p in paths]
-        return [reqs[i % len(reqs)] for i in range(args.prompts)]
-
-    loads: dict[str, list[Any] | None] = {
-        "base": None,
-        "4 single adapters": lora_set(singles),
-        "4 stacks": lora_set(stacks),
-        "32 compositions": lora_set(many),
-    }
+    loads = demo_loads(args.prompts)
 
     def timed(llm: Any, loras: list[Any] | None, n: int = args.prompts) -> tuple[float, list[list[int]]]:
         t = time.perf_counter()

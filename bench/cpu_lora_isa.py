@@ -9,7 +9,7 @@ arithmetic also where its bits differ but its error against float64 is within 2x
 per load, LoRA / base, the layer verdicts and how many greedy sequences ``grouped`` keeps token for token
 identical to ``exact`` (= vLLM's ops). Writes ``bench/results/cpu-lora-isa.json``.
 
-    python -m bench.cpu_lora_isa [--caps none AVX512_CORE AVX2] [--prompts 16] [--tokens 32] [--reps 2]
+    python -m bench.cpu_lora_isa [--caps none AVX512_CORE AVX2] [--prompts 16] [--tokens 32] [--reps 2] [--out F]
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.record import write_results
@@ -33,51 +31,15 @@ MODES = ("exact", "grouped")
 def _one_cap(prompts_n: int, tokens: int, reps: int) -> dict[str, Any]:
     """Run in the capped process: every load in both modes; returns the results as a dict."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from vllm import LLM, SamplingParams
-    from vllm.lora.request import LoRARequest
+    from vllm import SamplingParams
 
-    from adapters import AdapterRegistry
-    from adapters.cache import CompositeCache, resolve
-    from adapters.stack import parse_stack
-    from bench.cpu_lora import QUESTIONS, STACKS, compositions
-    from serving.demo.defaults import demo_model_dir, home
+    from bench.cpu_lora import QUESTIONS, demo_llm, demo_loads
     from serving.engines import cpu_lora
     from serving.engines.cpu_lora.wrapper import worker_probe
 
-    registry = AdapterRegistry(home() / "adapters", max_rank=64)
-    cache = CompositeCache(Path(tempfile.mkdtemp(prefix="bench-cpu-lora-isa-")), registry, max_rank=64)
-    singles = [
-        registry.path(a, registry.get(a).version)
-        for a in ("retail_media", "acme_retail", "brand_brewmax", "task_planning")
-    ]
-    ids = iter(range(1, 10**6))
-
-    def lora_set(paths: list[Path]) -> list[Any]:
-        reqs = [LoRARequest(f"l{next(ids)}", next(ids), str(p)) for p in paths]
-        return [reqs[i % len(reqs)] for i in range(prompts_n)]
-
-    loads: dict[str, list[Any] | None] = {
-        "base": None,
-        "4 single adapters": lora_set(singles),
-        "4 stacks": lora_set([cache.get_or_build(resolve(registry, parse_stack(s))) for s in STACKS]),
-        "16 compositions": lora_set(
-            [cache.get_or_build(resolve(registry, parse_stack(s))) for s in compositions(16)]
-        ),
-    }
+    loads = demo_loads(prompts_n, n_compositions=16)
     cpu_lora.install()
-    llm = LLM(
-        model=str(demo_model_dir()),
-        dtype="bfloat16",
-        enable_lora=True,
-        max_loras=8,
-        max_cpu_loras=64,
-        max_lora_rank=64,
-        kv_cache_memory_bytes=1 << 30,
-        max_model_len=512,
-        enforce_eager=True,
-        enable_prefix_caching=False,
-        seed=0,
-    )
+    llm = demo_llm()
     (report,) = [r for worker in llm.collective_rpc(worker_probe) for r in worker]
     prompts = [QUESTIONS[i % len(QUESTIONS)] + f" (request {i})" for i in range(prompts_n)]
     sp = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
@@ -135,6 +97,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--out", default="bench/results/cpu-lora-isa.json", help="results file")
     ap.add_argument("--one-cap", action="store_true", help=argparse.SUPPRESS)  # the capped child process
     args = ap.parse_args()
     if args.one_cap:
@@ -160,7 +123,7 @@ def main() -> None:
         },
         "by_onednn_max_cpu_isa": by_cap,
     }
-    print(write_results("bench/results/cpu-lora-isa.json", out).read_text())
+    print(write_results(args.out, out).read_text())
 
 
 if __name__ == "__main__":

@@ -118,9 +118,9 @@ def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_s
     llm, adapter_dirs
 ) -> None:  # type: ignore[no-untyped-def]
     """A batch with no adapter runs every LoRA layer's base layer alone, and a batch whose adapters target q/v
-    only (the test adapters) runs the MLP and o_proj that way (no LoRA bookkeeping: the model with LoRA
-    enabled about as fast as without); the same tokens and logprobs, bit for bit, as the LoRA path adding
-    zero there, base and adapter alike."""
+    only (the test adapters) runs the MLP and o_proj that way and adds no lm_head LoRA (no LoRA bookkeeping:
+    the model with LoRA enabled about as fast as without); the same tokens and logprobs, bit for bit, as the
+    LoRA path adding zero there, base and adapter alike."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -129,6 +129,9 @@ def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_s
     def counts() -> tuple[int, int]:
         reports = [r for rs in llm.collective_rpc(worker_reports) for r in rs]
         return sum(r["idle_batches"] for r in reports), sum(r["bypassed_calls"] for r in reports)
+
+    def logits_bypassed() -> int:
+        return sum(r["bypassed_logits"] for rs in llm.collective_rpc(worker_reports) for r in rs)
 
     sp = SamplingParams(max_tokens=12, temperature=0, logprobs=5)
     alpha = LoRARequest("alpha", 1, str(adapter_dirs["alpha"]))
@@ -142,8 +145,12 @@ def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_s
 
     (idle, bypassed), base = run(None)
     assert idle >= 2 and bypassed > 0  # prefill and decode batches ran on the base layers
+    before = logits_bypassed()
     (idle, bypassed), adapted = run(alpha)
     assert idle == 0 and bypassed > 0 and adapted[0] != base[0]  # o_proj and the MLP only
+    assert (
+        logits_bypassed() - before >= 12
+    )  # alpha has no lm_head weights: its logits add nothing, every step
     GroupedPunicaWrapperCPU.bypass = False
     try:
         assert run(None) == ((0, 0), base)

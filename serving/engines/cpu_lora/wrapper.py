@@ -4,7 +4,8 @@ vLLM asks the platform for its wrapper's qualified name (``CpuPlatform.get_punic
 model's LoRA manager; :func:`select` makes the CPU platform name :class:`GroupedPunicaWrapperCPU` (one class
 swap, CPU only: CUDA keeps vLLM's Triton wrapper). The subclass overrides three hooks and owns its state:
 ``update_metadata`` (regroup the batch once per step, note which adapter each slot holds), ``add_lora_linear``
-and ``add_lora_logits``. The process-wide mode (``RMN_CPU_LORA``, :func:`serving.engines.cpu_lora.set_mode`)
+and ``add_lora_logits`` (which adds nothing, as vLLM's would add exact zeros, when no request of the batch has
+an adapter). The process-wide mode (``RMN_CPU_LORA``, :func:`serving.engines.cpu_lora.set_mode`)
 is read per call, so tests and benchmarks compare paths on one engine (``grouped``, ``exact``, ``fused``: see
 :mod:`.grouped`); ``vllm`` runs vLLM's own methods, and so does every layer whose shape the grouped
 arithmetic does not serve (:meth:`GroupedLoRA.serves`).
@@ -13,6 +14,7 @@ arithmetic does not serve (:meth:`GroupedLoRA.serves`).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
@@ -36,7 +38,11 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self.grouped = GroupedLoRA(max_tokens=min(max_num_batched_tokens, _PROBE_TOKENS))
         self._groups: list[tuple[int, Any]] | None = None
         self.idle_batches = 0  # batches without any adapter (a batch: one mapping, one or more steps)
+        # id(lm_head's lora_a_stacked) -> the slots holding weights there (kept by _tracking: vLLM's
+        # add_lora_logits gets the buffers, not the layer)
+        self.held_slots: dict[int, set[int]] = {}
         self.bypassed_calls = 0  # layer calls that ran the base layer alone
+        self.bypassed_logits = 0  # lm_head LoRA calls that added nothing (no slot of the batch holds weights)
 
     def update_metadata(
         self, mapping: Any, lora_index_to_id: list[int | None], *args: Any, **kwargs: Any
@@ -55,7 +61,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
     def probe_layers(self, layers: Any) -> None:
         """Probe now every linear LoRA layer's shape (they are otherwise probed on first use, which would
-        delay the first requests by seconds); lm_head's is probed on first use."""
+        delay the first requests by seconds); lm_head's is probed on first use by an adapter with lm_head
+        weights (none of the usual ones: :meth:`add_lora_logits` skips it otherwise)."""
         if type(self).mode not in ("grouped", "exact"):
             return
         for layer in layers:
@@ -106,6 +113,10 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         **kwargs: Any,
     ) -> None:
         # vLLM's version gathers a [vocab x r] matrix per sequence; here: the same grouping, per sequence
+        active, held = self.active_slots, self.held_slots.get(id(lora_a_stacked))
+        if active is not None and (not active or (held is not None and active.isdisjoint(held))):
+            self.bypassed_logits += 1  # no slot of the batch has lm_head weights (most adapters): adds zero
+            return
         grouped = self._grouping()
         indices = self.sampler_indices
         y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
@@ -145,9 +156,10 @@ def _bypassing(forward: Any) -> Any:
     return bypass
 
 
-def _tracking(method: Any, holds: bool) -> Any:
+def _tracking(method: Any, holds: bool, by_buffer: bool = False) -> Any:
     """``set_lora`` (``holds``) or ``reset_lora`` of a LoRA layer that also notes which slots hold weights in
-    it: vLLM resets a layer's slot when the adapter put there has no weights for that layer."""
+    it: vLLM resets a layer's slot when the adapter put there has no weights for that layer. ``by_buffer``
+    (lm_head): the set is also kept on its grouped wrapper, by buffer (``held_slots``)."""
 
     @functools.wraps(method)
     def track(self: Any, index: int, *args: Any, **kwargs: Any) -> Any:
@@ -157,6 +169,9 @@ def _tracking(method: Any, holds: bool) -> Any:
             slots.add(index)
         else:
             slots.discard(index)
+        wrapper = self.__dict__.get("punica_wrapper")
+        if by_buffer and isinstance(wrapper, GroupedPunicaWrapperCPU):
+            wrapper.held_slots[id(self.lora_a_stacked)] = slots
         return result
 
     track.rmn_bypass = True  # type: ignore[attr-defined]
@@ -164,27 +179,33 @@ def _tracking(method: Any, holds: bool) -> Any:
 
 
 def bypass_idle_layers() -> list[str]:
-    """Wrap vLLM's linear and embedding LoRA layers (every subclass of ``BaseLinearLayerWithLoRA`` and
-    ``VocabParallelEmbeddingWithLoRA``): ``set_lora``/``reset_lora`` note which slots hold weights in the
-    layer, and ``forward``, when its wrapper is a :class:`GroupedPunicaWrapperCPU` and no slot of the batch
+    """Wrap vLLM's linear, embedding and lm_head LoRA layers (every subclass of ``BaseLinearLayerWithLoRA``,
+    ``VocabParallelEmbeddingWithLoRA`` and ``LogitsProcessorWithLoRA``): ``set_lora``/``reset_lora`` note which
+    slots hold weights in the layer (lm_head: for :meth:`GroupedPunicaWrapperCPU.add_lora_logits`, which adds
+    nothing when no slot of the batch holds lm_head weights — most adapters have none), and ``forward`` (not
+    lm_head's), when its wrapper is a :class:`GroupedPunicaWrapperCPU` and no slot of the batch
     holds weights there (a batch without adapters; a layer the batch's adapters do not target, e.g. the MLP
     under q/v adapters), returns its base layer's ``forward``: the same op on the same weights, so the same
     bits as the LoRA path, which adds exactly zero there, without the LoRA bookkeeping (~13 % of a decode
     step of the demo model on 2 cores). Other wrappers (CUDA's) never set ``active_slots``. Returns the
     methods wrapped now (idempotent)."""
     from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+    from vllm.lora.layers.logits_processor import LogitsProcessorWithLoRA
     from vllm.lora.layers.vocab_parallel_embedding import VocabParallelEmbeddingWithLoRA
 
-    todo: list[type] = [BaseLinearLayerWithLoRA, VocabParallelEmbeddingWithLoRA]
+    todo: list[type] = [BaseLinearLayerWithLoRA, VocabParallelEmbeddingWithLoRA, LogitsProcessorWithLoRA]
     wrapped: list[str] = []
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        for name, wrap in (
-            ("forward", _bypassing),
-            ("set_lora", lambda m: _tracking(m, True)),
-            ("reset_lora", lambda m: _tracking(m, False)),
-        ):
+        logits = issubclass(cls, LogitsProcessorWithLoRA)  # its forward stays: add_lora_logits decides
+        wraps: dict[str, Callable[[Any], Any]] = {
+            "set_lora": functools.partial(_tracking, holds=True, by_buffer=logits),
+            "reset_lora": functools.partial(_tracking, holds=False, by_buffer=logits),
+        }
+        if not logits:
+            wraps["forward"] = _bypassing
+        for name, wrap in wraps.items():
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "rmn_bypass", False):
                 setattr(cls, name, wrap(method))
@@ -212,10 +233,15 @@ def _wrappers(manager: Any) -> list[GroupedPunicaWrapperCPU]:
 
 def worker_reports(worker: Any) -> list[dict[str, Any]]:
     """The :meth:`GroupedLoRA.report` of every grouped wrapper in a vLLM worker (run there through
-    ``collective_rpc``) with its ``idle_batches`` and ``bypassed_calls``; empty without LoRA or with vLLM's own
+    ``collective_rpc``) with its ``idle_batches``, ``bypassed_calls`` and ``bypassed_logits``; empty without LoRA or with vLLM's own
     wrapper."""
     return [
-        {**w.grouped.report(), "idle_batches": w.idle_batches, "bypassed_calls": w.bypassed_calls}
+        {
+            **w.grouped.report(),
+            "idle_batches": w.idle_batches,
+            "bypassed_calls": w.bypassed_calls,
+            "bypassed_logits": w.bypassed_logits,
+        }
         for w in _wrappers(_manager(worker))
     ]
 
