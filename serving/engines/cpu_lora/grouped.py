@@ -8,7 +8,7 @@ Modes:
   layer as ``identical: false, bounded: true``); only a layer over that bound goes to vLLM's own ops
   (:meth:`GroupedLoRA.linear` returns False and the wrapper runs them).
 - ``exact``: vLLM's bits on every layer: the grouped arithmetic where the probe found them, vLLM's own ops
-  elsewhere (slower: on a CPU whose oneDNN/MKL sum in another order, every layer; the demo model 1.5-2x).
+  elsewhere (slower: on a CPU whose oneDNN/MKL sum in another order, every layer; the demo model 1.4-1.9x).
 - ``fused``: the grouped arithmetic for every layer without a probe (the probe's subject; benchmarks, tests).
 The grouped arithmetic is the fused path for bf16 with vLLM's padded rank in whole row blocks, otherwise
 vLLM's per-token einsums run per slot group (:func:`.arithmetic.exact_linear`).
