@@ -237,9 +237,8 @@ def _lift_with_modelled_holdout(
     b, s, _, _ = _fit_cells({0.0: x}, held, np.ones(x.shape[2]), mean_x)
     active = x > 0
     consistent = ((held >= 0) & active).sum(axis=2) >= 0.9 * np.maximum(active.sum(axis=2), 1)
-    use = (
-        b > 0
-    ) & consistent  # else the columns do not read as lift = attributed - holdout: the lift as it is
+    # elsewhere the columns do not read as lift = attributed - holdout: the lift as it is
+    use = (b > 0) & consistent
     out: np.ndarray = np.where(use[:, :, None], attributed - b[:, :, None] * _g(x, s[:, :, None]), lift)
     return out, use
 

@@ -64,7 +64,7 @@ def set_mode(mode: str) -> bool:
     except ImportError:
         return False
     wrapper.select()
-    wrapper.GroupedPunicaWrapperCPU.mode = mode
+    wrapper.GroupedPunicaWrapperCPU.mode = mode  # type: ignore[assignment]  # one of the four, checked above
     return True
 
 

@@ -4,8 +4,8 @@ vLLM asks the platform for its wrapper's qualified name (``CpuPlatform.get_punic
 model's LoRA manager; :func:`select` makes the CPU platform name :class:`GroupedPunicaWrapperCPU` (one class
 swap, CPU only: CUDA keeps vLLM's Triton wrapper). The subclass overrides three hooks and owns its state:
 ``update_metadata`` (regroup the batch once per step, note which adapter each slot holds), ``add_lora_linear``
-and ``add_lora_logits`` (which adds nothing, as vLLM's would add exact zeros, when no request of the batch has
-an adapter). The process-wide mode (``RMN_CPU_LORA``, :func:`serving.engines.cpu_lora.set_mode`)
+and ``add_lora_logits`` (which adds nothing, as vLLM's would add exact zeros, when no slot of the batch holds
+lm_head weights). The process-wide mode (``RMN_CPU_LORA``, :func:`serving.engines.cpu_lora.set_mode`)
 is read per call, so tests and benchmarks compare paths on one engine (``grouped``, ``exact``, ``fused``: see
 :mod:`.grouped`); ``vllm`` runs vLLM's own methods, and so does every layer whose shape the grouped
 arithmetic does not serve (:meth:`GroupedLoRA.serves`).
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from serving.engines.cpu_lora.arithmetic import slot_groups
-from serving.engines.cpu_lora.grouped import GroupedLoRA
+from serving.engines.cpu_lora.grouped import GroupedLoRA, Mode
 
 QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
 _PROBE_TOKENS = 512  # the probe's largest token count (the engine's batch limit when lower)
@@ -29,7 +29,7 @@ _PROBE_TOKENS = 512  # the probe's largest token count (the engine's batch limit
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     """``PunicaWrapperCPU`` whose linear and logits LoRA run through a :class:`GroupedLoRA`."""
 
-    mode = "grouped"  # grouped | exact | fused | vllm (class-wide: set by serving.engines.cpu_lora.set_mode)
+    mode: Mode | Literal["vllm"] = "grouped"  # class-wide: set by serving.engines.cpu_lora.set_mode
     bypass = True  # class-wide: layers no slot of the batch touches run their base layer alone
     active_slots: frozenset[int] | None = None  # the batch's slots with an adapter (None: no bypass)
 
@@ -74,7 +74,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         mode = type(self).mode
         if mode == "vllm":
             return None
-        self.grouped.mode = "fused" if mode == "fused" else "exact" if mode == "exact" else "grouped"
+        self.grouped.mode = mode  # grouped | exact | fused: checked by serving.engines.cpu_lora.set_mode
         return self.grouped
 
     def add_lora_linear(
@@ -113,8 +113,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         **kwargs: Any,
     ) -> None:
         # vLLM's version gathers a [vocab x r] matrix per sequence; here: the same grouping, per sequence
-        active, held = self.active_slots, self.held_slots.get(id(lora_a_stacked))
-        if active is not None and (not active or (held is not None and active.isdisjoint(held))):
+        if _adds_nothing(self.active_slots, self.held_slots.get(id(lora_a_stacked))):
             self.bypassed_logits += 1  # no slot of the batch has lm_head weights (most adapters): adds zero
             return
         grouped = self._grouping()
@@ -138,6 +137,12 @@ def select() -> None:
     bypass_idle_layers()
 
 
+def _adds_nothing(active: frozenset[int] | None, held: set[int] | None) -> bool:
+    """Whether a LoRA layer adds exactly zero to this batch: the wrapper tracks the batch's slots (``active``
+    not None) and none of them holds weights in the layer (``held``; unknown: only a batch without adapters)."""
+    return active is not None and (not active or (held is not None and active.isdisjoint(held)))
+
+
 def _bypassing(forward: Any) -> Any:
     """``forward`` of a LoRA layer that runs its base layer alone when no slot of the batch has weights in it
     (the layer's ``rmn_slots``, kept by :func:`_tracking`; unknown: only a batch without adapters)."""
@@ -146,8 +151,7 @@ def _bypassing(forward: Any) -> Any:
     def bypass(self: Any, *args: Any, **kwargs: Any) -> Any:
         d = self.__dict__
         wrapper = d.get("punica_wrapper")
-        active = getattr(wrapper, "active_slots", None)
-        if active is not None and (not active or active.isdisjoint(d.get("rmn_slots", active))):
+        if _adds_nothing(getattr(wrapper, "active_slots", None), d.get("rmn_slots")):
             wrapper.bypassed_calls += 1
             return d["_modules"]["base_layer"].forward(*args, **kwargs)
         return forward(self, *args, **kwargs)
@@ -233,8 +237,8 @@ def _wrappers(manager: Any) -> list[GroupedPunicaWrapperCPU]:
 
 def worker_reports(worker: Any) -> list[dict[str, Any]]:
     """The :meth:`GroupedLoRA.report` of every grouped wrapper in a vLLM worker (run there through
-    ``collective_rpc``) with its ``idle_batches``, ``bypassed_calls`` and ``bypassed_logits``; empty without LoRA or with vLLM's own
-    wrapper."""
+    ``collective_rpc``) with its ``idle_batches``, ``bypassed_calls`` and ``bypassed_logits``; empty without
+    LoRA or with vLLM's own wrapper."""
     return [
         {
             **w.grouped.report(),
