@@ -112,9 +112,10 @@ class EngineMetrics:
         )
         self.cpu_lora_layers = Gauge(
             "rmn_cpu_lora_layer_shapes",
-            description="CPU LoRA: layer shapes probed, by how they are served (grouped: the grouped arithmetic, "
-            "bit-identical to vLLM's ops on this CPU; bounded: the grouped arithmetic, not bit-identical, its error "
-            "against float64 within 2x vLLM's own; vllm: vLLM's own ops).",
+            description="CPU LoRA: layer shapes probed, by how they are served (compact: the compact arithmetic, "
+            "its error against float64 within 2x vLLM's own; grouped: the fused arithmetic, bit-identical to "
+            "vLLM's ops on this CPU; bounded: the fused arithmetic, not bit-identical, within the same bound; "
+            "vllm: vLLM's own ops).",
             tag_keys=("path",),
         )
 
@@ -125,14 +126,15 @@ class EngineMetrics:
         layers = [layer for r in reports for layer in r.get("layers", [])]
         if reports:
             paths = Counter_(_path(layer) for layer in layers)
-            for path in ("grouped", "bounded", "vllm"):
+            for path in ("compact", "grouped", "bounded", "vllm"):
                 self.cpu_lora_layers.set(paths[path], tags={"path": path})
 
 
 def _path(layer: dict[str, Any]) -> str:
-    """How one probed layer shape is served: grouped (vLLM's bits), bounded, or vllm (vLLM's own ops)."""
-    if layer.get("arithmetic", "grouped" if layer["identical"] else "vllm") == "vllm":
-        return "vllm"
+    """How one probed layer shape is served: compact, grouped (vLLM's bits), bounded, or vllm (vLLM's ops)."""
+    arithmetic = layer.get("arithmetic", "grouped" if layer["identical"] else "vllm")
+    if arithmetic in ("vllm", "compact"):
+        return str(arithmetic)
     return "grouped" if layer["identical"] else "bounded"
 
 

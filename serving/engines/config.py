@@ -145,11 +145,13 @@ class EngineConfig(Strict):
     cpu_lora: Literal["grouped", "exact", "vllm"] = Field(
         default="grouped",
         description="CPU only: 'grouped' applies LoRA with a few batched ops per layer for all adapter slots in "
-        "the batch; a probe on this CPU checks each layer shape: bit-identical to vLLM's ops, or not but with "
-        "its error against float64 within 2x vLLM's own (both served; a layer over the bound runs vLLM's ops; "
-        "verdicts in the log, the engine's stats and the rmn_cpu_lora_layer_shapes gauge; "
-        "serving/engines/cpu_lora/); 'exact' serves the grouped arithmetic only where it is bit-identical "
-        "(vLLM's slower ops elsewhere); 'vllm' keeps vLLM's per-token ops everywhere (with the index -1 fix).",
+        "the batch; a probe on this CPU checks each layer shape and serves it with the fastest arithmetic whose "
+        "error against float64 stays within 2x vLLM's own: the compact one (bf16 matmuls, never vLLM's bits), "
+        "else the fused one (vLLM's order of sums, bit-identical where the probe says so), else vLLM's ops "
+        "(verdicts in the log, the engine's stats and the rmn_cpu_lora_layer_shapes gauge; "
+        "serving/engines/cpu_lora/); 'exact' gives vLLM's bits on every layer: the fused arithmetic where it is "
+        "bit-identical, vLLM's slower ops elsewhere; 'vllm' keeps vLLM's per-token ops everywhere (with the index "
+        "-1 fix).",
     )
     cpu_executor: Literal["uni", "mp"] = Field(
         default="uni",

@@ -48,12 +48,14 @@ def test_base_request_batched_with_adapters_is_unchanged(llm, adapter_dirs, cpu_
 
 def _departure(got: list[Any], want: list[Any]) -> str | None:
     """None when two greedy outputs (vLLM ``CompletionOutput`` with logprobs) are the same token for token with
-    logprobs within 0.02, or part only where both runs saw a near-tie (each run's token in the other's top 2,
-    their logprobs within 0.05 of each other); else why not."""
+    logprobs within 0.05, or part only where both runs saw a near-tie (each run's token in the other's top 2,
+    their logprobs within 0.05 of each other); else why not. (Another rounding of the same bf16 sums, carried
+    through every layer of the model, moves a logprob by a few hundredths: 0.028 measured for the compact
+    arithmetic on the test model, whose per-op error against float64 equals vLLM's own.)"""
     for i, (a, b) in enumerate(zip(got.token_ids, want.token_ids, strict=False)):
         la, lb = got.logprobs[i], want.logprobs[i]
         if a == b:
-            if abs(la[a].logprob - lb[b].logprob) > 0.02:
+            if abs(la[a].logprob - lb[b].logprob) > 0.05:
                 return f"token {i}: logprob {la[a].logprob} vs {lb[b].logprob}"
             continue
         tie = b in la and a in lb and abs(la[a].logprob - la[b].logprob) <= 0.05
@@ -106,17 +108,20 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
     shapes = {(layer["shape"]["hidden"], tuple(layer["shape"]["slices"])) for layer in report["layers"]}
     assert len(shapes) >= 4  # q/k/v, o, gate/up, down (and lm_head when targeted)
     for layer in report["layers"]:
-        assert layer["arithmetic"] == ("grouped" if layer["identical"] or layer["bounded"] else "vllm")
+        fused = "grouped" if layer["identical"] or layer["bounded"] else "vllm"
+        assert layer["arithmetic"] == ("compact" if layer["compact_bounded"] else fused)
         assert layer["bounded"] == (layer["fused_error"] <= 2 * layer["vllm_error"] + 1e-6)
+        assert layer["compact_bounded"] == (layer["compact_error"] <= 2 * layer["vllm_error"] + 1e-6)
     assert report["bit_identical"] == all(
-        layer["identical"] or layer["arithmetic"] == "vllm" for layer in report["layers"]
+        layer["arithmetic"] == "vllm" or (layer["identical"] and layer["arithmetic"] == "grouped")
+        for layer in report["layers"]
     )
     if os.environ.get("RMN_TEST_CPU_LORA_REPORT"):  # tests/unit/test_cpu_lora_isa.py: which path ran, capped
         Path(os.environ["RMN_TEST_CPU_LORA_REPORT"]).write_text(json.dumps(report))
     if report["bit_identical"]:
         assert tokens(grouped) == tokens(reference)
-    for got, want in zip(grouped, reference, strict=True):
-        assert _departure(got, want) is None, _departure(got, want)
+    for i, (got, want) in enumerate(zip(grouped, reference, strict=True)):
+        assert _departure(got, want) is None, (i, loras[i], _departure(got, want))
 
 
 def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_same_bits(

@@ -130,8 +130,8 @@ def test_residency_is_bounded_with_lru_eviction(
         cpu_lora = s["numerics"]["cpu_lora"]
         assert cpu_lora["mode"] == "grouped" and cpu_lora["machine"]["cpu"], s["numerics"]
         assert len(cpu_lora["layers"]) >= 4 and cpu_lora["error_bound"] == 2.0
-        assert all(layer["arithmetic"] in ("grouped", "vllm") for layer in cpu_lora["layers"])
-        assert all({"identical", "bounded"} <= set(layer) for layer in cpu_lora["layers"])
+        assert all(layer["arithmetic"] in ("compact", "grouped", "vllm") for layer in cpu_lora["layers"])
+        assert all({"identical", "bounded", "compact_bounded"} <= set(layer) for layer in cpu_lora["layers"])
     assert sum(s["evictions"] for s in stats.values()) > 0, stats
     # 24+ requests served: Serve's replica log buffers at most its capacity (1), not a record per request — vLLM's
     # logging setup used to close that handler, which then kept every record (serving/engines/vllm_logging.py)

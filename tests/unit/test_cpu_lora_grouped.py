@@ -4,9 +4,10 @@ vLLM's padded rank, the demo model's shapes.
 
 What holds on every CPU (and is asserted on every CPU): ``exact`` mode gives vLLM's bits (the grouped
 arithmetic where the probe found the layer's shape bit-identical, vLLM's own ops elsewhere); ``grouped`` mode
-(the default) gives them where the probe found them and elsewhere stays within 2x vLLM's own error of float64;
-the grouped arithmetic (``fused`` mode: no probe) is within that bound, and bit-identical wherever the probe
-says so. Which shapes pass depends on the CPU's ISA (tests/unit/test_cpu_lora_isa.py runs this file under
+(the default) stays within 2x vLLM's own error of float64 (the compact arithmetic where the probe found it within
+that bound, else the fused one, with vLLM's bits where the probe found them); the fused arithmetic (``fused``
+mode: no probe) is within that bound, and bit-identical wherever the probe says so; the compact one
+(``compact`` mode: no probe) is within it. Which shapes pass depends on the CPU's ISA (tests/unit/test_cpu_lora_isa.py runs this file under
 oneDNN's and MKL's ISA caps)."""
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from serving.engines.cpu_lora import GroupedLoRA, SlotWeights, arithmetic, probe
 from serving.engines.cpu_lora.grouped import check_shape
 from serving.engines.cpu_lora.probe import LayerShape, float64_reference, vllm_reference
 
-MODES = ["grouped", "exact", "fused"]
+MODES = ["grouped", "exact", "fused", "compact"]
+
+
+def gives_vllms_bits(grouped: GroupedLoRA, check: probe.ShapeCheck | None, arithmetic: str) -> bool:
+    """Whether a mode's answer for a layer must be vLLM's bits: ``exact`` always; otherwise where the fused
+    arithmetic serves a shape the probe (``check``; None: not probed) found bit-identical."""
+    if grouped.mode == "exact":
+        return True
+    return arithmetic == "grouped" and check is not None and check.identical
 
 
 def apply(grouped: GroupedLoRA, y, x, idx, lora_a, lora_b, scale, slices) -> None:  # type: ignore[no-untyped-def]
@@ -70,12 +79,14 @@ def test_grouped_matches_vllm_reference(case: tuple, dtype: torch.dtype, scale: 
     want_vllm = vllm_reference(y, x, idx, lora_a, lora_b, scale, case[3])
     want_f64 = float64_reference(y, x, idx, lora_a, lora_b, scale, case[3])
     none = idx < 0
-    identical = GroupedLoRA("exact").serves(lora_a, case[3], 64)  # the probe: vLLM's bits on this CPU?
+    prober = GroupedLoRA("exact", max_tokens=64)
+    prober.serves(lora_a, case[3], 64)  # the probe: vLLM's bits on this CPU?
+    (check,) = prober.checks.values()
     for dense_max in (0, 1 << 20):  # the batched slots in either layout: own rows, every slot's rows masked
         got = y.clone()
         grouped = GroupedLoRA(mode, SlotWeights(dense_max_cols=dense_max), max_tokens=64)  # type: ignore[arg-type]
         apply(grouped, got, x, idx, lora_a, lora_b, scale, case[3])
-        if mode == "exact" or identical:
+        if gives_vllms_bits(grouped, check, grouped.serves(lora_a, case[3], 64)):
             assert torch.equal(got, want_vllm)  # vLLM's arithmetic, bit for bit
         assert torch.equal(got[none], y[none])  # rows without an adapter keep their values
         tolerance = 1e-5 if dtype == torch.float32 else 0.05  # and both are that close to float64
@@ -108,9 +119,10 @@ def test_demo_models_shapes(seed: int, dense_max: int, mode: str, demo_checks: d
     """The demo model's layer shapes in bf16, 8 slots with real ranks that are not multiples of anything (1..64
     inside vLLM's 64), decode-sized and prefill-sized batches mixing slots and no adapter, the serving shapes
     (one decode per slot, two decodes sharing a slot, a prefill chunk among decodes): ``exact`` gives vLLM's
-    bits on any CPU; ``grouped`` and ``fused`` stay within 2x vLLM's own error of float64, and give vLLM's bits
-    wherever the probe found the shape bit-identical at the probed token counts; ``grouped`` serves a shape with
-    the grouped arithmetic exactly when the probe found it bit-identical or within that bound."""
+    bits on any CPU; ``grouped``, ``fused`` and ``compact`` stay within 2x vLLM's own error of float64, and the
+    fused arithmetic gives vLLM's bits wherever the probe found the shape bit-identical at the probed token
+    counts; ``grouped`` serves a shape with the compact arithmetic where the probe found it within that bound
+    (every demo shape, on every CPU), else with the fused one where bit-identical or within the bound."""
     g = torch.Generator().manual_seed(seed)
     slots = 8
     serving = {
@@ -126,8 +138,15 @@ def test_demo_models_shapes(seed: int, dense_max: int, mode: str, demo_checks: d
         ranks[seed % slots] = 64  # one slot at the full padded rank
         lora_a, lora_b = probe.padded_weights(shape, ranks, g)
         check = demo_checks[shape]
-        assert check.bounded  # the grouped arithmetic's error within the bound at every probed count, any CPU
-        taken = {"fused": True, "exact": check.identical, "grouped": check.identical or check.bounded}[mode]
+        assert check.bounded  # the fused arithmetic's error within the bound at every probed count, any CPU
+        assert check.compact_bounded  # and the compact one's
+        fused = "grouped" if check.identical or check.bounded else "vllm"
+        taken = {
+            "fused": "grouped",
+            "compact": "compact",
+            "exact": "grouped" if check.identical else "vllm",
+            "grouped": "compact" if check.compact_bounded else fused,
+        }[mode]
         assert grouped.serves(lora_a, slices, 300) == taken
         for form in [*((1, 1), (5, 2), (32, 4), (32, 8), (300, 8)), *serving.values()]:
             idx = torch.randint(-1, form[1], (form[0],), generator=g) if isinstance(form, tuple) else form
@@ -138,7 +157,7 @@ def test_demo_models_shapes(seed: int, dense_max: int, mode: str, demo_checks: d
             want = vllm_reference(y, x, idx, lora_a, lora_b, scale, slices)
             got = y.clone()
             apply(grouped, got, x, idx, lora_a, lora_b, scale, slices)
-            if mode == "exact" or check.identical:
+            if gives_vllms_bits(grouped, check, taken):
                 assert torch.equal(got, want), (mode, hidden, slices, tokens, ranks)
             exact = float64_reference(y, x, idx, lora_a, lora_b, scale, slices)
             assert _error(got, exact) <= 2 * _error(want, exact) + 1e-6
@@ -152,8 +171,14 @@ def test_a_probe_that_finds_a_difference_decides_by_mode_and_error(
     blocking changes with the token count on some CPUs: the expand's sum done in float64 and rounded once —
     other bits, a smaller error), the probe names those token counts; ``grouped`` still serves the layer (its
     error within 2x vLLM's own: bounded, not bit-identical) and ``exact`` declines it (vLLM's own ops run it,
-    vLLM's bits). A drift far over the bound (a quarter added) is declined by both."""
+    vLLM's bits). A drift far over the bound (a quarter added) is declined by both. The compact arithmetic is
+    drifted far over the bound throughout, so ``grouped`` mode decides by the fused arithmetic's verdict."""
     original = arithmetic.expand
+    original_compact = arithmetic.compact
+
+    def drifting_compact(y2, *args):  # type: ignore[no-untyped-def]
+        original_compact(y2, *args)
+        y2 += 0.25
 
     def drifting(y2, h, b_parts, output_slices, scale, rows):  # type: ignore[no-untyped-def]
         before = y2.clone()
@@ -175,11 +200,12 @@ def test_a_probe_that_finds_a_difference_decides_by_mode_and_error(
 
     monkeypatch.setattr(arithmetic, "expand", drifting)
     monkeypatch.setattr("serving.engines.cpu_lora.grouped.expand", drifting)
+    monkeypatch.setattr("serving.engines.cpu_lora.grouped.compact", drifting_compact)
     slices = (64, 32)
     shape = LayerShape(64, slices, 16, 4, "bfloat16")
     check = check_shape(shape, 64)
     assert check.mismatched and min(check.mismatched) > 8 and not check.identical
-    assert check.bounded == (drift == "reordered")
+    assert check.bounded == (drift == "reordered") and not check.compact_bounded
     y, x, idx, lora_a, lora_b = _data(33, 64, 16, slices, 4, "mixed", dtype=torch.bfloat16, seed=7)
     want = vllm_reference(y, x, idx, lora_a, lora_b, 0.5, slices)
     exact_f64 = float64_reference(y, x, idx, lora_a, lora_b, 0.5, slices)
@@ -215,9 +241,13 @@ def test_report_names_the_verdict_per_layer_shape() -> None:
     (layer,) = report["layers"]
     assert layer["shape"] == {"hidden": 40, "slices": (20, 20), "r_max": 8, "slots": 2, "dtype": "bfloat16"}
     assert layer["tokens"] == probe.token_counts(16) and layer["seconds"] > 0
-    assert layer["arithmetic"] == ("grouped" if layer["identical"] or layer["bounded"] else "vllm")
-    assert report["bit_identical"] == (layer["identical"] or layer["arithmetic"] == "vllm")
+    fused = "grouped" if layer["identical"] or layer["bounded"] else "vllm"
+    assert layer["arithmetic"] == ("compact" if layer["compact_bounded"] else fused)
+    assert layer["compact_bounded"] == (layer["compact_error"] <= 2 * layer["vllm_error"] + 1e-6)
+    bits = layer["arithmetic"] == "vllm" or (layer["identical"] and layer["arithmetic"] == "grouped")
+    assert report["bit_identical"] == bits
     assert GroupedLoRA("fused").report()["bit_identical"] is None  # not probed: no claim
+    assert GroupedLoRA("compact").report()["bit_identical"] is None
 
 
 def test_slot_groups() -> None:
@@ -262,7 +292,9 @@ def test_plugin_selects_the_grouped_wrapper_only_on_cpu(monkeypatch: pytest.Monk
     monkeypatch.setenv("RMN_CPU_LORA", "exact")
     fix.register()
     assert cpu_lora.installed() and cpu_lora.mode() == "exact"
-    with pytest.raises(ValueError, match="RMN_CPU_LORA must be grouped, exact or vllm, not 'fast'"):
+    with pytest.raises(
+        ValueError, match="RMN_CPU_LORA must be grouped, exact, fused, compact or vllm, not 'fast'"
+    ):
         cpu_lora.set_mode("fast")
     cpu_lora.install()
     assert cpu_lora.mode() == "grouped"

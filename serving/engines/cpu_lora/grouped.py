@@ -2,14 +2,16 @@
 
 Modes:
 - ``grouped`` (``engine.cpu_lora: grouped``, the default): per layer shape, the first call runs
-  :func:`check_shape`. Where the grouped arithmetic was bit-identical to vLLM's ops at every probed token count
-  it serves the layer with vLLM's bits; where it was not, it still serves the layer if its error against
-  float64 stayed within :data:`.probe.ERROR_FACTOR` times vLLM's own (a bounded-error claim, reported per
-  layer as ``identical: false, bounded: true``); only a layer over that bound goes to vLLM's own ops
+  :func:`check_shape`. Where the compact arithmetic's error against float64 stayed within
+  :data:`.probe.ERROR_FACTOR` times vLLM's own at every probed token count and mix, it serves the layer
+  (``arithmetic: compact``: the fastest, a bounded-error claim, never vLLM's bits). Else the grouped (fused)
+  arithmetic serves it: with vLLM's bits where the probe found them, within the same bound where it did not
+  (``identical: false, bounded: true``); only a layer over both bounds goes to vLLM's own ops
   (:meth:`GroupedLoRA.linear` returns False and the wrapper runs them).
 - ``exact``: vLLM's bits on every layer: the grouped arithmetic where the probe found them, vLLM's own ops
   elsewhere (slower: on a CPU whose oneDNN/MKL sum in another order, every layer; the demo model 1.4-1.9x).
-- ``fused``: the grouped arithmetic for every layer without a probe (the probe's subject; benchmarks, tests).
+- ``fused`` / ``compact``: that arithmetic for every layer without a probe (the probe's subjects; benchmarks,
+  tests).
 The grouped arithmetic is the fused path for bf16 with vLLM's padded rank in whole row blocks, otherwise
 vLLM's per-token einsums run per slot group (:func:`.arithmetic.exact_linear`).
 """
@@ -20,7 +22,15 @@ import logging
 import time
 from typing import Any, Literal
 
-from serving.engines.cpu_lora.arithmetic import exact_linear, expand, shrink, slot_groups, split, together
+from serving.engines.cpu_lora.arithmetic import (
+    compact,
+    exact_linear,
+    expand,
+    shrink,
+    slot_groups,
+    split,
+    together,
+)
 from serving.engines.cpu_lora.probe import (
     ERROR_FACTOR,
     LayerShape,
@@ -36,7 +46,8 @@ from serving.engines.cpu_lora.weights import ROW_BLOCK, SlotWeights
 
 log = logging.getLogger("ray.serve.rmn.engine.cpu_lora")
 
-Mode = Literal["grouped", "exact", "fused"]
+Mode = Literal["grouped", "exact", "fused", "compact"]
+Arithmetic = Literal["compact", "grouped", "vllm"]
 
 
 class GroupedLoRA:
@@ -50,17 +61,24 @@ class GroupedLoRA:
         self.checks: dict[LayerShape, ShapeCheck] = {}
 
     # ---- the decision per layer shape ---------------------------------------------------------------
-    def takes(self, check: ShapeCheck) -> bool:
-        """Whether a probed shape takes the grouped arithmetic in this mode: with vLLM's bits (any mode), or
-        within the error bound (``grouped``)."""
-        return check.identical or (self.mode == "grouped" and check.bounded)
+    def arithmetic(self, check: ShapeCheck) -> Arithmetic:
+        """How this mode serves a probed shape: ``compact`` (``grouped`` mode, within the error bound),
+        ``grouped`` (the fused path: with vLLM's bits in any mode, or within the bound in ``grouped``), or
+        ``vllm`` (vLLM's own ops)."""
+        if self.mode == "grouped" and check.compact_bounded:
+            return "compact"
+        if check.identical or (self.mode == "grouped" and check.bounded):
+            return "grouped"
+        return "vllm"
 
-    def serves(self, lora_a: tuple[Any, ...], output_slices: tuple[int, ...], limit: int) -> bool:
-        """Whether this layer takes the grouped arithmetic: always in ``fused`` mode; otherwise as
-        :meth:`takes` decides from the probe of the layer's shape (up to ``limit`` tokens, or sequences for
-        lm_head), run on its first call."""
+    def serves(self, lora_a: tuple[Any, ...], output_slices: tuple[int, ...], limit: int) -> Arithmetic:
+        """The arithmetic of this layer: the mode's own in ``fused`` and ``compact``; otherwise as
+        :meth:`arithmetic` decides from the probe of the layer's shape (up to ``limit`` tokens, or sequences
+        for lm_head), run on its first call."""
         if self.mode == "fused":
-            return True
+            return "grouped"
+        if self.mode == "compact":
+            return "compact"
         a = lora_a[0]
         shape = LayerShape(
             a.shape[-1], tuple(output_slices), a.shape[-2], a.shape[0], str(a.dtype).split(".")[-1]
@@ -69,44 +87,48 @@ class GroupedLoRA:
         if check is None:
             check = self.checks[shape] = check_shape(shape, limit)
             log.info(
-                "grouped CPU LoRA on %s: %s for %s (probed %d token counts in %.1f s; error vs float64 %.3g, "
-                "vLLM's own %.3g)",
+                "CPU LoRA on %s: %s for %s (probed %d token counts in %.1f s; error vs float64: compact %.3g, "
+                "fused %.3g, vLLM's own %.3g)",
                 machine()["cpu"],
                 self.verdict(check),
                 shape,
                 len(check.tokens),
                 check.seconds,
+                check.compact_error,
                 check.fused_error,
                 check.vllm_error,
             )
-        return self.takes(check)
+        return self.arithmetic(check)
 
     def verdict(self, check: ShapeCheck) -> str:
         """How this mode serves a probed shape, in words (the log line's)."""
+        arithmetic = self.arithmetic(check)
+        if arithmetic == "compact":
+            return f"compact arithmetic, error within {ERROR_FACTOR:g}x vLLM's own (not vLLM's bits)"
         if check.identical:
             return "grouped arithmetic, bit-identical to vLLM's ops"
         differed = f"differed from vLLM's bits at {check.mismatched[:8]} tokens"
-        if self.takes(check):
+        if arithmetic == "grouped":
             return f"grouped arithmetic, error within {ERROR_FACTOR:g}x vLLM's own ({differed})"
         why = "engine.cpu_lora: exact" if check.bounded else f"its error over {ERROR_FACTOR:g}x vLLM's own"
         return f"vLLM's own ops (the grouped arithmetic {differed}; {why})"
 
     def report(self) -> dict[str, Any]:
         """The mode, the machine and the verdict per layer shape seen so far: each layer's probe with the
-        ``arithmetic`` that serves it (``grouped`` or ``vllm``); ``bit_identical``: every layer gives vLLM's
-        bits (None when nothing was probed: ``fused`` makes no claim); ``error_bound``: the bound a layer
-        without them is held to, against float64, as a multiple of vLLM's own error."""
-        layers = [
-            {**c.as_dict(), "arithmetic": "grouped" if self.takes(c) else "vllm"}
-            for c in self.checks.values()
-        ]
+        ``arithmetic`` that serves it (``compact``, ``grouped`` or ``vllm``); ``bit_identical``: every layer
+        gives vLLM's bits (None when nothing was probed: ``fused`` and ``compact`` make no claim);
+        ``error_bound``: the bound a layer without them is held to, against float64, as a multiple of vLLM's
+        own error."""
+        layers = [{**c.as_dict(), "arithmetic": self.arithmetic(c)} for c in self.checks.values()]
         return {
             "mode": self.mode,
             "machine": machine(),
             "layers": layers,
             "bit_identical": None
-            if self.mode == "fused"
-            else all(c["identical"] or c["arithmetic"] == "vllm" for c in layers),
+            if self.mode in ("fused", "compact")
+            else all(
+                c["arithmetic"] == "vllm" or (c["identical"] and c["arithmetic"] == "grouped") for c in layers
+            ),
             "error_bound": ERROR_FACTOR,
         }
 
@@ -131,10 +153,14 @@ class GroupedLoRA:
 
         x2 = x.reshape(-1, x.shape[-1])
         y2 = y.view(-1, y.shape[-1])
-        if not self.serves(lora_a, output_slices, limit or self.max_tokens):
+        arithmetic = self.serves(lora_a, output_slices, limit or self.max_tokens)
+        if arithmetic == "vllm":
             return False
         groups = slot_groups(indices) if groups is None else groups
         if not groups:
+            return True
+        if arithmetic == "compact":
+            self._compact(y2, x2, indices.reshape(-1), groups, lora_a, lora_b, scale)
             return True
         if y2.dtype != torch.bfloat16 or lora_a[0].shape[-2] % ROW_BLOCK:  # the fused expand needs both
             exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices, self.weights.rank)
@@ -154,9 +180,46 @@ class GroupedLoRA:
             expand(y2, shrink(x2.index_select(0, rows), part[0]), part[1], output_slices, scale, rows)
         return True
 
+    def _compact(
+        self,
+        y2: Any,
+        x2: Any,
+        slots: Any,
+        groups: list[tuple[int, Any]],
+        lora_a: tuple[Any, ...],
+        lora_b: tuple[Any, ...],
+        scale: float,
+    ) -> None:
+        """The compact arithmetic (:func:`.arithmetic.compact`): a slot with many tokens (a prefill chunk) on
+        its own weights, the others together; slots that touch none of this layer's slices drop out."""
+        import torch
+
+        weights = self.weights
+
+        def touches(slot: int) -> bool:
+            return any(weights.rank(a, slot) for a in lora_a)
+
+        if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
+            slot = groups[0][0]
+            if touches(slot):
+                compact(y2, x2, None, None, weights.compact(lora_a, lora_b, (slot,)), (slot,), scale)
+            return
+        alone, batched = split(groups, touches)
+        if batched:
+            members = tuple(s for s, _ in batched)
+            entry = weights.compact(lora_a, lora_b, members)
+            if entry.owner is not None:  # masked: the other tokens add exactly zero, no gather needed
+                compact(y2, x2, slots, None, entry, members, scale)
+            else:
+                rows = torch.cat([r for _, r in batched])
+                compact(y2, x2, slots.index_select(0, rows), rows, entry, members, scale)
+        for slot, rows in alone:
+            compact(y2, x2, None, rows, weights.compact(lora_a, lora_b, (slot,)), (slot,), scale)
+
 
 def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0) -> ShapeCheck:
-    """Run the fused path (both batched layouts) against vLLM's ops and float64 for ``shape``."""
+    """Run the fused path (both batched layouts) against vLLM's ops and float64 for ``shape``, and the compact
+    arithmetic (every layout) against float64."""
     import torch
 
     started = time.perf_counter()
@@ -167,6 +230,10 @@ def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0) -> ShapeCheck
     check = ShapeCheck(shape=shape, tokens=token_counts(max_tokens))
     dtype = getattr(torch, shape.dtype)
     fused = [GroupedLoRA(mode="fused", weights=SlotWeights(dense_max_cols=d)) for d in (0, 1 << 30)]
+    compacts = [  # per token; masked with torch's matmul; masked with oneDNN's packed GEMM
+        GroupedLoRA(mode="compact", weights=SlotWeights(dense_max_cols=d, pack_at_use=p))
+        for d, p in ((0, 0), (1 << 30, 0), (1 << 30, 1))
+    ]
     for tokens in check.tokens:
         for idx in mixes(tokens, shape.slots, g):
             x = torch.randn(tokens, shape.hidden, generator=g).to(dtype)
@@ -180,5 +247,9 @@ def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0) -> ShapeCheck
                 check.fused_error = max(check.fused_error, float((got.double() - exact).abs().max()))
                 if not torch.equal(got, want) and tokens not in check.mismatched:
                     check.mismatched.append(tokens)
+            for grouped in compacts:
+                got = y.clone()
+                grouped.linear(got, x, idx, lora_a, lora_b, 0.5, shape.slices)
+                check.compact_error = max(check.compact_error, float((got.double() - exact).abs().max()))
     check.seconds = round(time.perf_counter() - started, 3)
     return check

@@ -32,10 +32,53 @@ class _Layer:
     stacked: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # (slots, gens, form) -> stacked
 
 
+# a masked compact entry is packed for oneDNN (vLLM's own CPU GEMM, the one its linear layers use) on this use:
+# packing costs about as much as 15 calls save, so slot sets that come and go (many compositions) stay unpacked
+PACK_AT_USE = 16
+
+
+@dataclass
+class CompactEntry:
+    """A slot set's weights for :func:`.arithmetic.compact`: ``a`` [S*R, in] and ``b`` [out, S*R] with
+    ``owner`` [S*R] (masked form), or ``a`` [S, R, in] and ``b`` [S, out, R] with ``owner`` None (per token);
+    ``packed``: both matrices packed for vLLM's oneDNN GEMM once the entry has been used ``pack_at_use`` times
+    (masked form, where vLLM has it; 0: never), released with the entry."""
+
+    a: Any
+    b: Any
+    owner: Any
+    pack_at_use: int = PACK_AT_USE  # 0: never
+    uses: int = 0
+    packed: tuple[Any, Any] | None = None
+
+    def matrices(self) -> tuple[Any, Any] | None:
+        """The packed matrices once this entry is used often enough (counting this use), else None."""
+        self.uses += 1
+        if self.uses == self.pack_at_use and self.owner is not None:
+            self.packed = _pack(self.a, self.b)
+        return self.packed
+
+
+def _pack(a: Any, b: Any) -> tuple[Any, Any] | None:
+    """(A, B) as vLLM's oneDNN GEMM handlers (``x @ A.T``, ``h @ B.T``), None where vLLM has none."""
+    try:
+        from vllm import _custom_ops as ops
+    except ImportError:
+        return None
+    if not getattr(ops, "_supports_onednn", False):
+        return None
+    try:
+        return ops.create_onednn_mm(a.t(), 32), ops.create_onednn_mm(b.t(), 32)
+    except RuntimeError:  # a dtype or shape oneDNN refuses: torch's matmul serves it
+        return None
+
+
 def nbytes(stacked: Any) -> int:
     """Bytes held by one stacked entry (0 for None)."""
     if stacked is None:
         return 0
+    if isinstance(stacked, CompactEntry):
+        return sum(int(t.nbytes) for t in (stacked.a, stacked.b, stacked.owner) if t is not None)
     a_all, b_all, owner = stacked
     return sum(int(t.nbytes) for t in (a_all, *b_all, owner) if t is not None)
 
@@ -45,12 +88,20 @@ class SlotWeights:
     at most twice vLLM's own bf16 slot buffers), ``batches_kept`` stacked slot sets per layer, and
     ``budget_bytes`` of stacked weights over all layers (beyond it every stacked cache starts over)."""
 
-    def __init__(self, *, budget_bytes: int = 256 << 20, batches_kept: int = 8, dense_max_cols: int = 256):
+    def __init__(
+        self,
+        *,
+        budget_bytes: int = 256 << 20,
+        batches_kept: int = 8,
+        dense_max_cols: int = 256,
+        pack_at_use: int = PACK_AT_USE,
+    ):
         self.budget_bytes = budget_bytes
         self.batches_kept = batches_kept
         # up to this many stacked rows (fp32: 576 KiB at hidden 576, cache-resident), tokens batched together
         # read all slots' rows and keep their own (one masked shrink); beyond, each reads only its own
         self.dense_max_cols = dense_max_cols
+        self.pack_at_use = pack_at_use  # a masked compact entry is packed on this use (0: never)
         self.stacked_bytes = 0
         self._layers: dict[int, _Layer] = {}
         self._generation: dict[int, Any] = {}  # slot -> the adapter id vLLM put there (or a fill count)
@@ -143,30 +194,22 @@ class SlotWeights:
         key = (slots, tuple(self._generation.get(s) for s in slots), self.dense_max_cols)
         if key in layer.stacked:
             return layer.stacked[key]
-        stacked = self._build(lora_a, lora_b, slots)
-        cache = layer.stacked
-        for old in [k for k in cache if k[0] == slots] + list(cache)[
-            : max(0, len(cache) - self.batches_kept + 1)
-        ]:
-            self.stacked_bytes -= nbytes(cache.pop(old, None))  # a stale fill of these slots, or the oldest
-        size = nbytes(stacked)
-        if self.stacked_bytes + size > self.budget_bytes:
-            for other in self._layers.values():
-                other.stacked.clear()
-            self.stacked_bytes = 0
-        cache[key] = stacked
-        self.stacked_bytes += size
+        stacked = self._build(lora_a, lora_b, slots, self.dense_max_cols)
+        self._keep(layer, key, stacked)
         return stacked
 
-    def _build(self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
-        """Lay the slots' parts out in the masked or the per-token form (see :meth:`stacked`)."""
+    def _build(
+        self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...], max_cols: int
+    ) -> Any:
+        """Lay the slots' parts out in the masked form (up to ``max_cols`` stacked rows) or the per-token one
+        (see :meth:`stacked`)."""
         import torch
 
         parts = [self.part(lora_a, lora_b, slot) for slot in slots]
         most = [max(0 if p[1][i] is None else p[1][i].shape[1] for p in parts) for i in range(len(lora_b))]
         n, total = len(slots), sum(most)
         starts = [sum(most[:i]) for i in range(len(most))]
-        masked = n * total <= self.dense_max_cols
+        masked = n * total <= max_cols
         a_all = torch.zeros(n * total, lora_a[0].shape[-1], dtype=torch.float32)
         b_all: list[Any] = [
             None
@@ -190,6 +233,55 @@ class SlotWeights:
         if masked:
             return a_all, b_all, torch.cat([torch.tensor(slots).repeat_interleave(r_i) for r_i in most])
         return a_all.view(n, total, -1), b_all, None
+
+    def compact(
+        self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]
+    ) -> CompactEntry:
+        """The weights of ``slots`` for the compact arithmetic (:func:`.arithmetic.compact`) in y's dtype (exact
+        copies of vLLM's rows), every slice's expand in one matrix over ALL output columns (zero rows for slices
+        no slot touches), in :meth:`stacked`'s two forms: masked (``S * R <= dense_max_cols``) or per token.
+        Cached beside :meth:`stacked`'s entries (same keys, same bounds)."""
+        import torch
+
+        layer = self._layer(lora_a)
+        key = (slots, tuple(self._generation.get(s) for s in slots), ("compact", self.dense_max_cols))
+        hit = layer.stacked.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        a_all, b_all, owner = self._build(lora_a, lora_b, slots, self.dense_max_cols)
+        dtype = lora_b[0].dtype
+        out = sum(b.shape[-2] for b in lora_b)
+        cols = a_all.shape[-2]
+        b_full = torch.zeros(
+            *((out, cols) if owner is not None else (a_all.shape[0], out, cols)), dtype=dtype
+        )
+        offset = col = 0
+        for b_i, b in zip(b_all, lora_b, strict=True):
+            size = b.shape[-2]
+            if b_i is not None:
+                r = b_i.shape[-1]
+                b_full[..., offset : offset + size, col : col + r] = b_i
+                col += r
+            offset += size
+        entry = CompactEntry(a_all.to(dtype), b_full, owner, self.pack_at_use)
+        self._keep(layer, key, entry)
+        return entry
+
+    def _keep(self, layer: _Layer, key: tuple[Any, ...], entry: Any) -> None:
+        """Cache ``entry`` under ``key``: a stale fill of the same slots and the oldest beyond ``batches_kept``
+        go; beyond ``budget_bytes`` over all layers every stacked cache starts over."""
+        cache = layer.stacked
+        for old in [k for k in cache if k[0] == key[0] and k[2] == key[2]] + list(cache)[
+            : max(0, len(cache) - self.batches_kept + 1)
+        ]:
+            self.stacked_bytes -= nbytes(cache.pop(old, None))
+        size = nbytes(entry)
+        if self.stacked_bytes + size > self.budget_bytes:
+            for other in self._layers.values():
+                other.stacked.clear()
+            self.stacked_bytes = 0
+        cache[key] = entry
+        self.stacked_bytes += size
 
     def layer_entries(self, lora_a: tuple[Any, ...]) -> dict[tuple[Any, ...], Any]:
         """The stacked entries cached for one layer (for tests and stats)."""

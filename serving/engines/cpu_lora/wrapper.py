@@ -6,9 +6,9 @@ swap, CPU only: CUDA keeps vLLM's Triton wrapper). The subclass overrides three 
 ``update_metadata`` (regroup the batch once per step, note which adapter each slot holds), ``add_lora_linear``
 and ``add_lora_logits`` (which adds nothing, as vLLM's would add exact zeros, when no slot of the batch holds
 lm_head weights). The process-wide mode (``RMN_CPU_LORA``, :func:`serving.engines.cpu_lora.set_mode`)
-is read per call, so tests and benchmarks compare paths on one engine (``grouped``, ``exact``, ``fused``: see
-:mod:`.grouped`); ``vllm`` runs vLLM's own methods, and so does every layer whose shape the grouped
-arithmetic does not serve (:meth:`GroupedLoRA.serves`).
+is read per call, so tests and benchmarks compare paths on one engine (``grouped``, ``exact``, ``fused``,
+``compact``: see :mod:`.grouped`); ``vllm`` runs vLLM's own methods, and so does every layer whose shape the
+grouped arithmetic does not serve (:meth:`GroupedLoRA.serves`).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         mode = type(self).mode
         if mode == "vllm":
             return None
-        self.grouped.mode = mode  # grouped | exact | fused: checked by serving.engines.cpu_lora.set_mode
+        self.grouped.mode = mode  # grouped | exact | fused | compact: checked by cpu_lora.set_mode
         return self.grouped
 
     def add_lora_linear(
