@@ -136,7 +136,7 @@ def peer_name(name: str) -> str:
 
 
 def _start_rmn(
-    model: Path, port: int, work: Path, log: Path, executor: str = "uni"
+    model: Path, port: int, work: Path, log: Path, executor: str = "uni", cpu_lora: str = "grouped"
 ) -> subprocess.Popen[bytes]:
     from serving.demo.defaults import home
 
@@ -147,7 +147,9 @@ def _start_rmn(
         "model": {"path": str(model)},
         "adapters": {"root": str(home() / "adapters"), "cache_root": str(work / "rmn-composites")},
         # on cuda the engine's device defaults apply: CUDA graphs on, the KV cache sized by vLLM
-        "engine": {**engine, "cpu_executor": executor} if cpu else {**engine, "device": "cuda"},
+        "engine": {**engine, "cpu_executor": executor, "cpu_lora": cpu_lora}
+        if cpu
+        else {**engine, "device": "cuda"},
         "http": {"port": port, "metrics_port": free_port(), "request_timeout_s": 600},
         "engine_deployment": {
             "max_ongoing_requests": 64,
@@ -157,7 +159,7 @@ def _start_rmn(
             "env": {**({"VLLM_CPU_KVCACHE_SPACE": "1"} if cpu else {}), **RMN_ENV},
         },
     }
-    path = work / f"rmn-peer-{executor}.yaml"
+    path = work / f"rmn-peer-{executor}-{cpu_lora}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--config", str(path)]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -215,6 +217,8 @@ SIDES = {  # side -> (how it is started, the loads it serves)
     "vllm": "stock vLLM with --enable-lora and vLLM's own CPU LoRA ops, adapters pre-built",
     "rmn": "rmn serve, open API, stacks composed on demand, grouped CPU LoRA (engine.cpu_lora=grouped)",
     "rmn_mp": "rmn as above with engine.cpu_executor=mp (vLLM's worker in a process of its own)",
+    "rmn_compact": "rmn as above with engine.cpu_lora=compact (the compact arithmetic on every layer within the "
+    "error bound, even where the fused one gives vLLM's bits)",
 }
 TARGETS = {"base": 0.95, "4 single adapters": 0.85, "4 stacks": 0.85, "32 compositions": 0.75}  # #24 item 3
 
@@ -247,8 +251,8 @@ def main() -> None:
         "needs the GPU install, ENGINE=gpu make setup)",
     )
     args = ap.parse_args()
-    if args.device == "cuda" and "rmn_mp" in args.sides:
-        ap.error("rmn_mp compares CPU executors: not with --device cuda")
+    if args.device == "cuda" and {"rmn_mp", "rmn_compact"} & set(args.sides):
+        ap.error("rmn_mp and rmn_exact compare CPU executors and CPU LoRA paths: not with --device cuda")
     DEVICE.update(name=args.device, label=_device_label(args.device))
     RMN_ENV.update(kv.split("=", 1) for kv in args.rmn_env)
     ENGINE.update(max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras)
@@ -272,7 +276,14 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             log = work / f"{side}-{rep}.log"
             if side.startswith("rmn"):
-                proc = _start_rmn(model, port, work, log, "mp" if side == "rmn_mp" else "uni")
+                proc = _start_rmn(
+                    model,
+                    port,
+                    work,
+                    log,
+                    "mp" if side == "rmn_mp" else "uni",
+                    "compact" if side == "rmn_compact" else "grouped",
+                )
             else:
                 proc = _start_peer(model, loads, port, log, lora=side == "vllm")
             try:
@@ -319,6 +330,8 @@ def main() -> None:
         }
     if "rmn" in args.sides and "rmn_mp" in args.sides:
         out["uni_over_mp"] = {n: round(m["rmn"] / m["rmn_mp"], 3) for n, m in med.items()}
+    if "rmn" in args.sides and "rmn_compact" in args.sides:
+        out["compact_over_grouped"] = {n: round(m["rmn_compact"] / m["rmn"], 3) for n, m in med.items()}
     if "rmn" in args.sides and "vllm_no_lora" in args.sides:
         ref = med["base"]["vllm_no_lora"]
         ratios = {n: round(m["rmn"] / ref, 3) for n, m in med.items()}

@@ -142,16 +142,17 @@ class EngineConfig(Strict):
         "one node do not overlap (serving/engines/cpu_threads.py); null: the replica's num_cpus (at least 1). "
         "Ignored when the replica's env sets VLLM_CPU_OMP_THREADS_BIND to anything but 'auto'.",
     )
-    cpu_lora: Literal["grouped", "exact", "vllm"] = Field(
+    cpu_lora: Literal["grouped", "exact", "compact", "vllm"] = Field(
         default="grouped",
         description="CPU only: 'grouped' applies LoRA with a few batched ops per layer for all adapter slots in "
-        "the batch; a probe on this CPU checks each layer shape and serves it with the fastest arithmetic whose "
-        "error against float64 stays within 2x vLLM's own: the compact one (bf16 matmuls, never vLLM's bits), "
-        "else the fused one (vLLM's order of sums, bit-identical where the probe says so), else vLLM's ops "
-        "(verdicts in the log, the engine's stats and the rmn_cpu_lora_layer_shapes gauge; "
-        "serving/engines/cpu_lora/); 'exact' gives vLLM's bits on every layer: the fused arithmetic where it is "
-        "bit-identical, vLLM's slower ops elsewhere; 'vllm' keeps vLLM's per-token ops everywhere (with the index "
-        "-1 fix).",
+        "the batch; a probe on this CPU checks each layer shape: bit-identical to vLLM's ops, or not but with "
+        "its error against float64 within 2x vLLM's own (both served; a layer over the bound runs vLLM's ops; "
+        "verdicts in the log, the engine's stats and the rmn_cpu_lora_layer_shapes gauge; "
+        "serving/engines/cpu_lora/); 'compact' serves every layer whose probe finds the compact arithmetic "
+        "(bf16 matmuls, two a layer) within the same bound with it, even where the grouped one gives vLLM's bits "
+        "(never vLLM's bits: greedy text may part from vLLM's at near-ties); 'exact' serves the grouped "
+        "arithmetic only where it is bit-identical (vLLM's slower ops elsewhere); 'vllm' keeps vLLM's per-token "
+        "ops everywhere (with the index -1 fix).",
     )
     cpu_executor: Literal["uni", "mp"] = Field(
         default="uni",

@@ -68,8 +68,8 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
     leaves the other layers to vLLM's ops (tests/unit/test_cpu_lora_grouped.py), so greedy text is the same
     token for token on any CPU. ``grouped`` (the default) also serves the layers whose bits differ but whose
     error against float64 is within 2x vLLM's own: its greedy text is vLLM's, or parts from it only at a
-    near-tie. The demo model's adapters and stacks: bench/cpu_lora.py. The engine's workers report which path
-    each layer shape took."""
+    near-tie. ``compact`` (never vLLM's bits) likewise. The demo model's adapters and stacks: bench/cpu_lora.py.
+    The engine's workers report which path each layer shape took."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -92,7 +92,7 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
         return [o.outputs[0] for o in llm.generate(prompts, sp, lora_request=loras, use_tqdm=False)]
 
     try:
-        exact, grouped, reference = run("exact"), run("grouped"), run("vllm")
+        exact, grouped, compact, reference = run("exact"), run("grouped"), run("compact"), run("vllm")
     finally:
         cpu_lora.install()
 
@@ -108,10 +108,8 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
     shapes = {(layer["shape"]["hidden"], tuple(layer["shape"]["slices"])) for layer in report["layers"]}
     assert len(shapes) >= 4  # q/k/v, o, gate/up, down (and lm_head when targeted)
     for layer in report["layers"]:
-        fused = "grouped" if layer["identical"] or layer["bounded"] else "vllm"
-        assert layer["arithmetic"] == ("compact" if layer["compact_bounded"] else fused)
+        assert layer["arithmetic"] == ("grouped" if layer["identical"] or layer["bounded"] else "vllm")
         assert layer["bounded"] == (layer["fused_error"] <= 2 * layer["vllm_error"] + 1e-6)
-        assert layer["compact_bounded"] == (layer["compact_error"] <= 2 * layer["vllm_error"] + 1e-6)
     assert report["bit_identical"] == all(
         layer["arithmetic"] == "vllm" or (layer["identical"] and layer["arithmetic"] == "grouped")
         for layer in report["layers"]
@@ -122,6 +120,8 @@ def test_grouped_gives_vllms_greedy_tokens(llm, adapter_dirs, tmp_path) -> None:
         assert tokens(grouped) == tokens(reference)
     for i, (got, want) in enumerate(zip(grouped, reference, strict=True)):
         assert _departure(got, want) is None, (i, loras[i], _departure(got, want))
+    for i, (got, want) in enumerate(zip(compact, reference, strict=True)):  # never vLLM's bits, bounded
+        assert _departure(got, want) is None, (i, loras[i], "compact", _departure(got, want))
 
 
 def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_same_bits(

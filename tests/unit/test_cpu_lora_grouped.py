@@ -4,10 +4,10 @@ vLLM's padded rank, the demo model's shapes.
 
 What holds on every CPU (and is asserted on every CPU): ``exact`` mode gives vLLM's bits (the grouped
 arithmetic where the probe found the layer's shape bit-identical, vLLM's own ops elsewhere); ``grouped`` mode
-(the default) stays within 2x vLLM's own error of float64 (the compact arithmetic where the probe found it within
-that bound, else the fused one, with vLLM's bits where the probe found them); the fused arithmetic (``fused``
-mode: no probe) is within that bound, and bit-identical wherever the probe says so; the compact one
-(``compact`` mode: no probe) is within it. Which shapes pass depends on the CPU's ISA (tests/unit/test_cpu_lora_isa.py runs this file under
+(the default) gives them where the probe found them and elsewhere stays within 2x vLLM's own error of float64;
+``compact`` mode (the compact arithmetic where the probe finds it within that bound) stays within it everywhere;
+the fused arithmetic (``fused`` mode: no probe) is within that bound, and bit-identical wherever the probe says
+so. Which shapes pass depends on the CPU's ISA (tests/unit/test_cpu_lora_isa.py runs this file under
 oneDNN's and MKL's ISA caps)."""
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ DEMO_MODULES = [  # SmolLM2-135M: (input size, output slices) of qkv, o, gate_up
 
 @pytest.fixture(scope="module")
 def demo_checks() -> dict[LayerShape, probe.ShapeCheck]:
-    """The probe's verdicts for the demo model's shapes (8 slots, r_max 64, up to 300 tokens), run once."""
+    """The probe's verdicts for the demo model's shapes (8 slots, r_max 64, up to 300 tokens), run once (the compact arithmetic too)."""
     shapes = [LayerShape(hidden, slices, 64, 8, "bfloat16") for hidden, slices in DEMO_MODULES]
-    return {shape: check_shape(shape, 300) for shape in shapes}
+    return {shape: check_shape(shape, 300, compact=True) for shape in shapes}
 
 
 @pytest.mark.numerics
@@ -121,8 +121,9 @@ def test_demo_models_shapes(seed: int, dense_max: int, mode: str, demo_checks: d
     (one decode per slot, two decodes sharing a slot, a prefill chunk among decodes): ``exact`` gives vLLM's
     bits on any CPU; ``grouped``, ``fused`` and ``compact`` stay within 2x vLLM's own error of float64, and the
     fused arithmetic gives vLLM's bits wherever the probe found the shape bit-identical at the probed token
-    counts; ``grouped`` serves a shape with the compact arithmetic where the probe found it within that bound
-    (every demo shape, on every CPU), else with the fused one where bit-identical or within the bound."""
+    counts; ``grouped`` serves a shape with the fused arithmetic exactly when the probe found it bit-identical or
+    within that bound; ``compact`` with the compact one where the probe found it within the bound (every demo
+    shape, on every CPU)."""
     g = torch.Generator().manual_seed(seed)
     slots = 8
     serving = {
@@ -143,9 +144,9 @@ def test_demo_models_shapes(seed: int, dense_max: int, mode: str, demo_checks: d
         fused = "grouped" if check.identical or check.bounded else "vllm"
         taken = {
             "fused": "grouped",
-            "compact": "compact",
+            "compact": "compact" if check.compact_bounded else fused,
             "exact": "grouped" if check.identical else "vllm",
-            "grouped": "compact" if check.compact_bounded else fused,
+            "grouped": fused,
         }[mode]
         assert grouped.serves(lora_a, slices, 300) == taken
         for form in [*((1, 1), (5, 2), (32, 4), (32, 8), (300, 8)), *serving.values()]:
@@ -241,13 +242,21 @@ def test_report_names_the_verdict_per_layer_shape() -> None:
     (layer,) = report["layers"]
     assert layer["shape"] == {"hidden": 40, "slices": (20, 20), "r_max": 8, "slots": 2, "dtype": "bfloat16"}
     assert layer["tokens"] == probe.token_counts(16) and layer["seconds"] > 0
+    assert layer["arithmetic"] == ("grouped" if layer["identical"] or layer["bounded"] else "vllm")
+    assert layer["compact_error"] is None and not layer["compact_bounded"]  # probed only in compact mode
+    bits = layer["arithmetic"] == "vllm" or layer["identical"]
+    assert report["bit_identical"] == bits
+    compact = GroupedLoRA("compact", max_tokens=16)
+    compact.linear(y.clone(), x, idx, lora_a, lora_b, 0.5, (20, 20))
+    (layer,) = compact.report()["layers"]
+    assert layer["compact_bounded"] == (layer["compact_error"] <= 2 * layer["vllm_error"] + 1e-6)
     fused = "grouped" if layer["identical"] or layer["bounded"] else "vllm"
     assert layer["arithmetic"] == ("compact" if layer["compact_bounded"] else fused)
-    assert layer["compact_bounded"] == (layer["compact_error"] <= 2 * layer["vllm_error"] + 1e-6)
-    bits = layer["arithmetic"] == "vllm" or (layer["identical"] and layer["arithmetic"] == "grouped")
-    assert report["bit_identical"] == bits
+    assert compact.report()["bit_identical"] is (
+        layer["arithmetic"] == "vllm" or (layer["identical"] and fused == layer["arithmetic"])
+    )
     assert GroupedLoRA("fused").report()["bit_identical"] is None  # not probed: no claim
-    assert GroupedLoRA("compact").report()["bit_identical"] is None
+    assert GroupedLoRA(force="compact").report()["bit_identical"] is None
 
 
 def test_slot_groups() -> None:

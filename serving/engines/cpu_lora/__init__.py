@@ -14,8 +14,8 @@ vLLM puts another adapter in the slot). Then:
 
 Rows whose slot is -1 (requests without an adapter) get exactly zero, as with vLLM's masked ops.
 
-That is the fused arithmetic, written in vLLM's order of sums. The compact arithmetic (:func:`.arithmetic.compact`,
-the default where the probe allows it) drops that order for fewer ops: the slot set's rows in y's dtype (bf16:
+That is the fused arithmetic, written in vLLM's order of sums. The compact arithmetic (:func:`.arithmetic.compact`)
+drops that order for fewer ops: the slot set's rows in y's dtype (bf16:
 half the bytes), the expand of every slice in ONE matmul over all output columns, ``h = x @ A.T`` masked to each
 token's slot and ``y += h @ B.T`` (two matmuls a layer; oneDNN's packed GEMM, the one vLLM's own linear layers
 use, once a slot set has recurred 16 times), a bmm pair per token beyond 256 stacked rows. Never vLLM's bits; its
@@ -28,11 +28,12 @@ their blocking per ISA, shape and batch, and on Intel AMX, or with ``ONEDNN_MAX_
 ``AVX512_CORE``, a matmul over many tokens sums in another order at some token counts (even vLLM's own einsum
 over a slot's tokens differs from the same einsum over the whole batch there). So each layer shape is probed
 once (:mod:`.probe`: token counts up to the batch limit, several slot mixes, both layouts, the error of both
-against float64, and the compact arithmetic's too). The ``grouped`` mode (the default) serves a layer with the
-compact arithmetic where its error against float64 stayed within 2x vLLM's own (bounded, not bit-identical), else
-with the fused one where that gave vLLM's bits or stayed within the same bound, else with vLLM's per-token ops;
-the ``exact`` mode keeps vLLM's bits everywhere (the fused arithmetic where bit-identical, vLLM's own ops on the
-other layers). ``fused`` and ``compact`` apply that arithmetic without a probe (tests, benchmarks). The verdicts are logged and
+against float64). The ``grouped`` mode (the default) applies the grouped arithmetic to a layer where it gave
+vLLM's bits, and also where it did not but its error against float64 stayed within 2x vLLM's own (bounded,
+not bit-identical: on those CPUs falling back to vLLM's per-token ops would cost most of the speed); the
+``exact`` mode keeps vLLM's bits everywhere (vLLM's own ops on the other layers); the ``compact`` mode probes
+the compact arithmetic too and serves every layer within the same bound with it (never vLLM's bits);
+``fused`` applies the fused arithmetic without a probe (benchmarks). The verdicts are logged and
 reported (:func:`serving.engines.cpu_lora.wrapper.worker_reports`, the engine's ``stats``, the
 ``rmn_cpu_lora_layer_shapes`` gauge). Token counts between the probed ones are not proven bit-identical; the
 error bound is asserted on every CPU (tests/unit/test_cpu_lora_grouped.py, also under ISA caps).
@@ -63,9 +64,9 @@ __all__ = [
 
 def set_mode(mode: str) -> bool:
     """Select the grouped wrapper for LoRA managers built from now on and set the mode every grouped wrapper
-    runs (``grouped``; ``exact``: vLLM's bits on every layer; ``vllm``: vLLM's own ops; ``fused`` and
-    ``compact``: that arithmetic without a probe, for tests and benchmarks); False in a vLLM without a CPU
-    wrapper (nothing to do)."""
+    runs (``grouped``; ``exact``: vLLM's bits on every layer; ``compact``: the compact arithmetic first;
+    ``vllm``: vLLM's own ops; ``fused``: the fused arithmetic without a probe, for benchmarks); False in a vLLM
+    without a CPU wrapper (nothing to do)."""
     if mode not in ("grouped", "exact", "fused", "compact", "vllm"):
         raise ValueError(f"RMN_CPU_LORA must be grouped, exact, fused, compact or vllm, not {mode!r}")
     try:

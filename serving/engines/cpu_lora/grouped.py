@@ -2,16 +2,18 @@
 
 Modes:
 - ``grouped`` (``engine.cpu_lora: grouped``, the default): per layer shape, the first call runs
-  :func:`check_shape`. Where the compact arithmetic's error against float64 stayed within
-  :data:`.probe.ERROR_FACTOR` times vLLM's own at every probed token count and mix, it serves the layer
-  (``arithmetic: compact``: the fastest, a bounded-error claim, never vLLM's bits). Else the grouped (fused)
-  arithmetic serves it: with vLLM's bits where the probe found them, within the same bound where it did not
-  (``identical: false, bounded: true``); only a layer over both bounds goes to vLLM's own ops
+  :func:`check_shape`. Where the grouped (fused) arithmetic was bit-identical to vLLM's ops at every probed token
+  count it serves the layer with vLLM's bits; where it was not, it still serves the layer if its error against
+  float64 stayed within :data:`.probe.ERROR_FACTOR` times vLLM's own (a bounded-error claim, reported per
+  layer as ``identical: false, bounded: true``); only a layer over that bound goes to vLLM's own ops
   (:meth:`GroupedLoRA.linear` returns False and the wrapper runs them).
+- ``compact``: the probe also measures the compact arithmetic, which then serves every layer where its error is
+  within the same bound (throughput first, never vLLM's bits: greedy text may part from vLLM's at near-ties);
+  as ``grouped`` elsewhere.
 - ``exact``: vLLM's bits on every layer: the grouped arithmetic where the probe found them, vLLM's own ops
   elsewhere (slower: on a CPU whose oneDNN/MKL sum in another order, every layer; the demo model 1.4-1.9x).
-- ``fused`` / ``compact``: that arithmetic for every layer without a probe (the probe's subjects; benchmarks,
-  tests).
+- ``fused``: the grouped arithmetic for every layer without a probe (the probe's subject; benchmarks, tests);
+  ``force=`` one arithmetic likewise.
 The grouped arithmetic is the fused path for bf16 with vLLM's padded rank in whole row blocks, otherwise
 vLLM's per-token einsums run per slot group (:func:`.arithmetic.exact_linear`).
 """
@@ -54,47 +56,56 @@ class GroupedLoRA:
     """Applies ``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` per token's slot, grouping the
     batch's tokens by slot (no per-token gather); see the package docstring for the layouts."""
 
-    def __init__(self, mode: Mode = "grouped", weights: SlotWeights | None = None, max_tokens: int = 512):
+    def __init__(
+        self,
+        mode: Mode = "grouped",
+        weights: SlotWeights | None = None,
+        max_tokens: int = 512,
+        force: Arithmetic | None = None,
+    ):
         self.mode: Mode = mode
+        self.force = force  # this arithmetic on every layer, no probe (the probe's own runs, tests)
         self.weights = weights or SlotWeights()
         self.max_tokens = max_tokens
         self.checks: dict[LayerShape, ShapeCheck] = {}
 
     # ---- the decision per layer shape ---------------------------------------------------------------
     def arithmetic(self, check: ShapeCheck) -> Arithmetic:
-        """How this mode serves a probed shape: ``compact`` (``grouped`` mode, within the error bound),
-        ``grouped`` (the fused path: with vLLM's bits in any mode, or within the bound in ``grouped``), or
-        ``vllm`` (vLLM's own ops)."""
-        if self.mode == "grouped" and check.compact_bounded:
+        """How this mode serves a probed shape: ``grouped`` (the fused arithmetic), ``compact`` or ``vllm``
+        (vLLM's own ops). ``grouped``: vLLM's bits where the probe found them, else the fused arithmetic within
+        the error bound; ``compact``: the compact arithmetic wherever within the bound (never vLLM's bits), else
+        as ``grouped``; ``exact``: vLLM's bits only."""
+        if self.mode == "compact" and check.compact_bounded:
             return "compact"
-        if check.identical or (self.mode == "grouped" and check.bounded):
+        if check.identical or (self.mode != "exact" and check.bounded):
             return "grouped"
         return "vllm"
 
     def serves(self, lora_a: tuple[Any, ...], output_slices: tuple[int, ...], limit: int) -> Arithmetic:
-        """The arithmetic of this layer: the mode's own in ``fused`` and ``compact``; otherwise as
+        """The arithmetic of this layer: the fused one in ``fused`` mode, ``force`` where set; otherwise as
         :meth:`arithmetic` decides from the probe of the layer's shape (up to ``limit`` tokens, or sequences
         for lm_head), run on its first call."""
+        if self.force is not None:
+            return self.force
         if self.mode == "fused":
             return "grouped"
-        if self.mode == "compact":
-            return "compact"
         a = lora_a[0]
         shape = LayerShape(
             a.shape[-1], tuple(output_slices), a.shape[-2], a.shape[0], str(a.dtype).split(".")[-1]
         )
         check = self.checks.get(shape)
-        if check is None:
-            check = self.checks[shape] = check_shape(shape, limit)
+        if check is None or (self.mode == "compact" and check.compact_error is None):  # (again, with compact)
+            check = self.checks[shape] = check_shape(shape, limit, compact=self.mode == "compact")
+            compact = "" if check.compact_error is None else f"compact {check.compact_error:.3g}, "
             log.info(
-                "CPU LoRA on %s: %s for %s (probed %d token counts in %.1f s; error vs float64: compact %.3g, "
-                "fused %.3g, vLLM's own %.3g)",
+                "CPU LoRA on %s: %s for %s (probed %d token counts in %.1f s; error vs float64: %sfused %.3g, "
+                "vLLM's own %.3g)",
                 machine()["cpu"],
                 self.verdict(check),
                 shape,
                 len(check.tokens),
                 check.seconds,
-                check.compact_error,
+                compact,
                 check.fused_error,
                 check.vllm_error,
             )
@@ -103,10 +114,10 @@ class GroupedLoRA:
     def verdict(self, check: ShapeCheck) -> str:
         """How this mode serves a probed shape, in words (the log line's)."""
         arithmetic = self.arithmetic(check)
-        if arithmetic == "compact":
-            return f"compact arithmetic, error within {ERROR_FACTOR:g}x vLLM's own (not vLLM's bits)"
-        if check.identical:
+        if check.identical and arithmetic == "grouped":
             return "grouped arithmetic, bit-identical to vLLM's ops"
+        if arithmetic == "compact":
+            return f"compact arithmetic, error within {ERROR_FACTOR:g}x vLLM's own (engine.cpu_lora: compact)"
         differed = f"differed from vLLM's bits at {check.mismatched[:8]} tokens"
         if arithmetic == "grouped":
             return f"grouped arithmetic, error within {ERROR_FACTOR:g}x vLLM's own ({differed})"
@@ -116,7 +127,7 @@ class GroupedLoRA:
     def report(self) -> dict[str, Any]:
         """The mode, the machine and the verdict per layer shape seen so far: each layer's probe with the
         ``arithmetic`` that serves it (``compact``, ``grouped`` or ``vllm``); ``bit_identical``: every layer
-        gives vLLM's bits (None when nothing was probed: ``fused`` and ``compact`` make no claim);
+        gives vLLM's bits (None without a probe: ``fused`` and a forced arithmetic make no claim);
         ``error_bound``: the bound a layer without them is held to, against float64, as a multiple of vLLM's
         own error."""
         layers = [{**c.as_dict(), "arithmetic": self.arithmetic(c)} for c in self.checks.values()]
@@ -125,7 +136,7 @@ class GroupedLoRA:
             "machine": machine(),
             "layers": layers,
             "bit_identical": None
-            if self.mode in ("fused", "compact")
+            if self.mode == "fused" or self.force is not None
             else all(
                 c["arithmetic"] == "vllm" or (c["identical"] and c["arithmetic"] == "grouped") for c in layers
             ),
@@ -217,9 +228,9 @@ class GroupedLoRA:
             compact(y2, x2, None, rows, weights.compact(lora_a, lora_b, (slot,)), (slot,), scale)
 
 
-def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0) -> ShapeCheck:
-    """Run the fused path (both batched layouts) against vLLM's ops and float64 for ``shape``, and the compact
-    arithmetic (every layout) against float64."""
+def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0, compact: bool = False) -> ShapeCheck:
+    """Run the fused path (both batched layouts) against vLLM's ops and float64 for ``shape``, and with
+    ``compact`` the compact arithmetic (every layout) against float64 (``compact_error`` None without)."""
     import torch
 
     started = time.perf_counter()
@@ -231,9 +242,11 @@ def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0) -> ShapeCheck
     dtype = getattr(torch, shape.dtype)
     fused = [GroupedLoRA(mode="fused", weights=SlotWeights(dense_max_cols=d)) for d in (0, 1 << 30)]
     compacts = [  # per token; masked with torch's matmul; masked with oneDNN's packed GEMM
-        GroupedLoRA(mode="compact", weights=SlotWeights(dense_max_cols=d, pack_at_use=p))
+        GroupedLoRA(weights=SlotWeights(dense_max_cols=d, pack_at_use=p), force="compact")
         for d, p in ((0, 0), (1 << 30, 0), (1 << 30, 1))
+        if compact
     ]
+    check.compact_error = 0.0 if compact else None
     for tokens in check.tokens:
         for idx in mixes(tokens, shape.slots, g):
             x = torch.randn(tokens, shape.hidden, generator=g).to(dtype)
@@ -250,6 +263,8 @@ def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0) -> ShapeCheck
             for grouped in compacts:
                 got = y.clone()
                 grouped.linear(got, x, idx, lora_a, lora_b, 0.5, shape.slices)
-                check.compact_error = max(check.compact_error, float((got.double() - exact).abs().max()))
+                check.compact_error = max(
+                    check.compact_error or 0.0, float((got.double() - exact).abs().max())
+                )
     check.seconds = round(time.perf_counter() - started, 3)
     return check

@@ -9,11 +9,11 @@ the fused path against vLLM's masked per-token ops on random weights of the laye
 size, output slices, padded rank and slot count; real ranks 1..r_max) at token counts up to the engine's
 batch limit, each count in several slot mixes (one token per slot, shared slots, a prefill chunk among
 decodes, random mixes with tokens without an adapter) and both batched layouts. It also measures both
-against float64, and the compact arithmetic (:func:`.arithmetic.compact`, the fastest, never vLLM's bits) too:
-``grouped`` mode serves a layer with the compact arithmetic where ITS error stays within :data:`ERROR_FACTOR`
-times vLLM's own at every probed count (a few ulps of y either way), else with the fused path where that is
-bit-identical or within the same bound; ``exact`` mode serves only bit-identical layers with the fused path
-and leaves the others to vLLM's ops.
+against float64: where the bits differ, the fused path may still serve the layer (``grouped`` mode) if its
+error stays within :data:`ERROR_FACTOR` times vLLM's own at every probed count (it is a few ulps of y either
+way); ``exact`` mode leaves such a layer to vLLM's ops. In ``compact`` mode the probe also runs the compact
+arithmetic (:func:`.arithmetic.compact`, never vLLM's bits) on the same points, in its three layouts, and that
+serves every layer whose error stays within the same bound.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ class ShapeCheck:
     mismatched: list[int] = field(default_factory=list)
     fused_error: float = 0.0  # max |fused - float64| over every probed element
     vllm_error: float = 0.0  # max |vLLM's ops - float64| on the same data
-    compact_error: float = 0.0  # max |compact arithmetic - float64| on the same data
+    compact_error: float | None = (
+        None  # max |compact arithmetic - float64| on the same data (None: not probed)
+    )
     seconds: float = 0.0
 
     @property
@@ -67,8 +69,9 @@ class ShapeCheck:
 
     @property
     def compact_bounded(self) -> bool:
-        """The compact arithmetic's error against float64 within :data:`ERROR_FACTOR` times vLLM's own."""
-        return self.compact_error <= ERROR_FACTOR * self.vllm_error + 1e-6
+        """The compact arithmetic was probed and its error against float64 is within :data:`ERROR_FACTOR` times
+        vLLM's own."""
+        return self.compact_error is not None and self.compact_error <= ERROR_FACTOR * self.vllm_error + 1e-6
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -63,8 +63,9 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         """Probe now every linear LoRA layer's shape (they are otherwise probed on first use, which would
         delay the first requests by seconds); lm_head's is probed on first use by an adapter with lm_head
         weights (none of the usual ones: :meth:`add_lora_logits` skips it otherwise)."""
-        if type(self).mode not in ("grouped", "exact"):
+        if type(self).mode not in ("grouped", "exact", "compact"):
             return
+        self._grouping()  # the process-wide mode, now (it is otherwise taken up on the next LoRA call)
         for layer in layers:
             lora_a, slices = getattr(layer, "lora_a_stacked", None), getattr(layer, "output_slices", None)
             if isinstance(lora_a, tuple) and slices and getattr(layer, "punica_wrapper", None) is self:
@@ -239,6 +240,8 @@ def worker_reports(worker: Any) -> list[dict[str, Any]]:
     """The :meth:`GroupedLoRA.report` of every grouped wrapper in a vLLM worker (run there through
     ``collective_rpc``) with its ``idle_batches``, ``bypassed_calls`` and ``bypassed_logits``; empty without
     LoRA or with vLLM's own wrapper."""
+    for w in _wrappers(_manager(worker)):
+        w._grouping()  # report in the process-wide mode of now
     return [
         {
             **w.grouped.report(),
