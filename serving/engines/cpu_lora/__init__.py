@@ -18,8 +18,9 @@ That is the fused arithmetic, written in vLLM's order of sums. The compact arith
 drops that order for fewer ops: the slot set's rows in y's dtype (bf16:
 half the bytes), the expand of every slice in ONE matmul over all output columns, ``h = x @ A.T`` masked to each
 token's slot and ``y += h @ B.T`` (two matmuls a layer; oneDNN's packed GEMM, the one vLLM's own linear layers
-use, once a slot set has recurred 16 times), a bmm pair per token beyond 256 stacked rows. Never vLLM's bits; its
-error against float64 measured per shape like the fused one's.
+use, once a slot set has recurred 16 times); a slot set beyond 256 stacked rows (many compositions at once, sets
+that change every few steps) takes the fused per-token form instead, whose per-slot parts outlive the sets. Never
+vLLM's bits; its error against float64 measured per shape like the fused one's.
 
 Exactness is measured, not assumed: the shrink runs vLLM's per-token gemv (a ``bmm`` with one token per batch
 over shared rows) and each slot's rows are rounded up to whole MKL row blocks, so on the development CPUs

@@ -75,8 +75,8 @@ class GroupedLoRA:
         (vLLM's own ops). ``grouped``: vLLM's bits where the probe found them, else the fused arithmetic within
         the error bound; ``compact``: the compact arithmetic wherever within the bound (never vLLM's bits), else
         as ``grouped``; ``exact``: vLLM's bits only."""
-        if self.mode == "compact" and check.compact_bounded:
-            return "compact"
+        if self.mode == "compact" and check.compact_bounded and (check.identical or check.bounded):
+            return "compact"  # (the fused arithmetic serves its per-token form: both within the bound)
         if check.identical or (self.mode != "exact" and check.bounded):
             return "grouped"
         return "vllm"
@@ -171,7 +171,7 @@ class GroupedLoRA:
         if not groups:
             return True
         if arithmetic == "compact":
-            self._compact(y2, x2, indices.reshape(-1), groups, lora_a, lora_b, scale)
+            self._compact(y2, x2, indices, groups, lora_a, lora_b, scale, output_slices)
             return True
         if y2.dtype != torch.bfloat16 or lora_a[0].shape[-2] % ROW_BLOCK:  # the fused expand needs both
             exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices, self.weights.rank)
@@ -195,17 +195,20 @@ class GroupedLoRA:
         self,
         y2: Any,
         x2: Any,
-        slots: Any,
+        indices: Any,
         groups: list[tuple[int, Any]],
         lora_a: tuple[Any, ...],
         lora_b: tuple[Any, ...],
         scale: float,
+        output_slices: tuple[int, ...],
     ) -> None:
         """The compact arithmetic (:func:`.arithmetic.compact`): a slot with many tokens (a prefill chunk) on
-        its own weights, the others together; slots that touch none of this layer's slices drop out."""
-        import torch
-
+        its own weights, the others together in the masked form; slots that touch none of this layer's slices
+        drop out. Slot sets beyond the masked form's rows (many compositions at once: sets that change every few
+        steps, where building a set's compact weights costs more than it saves) take the fused arithmetic's
+        per-token form, whose per-slot parts are reused across sets (the probe bounds both)."""
         weights = self.weights
+        slots = indices.reshape(-1)
 
         def touches(slot: int) -> bool:
             return any(weights.rank(a, slot) for a in lora_a)
@@ -218,12 +221,11 @@ class GroupedLoRA:
         alone, batched = split(groups, touches)
         if batched:
             members = tuple(s for s, _ in batched)
-            entry = weights.compact(lora_a, lora_b, members)
-            if entry.owner is not None:  # masked: the other tokens add exactly zero, no gather needed
-                compact(y2, x2, slots, None, entry, members, scale)
+            if weights.masked(lora_a, members):  # the other tokens add exactly zero: no gather needed
+                compact(y2, x2, slots, None, weights.compact(lora_a, lora_b, members), members, scale)
             else:
-                rows = torch.cat([r for _, r in batched])
-                compact(y2, x2, slots.index_select(0, rows), rows, entry, members, scale)
+                stacked = weights.stacked(lora_a, lora_b, members)
+                together(y2, x2, indices, batched, bool(alone), stacked, scale, output_slices)
         for slot, rows in alone:
             compact(y2, x2, None, rows, weights.compact(lora_a, lora_b, (slot,)), (slot,), scale)
 

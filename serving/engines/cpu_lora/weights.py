@@ -198,6 +198,12 @@ class SlotWeights:
         self._keep(layer, key, stacked)
         return stacked
 
+    def masked(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> bool:
+        """Whether ``slots`` stack into the masked form (at most ``dense_max_cols`` rows: see :meth:`stacked`)."""
+        layer = self._layer(lora_a)
+        total = sum(max(self.rows(a, slot, layer) for slot in slots) for a in lora_a)
+        return len(slots) * total <= self.dense_max_cols
+
     def _build(
         self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...], max_cols: int
     ) -> Any:
