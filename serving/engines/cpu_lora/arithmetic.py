@@ -119,40 +119,24 @@ def together(
     expand(y2, h, b_sm, output_slices, scale, rows)
 
 
-def compact(
-    y2: Any, x2: Any, slots: Any, rows: Any, entry: Any, members: tuple[int, ...], scale: float
-) -> None:
+def compact(y2: Any, x2: Any, slots: Any, rows: Any, entry: Any, scale: float) -> None:
     """The compact arithmetic: ``y2[rows] += scale * (x2[rows] @ A.T) @ B.T`` for the tokens ``rows`` (None:
-    all) whose slots are ``slots`` (None: every one of them has the set's single slot), with the weights of the
-    slot set ``members`` (ascending) from :meth:`.weights.SlotWeights.compact`. Fewest ops, all in y's dtype
-    with fp32 accumulation inside each matmul (oneDNN's packed GEMM once the set recurs): not vLLM's order of
-    sums nor its fp32 shrink buffer, so it claims an error bound only. Masked form: every token against all
-    stacked rows, other slots' columns zeroed, one matmul each way. Per-token form: the tokens in slot order,
-    each against its own slot's rows (the entry itself when every slot has one token), one bmm each way."""
-    import torch
-
+    all) with :meth:`.weights.SlotWeights.compact`'s ``entry``: masked form (``slots``: each token's slot; every
+    token against all stacked rows, other slots' columns zeroed), or one slot's weights (``slots`` None: every
+    token has that slot). Two matmuls, all in y's dtype with fp32 accumulation inside each (oneDNN's packed GEMM
+    once the entry recurs): not vLLM's order of sums nor its fp32 shrink buffer, so it claims an error bound
+    only."""
     a, b = entry.a, entry.b
-    xs = x2 if rows is None else x2.index_select(0, rows)
-    if entry.owner is None and slots is None:  # one slot's tokens: its rows shared by all of them
+    if entry.owner is None:  # one slot in the per-token layout: its rows shared by all its tokens
         a, b = a[0], b[0]
-    if a.dim() == 2:
-        packed = entry.matrices()
-        h = xs @ a.T if packed is None else _onednn(packed[0], xs)  # [n, S*R]
-        if slots is not None:
-            h *= entry.owner.unsqueeze(0) == slots.unsqueeze(1)  # a token keeps its own slot's columns only
-        if scale != 1.0:
-            h *= scale
-        add_rows(y2, h @ b.T if packed is None else _onednn(packed[1], h), rows)
-        return
-    order = torch.argsort(slots, stable=True)
-    if order.numel() != len(members):  # some slot has several tokens: its rows once per token
-        which = torch.searchsorted(torch.tensor(members), slots.index_select(0, order))
-        a, b = a.index_select(0, which), b.index_select(0, which)
-    h = torch.bmm(xs.index_select(0, order).unsqueeze(1), a.transpose(1, 2))  # [n, 1, R]
+    xs = x2 if rows is None else x2.index_select(0, rows)
+    packed = entry.matrices()
+    h = xs @ a.T if packed is None else _onednn(packed[0], xs)  # [n, S*R]
+    if slots is not None:
+        h *= entry.owner.unsqueeze(0) == slots.unsqueeze(1)  # a token keeps its own slot's columns only
     if scale != 1.0:
         h *= scale
-    out = torch.bmm(h, b.transpose(1, 2)).squeeze(1)
-    add_rows(y2, out, order if rows is None else rows.index_select(0, order))
+    add_rows(y2, h @ b.T if packed is None else _onednn(packed[1], h), rows)
 
 
 def _onednn(handler: Any, x: Any) -> Any:

@@ -216,18 +216,18 @@ class GroupedLoRA:
         if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
             slot = groups[0][0]
             if touches(slot):
-                compact(y2, x2, None, None, weights.compact(lora_a, lora_b, (slot,)), (slot,), scale)
+                compact(y2, x2, None, None, weights.compact(lora_a, lora_b, (slot,)), scale)
             return
         alone, batched = split(groups, touches)
         if batched:
             members = tuple(s for s, _ in batched)
             if weights.masked(lora_a, members):  # the other tokens add exactly zero: no gather needed
-                compact(y2, x2, slots, None, weights.compact(lora_a, lora_b, members), members, scale)
+                compact(y2, x2, slots, None, weights.compact(lora_a, lora_b, members), scale)
             else:
                 stacked = weights.stacked(lora_a, lora_b, members)
                 together(y2, x2, indices, batched, bool(alone), stacked, scale, output_slices)
         for slot, rows in alone:
-            compact(y2, x2, None, rows, weights.compact(lora_a, lora_b, (slot,)), (slot,), scale)
+            compact(y2, x2, None, rows, weights.compact(lora_a, lora_b, (slot,)), scale)
 
 
 def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0, compact: bool = False) -> ShapeCheck:

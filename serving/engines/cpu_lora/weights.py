@@ -40,7 +40,8 @@ PACK_AT_USE = 16
 @dataclass
 class CompactEntry:
     """A slot set's weights for :func:`.arithmetic.compact`: ``a`` [S*R, in] and ``b`` [out, S*R] with
-    ``owner`` [S*R] (masked form), or ``a`` [S, R, in] and ``b`` [S, out, R] with ``owner`` None (per token);
+    ``owner`` [S*R] (masked form), or ``a`` [S, R, in] and ``b`` [S, out, R] with ``owner`` None (per token: the
+    arithmetic takes it for one slot only);
     ``packed``: both matrices packed for vLLM's oneDNN GEMM once the entry has been used ``pack_at_use`` times
     (masked form, where vLLM has it; 0: never), released with the entry."""
 
@@ -194,7 +195,7 @@ class SlotWeights:
         key = (slots, tuple(self._generation.get(s) for s in slots), self.dense_max_cols)
         if key in layer.stacked:
             return layer.stacked[key]
-        stacked = self._build(lora_a, lora_b, slots, self.dense_max_cols)
+        stacked = self._build(lora_a, lora_b, slots)
         self._keep(layer, key, stacked)
         return stacked
 
@@ -204,18 +205,15 @@ class SlotWeights:
         total = sum(max(self.rows(a, slot, layer) for slot in slots) for a in lora_a)
         return len(slots) * total <= self.dense_max_cols
 
-    def _build(
-        self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...], max_cols: int
-    ) -> Any:
-        """Lay the slots' parts out in the masked form (up to ``max_cols`` stacked rows) or the per-token one
-        (see :meth:`stacked`)."""
+    def _build(self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
+        """Lay the slots' parts out in the masked or the per-token form (see :meth:`stacked`)."""
         import torch
 
         parts = [self.part(lora_a, lora_b, slot) for slot in slots]
         most = [max(0 if p[1][i] is None else p[1][i].shape[1] for p in parts) for i in range(len(lora_b))]
         n, total = len(slots), sum(most)
         starts = [sum(most[:i]) for i in range(len(most))]
-        masked = n * total <= max_cols
+        masked = n * total <= self.dense_max_cols
         a_all = torch.zeros(n * total, lora_a[0].shape[-1], dtype=torch.float32)
         b_all: list[Any] = [
             None
@@ -246,7 +244,8 @@ class SlotWeights:
         """The weights of ``slots`` for the compact arithmetic (:func:`.arithmetic.compact`) in y's dtype (exact
         copies of vLLM's rows), every slice's expand in one matrix over ALL output columns (zero rows for slices
         no slot touches), in :meth:`stacked`'s two forms: masked (``S * R <= dense_max_cols``) or per token.
-        Cached beside :meth:`stacked`'s entries (same keys, same bounds)."""
+        Cached beside :meth:`stacked`'s entries (same keys, same bounds; an entry's oneDNN-packed copies, as large
+        again, are not counted in ``budget_bytes``)."""
         import torch
 
         layer = self._layer(lora_a)
@@ -254,7 +253,7 @@ class SlotWeights:
         hit = layer.stacked.get(key)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        a_all, b_all, owner = self._build(lora_a, lora_b, slots, self.dense_max_cols)
+        a_all, b_all, owner = self._build(lora_a, lora_b, slots)
         dtype = lora_b[0].dtype
         out = sum(b.shape[-2] for b in lora_b)
         cols = a_all.shape[-2]
