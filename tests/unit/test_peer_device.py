@@ -41,9 +41,14 @@ def test_both_servers_get_the_devices_settings(
     (cmd, env), _ = launched
     assert ("--enforce-eager" in cmd) == (device == "cpu")
     assert ("VLLM_CPU_KVCACHE_SPACE" in env) == (device == "cpu")
-    raw = yaml.safe_load((tmp_path / "rmn-peer-uni.yaml").read_text())
+    raw = yaml.safe_load((tmp_path / "rmn-peer-uni-grouped.yaml").read_text())
     cfg = AppConfig.model_validate(raw)
     assert cfg.engine.device == device and cfg.engine_deployment.num_gpus == (device == "cuda")
+    if device == "cpu":  # the side rmn_compact: the same server with engine.cpu_lora compact
+        assert cfg.engine.cpu_lora == "grouped"
+        peer._start_rmn(tmp_path / "model", 8102, tmp_path, tmp_path / "rmn.log", cpu_lora="compact")
+        raw = yaml.safe_load((tmp_path / "rmn-peer-uni-compact.yaml").read_text())
+        assert AppConfig.model_validate(raw).engine.cpu_lora == "compact"
     if device == "cuda":
         assert cfg.engine.enforce_eager is False and cfg.engine.kv_cache_memory_bytes is None
         assert "VLLM_CPU_KVCACHE_SPACE" not in cfg.engine_deployment.env
