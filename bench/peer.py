@@ -252,7 +252,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.device == "cuda" and {"rmn_mp", "rmn_compact"} & set(args.sides):
-        ap.error("rmn_mp and rmn_exact compare CPU executors and CPU LoRA paths: not with --device cuda")
+        ap.error("rmn_mp and rmn_compact compare CPU executors and CPU LoRA paths: not with --device cuda")
     DEVICE.update(name=args.device, label=_device_label(args.device))
     RMN_ENV.update(kv.split("=", 1) for kv in args.rmn_env)
     ENGINE.update(max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras)

@@ -75,7 +75,7 @@ def set_mode(mode: str) -> bool:
     except ImportError:
         return False
     wrapper.select()
-    wrapper.GroupedPunicaWrapperCPU.mode = mode  # type: ignore[assignment]  # one of the four, checked above
+    wrapper.GroupedPunicaWrapperCPU.mode = mode  # type: ignore[assignment]  # one of the five, checked above
     return True
 
 

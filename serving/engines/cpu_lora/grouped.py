@@ -243,12 +243,12 @@ def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0, compact: bool
     check = ShapeCheck(shape=shape, tokens=token_counts(max_tokens))
     dtype = getattr(torch, shape.dtype)
     fused = [GroupedLoRA(mode="fused", weights=SlotWeights(dense_max_cols=d)) for d in (0, 1 << 30)]
+    compact_error = 0.0
     compacts = [  # per token; masked with torch's matmul; masked with oneDNN's packed GEMM
         GroupedLoRA(weights=SlotWeights(dense_max_cols=d, pack_at_use=p), force="compact")
         for d, p in ((0, 0), (1 << 30, 0), (1 << 30, 1))
         if compact
     ]
-    check.compact_error = 0.0 if compact else None
     for tokens in check.tokens:
         for idx in mixes(tokens, shape.slots, g):
             x = torch.randn(tokens, shape.hidden, generator=g).to(dtype)
@@ -265,8 +265,7 @@ def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0, compact: bool
             for grouped in compacts:
                 got = y.clone()
                 grouped.linear(got, x, idx, lora_a, lora_b, 0.5, shape.slices)
-                check.compact_error = max(
-                    check.compact_error or 0.0, float((got.double() - exact).abs().max())
-                )
+                compact_error = max(compact_error, float((got.double() - exact).abs().max()))
+    check.compact_error = compact_error if compact else None
     check.seconds = round(time.perf_counter() - started, 3)
     return check

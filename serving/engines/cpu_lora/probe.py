@@ -51,9 +51,8 @@ class ShapeCheck:
     mismatched: list[int] = field(default_factory=list)
     fused_error: float = 0.0  # max |fused - float64| over every probed element
     vllm_error: float = 0.0  # max |vLLM's ops - float64| on the same data
-    compact_error: float | None = (
-        None  # max |compact arithmetic - float64| on the same data (None: not probed)
-    )
+    # max |compact arithmetic - float64| on the same data (None: not probed)
+    compact_error: float | None = None
     seconds: float = 0.0
 
     @property

@@ -273,10 +273,11 @@ class SlotWeights:
         return entry
 
     def _keep(self, layer: _Layer, key: tuple[Any, ...], entry: Any) -> None:
-        """Cache ``entry`` under ``key``: a stale fill of the same slots and the oldest beyond ``batches_kept``
-        go; beyond ``budget_bytes`` over all layers every stacked cache starts over."""
+        """Cache ``entry`` under ``key``: entries of the same slots from an earlier fill (stale, either form) and
+        the oldest beyond ``batches_kept`` go; beyond ``budget_bytes`` over all layers every stacked cache starts
+        over."""
         cache = layer.stacked
-        for old in [k for k in cache if k[0] == key[0] and k[2] == key[2]] + list(cache)[
+        for old in [k for k in cache if k[0] == key[0] and k[1] != key[1]] + list(cache)[
             : max(0, len(cache) - self.batches_kept + 1)
         ]:
             self.stacked_bytes -= nbytes(cache.pop(old, None))

@@ -240,7 +240,8 @@ def worker_reports(worker: Any) -> list[dict[str, Any]]:
     """The :meth:`GroupedLoRA.report` of every grouped wrapper in a vLLM worker (run there through
     ``collective_rpc``) with its ``idle_batches``, ``bypassed_calls`` and ``bypassed_logits``; empty without
     LoRA or with vLLM's own wrapper."""
-    for w in _wrappers(_manager(worker)):
+    wrappers = _wrappers(_manager(worker))
+    for w in wrappers:
         w._grouping()  # report in the process-wide mode of now
     return [
         {
@@ -249,7 +250,7 @@ def worker_reports(worker: Any) -> list[dict[str, Any]]:
             "bypassed_calls": w.bypassed_calls,
             "bypassed_logits": w.bypassed_logits,
         }
-        for w in _wrappers(_manager(worker))
+        for w in wrappers
     ]
 
 
