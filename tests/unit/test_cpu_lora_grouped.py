@@ -30,9 +30,9 @@ def gives_vllms_bits(grouped: GroupedLoRA, check: probe.ShapeCheck | None, arith
     return arithmetic == "grouped" and check is not None and check.identical
 
 
-def apply(grouped: GroupedLoRA, y, x, idx, lora_a, lora_b, scale, slices) -> None:  # type: ignore[no-untyped-def]
+def apply(grouped: GroupedLoRA, y, x, idx, lora_a, lora_b, scale, slices, batch=None) -> None:  # type: ignore[no-untyped-def]
     """What the wrapper does: the grouped arithmetic, or vLLM's ops where it declines the layer."""
-    if not grouped.linear(y, x, idx, lora_a, lora_b, scale, slices):
+    if not grouped.linear(y, x, idx, lora_a, lora_b, scale, slices, batch=batch):
         y.copy_(vllm_reference(y, x, idx, lora_a, lora_b, scale, slices))
 
 
@@ -340,6 +340,38 @@ def test_grouped_uses_each_slots_real_rank_and_skips_untouched_slices() -> None:
     assert weights.rank(lora_a[0], 2) == 6
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batchs_plan_is_rerun_until_the_batch_changes(mode: str) -> None:
+    """With a batch number (the wrapper's, changed on every ``update_metadata``) a layer is planned once and
+    its plan rerun on later steps of that batch: the same bits as planning every call, on new inputs; another
+    number (new adapters in the slots, other tokens) plans again, while the old number would rerun the old
+    plan — the caller's contract, which the wrapper keeps."""
+    slices = (24, 8, 8)
+    y, x, idx, lora_a, lora_b = _data(9, 48, 8, slices, 3, "mixed", dtype=torch.bfloat16, seed=5)
+    planned = GroupedLoRA(mode, max_tokens=64)  # type: ignore[arg-type]
+    planned.weights.set_slots([1, 2, 3])
+    g = torch.Generator().manual_seed(9)
+    for step in range(3):  # a decode batch: the same slots, new hidden states every step
+        xs = torch.randn(x.shape, generator=g).to(x.dtype)
+        got, want = y.clone(), y.clone()
+        apply(planned, got, xs, idx, lora_a, lora_b, 0.5, slices, batch=1)
+        apply(GroupedLoRA(mode, max_tokens=64), want, xs, idx, lora_a, lora_b, 0.5, slices)  # type: ignore[arg-type]
+        assert torch.equal(got, want), step
+    assert len(planned._plans) == 1
+    for a, b in zip(lora_a, lora_b, strict=True):  # vLLM puts another adapter (id 4) into slot 2
+        a[2].mul_(-2)
+        b[2].mul_(3)
+    fresh = y.clone()
+    apply(GroupedLoRA(mode, max_tokens=64), fresh, x, idx, lora_a, lora_b, 0.5, slices)  # type: ignore[arg-type]
+    stale = y.clone()  # the same number: the plan of the old weights runs (vLLM's ops read the slots anew)
+    apply(planned, stale, x, idx, lora_a, lora_b, 0.5, slices, batch=1)
+    assert torch.equal(stale, fresh) == (planned.serves(lora_a, slices, 64) == "vllm")
+    planned.weights.set_slots([1, 2, 4])
+    again = y.clone()
+    apply(planned, again, x, idx, lora_a, lora_b, 0.5, slices, batch=2)
+    assert torch.equal(again, fresh)
+
+
 def test_stacked_weights_stay_within_their_memory_budget() -> None:
     """Stacked fp32 copies are a cache: bounded per layer (slot sets kept) and across layers (bytes); a
     refilled slot's stale copy is dropped, and answers stay right after the cache starts over."""
@@ -361,6 +393,44 @@ def test_stacked_weights_stay_within_their_memory_budget() -> None:
     got = y.clone()
     GroupedLoRA("fused", weights).linear(got, x, idx, lora_a, lora_b, 1.0, (64,))
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_compact_copies_count_in_the_budget() -> None:
+    """A compact entry's oneDNN-packed copies (made on its ``pack_at_use``-th use) count in the byte budget from
+    then on, leave it with the entry, and a pack beyond the budget starts every cache over; where oneDNN packs
+    nothing (bf16 on an AVX2 CPU) nothing is counted."""
+    from vllm import _custom_ops as ops
+
+    from serving.engines.cpu_lora.weights import nbytes
+
+    if not getattr(ops, "_supports_onednn", False):
+        pytest.skip("this vLLM build has no oneDNN GEMM: nothing is packed")
+    *_, lora_a, lora_b = _data(8, 64, 16, (32, 32), 4, "mixed", dtype=torch.bfloat16, seed=2)
+    weights = SlotWeights(pack_at_use=2)
+    weights.set_slots([1, 2, 3, 4])
+    entry = weights.compact(lora_a, lora_b, (0, 1, 2, 3))
+    plain = weights.stacked_bytes
+    assert plain == nbytes(entry) and entry.owner is not None  # the masked form: the one that packs
+    entry.matrices()
+    assert entry.packed is None and weights.stacked_bytes == plain
+    entry.matrices()
+    if (
+        entry.packed is None
+    ):  # oneDNN refuses this dtype on this ISA (bf16 under AVX2): torch's matmul serves it
+        assert entry.packed_bytes == 0 and weights.stacked_bytes == plain
+        return
+    assert entry.packed_bytes > 0
+    assert weights.stacked_bytes == plain + entry.packed_bytes == nbytes(entry)
+    weights.set_slots([1, 2, 3, 5])  # slot 3 refilled: the stale entry goes, packed copies and all
+    fresh = weights.compact(lora_a, lora_b, (0, 1, 2, 3))
+    assert weights.stacked_bytes == nbytes(fresh) == plain
+    tight = SlotWeights(pack_at_use=1, budget_bytes=plain + 1)
+    tight.set_slots([1, 2, 3, 4])
+    small = tight.compact(lora_a, lora_b, (0, 1, 2, 3))
+    small.matrices()  # its packed copies would pass the budget: every cache starts over
+    assert tight.stacked_bytes == 0 and not tight.layer_entries(lora_a)
+    small.matrices()  # no longer cached: a plan may still run it, nothing is counted
+    assert tight.stacked_bytes == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+Op = Callable[[Any, Any], None]  # (y2, x2): adds one part of a layer's LoRA to y2 in place
+
 # a slot with this many tokens in a batch runs alone (its weights read once for all of them); below, its tokens
 # join the batched per-token path, which repeats a slot's weights for each of its tokens
 ALONE_TOKENS = 4
@@ -82,61 +84,74 @@ def expand(
 
 
 def together(
-    y2: Any,
-    x2: Any,
     indices: Any,
     groups: list[tuple[int, Any]],
     alone: bool,
     stacked: Any,
     scale: float,
     output_slices: tuple[int, ...],
-) -> None:
-    """The slots with few tokens each (decodes) in one batched shrink and one batched expand per slice.
-    Masked form (``stacked`` has an owner row): every token against all stacked rows (one gemv per token over
-    shared weights), other slots' columns masked to zero, one expand matmul per slice (``alone``: other slots
-    run alone, so only these slots' tokens are taken). Per-token form: every token against its own slot's rows
-    only (viewed, or repeated when a slot has several tokens), a per-token gemv and a per-token bmm."""
+) -> Op:
+    """The op ``(y2, x2)`` that adds the LoRA of the slots with few tokens each (decodes) in one batched shrink
+    and one batched expand per slice; what depends only on the batch (rows, masks, repeated weights) is
+    prepared here, once per batch. Masked form (``stacked`` has an owner row): every token against all stacked
+    rows (one gemv per token over shared weights), other slots' columns masked to zero, one expand matmul per
+    slice (``alone``: other slots run alone, so only these slots' tokens are taken). Per-token form: every token
+    against its own slot's rows only (viewed, or repeated when a slot has several tokens), a per-token gemv and
+    a per-token bmm."""
     import torch
 
     a_sm, b_sm, owner = stacked
     if owner is not None:  # few rows: every token reads them all (cache-resident) and keeps its own slot's
-        rows, xs, slots = None, x2, indices.reshape(-1)
+        rows, slots = None, indices.reshape(-1)
         if alone:  # only the tokens of these slots
             rows = torch.cat([r for _, r in groups])
-            xs, slots = x2.index_select(0, rows), slots.index_select(0, rows)
-        h = shrink(xs, a_sm)  # [n, S*R]: every token against every slot
-        h *= owner.unsqueeze(0) == slots.unsqueeze(1)  # a token keeps its own slot's columns only
-        expand(y2, h, b_sm, output_slices, scale, rows)
-        return
-    rows = torch.cat([r for _, r in groups])  # tokens in slot order
+            slots = slots.index_select(0, rows)
+        keep = keep_own(owner, slots)  # a token keeps its own slot's columns only
+
+        def masked(y2: Any, x2: Any) -> None:
+            h = shrink(x2 if rows is None else x2.index_select(0, rows), a_sm)  # [n, S*R]: every slot
+            h *= keep
+            expand(y2, h, b_sm, output_slices, scale, rows)
+
+        return masked
+    order = torch.cat([r for _, r in groups])  # tokens in slot order
     counts = [r.shape[0] for _, r in groups]
-    xs = x2.index_select(0, rows)
     if any(c != 1 for c in counts):
         repeats = torch.tensor(counts)
         a_sm = a_sm.repeat_interleave(repeats, dim=0)
         b_sm = [None if b is None else b.repeat_interleave(repeats, dim=0) for b in b_sm]
-    h = torch.bmm(xs.float().unsqueeze(1), a_sm.transpose(1, 2))  # [n, 1, R]
-    expand(y2, h, b_sm, output_slices, scale, rows)
+    a_t = a_sm.transpose(1, 2)
+
+    def per_token(y2: Any, x2: Any) -> None:
+        h = torch.bmm(x2.index_select(0, order).float().unsqueeze(1), a_t)  # [n, 1, R]
+        expand(y2, h, b_sm, output_slices, scale, order)
+
+    return per_token
 
 
-def compact(y2: Any, x2: Any, slots: Any, rows: Any, entry: Any, scale: float) -> None:
+def compact(y2: Any, x2: Any, keep: Any, rows: Any, entry: Any, scale: float) -> None:
     """The compact arithmetic: ``y2[rows] += scale * (x2[rows] @ A.T) @ B.T`` for the tokens ``rows`` (None:
-    all) with :meth:`.weights.SlotWeights.compact`'s ``entry``: masked form (``slots``: each token's slot; every
-    token against all stacked rows, other slots' columns zeroed), or one slot's weights (``slots`` None: every
-    token has that slot). Two matmuls, all in y's dtype with fp32 accumulation inside each (oneDNN's packed GEMM
-    once the entry recurs): not vLLM's order of sums nor its fp32 shrink buffer, so it claims an error bound
-    only."""
+    all) with :meth:`.weights.SlotWeights.compact`'s ``entry``: masked form (``keep`` [n, S*R]: the columns of
+    each token's own slot, :func:`keep_own`; every token against all stacked rows, the others zeroed), or one
+    slot's weights (``keep`` None: every token has that slot). Two matmuls, all in y's dtype with fp32
+    accumulation inside each (oneDNN's packed GEMM once the entry recurs): not vLLM's order of sums nor its fp32
+    shrink buffer, so it claims an error bound only."""
     a, b = entry.a, entry.b
     if entry.owner is None:  # one slot in the per-token layout: its rows shared by all its tokens
         a, b = a[0], b[0]
     xs = x2 if rows is None else x2.index_select(0, rows)
     packed = entry.matrices()
     h = xs @ a.T if packed is None else _onednn(packed[0], xs)  # [n, S*R]
-    if slots is not None:
-        h *= entry.owner.unsqueeze(0) == slots.unsqueeze(1)  # a token keeps its own slot's columns only
+    if keep is not None:
+        h *= keep
     if scale != 1.0:
         h *= scale
     add_rows(y2, h @ b.T if packed is None else _onednn(packed[1], h), rows)
+
+
+def keep_own(owner: Any, slots: Any) -> Any:
+    """``[n, S*R]`` bool: which stacked columns (``owner``: each column's slot) belong to each token's slot."""
+    return owner.unsqueeze(0) == slots.unsqueeze(1)
 
 
 def _onednn(handler: Any, x: Any) -> Any:

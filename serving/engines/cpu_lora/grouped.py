@@ -25,9 +25,11 @@ import time
 from typing import Any, Literal
 
 from serving.engines.cpu_lora.arithmetic import (
+    Op,
     compact,
     exact_linear,
     expand,
+    keep_own,
     shrink,
     slot_groups,
     split,
@@ -68,6 +70,8 @@ class GroupedLoRA:
         self.weights = weights or SlotWeights()
         self.max_tokens = max_tokens
         self.checks: dict[LayerShape, ShapeCheck] = {}
+        # id(a layer's first A buffer) -> ((batch, mode, force), its plan): see linear's ``batch``
+        self._plans: dict[int, tuple[Any, list[Op] | None]] = {}
 
     # ---- the decision per layer shape ---------------------------------------------------------------
     def arithmetic(self, check: ShapeCheck) -> Arithmetic:
@@ -155,79 +159,127 @@ class GroupedLoRA:
         output_slices: tuple[int, ...],
         groups: list[tuple[int, Any]] | None = None,
         limit: int | None = None,
+        batch: int | None = None,
     ) -> bool:
         """Add the LoRA of each token's slot (``indices``, -1: none) to ``y`` in place and return True, or
         return False (``y`` untouched) where the layer's shape is left to vLLM's own ops (:meth:`serves`).
         ``groups`` is :func:`slot_groups` of ``indices`` when the caller already has it; ``limit``: the most
-        rows a call of this layer can have (the probe's largest token count; ``max_tokens`` when None)."""
-        import torch
-
+        rows a call of this layer can have (the probe's largest token count; ``max_tokens`` when None).
+        ``batch``: the caller's number for the batch (its tokens' slots and the adapters in the slots), which
+        the caller changes whenever either changes: the layer's :meth:`plan` is then kept and rerun by every
+        later call with that number and mode (a decode batch runs tens of steps; None: planned per call)."""
         x2 = x.reshape(-1, x.shape[-1])
         y2 = y.view(-1, y.shape[-1])
-        arithmetic = self.serves(lora_a, output_slices, limit or self.max_tokens)
-        if arithmetic == "vllm":
+        key = None if batch is None else (batch, self.mode, self.force)
+        hit = None if key is None else self._plans.get(id(lora_a[0]))
+        if hit is not None and hit[0] == key:
+            ops = hit[1]
+        else:
+            ops = self.plan(y2, x2, indices, lora_a, lora_b, scale, output_slices, groups, limit)
+            if key is not None:
+                self._plans[id(lora_a[0])] = (key, ops)
+        if ops is None:
             return False
-        groups = slot_groups(indices) if groups is None else groups
-        if not groups:
-            return True
-        if arithmetic == "compact":
-            self._compact(y2, x2, indices, groups, lora_a, lora_b, scale, output_slices)
-            return True
-        if y2.dtype != torch.bfloat16 or lora_a[0].shape[-2] % ROW_BLOCK:  # the fused expand needs both
-            exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices, self.weights.rank)
-            return True
-        weights = self.weights
-        if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
-            part = weights.part(lora_a, lora_b, groups[0][0])
-            if part is not None:
-                expand(y2, shrink(x2, part[0]), part[1], output_slices, scale, None)
-            return True
-        alone, batched = split(groups, lambda slot: weights.part(lora_a, lora_b, slot) is not None)
-        if batched:
-            stacked = weights.stacked(lora_a, lora_b, tuple(s for s, _ in batched))
-            together(y2, x2, indices, batched, bool(alone), stacked, scale, output_slices)
-        for slot, rows in alone:  # one shrink/expand on the slot's own rows, its weights shared by its tokens
-            part = weights.part(lora_a, lora_b, slot)
-            expand(y2, shrink(x2.index_select(0, rows), part[0]), part[1], output_slices, scale, rows)
+        for op in ops:
+            op(y2, x2)
         return True
 
-    def _compact(
+    def plan(
         self,
         y2: Any,
         x2: Any,
+        indices: Any,
+        lora_a: tuple[Any, ...],
+        lora_b: tuple[Any, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+        groups: list[tuple[int, Any]] | None = None,
+        limit: int | None = None,
+    ) -> list[Op] | None:
+        """The ops ``(y2, x2)`` that add this layer's LoRA for this batch (``y2``, ``x2``: its 2-D output and
+        input, read for shape and dtype only), or None where vLLM's own ops serve the layer. Everything that
+        depends only on the batch and the slots' weights (the arithmetic, the slot groups, the stacked weights,
+        masks) is decided here."""
+        import torch
+
+        arithmetic = self.serves(lora_a, output_slices, limit or self.max_tokens)
+        if arithmetic == "vllm":
+            return None
+        groups = slot_groups(indices) if groups is None else groups
+        if not groups:
+            return []
+        if arithmetic == "compact":
+            return self._compact(indices, groups, lora_a, lora_b, scale, output_slices)
+        weights = self.weights
+        if y2.dtype != torch.bfloat16 or lora_a[0].shape[-2] % ROW_BLOCK:  # the fused expand needs both
+
+            def per_group(y2: Any, x2: Any) -> None:
+                exact_linear(y2, x2, groups, lora_a, lora_b, scale, output_slices, weights.rank)
+
+            return [per_group]
+        if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
+            part = weights.part(lora_a, lora_b, groups[0][0])
+            return [] if part is None else [_alone(part, None, scale, output_slices)]
+        alone, batched = split(groups, lambda slot: weights.part(lora_a, lora_b, slot) is not None)
+        ops: list[Op] = []
+        if batched:
+            stacked = weights.stacked(lora_a, lora_b, tuple(s for s, _ in batched))
+            ops.append(together(indices, batched, bool(alone), stacked, scale, output_slices))
+        for slot, rows in alone:  # one shrink/expand on the slot's own rows, its weights shared by its tokens
+            ops.append(_alone(weights.part(lora_a, lora_b, slot), rows, scale, output_slices))
+        return ops
+
+    def _compact(
+        self,
         indices: Any,
         groups: list[tuple[int, Any]],
         lora_a: tuple[Any, ...],
         lora_b: tuple[Any, ...],
         scale: float,
         output_slices: tuple[int, ...],
-    ) -> None:
-        """The compact arithmetic (:func:`.arithmetic.compact`): a slot with many tokens (a prefill chunk) on
-        its own weights, the others together in the masked form; slots that touch none of this layer's slices
-        drop out. Slot sets beyond the masked form's rows (many compositions at once: sets that change every few
-        steps, where building a set's compact weights costs more than it saves) take the fused arithmetic's
-        per-token form, whose per-slot parts are reused across sets (the probe bounds both)."""
+    ) -> list[Op]:
+        """The ops of the compact arithmetic (:func:`.arithmetic.compact`): a slot with many tokens (a prefill
+        chunk) on its own weights, the others together in the masked form; slots that touch none of this layer's
+        slices drop out. Slot sets beyond the masked form's rows (many compositions at once: sets that change
+        every few steps, where building a set's compact weights costs more than it saves) take the fused
+        arithmetic's per-token form, whose per-slot parts are reused across sets (the probe bounds both)."""
         weights = self.weights
-        slots = indices.reshape(-1)
 
         def touches(slot: int) -> bool:
             return any(weights.rank(a, slot) for a in lora_a)
 
+        def run(entry: Any, keep: Any, rows: Any) -> Op:
+            return lambda y2, x2: compact(y2, x2, keep, rows, entry, scale)
+
         if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
             slot = groups[0][0]
-            if touches(slot):
-                compact(y2, x2, None, None, weights.compact(lora_a, lora_b, (slot,)), scale)
-            return
+            return [run(weights.compact(lora_a, lora_b, (slot,)), None, None)] if touches(slot) else []
         alone, batched = split(groups, touches)
+        ops: list[Op] = []
         if batched:
             members = tuple(s for s, _ in batched)
             if weights.masked(lora_a, members):  # the other tokens add exactly zero: no gather needed
-                compact(y2, x2, slots, None, weights.compact(lora_a, lora_b, members), scale)
+                entry = weights.compact(lora_a, lora_b, members)
+                ops.append(run(entry, keep_own(entry.owner, indices.reshape(-1)), None))
             else:
                 stacked = weights.stacked(lora_a, lora_b, members)
-                together(y2, x2, indices, batched, bool(alone), stacked, scale, output_slices)
+                ops.append(together(indices, batched, bool(alone), stacked, scale, output_slices))
         for slot, rows in alone:
-            compact(y2, x2, None, rows, weights.compact(lora_a, lora_b, (slot,)), scale)
+            ops.append(run(weights.compact(lora_a, lora_b, (slot,)), None, rows))
+        return ops
+
+
+def _alone(part: tuple[Any, list[Any]], rows: Any, scale: float, output_slices: tuple[int, ...]) -> Op:
+    """The op for one slot's tokens ``rows`` (None: every token) on the slot's own ``part`` (its weights read
+    once for all of them): one shrink and one expand per slice."""
+    a, bs = part
+
+    def one_slot(y2: Any, x2: Any) -> None:
+        expand(
+            y2, shrink(x2 if rows is None else x2.index_select(0, rows), a), bs, output_slices, scale, rows
+        )
+
+    return one_slot
 
 
 def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0, compact: bool = False) -> ShapeCheck:

@@ -11,7 +11,7 @@ serving layer never reuses an adapter id for other weights, so an unchanged id m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,8 @@ class CompactEntry:
     ``owner`` [S*R] (masked form), or ``a`` [S, R, in] and ``b`` [S, out, R] with ``owner`` None (per token: the
     arithmetic takes it for one slot only);
     ``packed``: both matrices packed for vLLM's oneDNN GEMM once the entry has been used ``pack_at_use`` times
-    (masked form, where vLLM has it; 0: never), released with the entry."""
+    (masked form, where vLLM has it; 0: never), released with the entry; ``packed_bytes``: their size, counted
+    (through ``on_pack``, set while a :class:`SlotWeights` cache holds the entry) in its byte budget."""
 
     a: Any
     b: Any
@@ -51,12 +52,18 @@ class CompactEntry:
     pack_at_use: int = PACK_AT_USE  # 0: never
     uses: int = 0
     packed: tuple[Any, Any] | None = None
+    packed_bytes: int = 0
+    on_pack: Callable[[int], None] | None = None
 
     def matrices(self) -> tuple[Any, Any] | None:
         """The packed matrices once this entry is used often enough (counting this use), else None."""
         self.uses += 1
         if self.uses == self.pack_at_use and self.owner is not None:
             self.packed = _pack(self.a, self.b)
+            if self.packed is not None:  # oneDNN's blocked copies: about the plain matrices' bytes
+                self.packed_bytes = int(self.a.nbytes + self.b.nbytes)
+                if self.on_pack is not None:
+                    self.on_pack(self.packed_bytes)
         return self.packed
 
 
@@ -79,7 +86,8 @@ def nbytes(stacked: Any) -> int:
     if stacked is None:
         return 0
     if isinstance(stacked, CompactEntry):
-        return sum(int(t.nbytes) for t in (stacked.a, stacked.b, stacked.owner) if t is not None)
+        plain = (stacked.a, stacked.b, stacked.owner)
+        return sum(int(t.nbytes) for t in plain if t is not None) + stacked.packed_bytes
     a_all, b_all, owner = stacked
     return sum(int(t.nbytes) for t in (a_all, *b_all, owner) if t is not None)
 
@@ -245,7 +253,7 @@ class SlotWeights:
         copies of vLLM's rows), every slice's expand in one matrix over ALL output columns (zero rows for slices
         no slot touches), in :meth:`stacked`'s two forms: masked (``S * R <= dense_max_cols``) or per token.
         Cached beside :meth:`stacked`'s entries (same keys, same bounds; an entry's oneDNN-packed copies, as large
-        again, are not counted in ``budget_bytes``)."""
+        again, count in ``budget_bytes`` from when they are made)."""
         import torch
 
         layer = self._layer(lora_a)
@@ -274,20 +282,43 @@ class SlotWeights:
 
     def _keep(self, layer: _Layer, key: tuple[Any, ...], entry: Any) -> None:
         """Cache ``entry`` under ``key``: entries of the same slots from an earlier fill (stale, either form) and
-        the oldest beyond ``batches_kept`` go; beyond ``budget_bytes`` over all layers every stacked cache starts
-        over."""
+        the oldest beyond ``batches_kept`` go; beyond ``budget_bytes`` over all layers (a compact entry's packed
+        copies counted when made) every stacked cache starts over."""
         cache = layer.stacked
         for old in [k for k in cache if k[0] == key[0] and k[1] != key[1]] + list(cache)[
             : max(0, len(cache) - self.batches_kept + 1)
         ]:
-            self.stacked_bytes -= nbytes(cache.pop(old, None))
+            self._release(cache.pop(old, None))
         size = nbytes(entry)
         if self.stacked_bytes + size > self.budget_bytes:
-            for other in self._layers.values():
-                other.stacked.clear()
-            self.stacked_bytes = 0
-        cache[key] = entry
+            self._start_over()
         self.stacked_bytes += size
+        cache[key] = entry
+        if isinstance(entry, CompactEntry):
+            entry.on_pack = self._packed
+
+    def _packed(self, size: int) -> None:
+        """A cached compact entry made its packed copies (``size`` bytes): counted, or beyond the budget every
+        stacked cache (that entry's too) starts over."""
+        if self.stacked_bytes + size > self.budget_bytes:
+            self._start_over()
+        else:
+            self.stacked_bytes += size
+
+    def _start_over(self) -> None:
+        """Drop every stacked entry of every layer (the budget was reached)."""
+        for layer in self._layers.values():
+            for entry in layer.stacked.values():
+                self._release(entry)
+            layer.stacked.clear()
+        self.stacked_bytes = 0
+
+    def _release(self, entry: Any) -> None:
+        """An entry leaves the cache: its bytes are no longer counted (nor packed later: a plan may still run
+        it until its batch ends)."""
+        if isinstance(entry, CompactEntry):
+            entry.on_pack = None
+        self.stacked_bytes -= nbytes(entry)
 
     def layer_entries(self, lora_a: tuple[Any, ...]) -> dict[tuple[Any, ...], Any]:
         """The stacked entries cached for one layer (for tests and stats)."""

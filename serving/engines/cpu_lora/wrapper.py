@@ -37,6 +37,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
         self.grouped = GroupedLoRA(max_tokens=min(max_num_batched_tokens, _PROBE_TOKENS))
         self._groups: list[tuple[int, Any]] | None = None
+        self._batch = 0  # changes with every update_metadata: the layers' plans are kept per batch
         self.idle_batches = 0  # batches without any adapter (a batch: one mapping, one or more steps)
         # id(lm_head's lora_a_stacked) -> the slots holding weights there (kept by _tracking: vLLM's
         # add_lora_logits gets the buffers, not the layer)
@@ -49,6 +50,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     ) -> None:
         super().update_metadata(mapping, lora_index_to_id, *args, **kwargs)
         self._groups = None  # the batch changed: regroup on first use
+        self._batch += 1
         self.grouped.weights.set_slots(lora_index_to_id)
         if not type(self).bypass:
             self.active_slots = None
@@ -96,7 +98,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             if self._groups is None:
                 self._groups = slot_groups(indices)
             args = (y, x, indices, lora_a_stacked, lora_b_stacked, scale, output_slices)
-            if grouped.linear(*args, groups=self._groups):
+            if grouped.linear(*args, groups=self._groups, batch=self._batch):
                 return
         super().add_lora_linear(
             y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
@@ -124,7 +126,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             size = min(y2.shape[-1], lora_b_stacked.shape[-2])
             limit = min(self._seq_lengths.shape[0], _PROBE_TOKENS)  # one row per sequence (max_batches)
             weights = ((lora_a_stacked,), (lora_b_stacked[..., :size, :],))
-            if grouped.linear(y2, x2, indices, *weights, scale, (size,), limit=limit):
+            if grouped.linear(y2, x2, indices, *weights, scale, (size,), limit=limit, batch=self._batch):
                 return
         super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
 
