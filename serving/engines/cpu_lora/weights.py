@@ -314,8 +314,8 @@ class SlotWeights:
         self.stacked_bytes = 0
 
     def _release(self, entry: Any) -> None:
-        """An entry leaves the cache: its bytes are no longer counted (nor packed later: a plan may still run
-        it until its batch ends)."""
+        """An entry leaves the cache: its bytes are no longer counted, nor its packed copies if a plan that still
+        runs it (until its batch ends) makes them later."""
         if isinstance(entry, CompactEntry):
             entry.on_pack = None
         self.stacked_bytes -= nbytes(entry)
