@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from cleanroom.policy import CleanRoomPolicy
 from federation.config import FederationConfig
 from serving.adapters_config import AdaptersConfig
-from serving.admission import AdmissionConfig
+from serving.admission_config import AdmissionConfig
 from serving.config_base import ConfigError, Strict, load_yaml_model
 from serving.data_config import CleanRoomConfig, CleanRoomRetailer, ComparisonConfig, GovernanceConfig
 from serving.deployment_config import CPU_ENGINE_ENV, AutoscalingConfig, DeploymentConfig, HttpConfig
