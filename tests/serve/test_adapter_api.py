@@ -40,6 +40,17 @@ def stored(registry: AdapterRegistry, adapter_id: str | None = ID) -> list[str]:
     return registry.store.listing(adapter_id)
 
 
+def _usage_when(url: str, headers: dict[str, str], done: Any, within_s: float = 10.0) -> dict[str, Any]:
+    """``GET /v1/adapters/{ID}`` until its latest version's usage satisfies ``done`` (counts from other router
+    replicas arrive within their flush interval), or ``within_s`` passed: the last answer either way."""
+    deadline = time.monotonic() + within_s
+    while True:
+        show: dict[str, Any] = httpx.get(f"{url}/v1/adapters/{ID}", headers=headers).json()
+        if done(show["versions"][0]["usage"]) or time.monotonic() > deadline:
+            return show
+        time.sleep(0.25)
+
+
 def test_upload_serve_new_version_retire(
     serve_url: str, adapter_dirs: dict[str, Path], registry: AdapterRegistry, app_config: Any
 ) -> None:
@@ -64,12 +75,14 @@ def test_upload_serve_new_version_retire(
         show["latest"] == "1" and show["versions"][0]["sha256"] == sha1 and show["versions"][0]["rank"] == 8
     )
     assert httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=ADMIN).status_code == 200
-    # usage counts: cluster-wide per version (the board outlives apps: compare before and after)
+    # usage counts: cluster-wide per version (the board outlives apps: compare before and after); a router sees
+    # its own requests at once and the other routers' within their flush (2 s): read until then
+    show = _usage_when(serve_url, auth("brand_x"), lambda usage: usage["requests"] >= 1)
     used = show["versions"][0]["usage"]["requests"]
     assert used >= 1 and show["requests"] >= used
     for _ in range(3):
         assert chat(serve_url, auth("brand_x"), f"base:{ID}@1").status_code == 200
-    again = httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=ADMIN).json()["versions"][0]["usage"]
+    again = _usage_when(serve_url, ADMIN, lambda usage: usage["requests"] >= used + 3)["versions"][0]["usage"]
     assert again["requests"] == used + 3 and again["last_used"] > time.time() - 60
     assert httpx.get(f"{serve_url}/v1/adapters/{ID}", headers=auth("brand_y")).status_code == 404
     listed = {a["id"] for a in httpx.get(f"{serve_url}/v1/adapters", headers=auth("brand_y")).json()["data"]}
