@@ -62,6 +62,15 @@ class DeploymentConfig(Strict):
     graceful_shutdown_timeout_s: float = Field(
         default=30, ge=0, description="Time to finish in-flight requests."
     )
+    health_check_period_s: float = Field(
+        default=10,
+        gt=0,
+        description="Seconds between Serve's health checks of a replica: a replica whose process died is "
+        "noticed (and replaced) at its next check, so this bounds how long the deployment counts a lost replica.",
+    )
+    health_check_timeout_s: float = Field(
+        default=30, gt=0, description="A health check unanswered this long marks the replica unhealthy."
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables for the replica processes."
     )
@@ -72,6 +81,8 @@ class DeploymentConfig(Strict):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
             "ray_actor_options": {
                 "num_cpus": self.num_cpus,
                 "num_gpus": self.num_gpus,

@@ -21,3 +21,13 @@ def engine_stats(app: str, calls: int = 30) -> dict[str, dict[str, Any]]:
 def total_loads(stats: dict[str, dict[str, Any]]) -> int:
     """Adapter loads summed over replicas."""
     return sum(int(s["loads"]) for s in stats.values())
+
+
+def serve_replicas(app: str, deployment: str) -> list[dict[str, Any]]:
+    """The replicas of ``deployment`` as Serve's controller sees them (``replica_id``, ``state``,
+    ``actor_name``, ...). A killed replica stays RUNNING here until the controller's next health check
+    notices (``health_check_period_s``), unlike Ray's actor table."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    return list(details["applications"][app]["deployments"][deployment]["replicas"])

@@ -16,7 +16,7 @@ import pytest
 from serving.gateway.timing import parse_server_timing
 from tests.http_load import one as _one
 from tests.http_load import open_loop
-from tests.replicas import engine_stats
+from tests.replicas import engine_stats, serve_replicas
 from tests.serve.conftest import APP
 from tests.tenants import ADMIN, auth
 
@@ -29,17 +29,17 @@ def _chat(model: str, max_tokens: int, text: str = "hello") -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
 
 
-def _engine_running() -> int:
-    from ray import serve
-
-    states = serve.status().applications[APP].deployments["engine"].replica_states
-    return sum(int(n) for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
-
-
 def test_killing_an_engine_replica_under_load_loses_nothing(serve_url: str) -> None:
     import ray
 
     victim = next(iter(engine_stats(APP).values()))["actor"]
+    with httpx.Client() as c:  # each model served once first: the loss, not a cold composition, is measured
+        for model in MODELS:
+            assert (
+                c.post(f"{serve_url}/v1/chat/completions", json=_chat(model, 2), headers=ADMIN).status_code
+                == 200
+            )
+    killed: list[float] = []
 
     async def main() -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -55,12 +55,12 @@ def test_killing_an_engine_replica_under_load_loses_nothing(serve_url: str) -> N
         async def killer() -> None:
             await asyncio.sleep(1.5)
             ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            killed.append(time.monotonic())
 
         await asyncio.gather(*(client(i) for i in range(12)), killer())
         return out
 
     results = asyncio.run(main())
-    killed_at = time.monotonic()
     codes = collections.Counter(r["status"] for r in results)
     assert None not in codes, [r for r in results if r["status"] is None][:3]  # every request got an answer
     assert all(r["shaped"] for r in results), [r for r in results if not r["shaped"]][:3]
@@ -70,28 +70,52 @@ def test_killing_an_engine_replica_under_load_loses_nothing(serve_url: str) -> N
     )
     assert set(codes) <= {200, 503, 504}, codes  # retried, else 503 + Retry-After (or past the 3 s deadline)
     assert all(r["headers"].get("retry-after") for r in results if r["status"] == 503)
-    while _engine_running() < 2:  # back to full strength (Serve replaces the replica)
-        assert time.monotonic() - killed_at < 90, "the engine deployment did not recover within 90 s"
-        time.sleep(0.5)
-    assert victim not in {s["actor"] for s in engine_stats(APP).values()}
+    replaced, serving = _back_to_full_strength(serve_url, victim, killed[0])
     print(
-        f"killed under load: {dict(codes)}; full strength again {time.monotonic() - killed_at:.1f}s after the load"
+        f"killed under load: {dict(codes)}; the controller replaced it {replaced:.1f}s after the kill, both "
+        f"replicas answering requests again after {serving:.1f}s"
     )
 
 
+def _back_to_full_strength(serve_url: str, victim: str, killed: float) -> tuple[float, float]:
+    """Seconds from the kill until Serve's controller runs 2 engine replicas, the victim not among them (its
+    replica counts alone read 2 RUNNING until the controller's next health check notices the kill), and until
+    requests through the router land on both (8 at a time; the router's handle learns of a new replica later
+    than the controller): the next test starts on a settled cluster. 90 s at most."""
+    while True:
+        running = [r for r in serve_replicas(APP, "engine") if r["state"] == "RUNNING"]
+        if len(running) == 2 and victim not in {r["actor_name"] for r in running}:
+            break
+        assert time.monotonic() - killed < 90, "the controller did not replace the killed replica within 90 s"
+        time.sleep(0.2)
+    replaced = time.monotonic() - killed
+    ids = {r["replica_id"] for r in running}
+
+    async def batch() -> set[str]:
+        async with httpx.AsyncClient() as c:
+            rs = await asyncio.gather(*(_one(c, serve_url, _chat("base", 20), ADMIN) for _ in range(8)))
+        return {r["headers"].get("x-rmn-replica", "") for r in rs if r["status"] == 200}
+
+    while asyncio.run(batch()) != ids:
+        assert time.monotonic() - killed < 90, "the new replica got no requests within 90 s of the kill"
+    return replaced, time.monotonic() - killed
+
+
 def _capacity(serve_url: str, tokens: int) -> float:
-    """Requests per second the fake app serves with 8 closed-loop clients (its 8 engine slots)."""
+    """Requests per second the fake app serves with 8 closed-loop clients (its 8 engine slots): answers to
+    requests sent after 1.5 s of the same load (its steady state), over the next 3 s."""
 
     async def main() -> int:
         done = 0
-        stop = time.monotonic() + 3.0
+        start = time.monotonic() + 1.5
+        stop = start + 3.0
 
         async def client() -> None:
             nonlocal done
             async with httpx.AsyncClient() as c:
                 while time.monotonic() < stop:
                     r = await _one(c, serve_url, _chat("base", tokens), ADMIN)
-                    done += r["status"] == 200
+                    done += r["status"] == 200 and time.monotonic() - r["s"] >= start
 
         await asyncio.gather(*(client() for _ in range(8)))
         return done
@@ -102,7 +126,11 @@ def _capacity(serve_url: str, tokens: int) -> float:
 def test_overload_at_4x_capacity_sheds_fast_and_serves_the_rest_in_time(
     serve_url: str, app_config: Any
 ) -> None:
-    tokens = 40  # 0.4 s per request
+    # 0.8 s per request: 4x the engine's capacity is then ~32 requests/s. The HTTP path (proxy + router) costs
+    # ~13 ms of CPU per request on the 2-core machine (one core at 75/s), so at 0.4 s per request the load also
+    # tested whether two shared cores parse 64-75 requests/s: beside one busy core its median refusal reached
+    # ~1 s (p99 1.8 s), vs 0.02-0.23 s (p99 <= 0.41 s) at 0.8 s per request
+    tokens = 80
     capacity = _capacity(serve_url, tokens)
     rate, seconds = 4 * capacity, 5.0
 
@@ -113,15 +141,15 @@ def test_overload_at_4x_capacity_sheds_fast_and_serves_the_rest_in_time(
     served = [r["s"] for r in results if r["status"] == 200]
     assert set(codes) <= {200, 503} and codes[503] and codes[200], codes  # nothing waited into a 504
     # refused, not waited out: most refusals at once (median under a quarter of the deadline) and every one before
-    # the deadline (p99). At 4x an open-loop load the 2-core machine's HTTP path itself saturates: in full runs
-    # its p99 reached 1.1-2.2 s (vs 0.02-0.4 s alone), the time to parse and answer, not admission waiting
+    # the deadline (p99; the tail is the HTTP path on shared cores, the time to parse and answer, not admission)
     p99 = shed[int(0.99 * (len(shed) - 1))]
     assert statistics.median(shed) < 0.25 * deadline, (statistics.median(shed), shed[-5:])
     assert p99 < deadline, shed[-5:]
     assert max(served) < deadline, max(served)
     assert all(r["headers"].get("retry-after") for r in results if r["status"] == 503)
     print(
-        f"capacity {capacity:.1f}/s, offered {rate:.1f}/s: {dict(codes)}, refusal p99 {p99:.3f}s, max {shed[-1]:.3f}s"
+        f"capacity {capacity:.1f}/s, offered {rate:.1f}/s: {dict(codes)}, refusal median "
+        f"{statistics.median(shed):.3f}s, p99 {p99:.3f}s, max {shed[-1]:.3f}s"
     )
 
 

@@ -135,6 +135,16 @@ def test_serve_options_autoscaling_replaces_num_replicas() -> None:
     assert "num_replicas" not in opts
     assert opts["autoscaling_config"]["max_replicas"] == 3
     assert opts["max_queued_requests"] == 64
+    assert (opts["health_check_period_s"], opts["health_check_timeout_s"]) == (10, 30)  # Serve's defaults
+    quick = AppConfig.model_validate(
+        {
+            "model": {"path": "/m"},
+            "adapters": {"root": "/r"},
+            "engine_deployment": {"health_check_period_s": 2, "health_check_timeout_s": 5},
+        }
+    )
+    assert quick.engine_deployment.serve_options()["health_check_period_s"] == 2
+    assert quick.engine_deployment.serve_options()["health_check_timeout_s"] == 5
 
 
 def test_deploy_examples_validate() -> None:
