@@ -1,5 +1,6 @@
-"""HTTP load for the Serve tier's fault and overload tests: one request's outcome, and an open-loop load run in a
-process of its own (``python -m tests.http_load`` reads its job as JSON on stdin and writes the outcomes as JSON).
+"""HTTP load for the Serve tier's fault and overload tests: one request's outcome, and an open-loop load or a
+closed-loop flood run in a process of its own (``python -m tests.http_load JOB`` takes its job as JSON and writes the
+outcomes as JSON).
 
 Why a process of its own: the pytest process by then holds every earlier test's objects, so its garbage
 collector and event loop add their pauses to what the load measures; an attacker's client does not share the
@@ -62,27 +63,81 @@ async def _open_loop(
         return list(await asyncio.gather(*tasks))
 
 
+async def _flood(
+    url: str, body: dict[str, Any], headers: dict[str, str], clients: int, seconds: float
+) -> dict[str, int]:
+    stop = time.monotonic() + seconds
+    codes: dict[str, int] = {}
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 10)) as c:
+
+        async def client() -> None:  # as many requests as it may; on 503 it backs off as told
+            while time.monotonic() < stop:
+                r = await one(c, url, body, headers)
+                codes[str(r["status"])] = codes.get(str(r["status"]), 0) + 1
+                if r["status"] == 503:
+                    await asyncio.sleep(min(1.0, float(r["headers"].get("retry-after", 1))))
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return codes
+
+
+def _process(job: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.http_load", json.dumps(job)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def _result(proc: subprocess.Popen[str], timeout: float) -> Any:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the load process failed ({proc.returncode}): {err[-2000:]}")
+    return json.loads(out)
+
+
 def open_loop(
     url: str, body: dict[str, Any], headers: dict[str, str], rate: float, seconds: float
 ) -> list[dict[str, Any]]:
     """``rate * seconds`` requests of ``body`` arriving at ``rate`` a second whatever the answers, sent from a
     fresh process: their outcomes."""
-    job = {"url": url, "body": body, "headers": headers, "rate": rate, "n": int(rate * seconds)}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.http_load"],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the load process failed ({done.returncode}): {done.stderr[-2000:]}")
-    out: list[dict[str, Any]] = json.loads(done.stdout)
+    job = {
+        "kind": "open_loop",
+        "url": url,
+        "body": body,
+        "headers": headers,
+        "rate": rate,
+        "n": int(rate * seconds),
+    }
+    out: list[dict[str, Any]] = _result(_process(job), seconds + 60)
     return out
 
 
+class Flood:
+    """``clients`` closed-loop clients sending ``body`` for ``seconds`` from a process of its own (each backs
+    off as a 503's Retry-After says, at most 1 s), started on construction; :meth:`codes` waits for its end:
+    the answers' status codes and counts."""
+
+    def __init__(
+        self, url: str, body: dict[str, Any], headers: dict[str, str], clients: int, seconds: float
+    ) -> None:
+        self.seconds = seconds
+        job = {"kind": "flood", "url": url, "body": body, "headers": headers, "clients": clients}
+        self._proc = _process({**job, "seconds": seconds})
+
+    def codes(self) -> dict[int, int]:
+        return {int(k): v for k, v in _result(self._proc, self.seconds + 60).items()}
+
+
 if __name__ == "__main__":
-    job = json.load(sys.stdin)
-    results = asyncio.run(_open_loop(job["url"], job["body"], job["headers"], job["rate"], job["n"]))
-    json.dump(results, sys.stdout)
+    job = json.loads(sys.argv[1])
+    if job["kind"] == "flood":
+        result: Any = asyncio.run(
+            _flood(job["url"], job["body"], job["headers"], job["clients"], job["seconds"])
+        )
+    else:
+        result = asyncio.run(_open_loop(job["url"], job["body"], job["headers"], job["rate"], job["n"]))
+    json.dump(result, sys.stdout)
