@@ -125,8 +125,16 @@ class Flood:
         self, url: str, body: dict[str, Any], headers: dict[str, str], clients: int, seconds: float
     ) -> None:
         self.seconds = seconds
-        job = {"kind": "flood", "url": url, "body": body, "headers": headers, "clients": clients}
-        self._proc = _process({**job, "seconds": seconds})
+        self._proc = _process(
+            {
+                "kind": "flood",
+                "url": url,
+                "body": body,
+                "headers": headers,
+                "clients": clients,
+                "seconds": seconds,
+            }
+        )
 
     def codes(self) -> dict[int, int]:
         return {int(k): v for k, v in _result(self._proc, self.seconds + 60).items()}
