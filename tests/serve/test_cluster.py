@@ -44,6 +44,10 @@ def scale_config(tiny_model: Path, registry_root: Path, tmp: pytest.TempPathFact
         env={"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"},
     )
     raw["router_deployment"]["num_replicas"] = 2
+    # the subject here is scaling, not the deadline (the overload tests bound that): on 2 cores a new engine
+    # replica's start (a Ray worker process, seconds of CPU) stalls the admitted requests beside it, and with the
+    # tier's 3 s deadline one in ~900 answered 504 in a CI run; 10 s leaves the start its room
+    raw["http"]["request_timeout_s"] = 10
     metered = {"id": "metered", "role": "agency", "rate_limit_per_minute": METERED_LIMIT}
     raw["federation"]["tenants"].append({**metered, "api_key_sha256": hash_key(METERED_KEY)})
     from serving.config import AppConfig
@@ -115,6 +119,7 @@ def test_a_backlog_scales_the_engine_up_and_it_comes_back_down(scale_url: str) -
         stop.set()
         for t in threads:
             t.join()
+    print(f"answers {dict(codes)}; engine replicas peaked at {peak}; slots {slots}")
     assert peak == 3, f"never scaled to 3 engine replicas; answers {dict(codes)}"
     # 3 engines x 2 ongoing, shared by the routers' demand: each router's slots follow from the demand it last
     # read; the two read it at different moments (each reports every second), so the sum is 6 give or take one
