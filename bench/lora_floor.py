@@ -11,8 +11,10 @@ each LoRA load with four arithmetics behind the same grouped wrapper, order alte
   CPU linear layers use), two GEMMs and one add over all tokens (no per-slot masking, no exactness): about
   the least arithmetic a LoRA layer needs with the GEMMs this engine has. Its text is garbage; its time is not.
 
-Besides tokens/s (and the ratio to the base model on the same engine), it times every engine step and every
-``add_lora_linear`` call (perf_counter around them). Writes ``bench/results/lora-floor.json``.
+Besides tokens/s (and the ratio to the base model on the same engine) it counts tokens per second of the engine
+thread's CPU time (``time.thread_time``: the engine runs in this thread, one compute thread; less moved by a busy
+VM host than wall time) and times every engine step, every adapter activation (``_set_active_loras``: slot
+loads) and every ``add_lora_linear`` call (perf_counter around them). Writes ``bench/results/lora-floor.json``.
 
     python -m bench.lora_floor [--prompts 64] [--tokens 32] [--reps 3]
 """
@@ -112,6 +114,7 @@ def main() -> None:
     meter = Meter()
     meter.wrap(GroupedPunicaWrapperCPU, "add_lora_linear")
     meter.wrap(GPUModelRunner, "execute_model")
+    meter.wrap(GPUModelRunner, "_set_active_loras")
     current = install_arithmetics()
     llm = demo_llm(max_num_seqs=8)
     prompts = [QUESTIONS[i % len(QUESTIONS)] + f" (request {i})" for i in range(args.prompts)]
@@ -124,12 +127,14 @@ def main() -> None:
         cpu_lora.set_mode("compact" if arithmetic == "compact" else "grouped")
         meter.clear()
         loras = loads[name]
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.thread_time()
         llm.generate(prompts[:n], sp, lora_request=loras[:n] if loras else None, use_tqdm=False)
-        seconds = time.perf_counter() - t
+        seconds, cpu = time.perf_counter() - t, time.thread_time() - cpu
         steps, calls = meter.calls["execute_model"], meter.calls["add_lora_linear"]
         return {
             "tokens_per_s": round(n * args.tokens / seconds, 1),
+            "tokens_per_cpu_s": round(n * args.tokens / cpu, 1),
+            "activate_ms_per_step": round(meter.seconds["_set_active_loras"] / max(steps, 1) * 1e3, 2),
             "step_ms": round(meter.seconds["execute_model"] / max(steps, 1) * 1e3, 2),
             "lora_ms_per_step": round(meter.seconds["add_lora_linear"] / max(steps, 1) * 1e3, 2),
             "lora_us_per_call": round(meter.seconds["add_lora_linear"] / max(calls, 1) * 1e6, 1),
@@ -150,10 +155,14 @@ def main() -> None:
         return round(statistics.median(r[key] for r in rows), 2)
 
     base = median(reps["base"]["grouped"], "tokens_per_s")
+    base_cpu = median(reps["base"]["grouped"], "tokens_per_cpu_s")
     medians = {
         name: {
             a: {key: median(rows, key) for key in rows[0]}
-            | {"over_base": round(median(rows, "tokens_per_s") / base, 3)}
+            | {
+                "over_base": round(median(rows, "tokens_per_s") / base, 3),
+                "over_base_cpu": round(median(rows, "tokens_per_cpu_s") / base_cpu, 3),
+            }
             for a, rows in by.items()
         }
         for name, by in reps.items()
