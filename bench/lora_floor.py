@@ -12,8 +12,8 @@ each LoRA load with four arithmetics behind the same grouped wrapper, order alte
   the least arithmetic a LoRA layer needs with the GEMMs this engine has. Its text is garbage; its time is not.
 
 Besides tokens/s (and the ratio to the base model on the same engine) it counts tokens per second of the engine
-thread's CPU time (``time.thread_time``: the engine runs in this thread, one compute thread; less moved by a busy
-VM host than wall time) and times every engine step, every adapter activation (``_set_active_loras``: slot
+thread's CPU time (``time.thread_time``: the engine runs in this thread, one compute thread; on the development
+VM it moved with wall time, a busy host's steal included) and times every engine step, every adapter activation (``_set_active_loras``: slot
 loads) and every ``add_lora_linear`` call (perf_counter around them). Writes ``bench/results/lora-floor.json``.
 
     python -m bench.lora_floor [--prompts 64] [--tokens 32] [--reps 3]
@@ -63,8 +63,8 @@ class Meter:
 
 def install_arithmetics() -> list[str]:
     """Route ``GroupedLoRA.linear`` through the arithmetic named in the returned one-item list (set it
-    before each run): the product's method for ``grouped``/``compact`` (with the process-wide CPU LoRA mode
-    set to match), nothing for ``none``, :data:`MINIMAL_RANK` packed GEMMs for ``minimal``."""
+    before each run, and the process-wide CPU LoRA mode to match): the product's method for ``grouped`` and
+    ``compact``, nothing for ``none``, :data:`MINIMAL_RANK` packed GEMMs for ``minimal``."""
     import torch
     from vllm import _custom_ops as ops
 
