@@ -443,3 +443,61 @@ def test_slot_rank_reads_bit_patterns_right(dtype: torch.dtype) -> None:
     a[2, 0, 15, 7] = -2.0
     weights = SlotWeights()
     assert [weights.rank(a, s) for s in range(3)] == [6, 3, 16]
+
+
+def _refused(entry) -> bool:  # type: ignore[no-untyped-def]
+    """Whether oneDNN refuses to pack this entry's matrices (bf16 on a CPU without AVX-512: torch serves)."""
+    from serving.engines.cpu_lora.weights import _pack
+
+    return _pack(entry.a, entry.b) is None
+
+
+def test_compact_runs_batches_on_one_entry_of_the_held_slots() -> None:
+    """The compact arithmetic stacks every slot holding a layer's weights into one entry (packed on its first
+    use) that serves every batch whose own slots cover at least half its rows, until a slot is refilled:
+    batches of other slot sets — a prefill chunk among them, on its own weights, never counted twice — stay as
+    close to float64 as the per-set entries; the entry is built once and anew after a refill; a batch of one
+    small slot beside larger idle ones takes its own set's entry."""
+    from vllm import _custom_ops as ops
+
+    slices = (24, 8, 8)
+    *_, lora_a, lora_b = _data(1, 48, 16, slices, 4, "one", dtype=torch.bfloat16, seed=7)
+    weights = SlotWeights()
+    weights.set_slots([1, 2, 3, 4])
+    held = GroupedLoRA(weights=weights, force="compact")
+    g = torch.Generator().manual_seed(3)
+    batches = [[0, 0, 0, 0, 0, 1, 2, 3, -1], [3, 2, 1, 0], [1, 2, -1, 3], [2, 2, 0, -1]]
+
+    def check(grouped: GroupedLoRA, idx: torch.Tensor) -> None:
+        x = torch.randn(len(idx), 48, generator=g).bfloat16()
+        y = torch.randn(len(idx), sum(slices), generator=g).bfloat16()
+        got, own = y.clone(), y.clone()
+        grouped.linear(got, x, idx, lora_a, lora_b, 0.5, slices)
+        GroupedLoRA(weights=SlotWeights(held_max_cols=0), force="compact").linear(
+            own, x, idx, lora_a, lora_b, 0.5, slices
+        )
+        exact = float64_reference(y, x, idx, lora_a, lora_b, 0.5, slices)
+        assert torch.equal(got[idx < 0], y[idx < 0])
+        assert _error(got, exact) <= 2 * _error(own, exact) + 1e-3  # within bf16 rounding of the per-set path
+        torch.testing.assert_close(got.double(), exact, rtol=0.05, atol=0.05)
+
+    def entries(slots: tuple[int, ...]) -> list:  # type: ignore[type-arg]
+        return [e for k, e in weights.layer_entries(lora_a).items() if k[0] == slots]
+
+    for idx in batches:
+        check(held, torch.tensor(idx))
+    (entry,) = entries((0, 1, 2, 3))  # one entry for every batch, no per-set entries
+    assert {k[0] for k in weights.layer_entries(lora_a)} == {(0, 1, 2, 3), (0,)}  # (0,): the prefill chunk
+    assert entry.owner is not None
+    assert entry.uses == len(batches) and entry.pack_at_use == 1  # packed on its first use
+    assert entry.packed is not None or not getattr(ops, "_supports_onednn", False) or _refused(entry)
+    for a, b in zip(lora_a, lora_b, strict=True):  # another adapter in slot 2, of rank 2 (one row block)
+        a[2, 0, 2:] = 0
+        b[2, 0, :, 2:] = 0
+        a[2].mul_(-2)
+    weights.set_slots([1, 2, 5, 4])
+    check(held, torch.tensor(batches[1]))
+    (fresh,) = entries((0, 1, 2, 3))
+    assert fresh is not entry and fresh.uses == 1
+    check(held, torch.tensor([2, 2, -1]))  # slot 2's 8 rows per slice: a quarter of the held rows
+    assert len(entries((2,))) == 1 and fresh.uses == 1

@@ -242,7 +242,11 @@ class GroupedLoRA:
         chunk) on its own weights, the others together in the masked form; slots that touch none of this layer's
         slices drop out. Slot sets beyond the masked form's rows (many compositions at once: sets that change
         every few steps, where building a set's compact weights costs more than it saves) take the fused
-        arithmetic's per-token form, whose per-slot parts are reused across sets (the probe bounds both)."""
+        arithmetic's per-token form, whose per-slot parts are reused across sets (the probe bounds both). Where
+        every slot holding the layer's weights fits :meth:`.weights.SlotWeights.held`, the batched tokens run
+        on that one entry whatever their set."""
+        import torch
+
         weights = self.weights
 
         def touches(slot: int) -> bool:
@@ -256,8 +260,15 @@ class GroupedLoRA:
             return [run(weights.compact(lora_a, lora_b, (slot,)), None, None)] if touches(slot) else []
         alone, batched = split(groups, touches)
         ops: list[Op] = []
-        if batched:
-            members = tuple(s for s, _ in batched)
+        members = tuple(s for s, _ in batched)
+        held = weights.held(lora_a, touches, members) if batched else None
+        if held is not None:  # every held slot's rows, packed once until a refill; others' columns masked
+            entry = weights.compact(lora_a, lora_b, held, pack_at_use=1, masked=True)
+            slots = indices.reshape(-1)
+            if alone:  # their tokens run on their own weights below
+                slots = slots.masked_fill(torch.isin(slots, torch.tensor([s for s, _ in alone])), -1)
+            ops.append(run(entry, keep_own(entry.owner, slots), None))
+        elif batched:
             if weights.masked(lora_a, members):  # the other tokens add exactly zero: no gather needed
                 entry = weights.compact(lora_a, lora_b, members)
                 ops.append(run(entry, keep_own(entry.owner, indices.reshape(-1)), None))
@@ -296,9 +307,9 @@ def check_shape(shape: LayerShape, max_tokens: int, seed: int = 0, compact: bool
     dtype = getattr(torch, shape.dtype)
     fused = [GroupedLoRA(mode="fused", weights=SlotWeights(dense_max_cols=d)) for d in (0, 1 << 30)]
     compact_error = 0.0
-    compacts = [  # per token; masked with torch's matmul; masked with oneDNN's packed GEMM
-        GroupedLoRA(weights=SlotWeights(dense_max_cols=d, pack_at_use=p), force="compact")
-        for d, p in ((0, 0), (1 << 30, 0), (1 << 30, 1))
+    compacts = [  # per token; the batch's set masked with torch's matmul, with oneDNN's packed GEMM; all held
+        GroupedLoRA(weights=SlotWeights(dense_max_cols=d, pack_at_use=p, held_max_cols=h), force="compact")
+        for d, p, h in ((0, 0, 0), (1 << 30, 0, 0), (1 << 30, 1, 0), (0, 1, 1 << 30))
         if compact
     ]
     for tokens in check.tokens:

@@ -32,6 +32,10 @@ class _Layer:
     stacked: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # (slots, gens, form) -> stacked
 
 
+# the compact arithmetic's entry of all held slots (:meth:`SlotWeights.held`) up to this many stacked rows: 8 slots
+# of rank-32 q/v compositions (bf16 at hidden 576: 0.6 MiB for A, 1.1 MiB for B, as much again packed)
+HELD_MAX_COLS = 512
+
 # a masked compact entry is packed for oneDNN (vLLM's own CPU GEMM, the one its linear layers use) on this use:
 # packing costs about as much as 15 calls save, so slot sets that come and go (many compositions) stay unpacked
 PACK_AT_USE = 16
@@ -104,6 +108,7 @@ class SlotWeights:
         batches_kept: int = 8,
         dense_max_cols: int = 256,
         pack_at_use: int = PACK_AT_USE,
+        held_max_cols: int = HELD_MAX_COLS,
     ):
         self.budget_bytes = budget_bytes
         self.batches_kept = batches_kept
@@ -111,6 +116,9 @@ class SlotWeights:
         # read all slots' rows and keep their own (one masked shrink); beyond, each reads only its own
         self.dense_max_cols = dense_max_cols
         self.pack_at_use = pack_at_use  # a masked compact entry is packed on this use (0: never)
+        # the compact arithmetic stacks every slot holding a layer's weights into one entry up to this many rows
+        # (see :meth:`held`): one entry per layer for every batch until a slot is refilled (0: never)
+        self.held_max_cols = held_max_cols
         self.stacked_bytes = 0
         self._layers: dict[int, _Layer] = {}
         self._generation: dict[int, Any] = {}  # slot -> the adapter id vLLM put there (or a fill count)
@@ -209,19 +217,43 @@ class SlotWeights:
 
     def masked(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> bool:
         """Whether ``slots`` stack into the masked form (at most ``dense_max_cols`` rows: see :meth:`stacked`)."""
-        layer = self._layer(lora_a)
-        total = sum(max(self.rows(a, slot, layer) for slot in slots) for a in lora_a)
-        return len(slots) * total <= self.dense_max_cols
+        return self.stacked_rows(lora_a, slots) <= self.dense_max_cols
 
-    def _build(self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]) -> Any:
-        """Lay the slots' parts out in the masked or the per-token form (see :meth:`stacked`)."""
+    def held(
+        self, lora_a: tuple[Any, ...], touches: Callable[[int], bool], batch: tuple[int, ...]
+    ) -> tuple[int, ...] | None:
+        """Every slot holding weights of this layer (``touches``), when they stack into at most
+        ``held_max_cols`` rows and the ``batch``'s own slots would stack into at least half as many: the compact
+        arithmetic then runs the batch on their one masked entry (packed on its first use), which changes only
+        when a slot is refilled, instead of an entry per slot set (sets that come and go with the requests: 32
+        compositions through 8 slots); None otherwise (a batch of a few small adapters beside large idle ones)."""
+        slots = tuple(s for s in range(lora_a[0].shape[0]) if touches(s))
+        if not slots or not self.held_max_cols:
+            return None
+        rows = self.stacked_rows(lora_a, slots)
+        return slots if rows <= min(self.held_max_cols, 2 * self.stacked_rows(lora_a, batch)) else None
+
+    def stacked_rows(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> int:
+        """The rows of ``slots``' masked form: every slot padded to their most rows per slice."""
+        layer = self._layer(lora_a)
+        return len(slots) * sum(max(self.rows(a, slot, layer) for slot in slots) for a in lora_a)
+
+    def _build(
+        self,
+        lora_a: tuple[Any, ...],
+        lora_b: tuple[Any, ...],
+        slots: tuple[int, ...],
+        masked: bool | None = None,
+    ) -> Any:
+        """Lay the slots' parts out in the masked or the per-token form (see :meth:`stacked`; ``masked``: that
+        form whatever their rows)."""
         import torch
 
         parts = [self.part(lora_a, lora_b, slot) for slot in slots]
         most = [max(0 if p[1][i] is None else p[1][i].shape[1] for p in parts) for i in range(len(lora_b))]
         n, total = len(slots), sum(most)
         starts = [sum(most[:i]) for i in range(len(most))]
-        masked = n * total <= self.dense_max_cols
+        masked = n * total <= self.dense_max_cols if masked is None else masked
         a_all = torch.zeros(n * total, lora_a[0].shape[-1], dtype=torch.float32)
         b_all: list[Any] = [
             None
@@ -247,21 +279,28 @@ class SlotWeights:
         return a_all.view(n, total, -1), b_all, None
 
     def compact(
-        self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], slots: tuple[int, ...]
+        self,
+        lora_a: tuple[Any, ...],
+        lora_b: tuple[Any, ...],
+        slots: tuple[int, ...],
+        pack_at_use: int | None = None,
+        masked: bool | None = None,
     ) -> CompactEntry:
         """The weights of ``slots`` for the compact arithmetic (:func:`.arithmetic.compact`) in y's dtype (exact
         copies of vLLM's rows), every slice's expand in one matrix over ALL output columns (zero rows for slices
         no slot touches), in :meth:`stacked`'s two forms: masked (``S * R <= dense_max_cols``) or per token.
         Cached beside :meth:`stacked`'s entries (same keys, same bounds; an entry's oneDNN-packed copies, as large
-        again, count in ``budget_bytes`` from when they are made)."""
+        again, count in ``budget_bytes`` from when they are made). ``pack_at_use``: this entry's (the instance's
+        when None; 0 stays never); ``masked``: that form whatever the rows (:meth:`held`'s entry)."""
         import torch
 
         layer = self._layer(lora_a)
-        key = (slots, tuple(self._generation.get(s) for s in slots), ("compact", self.dense_max_cols))
+        form = ("compact", self.dense_max_cols, masked)
+        key = (slots, tuple(self._generation.get(s) for s in slots), form)
         hit = layer.stacked.get(key)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        a_all, b_all, owner = self._build(lora_a, lora_b, slots)
+        a_all, b_all, owner = self._build(lora_a, lora_b, slots, masked)
         dtype = lora_b[0].dtype
         out = sum(b.shape[-2] for b in lora_b)
         cols = a_all.shape[-2]
@@ -276,7 +315,8 @@ class SlotWeights:
                 b_full[..., offset : offset + size, col : col + r] = b_i
                 col += r
             offset += size
-        entry = CompactEntry(a_all.to(dtype), b_full, owner, self.pack_at_use)
+        pack = self.pack_at_use if pack_at_use is None or not self.pack_at_use else pack_at_use
+        entry = CompactEntry(a_all.to(dtype), b_full, owner, pack)
         self._keep(layer, key, entry)
         return entry
 
