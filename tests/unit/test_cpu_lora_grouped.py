@@ -501,3 +501,6 @@ def test_compact_runs_batches_on_one_entry_of_the_held_slots() -> None:
     assert fresh is not entry and fresh.uses == 1
     check(held, torch.tensor([2, 2, -1]))  # slot 2's 8 rows per slice: a quarter of the held rows
     assert len(entries((2,))) == 1 and fresh.uses == 1
+    every = (0, 1, 2, 3)  # 4 slots x 48 rows, (48 + 40) columns, bf16, packed copies: 67,584 bytes
+    assert SlotWeights(budget_bytes=64 * 67_584).held(lora_a, lora_b, lambda s: True, every) == every
+    assert SlotWeights(budget_bytes=64 * 67_584 - 64).held(lora_a, lora_b, lambda s: True, every) is None

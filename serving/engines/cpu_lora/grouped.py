@@ -261,7 +261,7 @@ class GroupedLoRA:
         alone, batched = split(groups, touches)
         ops: list[Op] = []
         members = tuple(s for s, _ in batched)
-        held = weights.held(lora_a, touches, members) if batched else None
+        held = weights.held(lora_a, lora_b, touches, members) if batched else None
         if held is not None:  # every held slot's rows, packed once until a refill; others' columns masked
             entry = weights.compact(lora_a, lora_b, held, pack_at_use=1, masked=True)
             slots = indices.reshape(-1)

@@ -220,17 +220,25 @@ class SlotWeights:
         return self.stacked_rows(lora_a, slots) <= self.dense_max_cols
 
     def held(
-        self, lora_a: tuple[Any, ...], touches: Callable[[int], bool], batch: tuple[int, ...]
+        self,
+        lora_a: tuple[Any, ...],
+        lora_b: tuple[Any, ...],
+        touches: Callable[[int], bool],
+        batch: tuple[int, ...],
     ) -> tuple[int, ...] | None:
         """Every slot holding weights of this layer (``touches``), when they stack into at most
-        ``held_max_cols`` rows and the ``batch``'s own slots would stack into at least half as many: the compact
-        arithmetic then runs the batch on their one masked entry (packed on its first use), which changes only
-        when a slot is refilled, instead of an entry per slot set (sets that come and go with the requests: 32
-        compositions through 8 slots); None otherwise (a batch of a few small adapters beside large idle ones)."""
+        ``held_max_cols`` rows, their entry with its packed copies takes at most a 64th of ``budget_bytes``, and
+        the ``batch``'s own slots would stack into at least half as many rows: the compact arithmetic then runs
+        the batch on that one masked entry (packed on its first use), which changes only when a slot is refilled,
+        instead of an entry per slot set (sets that come and go with the requests: 32 compositions through 8
+        slots); None otherwise (a batch of a few small adapters beside large idle ones, a large model's layer)."""
         slots = tuple(s for s in range(lora_a[0].shape[0]) if touches(s))
         if not slots or not self.held_max_cols:
             return None
         rows = self.stacked_rows(lora_a, slots)
+        size = lora_a[0].shape[-1] + sum(b.shape[-2] for b in lora_b)
+        if 2 * rows * size * lora_b[0].element_size() > self.budget_bytes // 64:
+            return None
         return slots if rows <= min(self.held_max_cols, 2 * self.stacked_rows(lora_a, batch)) else None
 
     def stacked_rows(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> int:
