@@ -33,7 +33,7 @@ class _Layer:
 
 
 # the compact arithmetic's entry of all held slots (:meth:`SlotWeights.held`) up to this many stacked rows: 8 slots
-# of rank-32 q/v compositions (bf16 at hidden 576: 0.6 MiB for A, 1.1 MiB for B, as much again packed)
+# of rank-32 q/v compositions (bf16 at hidden 576: 0.6 MiB for A, 0.9 MiB for B, as much again packed)
 HELD_MAX_COLS = 512
 
 # a masked compact entry is packed for oneDNN (vLLM's own CPU GEMM, the one its linear layers use) on this use:
