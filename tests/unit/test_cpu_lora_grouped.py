@@ -453,12 +453,14 @@ def _refused(entry) -> bool:  # type: ignore[no-untyped-def]
 
 
 def test_compact_runs_batches_on_one_entry_of_the_held_slots() -> None:
-    """The compact arithmetic stacks every slot holding a layer's weights into one entry (packed on its first
-    use) that serves every batch whose own slots cover at least half its rows, until a slot is refilled:
+    """The compact arithmetic stacks every slot holding a layer's weights into one entry (packed on its 8th use)
+    that serves every batch whose own slots cover at least half its rows, until a slot is refilled:
     batches of other slot sets — a prefill chunk among them, on its own weights, never counted twice — stay as
     close to float64 as the per-set entries; the entry is built once and anew after a refill; a batch of one
     small slot beside larger idle ones takes its own set's entry."""
     from vllm import _custom_ops as ops
+
+    from serving.engines.cpu_lora.weights import HELD_PACK_AT_USE
 
     slices = (24, 8, 8)
     *_, lora_a, lora_b = _data(1, 48, 16, slices, 4, "one", dtype=torch.bfloat16, seed=7)
@@ -484,12 +486,12 @@ def test_compact_runs_batches_on_one_entry_of_the_held_slots() -> None:
     def entries(slots: tuple[int, ...]) -> list:  # type: ignore[type-arg]
         return [e for k, e in weights.layer_entries(lora_a).items() if k[0] == slots]
 
-    for idx in batches:
+    for idx in batches + batches:
         check(held, torch.tensor(idx))
     (entry,) = entries((0, 1, 2, 3))  # one entry for every batch, no per-set entries
     assert {k[0] for k in weights.layer_entries(lora_a)} == {(0, 1, 2, 3), (0,)}  # (0,): the prefill chunk
     assert entry.owner is not None
-    assert entry.uses == len(batches) and entry.pack_at_use == 1  # packed on its first use
+    assert entry.uses == 2 * len(batches) == entry.pack_at_use == HELD_PACK_AT_USE  # packed on this use
     assert entry.packed is not None or not getattr(ops, "_supports_onednn", False) or _refused(entry)
     for a, b in zip(lora_a, lora_b, strict=True):  # another adapter in slot 2, of rank 2 (one row block)
         a[2, 0, 2:] = 0

@@ -46,7 +46,7 @@ from serving.engines.cpu_lora.probe import (
     token_counts,
     vllm_reference,
 )
-from serving.engines.cpu_lora.weights import ROW_BLOCK, SlotWeights
+from serving.engines.cpu_lora.weights import HELD_PACK_AT_USE, ROW_BLOCK, SlotWeights
 
 log = logging.getLogger("ray.serve.rmn.engine.cpu_lora")
 
@@ -262,8 +262,8 @@ class GroupedLoRA:
         ops: list[Op] = []
         members = tuple(s for s, _ in batched)
         held = weights.held(lora_a, lora_b, touches, members) if batched else None
-        if held is not None:  # every held slot's rows, packed once until a refill; others' columns masked
-            entry = weights.compact(lora_a, lora_b, held, pack_at_use=1, masked=True)
+        if held is not None:  # every held slot's rows, until a refill; others' columns masked
+            entry = weights.compact(lora_a, lora_b, held, pack_at_use=HELD_PACK_AT_USE, masked=True)
             slots = indices.reshape(-1)
             if alone:  # their tokens run on their own weights below
                 slots = slots.masked_fill(torch.isin(slots, torch.tensor([s for s, _ in alone])), -1)
