@@ -13,8 +13,9 @@ each LoRA load with four arithmetics behind the same grouped wrapper, order alte
 
 Besides tokens/s (and the ratio to the base model on the same engine) it counts tokens per second of the engine
 thread's CPU time (``time.thread_time``: the engine runs in this thread, one compute thread; on the development
-VM it moved with wall time, a busy host's steal included) and times every engine step, every adapter activation (``_set_active_loras``: slot
-loads) and every ``add_lora_linear`` call (perf_counter around them). Writes ``bench/results/lora-floor.json``.
+VM it moved with wall time, a busy host's steal included) and times every engine step, every adapter activation
+(``_set_active_loras``: slot loads) and every ``add_lora_linear`` call (perf_counter around them). Writes
+``bench/results/lora-floor.json``.
 
     python -m bench.lora_floor [--prompts 64] [--tokens 32] [--reps 3]
 """

@@ -233,10 +233,10 @@ class SlotWeights:
         """Every slot holding weights of this layer (``touches``), when they stack into at most
         ``held_max_cols`` rows, their entry with its packed copies takes at most a 64th of ``budget_bytes``, and
         the ``batch``'s own slots would stack into at least half as many rows: the compact arithmetic then runs
-        the batch on that one masked entry (packed on its :data:`HELD_PACK_AT_USE`-th use), which changes only when
-        a slot is refilled,
-        instead of an entry per slot set (sets that come and go with the requests: 32 compositions through 8
-        slots); None otherwise (a batch of a few small adapters beside large idle ones, a large model's layer)."""
+        the batch on that one masked entry (packed on its :data:`HELD_PACK_AT_USE`-th use), which changes only
+        when a slot is refilled, instead of an entry per slot set (sets that come and go with the requests: 32
+        compositions through 8 slots); None otherwise (a batch of a few small adapters beside large idle ones, a
+        large model's layer)."""
         slots = tuple(s for s in range(lora_a[0].shape[0]) if touches(s))
         if not slots or not self.held_max_cols:
             return None
