@@ -454,13 +454,13 @@ def _refused(entry) -> bool:  # type: ignore[no-untyped-def]
 
 def test_compact_runs_batches_on_one_entry_of_the_held_slots() -> None:
     """The compact arithmetic stacks every slot holding a layer's weights into one entry (packed on its 8th use)
-    that serves every batch whose own slots cover at least half its rows, until a slot is refilled:
-    batches of other slot sets — a prefill chunk among them, on its own weights, never counted twice — stay as
-    close to float64 as the per-set entries; the entry is built once and anew after a refill; a batch of one
-    small slot beside larger idle ones takes its own set's entry."""
+    that serves every batch whose own slots cover at least half its rows: batches of other slot sets — prefill
+    chunks among them, on their slot's blocks of it, never counted twice — stay as close to float64 as the
+    per-set entries; the entry is built once, a refilled slot's block is rewritten in place (the same bytes as a new
+    build, packed again later); a batch of one small slot beside larger idle ones takes its own set's entry."""
     from vllm import _custom_ops as ops
 
-    from serving.engines.cpu_lora.weights import HELD_PACK_AT_USE
+    from serving.engines.cpu_lora.weights import HELD_PACK_AT_USE, nbytes
 
     slices = (24, 8, 8)
     *_, lora_a, lora_b = _data(1, 48, 16, slices, 4, "one", dtype=torch.bfloat16, seed=7)
@@ -489,10 +489,12 @@ def test_compact_runs_batches_on_one_entry_of_the_held_slots() -> None:
     for use in range(HELD_PACK_AT_USE):  # the batches in turn, up to the use that packs the entry
         check(held, torch.tensor(batches[use % len(batches)]))
     (entry,) = entries((0, 1, 2, 3))  # one entry for every batch, no per-set entries
-    assert {k[0] for k in weights.layer_entries(lora_a)} == {(0, 1, 2, 3), (0,)}  # (0,): the prefill chunk
+    assert {k[0] for k in weights.layer_entries(lora_a)} == {(0, 1, 2, 3)}  # prefill chunks on their blocks
     assert entry.owner is not None
     assert entry.uses == entry.pack_at_use == HELD_PACK_AT_USE  # packed on this use
     assert entry.packed is not None or not getattr(ops, "_supports_onednn", False) or _refused(entry)
+    check(held, torch.tensor([1] * 4 + [3] * 5))  # two prefill chunks, no decodes: both on their blocks
+    assert list(weights.layer_entries(lora_a).values()) == [entry] and entry.uses == HELD_PACK_AT_USE
     for a, b in zip(lora_a, lora_b, strict=True):  # another adapter in slot 2, of rank 2 (one row block)
         a[2, 0, 2:] = 0
         b[2, 0, :, 2:] = 0
@@ -500,9 +502,52 @@ def test_compact_runs_batches_on_one_entry_of_the_held_slots() -> None:
     weights.set_slots([1, 2, 5, 4])
     check(held, torch.tensor(batches[1]))
     (fresh,) = entries((0, 1, 2, 3))
-    assert fresh is not entry and fresh.uses == 1
+    assert fresh is entry and fresh.uses == 1 and fresh.packed is None  # slot 2's block rewritten in place
+    anew = SlotWeights()
+    anew.set_slots([1, 2, 5, 4])
+    built = anew.compact(lora_a, lora_b, (0, 1, 2, 3), masked=True)
+    assert torch.equal(built.a, fresh.a) and torch.equal(built.b, fresh.b)  # as if built anew
+    assert weights.stacked_bytes == sum(nbytes(e) for e in weights.layer_entries(lora_a).values())
     check(held, torch.tensor([2, 2, -1]))  # slot 2: 3 x 8 rows, against the held 4 x 48
     assert len(entries((2,))) == 1 and fresh.uses == 1
     every = (0, 1, 2, 3)  # 4 slots x 48 rows, (48 + 40) columns, bf16, packed copies: 67,584 bytes
-    assert SlotWeights(budget_bytes=64 * 67_584).held(lora_a, lora_b, lambda s: True, every) == every
-    assert SlotWeights(budget_bytes=64 * 67_584 - 64).held(lora_a, lora_b, lambda s: True, every) is None
+    assert SlotWeights(budget_bytes=64 * 67_584).held(lora_a, lora_b, every) == every
+    assert SlotWeights(budget_bytes=64 * 67_584 - 64).held(lora_a, lora_b, every) is None
+
+
+def test_a_refill_that_outgrows_its_block_rebuilds_the_held_entry() -> None:
+    """A slot refilled with more rows than its block in the held entry's layout (every slot was rank 8) gets a
+    new entry laid out for them, its old one released; batches stay as close to float64 as the per-set path."""
+    from serving.engines.cpu_lora.weights import nbytes
+
+    slices = (24, 8, 8)
+    *_, lora_a, lora_b = _data(1, 48, 16, slices, 4, "one", dtype=torch.bfloat16, seed=8)
+    full = [(a[1].clone(), b[1].clone()) for a, b in zip(lora_a, lora_b, strict=True)]
+    for a, b in zip(lora_a, lora_b, strict=True):  # every slot rank 8: blocks of 8 rows per slice
+        a[:, 0, 8:] = 0
+        b[:, 0, :, 8:] = 0
+    weights = SlotWeights()
+    weights.set_slots([1, 2, 3, 4])
+    grouped = GroupedLoRA(weights=weights, force="compact")
+    g = torch.Generator().manual_seed(4)
+    idx = torch.tensor([3, 2, 1, 0])
+
+    def run() -> None:
+        x = torch.randn(4, 48, generator=g).bfloat16()
+        y = torch.randn(4, sum(slices), generator=g).bfloat16()
+        got = y.clone()
+        grouped.linear(got, x, idx, lora_a, lora_b, 0.5, slices)
+        torch.testing.assert_close(
+            got.double(), float64_reference(y, x, idx, lora_a, lora_b, 0.5, slices), rtol=0.05, atol=0.05
+        )
+
+    run()
+    (entry,) = weights.layer_entries(lora_a).values()
+    assert entry.layout == (8, 8, 8)
+    for (a, b), (a1, b1) in zip(zip(lora_a, lora_b, strict=True), full, strict=True):  # slot 1: rank 16
+        a[1], b[1] = a1, b1
+    weights.set_slots([1, 6, 3, 4])
+    run()
+    (fresh,) = weights.layer_entries(lora_a).values()
+    assert fresh is not entry and fresh.layout == (16, 16, 16)
+    assert weights.stacked_bytes == nbytes(fresh)

@@ -149,6 +149,27 @@ def compact(y2: Any, x2: Any, keep: Any, rows: Any, entry: Any, scale: float) ->
     add_rows(y2, h @ b.T if packed is None else _onednn(packed[1], h), rows)
 
 
+def compact_block(
+    y2: Any, x2: Any, rows: Any, entry: Any, j: int, scale: float, output_slices: tuple[int, ...]
+) -> None:
+    """:func:`compact` for one slot's tokens ``rows`` (a prefill chunk) on that slot's blocks of a masked entry
+    (``j``: the slot's place in it; views of its plain matrices: nothing built or copied per fill), two matmuls
+    per slice the entry has rows for."""
+    n = entry.owner.shape[0] // sum(entry.layout)
+    xs = x2.index_select(0, rows)
+    offset = 0
+    for i, (height, size) in enumerate(zip(entry.layout, output_slices, strict=True)):
+        if height:
+            at = n * sum(entry.layout[:i]) + j * height
+            h = xs @ entry.a[at : at + height].T
+            if scale != 1.0:
+                h *= scale
+            add_rows(
+                y2[:, offset : offset + size], h @ entry.b[offset : offset + size, at : at + height].T, rows
+            )
+        offset += size
+
+
 def keep_own(owner: Any, slots: Any) -> Any:
     """``[n, S*R]`` bool: which stacked columns (``owner``: each column's slot) belong to each token's slot."""
     return owner.unsqueeze(0) == slots.unsqueeze(1)

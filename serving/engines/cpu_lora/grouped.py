@@ -27,6 +27,7 @@ from typing import Any, Literal
 from serving.engines.cpu_lora.arithmetic import (
     Op,
     compact,
+    compact_block,
     exact_linear,
     expand,
     keep_own,
@@ -244,31 +245,40 @@ class GroupedLoRA:
         every few steps, where building a set's compact weights costs more than it saves) take the fused
         arithmetic's per-token form, whose per-slot parts are reused across sets (the probe bounds both). Where
         every slot holding the layer's weights fits :meth:`.weights.SlotWeights.held`, the batched tokens run
-        on that one entry whatever their set."""
+        on that one entry whatever their set, and a prefill chunk on its slot's blocks of it
+        (:func:`.arithmetic.compact_block`: no entry built per request)."""
         import torch
 
         weights = self.weights
 
+        per_slot = weights.slot_rows(lora_a)
+
         def touches(slot: int) -> bool:
-            return any(weights.rank(a, slot) for a in lora_a)
+            return any(per_slot[slot])
 
         def run(entry: Any, keep: Any, rows: Any) -> Op:
             return lambda y2, x2: compact(y2, x2, keep, rows, entry, scale)
+
+        def block(entry: Any, j: int, rows: Any) -> Op:
+            return lambda y2, x2: compact_block(y2, x2, rows, entry, j, scale, output_slices)
 
         if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
             slot = groups[0][0]
             return [run(weights.compact(lora_a, lora_b, (slot,)), None, None)] if touches(slot) else []
         alone, batched = split(groups, touches)
-        ops: list[Op] = []
         members = tuple(s for s, _ in batched)
-        held = weights.held(lora_a, lora_b, touches, members) if batched else None
-        if held is not None:  # every held slot's rows, until a refill; others' columns masked
+        held = weights.held(lora_a, lora_b, members or tuple(s for s, _ in alone))
+        if held is not None:  # every held slot's rows, until a refill
             entry = weights.compact(lora_a, lora_b, held, pack_at_use=HELD_PACK_AT_USE, masked=True)
-            slots = indices.reshape(-1)
-            if alone:  # their tokens run on their own weights below
+            on_blocks = [block(entry, held.index(slot), rows) for slot, rows in alone]  # prefill chunks
+            if not batched:
+                return on_blocks
+            slots = indices.reshape(-1)  # the others against every held row, other slots' columns masked
+            if alone:
                 slots = slots.masked_fill(torch.isin(slots, torch.tensor([s for s, _ in alone])), -1)
-            ops.append(run(entry, keep_own(entry.owner, slots), None))
-        elif batched:
+            return [*on_blocks, run(entry, keep_own(entry.owner, slots), None)]
+        ops: list[Op] = []
+        if batched:
             if weights.masked(lora_a, members):  # the other tokens add exactly zero: no gather needed
                 entry = weights.compact(lora_a, lora_b, members)
                 ops.append(run(entry, keep_own(entry.owner, indices.reshape(-1)), None))

@@ -30,6 +30,7 @@ class _Layer:
     )  # (buffer id, slot) -> (gen, r)
     parts: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # slot -> (gen, part)
     stacked: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # (slots, gens, form) -> stacked
+    slot_rows: tuple[tuple[Any, ...], tuple[tuple[int, ...], ...]] | None = None  # (every slot's gen, rows)
 
 
 # the compact arithmetic's entry of all held slots (:meth:`SlotWeights.held`) up to this many stacked rows: 8 slots
@@ -52,7 +53,9 @@ class CompactEntry:
     arithmetic takes it for one slot only);
     ``packed``: both matrices packed for vLLM's oneDNN GEMM once the entry has been used ``pack_at_use`` times
     (masked form, where vLLM has it; 0: never), released with the entry; ``packed_bytes``: their size, counted
-    (through ``on_pack``, set while a :class:`SlotWeights` cache holds the entry) in its byte budget."""
+    (through ``on_pack``, set while a :class:`SlotWeights` cache holds the entry) in its byte budget;
+    ``layout``: where each slot's rows are (masked form: slot j's rows of slice i from
+    ``S * sum(layout[:i]) + j * layout[i]``, in ``a``'s rows and ``b``'s columns)."""
 
     a: Any
     b: Any
@@ -62,11 +65,12 @@ class CompactEntry:
     packed: tuple[Any, Any] | None = None
     packed_bytes: int = 0
     on_pack: Callable[[int], None] | None = None
+    layout: tuple[int, ...] = ()  # masked form: each slot's rows per slice (its block's height in ``a``)
 
     def matrices(self) -> tuple[Any, Any] | None:
         """The packed matrices once this entry is used often enough (counting this use), else None."""
         self.uses += 1
-        if self.uses == self.pack_at_use and self.owner is not None:
+        if self.uses == self.pack_at_use and self.owner is not None and self.packed is None:
             self.packed = _pack(self.a, self.b)
             if self.packed is not None:  # oneDNN's blocked copies: about the plain matrices' bytes
                 self.packed_bytes = int(self.a.nbytes + self.b.nbytes)
@@ -224,20 +228,17 @@ class SlotWeights:
         return self.stacked_rows(lora_a, slots) <= self.dense_max_cols
 
     def held(
-        self,
-        lora_a: tuple[Any, ...],
-        lora_b: tuple[Any, ...],
-        touches: Callable[[int], bool],
-        batch: tuple[int, ...],
+        self, lora_a: tuple[Any, ...], lora_b: tuple[Any, ...], batch: tuple[int, ...]
     ) -> tuple[int, ...] | None:
-        """Every slot holding weights of this layer (``touches``), when they stack into at most
-        ``held_max_cols`` rows, their entry with its packed copies takes at most a 64th of ``budget_bytes``, and
-        the ``batch``'s own slots would stack into at least half as many rows: the compact arithmetic then runs
-        the batch on that one masked entry (packed on its :data:`HELD_PACK_AT_USE`-th use), which changes only
-        when a slot is refilled, instead of an entry per slot set (sets that come and go with the requests: 32
-        compositions through 8 slots); None otherwise (a batch of a few small adapters beside large idle ones, a
-        large model's layer)."""
-        slots = tuple(s for s in range(lora_a[0].shape[0]) if touches(s))
+        """Every slot holding weights of this layer, when they stack into at most ``held_max_cols`` rows, their
+        entry with its packed copies takes at most a 64th of ``budget_bytes``, and the ``batch``'s own slots
+        would stack into at least half as many rows: the compact arithmetic then runs the batch on that one
+        masked entry (packed on its :data:`HELD_PACK_AT_USE`-th use), which changes only when a slot is refilled
+        (its block rewritten in place), instead of an entry per slot set (sets that come and go with the
+        requests: 32 compositions through 8 slots); None otherwise (a batch of a few small adapters beside large
+        idle ones, a large model's layer)."""
+        per_slot = self.slot_rows(lora_a)
+        slots = tuple(s for s, rows in enumerate(per_slot) if any(rows))
         if not slots or not self.held_max_cols:
             return None
         rows = self.stacked_rows(lora_a, slots)
@@ -246,10 +247,24 @@ class SlotWeights:
             return None
         return slots if rows <= min(self.held_max_cols, 2 * self.stacked_rows(lora_a, batch)) else None
 
+    def slot_rows(self, lora_a: tuple[Any, ...]) -> tuple[tuple[int, ...], ...]:
+        """Every slot's :meth:`rows` of each slice of this layer (all 0: the slot touches none), read once per
+        fill of any slot (a plan asks for them per slot and slot set)."""
+        layer = self._layer(lora_a)
+        fills = tuple(self._generation.get(s) for s in range(lora_a[0].shape[0]))
+        if layer.slot_rows is None or layer.slot_rows[0] != fills:
+            was, kept = layer.slot_rows or ((), ())
+            rows = tuple(
+                kept[s] if s < len(was) and was[s] == fill else tuple(self.rows(a, s, layer) for a in lora_a)
+                for s, fill in enumerate(fills)
+            )
+            layer.slot_rows = (fills, rows)
+        return layer.slot_rows[1]
+
     def stacked_rows(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> int:
         """The rows of ``slots``' masked form: every slot padded to their most rows per slice."""
-        layer = self._layer(lora_a)
-        return len(slots) * sum(max(self.rows(a, slot, layer) for slot in slots) for a in lora_a)
+        per_slot = self.slot_rows(lora_a)
+        return len(slots) * sum(max(per_slot[s][i] for s in slots) for i in range(len(lora_a)))
 
     def _build(
         self,
@@ -313,6 +328,14 @@ class SlotWeights:
         hit = layer.stacked.get(key)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
+        if masked:  # the held entry after a refill: the refilled slots' blocks rewritten in place
+            for stale, entry in layer.stacked.items():
+                if stale[0] == slots and stale[2] == form and isinstance(entry, CompactEntry):
+                    if self._rewrite(entry, lora_a, lora_b, slots, stale[1], key[1]):
+                        del layer.stacked[stale]
+                        layer.stacked[key] = entry
+                        return entry
+                    break
         a_all, b_all, owner = self._build(lora_a, lora_b, slots, masked)
         dtype = lora_b[0].dtype
         out = sum(b.shape[-2] for b in lora_b)
@@ -329,9 +352,47 @@ class SlotWeights:
                 col += r
             offset += size
         pack = self.pack_at_use if pack_at_use is None or not self.pack_at_use else pack_at_use
-        entry = CompactEntry(a_all.to(dtype), b_full, owner, pack)
+        layout = () if owner is None else tuple(0 if b is None else b.shape[-1] // len(slots) for b in b_all)
+        entry = CompactEntry(a_all.to(dtype), b_full, owner, pack, layout=layout)
         self._keep(layer, key, entry)
         return entry
+
+    def _rewrite(
+        self,
+        entry: CompactEntry,
+        lora_a: tuple[Any, ...],
+        lora_b: tuple[Any, ...],
+        slots: tuple[int, ...],
+        was: tuple[Any, ...],
+        now: tuple[Any, ...],
+    ) -> bool:
+        """Copy the weights of the slots refilled since ``entry`` was made (generations ``was`` -> ``now``) into
+        their blocks of its masked layout, in place (a copy of one slot's rows instead of a rebuild of every
+        slot's, the packed copies dropped: packed again on the ``pack_at_use``-th use from here); False (entry
+        untouched) where a refilled slot's rows outgrow its block in some slice (a rebuild then)."""
+        if not entry.layout:
+            return False
+        layout, n, per_slot = entry.layout, len(slots), self.slot_rows(lora_a)
+        refilled = [j for j, (old, new) in enumerate(zip(was, now, strict=True)) if old != new]
+        if any(r > h for j in refilled for r, h in zip(per_slot[slots[j]], layout, strict=True)):
+            return False
+        for j in refilled:  # vLLM's rows of the slot (zero-padded beyond its rank), zeros after them
+            slot, offset = slots[j], 0
+            for i, (a, b, r, h) in enumerate(zip(lora_a, lora_b, per_slot[slot], layout, strict=True)):
+                size = b.shape[-2]
+                if h:
+                    at = n * sum(layout[:i]) + j * h
+                    entry.a[at : at + r] = a[slot, 0, :r] if a.dim() == 4 else a[slot, :r]
+                    entry.a[at + r : at + h] = 0
+                    entry.b[offset : offset + size, at : at + r] = (
+                        b[slot, 0, :, :r] if b.dim() == 4 else b[slot, :, :r]
+                    )
+                    entry.b[offset : offset + size, at + r : at + h] = 0
+                offset += size
+        if entry.packed is not None and entry.on_pack is not None:  # cached: its packed bytes were counted
+            self.stacked_bytes -= entry.packed_bytes
+        entry.packed, entry.packed_bytes, entry.uses = None, 0, 0
+        return True
 
     def _keep(self, layer: _Layer, key: tuple[Any, ...], entry: Any) -> None:
         """Cache ``entry`` under ``key``: entries of the same slots from an earlier fill (stale, either form) and
