@@ -167,3 +167,48 @@ def test_layers_no_adapter_of_the_batch_touches_run_their_base_layers_with_the_s
         assert run(alpha) == ((0, 0), adapted)
     finally:
         GroupedPunicaWrapperCPU.bypass = True
+
+
+def test_a_slot_reused_by_adapters_of_other_layers_holds_only_the_new_adapters_weights(
+    llm, adapter_dirs, tiny_model, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """vLLM zeroes a slot's layers that the adapter it loads there does not target; the wrapper skips that reset
+    where the slot holds no weights (counted), never where it does: the q/v adapter alpha, loaded again into a
+    slot whose o_proj and MLP weights an adapter of those layers left there, gives the same tokens and
+    logprobs, bit for bit, as before (every layer running its LoRA path: the bypass of layers no slot of the
+    batch holds weights in would hide stale weights)."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from adapters.synthetic import make_random_adapter
+    from serving.engines.cpu_lora.wrapper import GroupedPunicaWrapperCPU, worker_reports
+
+    sp = SamplingParams(max_tokens=12, temperature=0, logprobs=5)
+    layers = ("o_proj", "gate_proj", "up_proj", "down_proj")
+    others = [
+        LoRARequest(
+            f"mlp{i}",
+            901 + i,
+            str(make_random_adapter(tiny_model, tmp_path / f"mlp{i}", 60 + i, 8, 16, layers)),
+        )
+        for i in range(2)  # as many as the engine's slots: alpha is evicted, both slots hold MLP weights
+    ]
+    alpha = LoRARequest("alpha", 1, str(adapter_dirs["alpha"]))
+
+    def run(lora: LoRARequest) -> tuple[list[int], list[dict[int, float]]]:
+        out = llm.generate([PROMPT], sp, lora_request=lora, use_tqdm=False)[0].outputs[0]
+        return list(out.token_ids), [{t: lp.logprob for t, lp in step.items()} for step in out.logprobs]
+
+    def skipped() -> int:
+        return sum(r["skipped_resets"] for rs in llm.collective_rpc(worker_reports) for r in rs)
+
+    GroupedPunicaWrapperCPU.bypass = False  # every layer runs its LoRA: a stale slot would add its weights
+    try:
+        before = run(alpha)
+        start = skipped()
+        base = llm.generate([PROMPT], sp, use_tqdm=False)[0].outputs[0].token_ids
+        assert all(run(lora)[0] != list(base) for lora in others)  # their weights are in the slots
+        assert run(alpha) == before
+        assert skipped() > start
+    finally:
+        GroupedPunicaWrapperCPU.bypass = True
