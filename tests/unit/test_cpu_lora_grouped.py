@@ -12,6 +12,8 @@ oneDNN's and MKL's ISA caps)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -551,3 +553,38 @@ def test_a_refill_that_outgrows_its_block_rebuilds_the_held_entry() -> None:
     (fresh,) = weights.layer_entries(lora_a).values()
     assert fresh is not entry and fresh.layout == (16, 16, 16)
     assert weights.stacked_bytes == nbytes(fresh)
+
+
+def test_the_per_token_form_is_made_once_for_every_held_slot() -> None:
+    """Beyond the masked form's rows the fused arithmetic's per-token weights are made once for every slot
+    holding the layer's weights: a batch of some of them gets a copy of their blocks (the bytes of a set of its
+    own), a refill rewrites that slot's blocks in place (the bytes of a new build); batches stay exact."""
+    slices = (32, 16, 16)
+    y, x, idx, lora_a, lora_b = _data(12, 64, 16, slices, 4, "mixed", dtype=torch.bfloat16, seed=9)
+
+    def built(ids: list[int], slots: tuple[int, ...]) -> Any:
+        own = SlotWeights(dense_max_cols=0)
+        own.set_slots(ids)
+        return own._build(lora_a, lora_b, slots)
+
+    def same(got: Any, want: Any) -> bool:
+        return torch.equal(got[0], want[0]) and all(
+            torch.equal(g, w) for g, w in zip(got[1], want[1], strict=True)
+        )
+
+    weights = SlotWeights(dense_max_cols=0)
+    weights.set_slots([1, 2, 3, 4])
+    every = weights.stacked(lora_a, lora_b, (0, 1, 2, 3))
+    assert same(weights.stacked(lora_a, lora_b, (1, 3)), built([1, 2, 3, 4], (1, 3)))
+    assert [k[0] for k in weights.layer_entries(lora_a)] == [(0, 1, 2, 3)]  # nothing built for the subset
+    for a, b in zip(lora_a, lora_b, strict=True):  # another adapter in slot 2, of rank 8
+        a[2, 0, 8:] = 0
+        b[2, 0, :, 8:] = 0
+        a[2].mul_(-2)
+    weights.set_slots([1, 2, 7, 4])
+    again = weights.stacked(lora_a, lora_b, (0, 1, 2, 3))
+    assert again is every and same(again, built([1, 2, 7, 4], (0, 1, 2, 3)))
+    got = y.clone()
+    GroupedLoRA("fused", weights).linear(got, x, idx, lora_a, lora_b, 1.0, slices)
+    want = vllm_reference(y, x, idx, lora_a, lora_b, 1.0, slices)
+    torch.testing.assert_close(got.double(), want.double(), rtol=0.02, atol=0.02)

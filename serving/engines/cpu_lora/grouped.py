@@ -221,7 +221,8 @@ class GroupedLoRA:
         if len(groups) == 1 and groups[0][1] is None:  # every token has the same adapter
             part = weights.part(lora_a, lora_b, groups[0][0])
             return [] if part is None else [_alone(part, None, scale, output_slices)]
-        alone, batched = split(groups, lambda slot: weights.part(lora_a, lora_b, slot) is not None)
+        per_slot = weights.slot_rows(lora_a)
+        alone, batched = split(groups, lambda slot: any(per_slot[slot]))
         ops: list[Op] = []
         if batched:
             stacked = weights.stacked(lora_a, lora_b, tuple(s for s, _ in batched))

@@ -214,14 +214,80 @@ class SlotWeights:
         - per token: ``(A, Bs, None)`` with ``A`` [S, R, in] fp32 (slice-major within a slot) and ``Bs[i]``
           [S, size_i, R_i].
 
-        ``Bs[i]`` is None for a slice no slot touches. Cached per layer and slot set until a slot is refilled."""
+        ``Bs[i]`` is None for a slice no slot touches. Cached per layer and slot set until a slot is refilled. The
+        per-token form is made once for every slot holding the layer's weights: a subset gets a copy of its
+        slots' blocks, a refill rewrites the slot's blocks in place (:meth:`_rewrite_per_token`) — sets that
+        change with every few requests (32 compositions through 8 slots) build nothing."""
         layer = self._layer(lora_a)
         key = (slots, tuple(self._generation.get(s) for s in slots), self.dense_max_cols)
         if key in layer.stacked:
             return layer.stacked[key]
+        if not self.masked(lora_a, slots):  # per token: from the entry of every slot holding weights
+            every = tuple(s for s, rows in enumerate(self.slot_rows(lora_a)) if any(rows))
+            if (
+                slots != every
+                and set(slots) <= set(every)
+                and self._most(lora_a, slots) == self._most(lora_a, every)
+            ):
+                # a copy of these slots' blocks, laid out as their own build would be (the same bytes)
+                import torch
+
+                a_all, b_all, _ = self.stacked(lora_a, lora_b, every)
+                at = torch.tensor([every.index(s) for s in slots])
+                return (
+                    a_all.index_select(0, at),
+                    [None if b is None else b.index_select(0, at) for b in b_all],
+                    None,
+                )
+            for stale, entry in layer.stacked.items():  # a refill: that slot's blocks rewritten in place
+                if stale[0] == slots and stale[2] == key[2]:
+                    if self._rewrite_per_token(entry, lora_a, lora_b, slots, stale[1], key[1]):
+                        del layer.stacked[stale]
+                        layer.stacked[key] = entry
+                        return entry
+                    break
         stacked = self._build(lora_a, lora_b, slots)
         self._keep(layer, key, stacked)
         return stacked
+
+    def _rewrite_per_token(
+        self,
+        stacked: Any,
+        lora_a: tuple[Any, ...],
+        lora_b: tuple[Any, ...],
+        slots: tuple[int, ...],
+        was: tuple[Any, ...],
+        now: tuple[Any, ...],
+    ) -> bool:
+        """Copy the weights of the slots refilled since the per-token ``stacked`` entry was made (generations
+        ``was`` -> ``now``) into their blocks, in place; False (entry untouched) for the masked form or where the
+        slots' most rows per slice changed (a rebuild then: the fused arithmetic keeps exactly the layout its
+        probe checked, whose padding decides the order of sums on some CPUs)."""
+        a_all, b_all, owner = stacked
+        most = [0 if b is None else b.shape[-1] for b in b_all]
+        if owner is not None or most != self._most(lora_a, slots):  # not the layout a build would make now
+            return False
+        refilled = []
+        for j, (old, new) in enumerate(zip(was, now, strict=True)):
+            if old != new:
+                part = self.part(lora_a, lora_b, slots[j])
+                if part is None or any(
+                    b is not None and b.shape[1] > m for b, m in zip(part[1], most, strict=True)
+                ):
+                    return False
+                refilled.append((j, part))
+        for j, (a_s, bs) in refilled:
+            a_all[j].zero_()
+            src = 0
+            for i, b_s in enumerate(bs):
+                if b_all[i] is not None:
+                    b_all[i][j].zero_()
+                if b_s is not None:
+                    r, start = b_s.shape[1], sum(most[:i])
+                    a_all[j, start : start + r] = a_s[src : src + r]
+                    b_all[i][j, :, :r] = b_s
+                    src += r
+        return True
 
     def masked(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> bool:
         """Whether ``slots`` stack into the masked form (at most ``dense_max_cols`` rows: see :meth:`stacked`)."""
@@ -261,10 +327,14 @@ class SlotWeights:
             layer.slot_rows = (fills, rows)
         return layer.slot_rows[1]
 
+    def _most(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> list[int]:
+        """Per slice, the most rows of any of ``slots`` (the rows each slot is padded to when stacked)."""
+        per_slot = self.slot_rows(lora_a)
+        return [max(per_slot[s][i] for s in slots) for i in range(len(lora_a))]
+
     def stacked_rows(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> int:
         """The rows of ``slots``' masked form: every slot padded to their most rows per slice."""
-        per_slot = self.slot_rows(lora_a)
-        return len(slots) * sum(max(per_slot[s][i] for s in slots) for i in range(len(lora_a)))
+        return len(slots) * sum(self._most(lora_a, slots))
 
     def _build(
         self,
