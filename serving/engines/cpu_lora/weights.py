@@ -216,7 +216,7 @@ class SlotWeights:
 
         ``Bs[i]`` is None for a slice no slot touches. Cached per layer and slot set until a slot is refilled. The
         per-token form is made once for every slot holding the layer's weights: a subset gets a copy of its
-        slots' blocks, a refill rewrites the slot's blocks in place (:meth:`_rewrite_per_token`) — sets that
+        slots' blocks, a refill rewrites the slot's blocks in place (:meth:`_rewrite`) — sets that
         change with every few requests (32 compositions through 8 slots) build nothing."""
         layer = self._layer(lora_a)
         key = (slots, tuple(self._generation.get(s) for s in slots), self.dense_max_cols)
@@ -239,55 +239,28 @@ class SlotWeights:
                     [None if b is None else b.index_select(0, at) for b in b_all],
                     None,
                 )
-            for stale, entry in layer.stacked.items():  # a refill: that slot's blocks rewritten in place
-                if stale[0] == slots and stale[2] == key[2]:
-                    if self._rewrite_per_token(entry, lora_a, lora_b, slots, stale[1], key[1]):
-                        del layer.stacked[stale]
-                        layer.stacked[key] = entry
-                        return entry
-                    break
+            entry = self._rewritten(  # a refill: that slot's blocks rewritten in place
+                layer, key, lambda e, was, now: self._rewrite(e, lora_a, lora_b, slots, was, now)
+            )
+            if entry is not None:
+                return entry
         stacked = self._build(lora_a, lora_b, slots)
         self._keep(layer, key, stacked)
         return stacked
 
-    def _rewrite_per_token(
-        self,
-        stacked: Any,
-        lora_a: tuple[Any, ...],
-        lora_b: tuple[Any, ...],
-        slots: tuple[int, ...],
-        was: tuple[Any, ...],
-        now: tuple[Any, ...],
-    ) -> bool:
-        """Copy the weights of the slots refilled since the per-token ``stacked`` entry was made (generations
-        ``was`` -> ``now``) into their blocks, in place; False (entry untouched) for the masked form or where the
-        slots' most rows per slice changed (a rebuild then: the fused arithmetic keeps exactly the layout its
-        probe checked, whose padding decides the order of sums on some CPUs)."""
-        a_all, b_all, owner = stacked
-        most = [0 if b is None else b.shape[-1] for b in b_all]
-        if owner is not None or most != self._most(lora_a, slots):  # not the layout a build would make now
-            return False
-        refilled = []
-        for j, (old, new) in enumerate(zip(was, now, strict=True)):
-            if old != new:
-                part = self.part(lora_a, lora_b, slots[j])
-                if part is None or any(
-                    b is not None and b.shape[1] > m for b, m in zip(part[1], most, strict=True)
-                ):
-                    return False
-                refilled.append((j, part))
-        for j, (a_s, bs) in refilled:
-            a_all[j].zero_()
-            src = 0
-            for i, b_s in enumerate(bs):
-                if b_all[i] is not None:
-                    b_all[i][j].zero_()
-                if b_s is not None:
-                    r, start = b_s.shape[1], sum(most[:i])
-                    a_all[j, start : start + r] = a_s[src : src + r]
-                    b_all[i][j, :, :r] = b_s
-                    src += r
-        return True
+    @staticmethod
+    def _rewritten(layer: _Layer, key: tuple[Any, ...], rewrite: Callable[[Any, Any, Any], bool]) -> Any:
+        """The cached entry of ``key``'s slots and form from an earlier fill, re-keyed once ``rewrite(entry,
+        was, now)`` (the generations then and now) has rewritten its refilled slots in place; None where there
+        is none or ``rewrite`` refuses (a build then)."""
+        for stale, entry in layer.stacked.items():
+            if stale[0] == key[0] and stale[2] == key[2]:
+                if not rewrite(entry, stale[1], key[1]):
+                    return None
+                del layer.stacked[stale]
+                layer.stacked[key] = entry
+                return entry
+        return None
 
     def masked(self, lora_a: tuple[Any, ...], slots: tuple[int, ...]) -> bool:
         """Whether ``slots`` stack into the masked form (at most ``dense_max_cols`` rows: see :meth:`stacked`)."""
@@ -399,13 +372,11 @@ class SlotWeights:
         if hit is not None:
             return hit  # type: ignore[no-any-return]
         if masked:  # the held entry after a refill: the refilled slots' blocks rewritten in place
-            for stale, entry in layer.stacked.items():
-                if stale[0] == slots and stale[2] == form and isinstance(entry, CompactEntry):
-                    if self._rewrite(entry, lora_a, lora_b, slots, stale[1], key[1]):
-                        del layer.stacked[stale]
-                        layer.stacked[key] = entry
-                        return entry
-                    break
+            held = self._rewritten(
+                layer, key, lambda e, was, now: self._rewrite(e, lora_a, lora_b, slots, was, now)
+            )
+            if held is not None:
+                return held  # type: ignore[no-any-return]
         a_all, b_all, owner = self._build(lora_a, lora_b, slots, masked)
         dtype = lora_b[0].dtype
         out = sum(b.shape[-2] for b in lora_b)
@@ -429,7 +400,7 @@ class SlotWeights:
 
     def _rewrite(
         self,
-        entry: CompactEntry,
+        entry: Any,
         lora_a: tuple[Any, ...],
         lora_b: tuple[Any, ...],
         slots: tuple[int, ...],
@@ -437,31 +408,51 @@ class SlotWeights:
         now: tuple[Any, ...],
     ) -> bool:
         """Copy the weights of the slots refilled since ``entry`` was made (generations ``was`` -> ``now``) into
-        their blocks of its masked layout, in place (a copy of one slot's rows instead of a rebuild of every
-        slot's, the packed copies dropped: packed again on the ``pack_at_use``-th use from here); False (entry
-        untouched) where a refilled slot's rows outgrow its block in some slice (a rebuild then)."""
-        if not entry.layout:
-            return False
-        layout, n, per_slot = entry.layout, len(slots), self.slot_rows(lora_a)
+        their blocks, in place: vLLM's rows of the slot (zero-padded beyond its rank), zeros after them — one
+        slot's rows copied instead of every slot's rebuilt. A compact masked entry drops its packed copies
+        (packed again on its ``pack_at_use``-th use from here) and refuses where a refilled slot's rows outgrow
+        its block; the fused per-token form ``(A, Bs, None)`` refuses unless its padding is what a build for
+        these slots would make now (the fused arithmetic keeps exactly the layout its probe checked: on some
+        CPUs the padding decides the order of sums). Refused: False, the entry untouched (a rebuild then)."""
+        per_slot, n = self.slot_rows(lora_a), len(slots)
         refilled = [j for j, (old, new) in enumerate(zip(was, now, strict=True)) if old != new]
-        if any(r > h for j in refilled for r, h in zip(per_slot[slots[j]], layout, strict=True)):
-            return False
-        for j in refilled:  # vLLM's rows of the slot (zero-padded beyond its rank), zeros after them
+        compact = isinstance(entry, CompactEntry)
+        if compact:
+            heights = list(entry.layout)
+            if not heights or any(
+                r > h for j in refilled for r, h in zip(per_slot[slots[j]], heights, strict=True)
+            ):
+                return False
+        else:
+            heights = [0 if b is None else b.shape[-1] for b in entry[1]]
+            if entry[2] is not None or heights != self._most(lora_a, slots):
+                return False
+        for j in refilled:
             slot, offset = slots[j], 0
-            for i, (a, b, r, h) in enumerate(zip(lora_a, lora_b, per_slot[slot], layout, strict=True)):
+            for i, (a, b, r, h) in enumerate(zip(lora_a, lora_b, per_slot[slot], heights, strict=True)):
                 size = b.shape[-2]
                 if h:
-                    at = n * sum(layout[:i]) + j * h
-                    entry.a[at : at + r] = a[slot, 0, :r] if a.dim() == 4 else a[slot, :r]
-                    entry.a[at + r : at + h] = 0
-                    entry.b[offset : offset + size, at : at + r] = (
-                        b[slot, 0, :, :r] if b.dim() == 4 else b[slot, :, :r]
+                    a_s, b_s = (
+                        a[slot, 0] if a.dim() == 4 else a[slot],
+                        b[slot, 0] if b.dim() == 4 else b[slot],
                     )
-                    entry.b[offset : offset + size, at + r : at + h] = 0
+                    if compact:
+                        at = n * sum(heights[:i]) + j * h
+                        a_rows, b_cols = entry.a[at : at + h], entry.b[offset : offset + size, at : at + h]
+                    else:
+                        start = sum(heights[:i])
+                        a_rows, b_cols = entry[0][j, start : start + h], entry[1][i][j]
+                    a_rows[:r] = a_s[:r]
+                    a_rows[r:] = 0
+                    b_cols[:, :r] = b_s[:, :r]
+                    b_cols[:, r:] = 0
                 offset += size
-        if entry.packed is not None and entry.on_pack is not None:  # cached: its packed bytes were counted
-            self.stacked_bytes -= entry.packed_bytes
-        entry.packed, entry.packed_bytes, entry.uses = None, 0, 0
+        if compact:
+            if (
+                entry.packed is not None and entry.on_pack is not None
+            ):  # cached: its packed bytes were counted
+                self.stacked_bytes -= entry.packed_bytes
+            entry.packed, entry.packed_bytes, entry.uses = None, 0, 0
         return True
 
     def _keep(self, layer: _Layer, key: tuple[Any, ...], entry: Any) -> None:
