@@ -215,9 +215,10 @@ class SlotWeights:
           [S, size_i, R_i].
 
         ``Bs[i]`` is None for a slice no slot touches. Cached per layer and slot set until a slot is refilled. The
-        per-token form is made once for every slot holding the layer's weights: a subset gets a copy of its
-        slots' blocks, a refill rewrites the slot's blocks in place (:meth:`_rewrite`) — sets that
-        change with every few requests (32 compositions through 8 slots) build nothing."""
+        per-token form is made once for every slot holding the layer's weights: a subset padded alike gets a copy
+        of its slots' blocks, a refill that keeps the padding rewrites the slot's blocks in place
+        (:meth:`_rewrite`) — sets that change with every few requests (32 compositions through 8 slots) build
+        nothing."""
         layer = self._layer(lora_a)
         key = (slots, tuple(self._generation.get(s) for s in slots), self.dense_max_cols)
         if key in layer.stacked:
@@ -448,9 +449,7 @@ class SlotWeights:
                     b_cols[:, r:] = 0
                 offset += size
         if compact:
-            if (
-                entry.packed is not None and entry.on_pack is not None
-            ):  # cached: its packed bytes were counted
+            if entry.packed is not None and entry.on_pack is not None:  # cached: packed bytes counted
                 self.stacked_bytes -= entry.packed_bytes
             entry.packed, entry.packed_bytes, entry.uses = None, 0, 0
         return True

@@ -174,14 +174,15 @@ def _tracking(method: Any, holds: bool, by_buffer: bool = False) -> Any:
         slots = self.__dict__.setdefault("rmn_slots", set())
         wrapper = self.__dict__.get("punica_wrapper")
         result = None
-        if holds or index in slots or not self.__dict__.get("rmn_zeroed", False):
+        if holds:  # noted before too: a set_lora that fails half-way leaves the slot to be reset
+            slots.add(index)
             result = method(self, index, *args, **kwargs)
+            slots.add(index)  # (its own reset_lora took it out)
+        elif index in slots or not self.__dict__.get("rmn_zeroed", False):
+            result = method(self, index, *args, **kwargs)
+            slots.discard(index)
         elif isinstance(wrapper, GroupedPunicaWrapperCPU):  # a reset of a slot all zeros already: skipped
             wrapper.skipped_resets += 1
-        if holds:
-            slots.add(index)
-        else:
-            slots.discard(index)
         if by_buffer and isinstance(wrapper, GroupedPunicaWrapperCPU):
             wrapper.held_slots[id(self.lora_a_stacked)] = slots
         return result
