@@ -155,12 +155,11 @@ def compact_block(
     """:func:`compact` for one slot's tokens ``rows`` (a prefill chunk) on that slot's blocks of a masked entry
     (``j``: the slot's place in it; views of its plain matrices: nothing built or copied per fill), two matmuls
     per slice the entry has rows for."""
-    n = entry.owner.shape[0] // sum(entry.layout)
     xs = x2.index_select(0, rows)
     offset = 0
     for i, (height, size) in enumerate(zip(entry.layout, output_slices, strict=True)):
         if height:
-            at = n * sum(entry.layout[:i]) + j * height
+            at = entry.block(j, i)
             h = xs @ entry.a[at : at + height].T
             if scale != 1.0:
                 h *= scale

@@ -36,9 +36,9 @@ class _Layer:
 # the compact arithmetic's entry of all held slots (:meth:`SlotWeights.held`) up to this many stacked rows: 8 slots
 # of rank-32 q/v compositions (bf16 at hidden 576: 0.6 MiB for A, 0.9 MiB for B, as much again packed)
 HELD_MAX_COLS = 512
-# ... packed on this use: through Serve requests come and go one at a time, and every slot refill rebuilds the entry
-# (32 compositions with staggered lengths, in-process: packed on use 1 cost more than no held entry, on use 8 it
-# gained 5-12 %, on use 16 nothing)
+# ... packed on this use: through Serve requests come and go one at a time, and every slot refill drops the packed
+# copies (32 compositions with staggered lengths, in-process, when refills rebuilt the entry: packed on use 1 cost
+# more than no held entry, on use 8 it gained 5-12 %, on use 16 nothing)
 HELD_PACK_AT_USE = 8
 
 # a masked compact entry is packed for oneDNN (vLLM's own CPU GEMM, the one its linear layers use) on this use:
@@ -67,10 +67,14 @@ class CompactEntry:
     on_pack: Callable[[int], None] | None = None
     layout: tuple[int, ...] = ()  # masked form: each slot's rows per slice (its block's height in ``a``)
 
+    def block(self, j: int, i: int) -> int:
+        """Masked form: the first row of ``a`` (and column of ``b``) of the ``j``-th slot's rows of slice ``i``."""
+        return int(self.owner.shape[0]) // sum(self.layout) * sum(self.layout[:i]) + j * self.layout[i]
+
     def matrices(self) -> tuple[Any, Any] | None:
         """The packed matrices once this entry is used often enough (counting this use), else None."""
         self.uses += 1
-        if self.uses == self.pack_at_use and self.owner is not None and self.packed is None:
+        if self.uses == self.pack_at_use and self.owner is not None:
             self.packed = _pack(self.a, self.b)
             if self.packed is not None:  # oneDNN's blocked copies: about the plain matrices' bytes
                 self.packed_bytes = int(self.a.nbytes + self.b.nbytes)
@@ -415,7 +419,7 @@ class SlotWeights:
         its block; the fused per-token form ``(A, Bs, None)`` refuses unless its padding is what a build for
         these slots would make now (the fused arithmetic keeps exactly the layout its probe checked: on some
         CPUs the padding decides the order of sums). Refused: False, the entry untouched (a rebuild then)."""
-        per_slot, n = self.slot_rows(lora_a), len(slots)
+        per_slot = self.slot_rows(lora_a)
         refilled = [j for j, (old, new) in enumerate(zip(was, now, strict=True)) if old != new]
         compact = isinstance(entry, CompactEntry)
         if compact:
@@ -438,7 +442,7 @@ class SlotWeights:
                         b[slot, 0] if b.dim() == 4 else b[slot],
                     )
                     if compact:
-                        at = n * sum(heights[:i]) + j * h
+                        at = entry.block(j, i)
                         a_rows, b_cols = entry.a[at : at + h], entry.b[offset : offset + size, at : at + h]
                     else:
                         start = sum(heights[:i])
